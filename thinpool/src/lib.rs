@@ -1,0 +1,40 @@
+//! Loop-backed device-mapper thin pools and their thin devices.
+//!
+//! A [`Pool`] is a `thin-pool` target over two linear devices, one for
+//! metadata and one for data, each over a sparse file bound to a loop
+//! device (or over a block device the user gives). Blocks of the data
+//! device are handed to thin devices on first write; a snapshot shares all
+//! of its origin's blocks and copies one block on the first write to it.
+//!
+//! This crate knows nothing about layers, images or the command line. It
+//! owns:
+//! * the pool's lifecycle: create, open, activate after a reboot,
+//!   deactivate, grow online, destroy ([`Pool`]);
+//! * thin devices: create, snapshot, activate, deactivate, delete, each
+//!   committed with the pool's transaction id ([`recovery`]);
+//! * the names of every dm device it makes ([`names`]), the crash-safe
+//!   record of the pool ([`record`]) and the lock that serializes
+//!   processes ([`lock`]).
+//!
+//! Every mutating operation either completes or leaves a state the next
+//! [`Pool::open`] repairs; see the crash-safety notes on [`pool`].
+
+pub mod config;
+pub mod error;
+pub mod kernel;
+pub mod lock;
+pub mod loopback;
+pub mod names;
+pub mod pool;
+pub mod record;
+pub mod recovery;
+pub mod units;
+
+pub use config::{BackingRequest, CreateOptions, OnFull};
+pub use error::{Error, Result};
+pub use names::PoolId;
+pub use pool::{
+    Backing, BackingKind, PoolOpenOptions, Pool, PoolMode, PoolRecord, PoolState,
+    PoolStatus, SpaceStatus, ThinRecord,
+};
+pub use units::{BlockSize, Bytes, SizeChange, ThinId, TransactionId};

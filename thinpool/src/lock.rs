@@ -1,0 +1,117 @@
+//! One writer at a time per pool.
+//!
+//! Every pool command holds an exclusive `flock` on `<pool dir>/lock` for
+//! its whole run. The lock file is never removed (not even by `pool
+//! destroy`), so a process waiting on it can never end up holding a lock on
+//! an unlinked file while a newcomer locks a fresh one. The holder writes
+//! its pid into the file so a waiter can say who it is waiting for.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Why the lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("{op} lock file {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("another thinlayer process{} holds the lock {} and did not release it within {}s; wait for it to finish and retry",
+        holder.map(|p| format!(" (pid {p})")).unwrap_or_default(), path.display(), waited.as_secs())]
+    Busy {
+        path: PathBuf,
+        holder: Option<u32>,
+        waited: Duration,
+    },
+}
+
+/// An exclusive lock, released on drop (or when the process dies).
+#[derive(Debug)]
+pub struct LockGuard {
+    file: File,
+    path: PathBuf,
+}
+
+impl LockGuard {
+    /// Takes the lock at `path`, waiting up to `timeout` for another holder.
+    pub fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard, LockError> {
+        let io_err = |op| {
+            let path = path.to_path_buf();
+            move |source| LockError::Io { op, path, source }
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_err("opening"))?;
+        let start = Instant::now();
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if r == 0 {
+                break;
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io_err("locking")(err));
+            }
+            if start.elapsed() >= timeout {
+                let mut s = String::new();
+                let _ = file.read_to_string(&mut s);
+                return Err(LockError::Busy {
+                    path: path.to_path_buf(),
+                    holder: s.trim().parse().ok(),
+                    waited: timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        file.set_len(0).map_err(io_err("writing"))?;
+        file.rewind().map_err(io_err("writing"))?;
+        let _ = write!(file, "{}", std::process::id());
+        Ok(LockGuard {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_lock_excludes_a_second_holder_and_names_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let first = LockGuard::acquire(&path, Duration::ZERO).unwrap();
+        // flock locks belong to the open file description, so a second open
+        // in the same process contends just as another process would.
+        let err = LockGuard::acquire(&path, Duration::from_millis(120)).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(msg.contains("retry"), "{msg}");
+        drop(first);
+        LockGuard::acquire(&path, Duration::ZERO).unwrap();
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything thinlayer needs on a fresh Debian machine, idempotently.
+# Every Debian package the project uses is named here and nowhere else.
+set -euo pipefail
+
+PACKAGES=(
+  # bindgen for devicemapper-sys and loopdev-3
+  libdevmapper-dev libclang1-14 libclang-common-14-dev pkg-config
+  # filesystems made on thin devices, and the pool metadata tools
+  e2fsprogs xfsprogs thin-provisioning-tools dmsetup
+  # the VM that runs the dm tier: emulator, busybox initramfs, kernel modules
+  qemu-system-x86 busybox-static cpio kmod zstd
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: missing packages ${missing[*]}; run as root (or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
