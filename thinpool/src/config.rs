@@ -41,7 +41,9 @@ impl std::str::FromStr for OnFull {
         match s {
             "error" => Ok(OnFull::Error),
             "queue" => Ok(OnFull::Queue),
-            _ => Err(format!("'{s}' is not a full-pool policy: use error or queue")),
+            _ => Err(format!(
+                "'{s}' is not a full-pool policy: use error or queue"
+            )),
         }
     }
 }
@@ -180,9 +182,14 @@ mod tests {
     fn plain_data_size_must_fill_whole_blocks() {
         let bs = BlockSize::DEFAULT;
         assert!(check_data_size(Bytes::GIB, bs).is_ok());
-        let msg = check_data_size(Bytes(100 << 10), bs).unwrap_err().to_string();
+        let msg = check_data_size(Bytes(100 << 10), bs)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("64K") && msg.contains("128K"), "{msg}");
-        assert!(check_data_size(Bytes(0), bs).unwrap_err().to_string().contains("greater than 0"));
+        assert!(check_data_size(Bytes(0), bs)
+            .unwrap_err()
+            .to_string()
+            .contains("greater than 0"));
         assert!(check_data_size(Bytes(64 << 10), bs).is_err());
     }
 
@@ -204,6 +211,9 @@ mod tests {
     fn plain_on_full_parses_both_policies() {
         assert_eq!("error".parse(), Ok(OnFull::Error));
         assert_eq!("queue".parse(), Ok(OnFull::Queue));
-        assert!("panic".parse::<OnFull>().unwrap_err().contains("error or queue"));
+        assert!("panic"
+            .parse::<OnFull>()
+            .unwrap_err()
+            .contains("error or queue"));
     }
 }

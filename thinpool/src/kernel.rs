@@ -24,7 +24,9 @@ pub fn open_dm() -> Result<DM> {
     })?;
     if !has_thin_pool(&dm)? {
         // Targets are modules; the kernel may not have loaded this one yet.
-        let _ = Command::new("modprobe").args(["-q", "dm-thin-pool"]).status();
+        let _ = Command::new("modprobe")
+            .args(["-q", "dm-thin-pool"])
+            .status();
         if !has_thin_pool(&dm)? {
             let targets = dm
                 .list_versions()
@@ -39,20 +41,33 @@ pub fn open_dm() -> Result<DM> {
     Ok(dm)
 }
 
-/// Fails with [`Error::NoDeviceMapper`] when `control` is missing.
+/// Whether the running kernel has the device-mapper driver (a control
+/// node alone proves nothing: tools create it even where the driver is
+/// missing).
+pub fn has_device_mapper() -> bool {
+    std::fs::read_to_string("/proc/misc")
+        .map(|m| m.lines().any(|l| l.trim_end().ends_with(" device-mapper")))
+        .unwrap_or(false)
+}
+
+/// Fails with [`Error::NoDeviceMapper`] unless the kernel has the
+/// device-mapper driver and `control` exists.
 pub fn dm_available(control: &Path) -> Result<()> {
-    if control.exists() {
-        return Ok(());
+    if !has_device_mapper() {
+        // A kernel with dm built as a module registers it once loaded.
+        let _ = Command::new("modprobe").args(["-q", "dm-mod"]).status();
     }
-    // A kernel with dm built as a module creates the node once it is loaded.
-    let _ = Command::new("modprobe").args(["-q", "dm-mod"]).status();
-    if control.exists() {
-        Ok(())
-    } else {
-        Err(Error::NoDeviceMapper {
+    if !has_device_mapper() {
+        return Err(Error::NoDeviceMapper {
+            detail: "/proc/misc lists no device-mapper driver".into(),
+        });
+    }
+    if !control.exists() {
+        return Err(Error::NoDeviceMapper {
             detail: format!("{} is missing", control.display()),
-        })
+        });
     }
+    Ok(())
 }
 
 fn has_thin_pool(dm: &DM) -> Result<bool> {
@@ -220,7 +235,10 @@ mod tests {
         assert!(check_superblock(Some(&sb), bs, &[TransactionId(5)]).is_ok());
         assert!(check_superblock(Some(&sb), bs, &[TransactionId(4), TransactionId(5)]).is_ok());
         let e = check_superblock(Some(&sb), bs, &[TransactionId(3)]).unwrap_err();
-        assert!(e.contains("transaction 5") && e.contains("expects 3"), "{e}");
+        assert!(
+            e.contains("transaction 5") && e.contains("expects 3"),
+            "{e}"
+        );
         let big = BlockSize::new(Bytes(1 << 20)).unwrap();
         assert!(check_superblock(Some(&sb), big, &[TransactionId(5)])
             .unwrap_err()

@@ -34,7 +34,10 @@ pub use config::{BackingRequest, CreateOptions, OnFull};
 pub use error::{Error, Result};
 pub use names::PoolId;
 pub use pool::{
-    Backing, BackingKind, PoolOpenOptions, Pool, PoolMode, PoolRecord, PoolState,
-    PoolStatus, SpaceStatus, ThinRecord,
+    Backing, BackingKind, Pool, PoolMode, PoolOpenOptions, PoolRecord, PoolState, PoolStatus,
+    SpaceStatus, ThinRecord,
 };
 pub use units::{BlockSize, Bytes, SizeChange, ThinId, TransactionId};
+
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -9,9 +9,11 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 /// Why the lock could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +37,7 @@ pub enum LockError {
 /// An exclusive lock, released on drop (or when the process dies).
 #[derive(Debug)]
 pub struct LockGuard {
-    file: File,
+    file: Flock<File>,
     path: PathBuf,
 }
 
@@ -55,16 +57,12 @@ impl LockGuard {
             .open(path)
             .map_err(io_err("opening"))?;
         let start = Instant::now();
-        loop {
-            // SAFETY: flock on a descriptor we own.
-            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if r == 0 {
-                break;
-            }
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(io_err("locking")(err));
-            }
+        let mut file = loop {
+            file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(locked) => break locked,
+                Err((f, Errno::EWOULDBLOCK)) => f,
+                Err((_, e)) => return Err(io_err("locking")(io::Error::from(e))),
+            };
             if start.elapsed() >= timeout {
                 let mut s = String::new();
                 let _ = file.read_to_string(&mut s);
@@ -75,7 +73,7 @@ impl LockGuard {
                 });
             }
             std::thread::sleep(Duration::from_millis(50));
-        }
+        };
         file.set_len(0).map_err(io_err("writing"))?;
         file.rewind().map_err(io_err("writing"))?;
         let _ = write!(file, "{}", std::process::id());
@@ -109,7 +107,10 @@ mod tests {
         // in the same process contends just as another process would.
         let err = LockGuard::acquire(&path, Duration::from_millis(120)).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
         assert!(msg.contains("retry"), "{msg}");
         drop(first);
         LockGuard::acquire(&path, Duration::ZERO).unwrap();

@@ -48,7 +48,10 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 impl TryFrom<String> for PoolId {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        if s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        if s.len() == 16
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
             Ok(PoolId(s))
         } else {
             Err(format!("'{s}' is not a pool id (16 lowercase hex digits)"))
@@ -154,7 +157,10 @@ mod tests {
     #[test]
     fn plain_names_carry_prefix_format_pool_and_role() {
         let n = names();
-        assert_eq!(n.name(Role::Pool).to_string(), "thinlayer-1-0123456789abcdef-pool");
+        assert_eq!(
+            n.name(Role::Pool).to_string(),
+            "thinlayer-1-0123456789abcdef-pool"
+        );
         assert_eq!(
             n.name(Role::Thin(ThinId(42))).to_string(),
             "thinlayer-1-0123456789abcdef-thin-42"

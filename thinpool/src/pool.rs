@@ -222,7 +222,12 @@ struct ResolvedBacking {
     _excl: Option<fs::File>,
 }
 
-fn resolve(req: &BackingRequest, dir: &Path, file: &str, what: &'static str) -> Result<ResolvedBacking> {
+fn resolve(
+    req: &BackingRequest,
+    dir: &Path,
+    file: &str,
+    what: &'static str,
+) -> Result<ResolvedBacking> {
     match req {
         BackingRequest::File(size) => Ok(ResolvedBacking {
             kind: BackingKind::File,
@@ -243,7 +248,10 @@ fn resolve(req: &BackingRequest, dir: &Path, file: &str, what: &'static str) -> 
                 Some(s) if *s > dev_size => {
                     return Err(Error::invalid(
                         what,
-                        format!("{} holds only {dev_size}, less than the {s} asked for", path.display()),
+                        format!(
+                            "{} holds only {dev_size}, less than the {s} asked for",
+                            path.display()
+                        ),
                     ))
                 }
                 Some(s) => *s,
@@ -274,7 +282,10 @@ fn linear_table(device: Device, size: Bytes) -> Vec<TargetLine<LinearDevTargetPa
 fn device_of(path: &Path) -> Result<Device> {
     let meta = fs::metadata(path).map_err(io_err("inspecting", path))?;
     if !meta.file_type().is_block_device() {
-        return Err(Error::invalid("device", format!("{} is not a block device", path.display())));
+        return Err(Error::invalid(
+            "device",
+            format!("{} is not a block device", path.display()),
+        ));
     }
     Ok(Device::from(meta.rdev()))
 }
@@ -299,14 +310,22 @@ impl Pool {
     }
 
     pub fn create_with(dir: &Path, opts: &CreateOptions, open: &PoolOpenOptions) -> Result<Pool> {
+        if let (BackingRequest::Device(d, _), BackingRequest::Device(m, _)) =
+            (&opts.data, &opts.metadata)
+        {
+            if d == m
+                || fs::canonicalize(d)
+                    .ok()
+                    .is_some_and(|d| fs::canonicalize(m).ok() == Some(d))
+            {
+                return Err(Error::invalid(
+                    "metadata device",
+                    "the data and metadata devices must differ",
+                ));
+            }
+        }
         let mut data = resolve(&opts.data, dir, DATA_FILE, "data device")?;
         let mut meta = resolve(&opts.metadata, dir, METADATA_FILE, "metadata device")?;
-        if data.kind == BackingKind::Device && data.path == meta.path {
-            return Err(Error::invalid(
-                "metadata device",
-                "the data and metadata devices must differ",
-            ));
-        }
         let data_size = data.size.unwrap_or(config::DEFAULT_DATA_SIZE);
         let data_size = if data.kind == BackingKind::Device && opts_size(&opts.data).is_none() {
             // A whole device: use every full block of it.
@@ -496,9 +515,11 @@ impl Pool {
     fn backing_device(&self, b: &Backing) -> Result<Device> {
         match b.kind {
             BackingKind::File => {
-                let lo = loopback::attach(&b.path).map_err(io_err("attaching a loop device to", &b.path))?;
+                let lo = loopback::attach(&b.path)
+                    .map_err(io_err("attaching a loop device to", &b.path))?;
                 if lo.size().map_err(io_err("sizing", &lo.path))? < b.size {
-                    lo.refresh_capacity().map_err(io_err("refreshing the capacity of", &lo.path))?;
+                    lo.refresh_capacity()
+                        .map_err(io_err("refreshing the capacity of", &lo.path))?;
                 }
                 device_of(&lo.path)
             }
@@ -601,7 +622,11 @@ impl Pool {
         let name = self.names.name(role);
         let id = DevId::Name(&name);
         self.dm
-            .table_load(&id, &[(0, len, ty.to_string(), params.to_string())], DmOptions::default())
+            .table_load(
+                &id,
+                &[(0, len, ty.to_string(), params.to_string())],
+                DmOptions::default(),
+            )
             .map_err(Error::dm(format!("reloading {}", &*name)))?;
         self.dm
             .device_suspend(&id, DmOptions::default())
@@ -627,16 +652,24 @@ impl Pool {
             if ty != "linear" || params != want_params {
                 return Err(Error::Mismatch {
                     what: format!("device {}", self.names.name_string(role)),
-                    reason: format!("its table is '{ty} {params}', expected 'linear {want_params}'"),
+                    reason: format!(
+                        "its table is '{ty} {params}', expected 'linear {want_params}'"
+                    ),
                 });
             }
             match len.cmp(&b.size.sectors()) {
-                std::cmp::Ordering::Less => self.reload_length(role, b.size.sectors(), &ty, &params)?,
+                std::cmp::Ordering::Less => {
+                    self.reload_length(role, b.size.sectors(), &ty, &params)?
+                }
                 std::cmp::Ordering::Equal => {}
                 std::cmp::Ordering::Greater => {
                     return Err(Error::Mismatch {
                         what: format!("device {}", self.names.name_string(role)),
-                        reason: format!("it maps {} but the record says {}", Bytes::from_sectors(len), b.size),
+                        reason: format!(
+                            "it maps {} but the record says {}",
+                            Bytes::from_sectors(len),
+                            b.size
+                        ),
                     })
                 }
             }
@@ -684,12 +717,12 @@ impl Pool {
             Some(_) => vec![r, r.next()],
             None => vec![r],
         };
-        kernel::check_superblock(sb.as_ref(), self.record.block_size, &allowed).map_err(|reason| {
-            Error::Mismatch {
+        kernel::check_superblock(sb.as_ref(), self.record.block_size, &allowed).map_err(
+            |reason| Error::Mismatch {
                 what: format!("metadata {}", self.record.metadata.path.display()),
                 reason,
-            }
-        })?;
+            },
+        )?;
         if let Err(causal) = self.start_devices() {
             self.dev = None;
             return match self.stop_devices() {
@@ -730,7 +763,8 @@ impl Pool {
         match self.kernel_status()? {
             ThinPoolStatus::Working(w) => Ok(TransactionId(w.transaction_id)),
             _ => Err(Error::Precondition(
-                "the pool has failed (the kernel reports Fail): check its metadata with thin_check".into(),
+                "the pool has failed (the kernel reports Fail): check its metadata with thin_check"
+                    .into(),
             )),
         }
     }
@@ -774,7 +808,11 @@ impl Pool {
                 reason: format!("the kernel is at {kernel}, the record at {record}"),
             });
         }
-        for (name, _, _) in self.dm.list_devices().map_err(Error::dm("listing devices"))? {
+        for (name, _, _) in self
+            .dm
+            .list_devices()
+            .map_err(Error::dm("listing devices"))?
+        {
             if let Some(Role::Thin(id)) = self.names.role_of(&name) {
                 if !self.record.thins.contains_key(&id) {
                     self.remove_thin_dev(id)?;
@@ -799,7 +837,12 @@ impl Pool {
                     },
                 );
             }
-            PendingOp::Snapshot { id, origin, size, tag } => {
+            PendingOp::Snapshot {
+                id,
+                origin,
+                size,
+                tag,
+            } => {
                 self.record.thins.insert(
                     id,
                     ThinRecord {
@@ -819,7 +862,8 @@ impl Pool {
     }
 
     fn message(&self, msg: &str) -> Result<()> {
-        devicemapper::message(&self.dm, self.pool_dev()?, msg).map_err(Error::dm(format!("message '{msg}'")))
+        devicemapper::message(&self.dm, self.pool_dev()?, msg)
+            .map_err(Error::dm(format!("message '{msg}'")))
     }
 
     fn set_transaction(&self, from: TransactionId) -> Result<()> {
@@ -842,7 +886,13 @@ impl Pool {
     /// Runs one thin-device change through the transaction protocol
     /// ([`crate::recovery`]): record it as pending, send `msg` and
     /// `set_transaction_id`, then commit it to the record.
-    fn transact(&mut self, op: PendingOp, msg: &str, before: impl FnOnce(&Self) -> Result<()>, after: impl FnOnce(&Self)) -> Result<()> {
+    fn transact(
+        &mut self,
+        op: PendingOp,
+        msg: &str,
+        before: impl FnOnce(&Self) -> Result<()>,
+        after: impl FnOnce(&Self),
+    ) -> Result<()> {
         self.check_writable()?;
         let r = self.record.transaction_id;
         self.record.pending = Some(op.clone());
@@ -934,7 +984,8 @@ impl Pool {
         };
         let resume = |p: &Self| {
             if active {
-                let _ = p.dm.device_suspend(&DevId::Name(&origin_name), DmOptions::default());
+                let _ =
+                    p.dm.device_suspend(&DevId::Name(&origin_name), DmOptions::default());
             }
         };
         self.transact(op, &format!("create_snap {id} {origin}"), suspend, resume)?;
@@ -949,7 +1000,12 @@ impl Pool {
         }
         self.pool_dev()?;
         self.remove_thin_dev(id)?;
-        self.transact(PendingOp::Delete { id }, &format!("delete {id}"), |_| Ok(()), |_| {})
+        self.transact(
+            PendingOp::Delete { id },
+            &format!("delete {id}"),
+            |_| Ok(()),
+            |_| {},
+        )
     }
 
     /// Activates a thin device and returns its device node (`/dev/dm-N`,
@@ -985,7 +1041,10 @@ impl Pool {
     /// refused; a loop-backed pool's files are extended, a device-backed
     /// pool's devices must already be large enough.
     pub fn grow(&mut self, data: Option<SizeChange>, metadata: Option<SizeChange>) -> Result<()> {
-        let target = |what: &'static str, change: Option<SizeChange>, cur: Bytes| -> Result<Bytes> {
+        let target = |what: &'static str,
+                      change: Option<SizeChange>,
+                      cur: Bytes|
+         -> Result<Bytes> {
             let Some(change) = change else { return Ok(cur) };
             let t = change
                 .target(cur)
@@ -993,7 +1052,9 @@ impl Pool {
             if t < cur {
                 return Err(Error::invalid(
                     what,
-                    format!("{t} is smaller than the current {cur}; shrinking a pool is not supported"),
+                    format!(
+                        "{t} is smaller than the current {cur}; shrinking a pool is not supported"
+                    ),
                 ));
             }
             Ok(t)
@@ -1002,16 +1063,21 @@ impl Pool {
         let new_meta = target("metadata size", metadata, self.record.metadata.size)?;
         config::check_data_size(new_data, self.record.block_size)?;
         if new_meta != self.record.metadata.size || new_data != self.record.data.size {
-            config::check_metadata_size(new_meta, new_data, self.record.block_size).map_err(|e| match e {
-                Error::Invalid { reason, .. } if metadata.is_none() => Error::invalid(
-                    "data size",
-                    format!("{reason}: grow the metadata too with --metadata-size"),
-                ),
-                e => e,
-            })?;
+            config::check_metadata_size(new_meta, new_data, self.record.block_size).map_err(
+                |e| match e {
+                    Error::Invalid { reason, .. } if metadata.is_none() => Error::invalid(
+                        "data size",
+                        format!("{reason}: grow the metadata too with --metadata-size"),
+                    ),
+                    e => e,
+                },
+            )?;
         }
         self.pool_dev()?;
-        for (b, new) in [(self.record.data.clone(), new_data), (self.record.metadata.clone(), new_meta)] {
+        for (b, new) in [
+            (self.record.data.clone(), new_data),
+            (self.record.metadata.clone(), new_meta),
+        ] {
             if new == b.size {
                 continue;
             }
@@ -1067,7 +1133,12 @@ impl Pool {
     pub fn status(&self) -> Result<PoolStatus> {
         let loop_of = |b: &Backing| -> Option<PathBuf> {
             (b.kind == BackingKind::File)
-                .then(|| loopback::find(&b.path).ok().flatten().map(|l: LoopDev| l.path))
+                .then(|| {
+                    loopback::find(&b.path)
+                        .ok()
+                        .flatten()
+                        .map(|l: LoopDev| l.path)
+                })
                 .flatten()
         };
         let space = |b: &Backing, used: Option<Bytes>, total: Bytes| SpaceStatus {
@@ -1177,7 +1248,8 @@ fn remove_devices(dm: &DM, names: &PoolNames, record: &PoolRecord) -> Result<()>
 fn detach_loops(record: &PoolRecord) -> Result<()> {
     for b in [&record.data, &record.metadata] {
         if b.kind == BackingKind::File {
-            loopback::detach_file(&b.path).map_err(io_err("detaching the loop device of", &b.path))?;
+            loopback::detach_file(&b.path)
+                .map_err(io_err("detaching the loop device of", &b.path))?;
         }
     }
     Ok(())
@@ -1189,7 +1261,8 @@ fn rollback_create(dm: &DM, dir: &Path, record: &PoolRecord) -> Result<()> {
     remove_devices(dm, &names, record)?;
     for b in [&record.data, &record.metadata] {
         if b.kind == BackingKind::File && b.path.exists() {
-            loopback::detach_file(&b.path).map_err(io_err("detaching the loop device of", &b.path))?;
+            loopback::detach_file(&b.path)
+                .map_err(io_err("detaching the loop device of", &b.path))?;
             fs::remove_file(&b.path).map_err(io_err("removing", &b.path))?;
         }
     }

@@ -62,7 +62,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], path: &Path) -> Result<T, Recor
         .iter()
         .position(|&b| b == b'\n')
         .ok_or_else(|| corrupt("no header line".into()))?;
-    let header = std::str::from_utf8(&bytes[..nl]).map_err(|_| corrupt("header is not text".into()))?;
+    let header =
+        std::str::from_utf8(&bytes[..nl]).map_err(|_| corrupt("header is not text".into()))?;
     let body = &bytes[nl + 1..];
     let mut parts = header.split(' ');
     if parts.next() != Some(MAGIC) {
@@ -115,7 +116,11 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, RecordError> 
 pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), RecordError> {
     let io_err = |op: &'static str, p: &Path| {
         let p = p.to_path_buf();
-        move |source| RecordError::Io { op, path: p, source }
+        move |source| RecordError::Io {
+            op,
+            path: p,
+            source,
+        }
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = tmp_path(path);
@@ -192,7 +197,10 @@ mod tests {
         assert!(read::<Sample>(&path).unwrap().is_none());
         write(&path, &sample()).unwrap();
         assert_eq!(read::<Sample>(&path).unwrap(), Some(sample()));
-        let next = Sample { name: "x".into(), n: 1 };
+        let next = Sample {
+            name: "x".into(),
+            n: 1,
+        };
         write(&path, &next).unwrap();
         assert_eq!(read::<Sample>(&path).unwrap(), Some(next));
         assert!(!tmp_path(&path).exists());
@@ -217,7 +225,9 @@ mod tests {
 
         assert!(decode_err(b"").contains("no header"));
         assert!(decode_err(b"{\"name\":\"pool\"}\n").contains("not a thinlayer record"));
-        let v2 = String::from_utf8(good.clone()).unwrap().replacen("v1", "v9", 1);
+        let v2 = String::from_utf8(good.clone())
+            .unwrap()
+            .replacen("v1", "v9", 1);
         assert!(decode_err(v2.as_bytes()).contains("unsupported record version v9"));
         assert!(decode::<Sample>(&good, path).is_ok());
     }

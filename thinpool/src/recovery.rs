@@ -50,7 +50,10 @@ pub enum Recovery {
     /// then commit. Used for deletes, which the user already asked for.
     Redo,
     /// The kernel is at a transaction the protocol cannot reach.
-    Inconsistent { record: TransactionId, kernel: TransactionId },
+    Inconsistent {
+        record: TransactionId,
+        kernel: TransactionId,
+    },
 }
 
 /// Decides the recovery of `op`, given the record's committed transaction
@@ -101,7 +104,10 @@ mod tests {
             tag: "s".into(),
         };
         assert_eq!(decide(&snap, r, r), Recovery::Undo);
-        assert_eq!(decide(&PendingOp::Delete { id: ThinId(1) }, r, r), Recovery::Redo);
+        assert_eq!(
+            decide(&PendingOp::Delete { id: ThinId(1) }, r, r),
+            Recovery::Redo
+        );
     }
 
     #[test]

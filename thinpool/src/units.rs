@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 pub const SECTOR: u64 = 512;
 
 /// A size in bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Bytes(pub u64);
 
@@ -207,7 +209,9 @@ impl fmt::Display for ThinId {
 /// The pool metadata's transaction id: set by us with the
 /// `set_transaction_id` message after every change to the set of thin
 /// devices, so a record can be matched against what the kernel committed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct TransactionId(pub u64);
 

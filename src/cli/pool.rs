@@ -1,0 +1,196 @@
+//! `thinlayer pool ...`
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use thinlayer::thinpool::{
+    BackingKind, BackingRequest, BlockSize, Bytes, CreateOptions, OnFull, PoolStatus, SizeChange,
+    SpaceStatus,
+};
+use thinlayer::Root;
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Create the thin pool: sparse files on loop devices by default.
+    Create(CreateArgs),
+    /// Show the pool's space, mode and devices.
+    Status {
+        /// Print JSON (stable keys; see README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring the pool back after a reboot or `pool deactivate`.
+    Activate,
+    /// Remove the pool's dm devices and detach its loop devices; data stays.
+    Deactivate,
+    /// Grow the pool online (absolute size or +SIZE); never shrinks.
+    Grow(GrowArgs),
+    /// Remove the pool and its files.
+    Destroy {
+        /// Also destroy the pool's thin devices (never ones in use).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Data size, e.g. 512M, 20G, 1T [default: 100G, or the whole --data-dev].
+    #[arg(long, value_name = "SIZE")]
+    data_size: Option<Bytes>,
+    /// Metadata size [default: 48 bytes per data block, at least 16M].
+    #[arg(long, value_name = "SIZE")]
+    metadata_size: Option<Bytes>,
+    /// Allocation unit: a multiple of 64K from 64K to 1G.
+    #[arg(long, value_name = "SIZE", default_value = "64K")]
+    block_size: Bytes,
+    /// Use this block device for data instead of a file.
+    #[arg(long, value_name = "DEV", requires = "metadata_dev")]
+    data_dev: Option<PathBuf>,
+    /// Use this block device for metadata instead of a file.
+    #[arg(long, value_name = "DEV", requires = "data_dev")]
+    metadata_dev: Option<PathBuf>,
+    /// What a write to a full pool does: fail with ENOSPC, or wait for `pool grow`.
+    #[arg(long, value_name = "POLICY", default_value = "error")]
+    on_full: OnFull,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+pub struct GrowArgs {
+    /// New data size, or +SIZE to add.
+    #[arg(long, value_name = "SIZE")]
+    data_size: Option<SizeChange>,
+    /// New metadata size, or +SIZE to add.
+    #[arg(long, value_name = "SIZE")]
+    metadata_size: Option<SizeChange>,
+}
+
+pub fn run(root: &Root, cmd: PoolCommand) -> Result<()> {
+    match cmd {
+        PoolCommand::Create(a) => {
+            let block_size = BlockSize::new(a.block_size)
+                .map_err(|reason| thinlayer::thinpool::Error::invalid("block size", reason))?;
+            let backing = |dev: Option<PathBuf>, size| match dev {
+                Some(d) => BackingRequest::Device(d, size),
+                None => BackingRequest::File(size),
+            };
+            let opts = CreateOptions {
+                data: backing(a.data_dev, a.data_size),
+                metadata: backing(a.metadata_dev, a.metadata_size),
+                block_size,
+                on_full: a.on_full,
+            };
+            let pool = root
+                .create_pool(&opts)
+                .with_context(|| format!("creating a pool in {}", root.path().display()))?;
+            let st = pool.status()?;
+            println!(
+                "created pool {} in {}: data {} on {}, metadata {} on {}, block size {}",
+                st.id,
+                root.path().display(),
+                st.data.total_bytes,
+                where_(&st.data),
+                st.metadata.total_bytes,
+                where_(&st.metadata),
+                st.block_size
+            );
+        }
+        PoolCommand::Status { json } => {
+            let pool = root.open_pool()?;
+            let st = pool.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print_status(&st);
+            }
+        }
+        PoolCommand::Activate => {
+            let mut pool = root.open_pool()?;
+            let was = pool.is_active();
+            pool.activate().context("activating the pool")?;
+            let st = pool.status()?;
+            if was {
+                println!("pool {} is already active", st.id);
+            } else {
+                println!(
+                    "activated pool {} ({} thin devices)",
+                    st.id, st.thin_devices
+                );
+            }
+        }
+        PoolCommand::Deactivate => {
+            let mut pool = root.open_pool()?;
+            let was = pool.is_active();
+            pool.deactivate().context("deactivating the pool")?;
+            let id = &pool.record().id;
+            if was {
+                println!("deactivated pool {id}");
+            } else {
+                println!("pool {id} is already inactive");
+            }
+        }
+        PoolCommand::Grow(a) => {
+            let mut pool = root.open_pool()?;
+            pool.grow(a.data_size, a.metadata_size)
+                .context("growing the pool")?;
+            let st = pool.status()?;
+            println!(
+                "pool {}: data {}, metadata {}",
+                st.id, st.data.total_bytes, st.metadata.total_bytes
+            );
+        }
+        PoolCommand::Destroy { force } => {
+            let pool = root.open_pool()?;
+            let id = pool.record().id.clone();
+            pool.destroy(force).context("destroying the pool")?;
+            println!("destroyed pool {id}");
+        }
+    }
+    Ok(())
+}
+
+fn where_(s: &SpaceStatus) -> String {
+    match (&s.backing, &s.loop_device) {
+        (BackingKind::File, Some(l)) => format!("{} ({})", l.display(), s.path.display()),
+        _ => s.path.display().to_string(),
+    }
+}
+
+fn space(s: &SpaceStatus) -> String {
+    match s.used_bytes {
+        Some(u) => format!(
+            "{} used of {} ({:.1}%), {}",
+            u,
+            s.total_bytes,
+            100.0 * u.0 as f64 / s.total_bytes.0.max(1) as f64,
+            where_(s)
+        ),
+        None => format!("{}, {}", s.total_bytes, where_(s)),
+    }
+}
+
+fn print_status(st: &PoolStatus) {
+    let rows = [
+        ("pool", st.id.clone()),
+        ("directory", st.dir.display().to_string()),
+        ("active", if st.active { "yes" } else { "no" }.to_string()),
+        (
+            "mode",
+            st.mode.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+        ),
+        ("block size", st.block_size.to_string()),
+        ("on full", st.on_full.to_string()),
+        ("transaction", st.transaction_id.to_string()),
+        ("thin devices", st.thin_devices.to_string()),
+        ("data", space(&st.data)),
+        ("metadata", space(&st.metadata)),
+    ];
+    for (k, v) in rows {
+        println!("{k:<13} {v}");
+    }
+    if st.needs_check == Some(true) {
+        println!("warning: the kernel flagged the metadata as needing a check: run thin_check");
+    }
+}

@@ -1,0 +1,599 @@
+//! `thinlayer pool`: what a user sees, in all three tiers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use thinpool::testing::{require_dm, require_root, Scratch};
+
+fn thinlayer(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_thinlayer"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env_remove("THINLAYER_ROOT")
+        .output()
+        .expect("running thinlayer")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Runs a command expected to fail: exit `code`, one error line
+/// containing every `needle`.
+fn fails(root: &Path, args: &[&str], code: i32, needles: &[&str]) -> String {
+    let o = thinlayer(root, args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: '{n}' not in: {err}");
+    }
+    if code == 1 {
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: not one line: {err}"
+        );
+        assert!(err.starts_with("thinlayer: "), "{err}");
+    }
+    err
+}
+
+fn ok(root: &Path, args: &[&str]) -> String {
+    let o = thinlayer(root, args);
+    assert!(o.status.success(), "{args:?} failed: {}", stderr(&o));
+    stdout(&o)
+}
+
+fn status(root: &Path) -> Value {
+    serde_json::from_str(&ok(root, &["pool", "status", "--json"])).expect("status JSON")
+}
+
+// ---------------------------------------------------------------- plain
+
+#[test]
+fn plain_pool_create_refuses_bad_sizes_before_touching_anything() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let r = root.to_str().unwrap();
+    fails(
+        &root,
+        &["pool", "create", "--data-size", "0"],
+        1,
+        &["invalid data size", "greater than 0"],
+    );
+    fails(
+        &root,
+        &["pool", "create", "--data-size", "garbage"],
+        2,
+        &["'garbage' is not a size", "512M"],
+    );
+    fails(
+        &root,
+        &["pool", "create", "--data-size=-5G"],
+        2,
+        &["'-5G' is not a size"],
+    );
+    fails(
+        &root,
+        &["pool", "create", "--block-size", "96K"],
+        1,
+        &["invalid block size", "multiple of 64K"],
+    );
+    fails(
+        &root,
+        &["pool", "create", "--block-size", "2G"],
+        1,
+        &["between 64K and 1G"],
+    );
+    fails(
+        &root,
+        &["pool", "create", "--data-size", "1000000"],
+        1,
+        &["not a whole number of 64K blocks"],
+    );
+    fails(
+        &root,
+        &[
+            "pool",
+            "create",
+            "--data-size",
+            "1T",
+            "--metadata-size",
+            "16M",
+        ],
+        1,
+        &["too small for 1T", "at least 768M"],
+    );
+    fails(
+        &root,
+        &["pool", "create", "--on-full", "panic"],
+        2,
+        &["error or queue"],
+    );
+    fails(
+        &root,
+        &["pool", "create", "--data-dev", "/dev/null"],
+        2,
+        &["--metadata-dev"],
+    );
+    fails(
+        &root,
+        &[
+            "pool",
+            "create",
+            "--data-dev",
+            "/nonexistent/dev",
+            "--metadata-dev",
+            "/nonexistent/m",
+        ],
+        1,
+        &["invalid data device", "/nonexistent/dev does not exist"],
+    );
+    fails(
+        &root,
+        &[
+            "pool",
+            "create",
+            "--data-dev",
+            "/dev/null",
+            "--metadata-dev",
+            "/dev/zero",
+        ],
+        1,
+        &["/dev/null is not a block device"],
+    );
+    assert!(!root.exists(), "a refused create left {r} behind");
+}
+
+#[test]
+fn plain_pool_commands_without_a_pool_say_how_to_make_one() {
+    let t = tempfile::tempdir().unwrap();
+    for cmd in [
+        &["pool", "status"][..],
+        &["pool", "activate"],
+        &["pool", "deactivate"],
+        &["pool", "destroy"],
+    ] {
+        fails(t.path(), cmd, 1, &["no pool in", "thinlayer pool create"]);
+    }
+    fails(
+        t.path(),
+        &["pool", "grow", "--data-size", "+1G"],
+        1,
+        &["no pool in"],
+    );
+    fails(t.path(), &["pool", "grow"], 2, &["--data-size"]);
+    fails(
+        t.path(),
+        &["pool", "frobnicate"],
+        2,
+        &["unrecognized subcommand"],
+    );
+}
+
+#[test]
+fn plain_root_that_is_a_file_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let f = t.path().join("file");
+    std::fs::write(&f, b"keep me").unwrap();
+    fails(&f, &["pool", "status"], 1, &["not a directory"]);
+    assert_eq!(std::fs::read(&f).unwrap(), b"keep me");
+}
+
+#[test]
+fn plain_help_lists_the_pool_commands() {
+    let o = Command::new(env!("CARGO_BIN_EXE_thinlayer"))
+        .args(["pool", "--help"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let out = stdout(&o);
+    for c in [
+        "create",
+        "status",
+        "activate",
+        "deactivate",
+        "grow",
+        "destroy",
+    ] {
+        assert!(out.contains(c), "{c} missing from help: {out}");
+    }
+}
+
+// ----------------------------------------------------------------- root
+
+#[test]
+fn root_pool_create_refuses_a_device_in_use() {
+    require_root();
+    let s = Scratch::new("inuse");
+    let data = s.loop_device("data.img", 64 << 20);
+    let meta = s.loop_device("meta.img", 16 << 20);
+    assert!(Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&data)
+        .status()
+        .unwrap()
+        .success());
+    let mnt = s.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    assert!(Command::new("mount")
+        .arg(&data)
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success());
+    let root = s.path().join("root");
+    let (d, m) = (data.to_str().unwrap(), meta.to_str().unwrap());
+    fails(
+        &root,
+        &["pool", "create", "--data-dev", d, "--metadata-dev", m],
+        1,
+        &[&format!("{d} is in use"), "mounted or held"],
+    );
+    fails(
+        &root,
+        &["pool", "create", "--data-dev", m, "--metadata-dev", m],
+        1,
+        &["must differ"],
+    );
+    assert!(!root.exists());
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+}
+
+/// On a kernel without device-mapper (this project's build machines) the
+/// create explains how to use the VM and leaves nothing; on one with it,
+/// the same command must succeed and clean up.
+#[test]
+fn root_pool_create_on_this_kernel_either_works_or_names_the_vm() {
+    require_root();
+    let s = Scratch::new("nodm");
+    let root = s.path().join("root");
+    if thinpool::kernel::has_device_mapper() {
+        ok(&root, &["pool", "create", "--data-size", "64M"]);
+        ok(&root, &["pool", "destroy"]);
+    } else {
+        fails(
+            &root,
+            &["pool", "create", "--data-size", "64M"],
+            1,
+            &["this kernel has no device-mapper", "vm-tests/run.sh"],
+        );
+        assert!(!root.exists(), "a refused create left the root behind");
+        assert!(s.loops_under().is_empty());
+    }
+}
+
+// ------------------------------------------------------------------- dm
+
+fn dmsetup(args: &[&str]) -> String {
+    let o = Command::new("dmsetup")
+        .args(args)
+        .env("DM_DISABLE_UDEV", "1")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "dmsetup {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn pool_dm_name(st: &Value) -> String {
+    format!("thinlayer-1-{}-pool", st["id"].as_str().unwrap())
+}
+
+fn assert_nothing_left(s: &Scratch, root: &Path) {
+    assert!(
+        s.dm_devices_under().is_empty(),
+        "dm devices left: {:?}",
+        s.dm_devices_under()
+    );
+    let ours: Vec<PathBuf> = s.loops_under();
+    assert!(ours.is_empty(), "loop devices left: {ours:?}");
+    for f in ["pool/data", "pool/metadata", "pool/pool.json"] {
+        assert!(!root.join(f).exists(), "{f} left behind");
+    }
+}
+
+#[test]
+fn dm_pool_create_with_defaults_matches_dmsetup_status() {
+    require_dm();
+    let s = Scratch::new("defaults");
+    let root = s.path().join("root");
+    let out = ok(&root, &["pool", "create"]);
+    assert!(
+        out.contains("created pool") && out.contains("data 100G"),
+        "{out}"
+    );
+    let st = status(&root);
+    assert_eq!(st["active"], true);
+    assert_eq!(st["mode"], "rw");
+    assert_eq!(st["block_size"], 64 << 10);
+    assert_eq!(st["on_full"], "error");
+    assert_eq!(st["thin_devices"], 0);
+    assert_eq!(st["data"]["total_bytes"], 100u64 << 30);
+    assert_eq!(st["metadata"]["total_bytes"], 75u64 << 20);
+    assert_eq!(st["data"]["backing"], "file");
+    assert!(st["data"]["loop_device"]
+        .as_str()
+        .unwrap()
+        .starts_with("/dev/loop"));
+    let mode = std::fs::metadata(&root).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o700
+    );
+
+    // `<start> <len> thin-pool <tx> <used>/<total meta> <used>/<total data> ...`
+    let line = dmsetup(&["status", &pool_dm_name(&st)]);
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(f[2], "thin-pool");
+    assert_eq!(f[3], st["transaction_id"].to_string());
+    let (mu, mt) = f[4].split_once('/').unwrap();
+    let (du, dt) = f[5].split_once('/').unwrap();
+    let n = |s: &str| s.parse::<u64>().unwrap();
+    assert_eq!(n(mu) * 4096, st["metadata"]["used_bytes"].as_u64().unwrap());
+    assert_eq!(
+        n(mt) * 4096,
+        st["metadata"]["total_bytes"].as_u64().unwrap()
+    );
+    assert_eq!(n(du) * 65536, st["data"]["used_bytes"].as_u64().unwrap());
+    assert_eq!(n(dt) * 65536, st["data"]["total_bytes"].as_u64().unwrap());
+    assert_eq!(f[6], "rw");
+    assert!(f.contains(&"error_if_no_space"), "{line}");
+    let table = dmsetup(&["table", &pool_dm_name(&st)]);
+    assert!(
+        table.contains(" 128 "),
+        "block size not 128 sectors: {table}"
+    );
+
+    let human = ok(&root, &["pool", "status"]);
+    assert!(
+        human.contains("mode          rw") && human.contains("100G"),
+        "{human}"
+    );
+    ok(&root, &["pool", "destroy"]);
+    assert_nothing_left(&s, &root);
+}
+
+#[test]
+fn dm_pool_create_honours_every_option() {
+    require_dm();
+    let s = Scratch::new("options");
+    let root = s.path().join("root");
+    ok(
+        &root,
+        &[
+            "pool",
+            "create",
+            "--data-size",
+            "256M",
+            "--metadata-size",
+            "8M",
+            "--block-size",
+            "1M",
+            "--on-full",
+            "queue",
+        ],
+    );
+    let st = status(&root);
+    assert_eq!(st["data"]["total_bytes"], 256u64 << 20);
+    assert_eq!(st["metadata"]["total_bytes"], 8u64 << 20);
+    assert_eq!(st["block_size"], 1u64 << 20);
+    assert_eq!(st["on_full"], "queue");
+    let table = dmsetup(&["table", &pool_dm_name(&st)]);
+    assert!(table.contains(" 2048 "), "{table}");
+    assert!(!table.contains("error_if_no_space"), "{table}");
+    assert_eq!(
+        std::fs::metadata(root.join("pool/data")).unwrap().len(),
+        256 << 20
+    );
+    fails(
+        &root,
+        &["pool", "create"],
+        1,
+        &["already holds pool", "pool destroy"],
+    );
+    ok(&root, &["pool", "destroy"]);
+    assert_nothing_left(&s, &root);
+}
+
+#[test]
+fn dm_pool_on_block_devices_leaves_them_attached_and_wiped() {
+    require_dm();
+    let s = Scratch::new("devs");
+    let data = s.loop_device("data.img", 128 << 20);
+    let meta = s.loop_device("meta.img", 8 << 20);
+    let root = s.path().join("root");
+    let (d, m) = (data.to_str().unwrap(), meta.to_str().unwrap());
+    ok(
+        &root,
+        &["pool", "create", "--data-dev", d, "--metadata-dev", m],
+    );
+    let st = status(&root);
+    assert_eq!(st["data"]["backing"], "device");
+    assert_eq!(st["data"]["path"], d);
+    assert_eq!(st["data"]["total_bytes"], 128u64 << 20);
+    assert_eq!(st["metadata"]["total_bytes"], 8u64 << 20);
+    fails(
+        &root,
+        &["pool", "grow", "--data-size", "+64M"],
+        1,
+        &["grow the device first"],
+    );
+    ok(&root, &["pool", "deactivate"]);
+    ok(&root, &["pool", "activate"]);
+    ok(&root, &["pool", "destroy"]);
+    assert!(s.dm_devices_under().is_empty());
+    assert!(data.exists() && thinpool::kernel::Superblock::read(&meta).unwrap().is_none());
+    // Wiped: the device can make a new pool.
+    ok(
+        &root,
+        &["pool", "create", "--data-dev", d, "--metadata-dev", m],
+    );
+    ok(&root, &["pool", "destroy"]);
+}
+
+#[test]
+fn dm_pool_deactivate_and_activate_are_idempotent() {
+    require_dm();
+    let s = Scratch::new("cycle");
+    let root = s.path().join("root");
+    ok(&root, &["pool", "create", "--data-size", "128M"]);
+    assert!(ok(&root, &["pool", "deactivate"]).contains("deactivated"));
+    assert!(ok(&root, &["pool", "deactivate"]).contains("already inactive"));
+    assert!(s.dm_devices_under().is_empty());
+    assert!(s.loops_under().is_empty());
+    let st = status(&root);
+    assert_eq!(st["active"], false);
+    assert_eq!(st["mode"], Value::Null);
+    assert_eq!(st["data"]["used_bytes"], Value::Null);
+    assert!(ok(&root, &["pool", "activate"]).contains("activated"));
+    assert!(ok(&root, &["pool", "activate"]).contains("already active"));
+    assert_eq!(status(&root)["mode"], "rw");
+    ok(&root, &["pool", "destroy"]);
+    assert_nothing_left(&s, &root);
+}
+
+#[test]
+fn dm_pool_grow_online_through_the_cli() {
+    require_dm();
+    let s = Scratch::new("clgrow");
+    let root = s.path().join("root");
+    ok(&root, &["pool", "create", "--data-size", "128M"]);
+    let out = ok(&root, &["pool", "grow", "--data-size", "+128M"]);
+    assert!(out.contains("data 256M"), "{out}");
+    ok(
+        &root,
+        &[
+            "pool",
+            "grow",
+            "--data-size",
+            "512M",
+            "--metadata-size",
+            "+16M",
+        ],
+    );
+    let st = status(&root);
+    assert_eq!(st["data"]["total_bytes"], 512u64 << 20);
+    assert_eq!(st["metadata"]["total_bytes"], 32u64 << 20);
+    fails(
+        &root,
+        &["pool", "grow", "--data-size", "256M"],
+        1,
+        &["shrinking a pool is not supported"],
+    );
+    fails(
+        &root,
+        &["pool", "grow", "--data-size", "10T"],
+        1,
+        &["grow the metadata too"],
+    );
+    assert_eq!(status(&root)["data"]["total_bytes"], 512u64 << 20);
+    // The new size survives deactivation.
+    ok(&root, &["pool", "deactivate"]);
+    ok(&root, &["pool", "activate"]);
+    assert_eq!(status(&root)["data"]["total_bytes"], 512u64 << 20);
+    ok(&root, &["pool", "destroy"]);
+}
+
+#[test]
+fn dm_pool_destroy_is_refused_while_thin_devices_exist_unless_forced() {
+    require_dm();
+    let s = Scratch::new("destroy");
+    let root = s.path().join("root");
+    ok(&root, &["pool", "create", "--data-size", "128M"]);
+    {
+        let mut pool = thinpool::Pool::open(&root.join("pool")).unwrap();
+        pool.create_thin(thinpool::Bytes(32 << 20), "layer")
+            .unwrap();
+    }
+    assert_eq!(status(&root)["thin_devices"], 1);
+    fails(
+        &root,
+        &["pool", "destroy"],
+        1,
+        &["still has 1 thin device", "--force"],
+    );
+    assert_eq!(status(&root)["active"], true);
+    ok(&root, &["pool", "destroy", "--force"]);
+    assert_nothing_left(&s, &root);
+}
+
+#[test]
+fn dm_two_racing_creates_make_one_pool_and_one_clear_error() {
+    require_dm();
+    let s = Scratch::new("race");
+    let root = s.path().join("root");
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_thinlayer"))
+            .arg("--root")
+            .arg(&root)
+            .args(["pool", "create", "--data-size", "128M"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let wins = [&a, &b].iter().filter(|o| o.status.success()).count();
+    assert_eq!(wins, 1, "a: {} b: {}", stderr(&a), stderr(&b));
+    let loser = if a.status.success() { &b } else { &a };
+    assert!(
+        stderr(loser).contains("already holds pool"),
+        "{}",
+        stderr(loser)
+    );
+    assert_eq!(s.dm_devices_under().len(), 3);
+    ok(&root, &["pool", "destroy"]);
+    assert_nothing_left(&s, &root);
+}
+
+/// Kill `pool create` at many instants: the next command finds either a
+/// whole pool or none, and no device or file is left orphaned.
+#[test]
+fn dm_pool_create_killed_at_any_instant_leaves_a_pool_or_nothing() {
+    require_dm();
+    let s = Scratch::new("kill");
+    let root = s.path().join("root");
+    let mut outcomes = (0, 0);
+    for delay_ms in [
+        0u64, 1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 200, 400,
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_thinlayer"))
+            .arg("--root")
+            .arg(&root)
+            .args(["pool", "create", "--data-size", "128M"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let o = thinlayer(&root, &["pool", "status", "--json"]);
+        if o.status.success() {
+            outcomes.0 += 1;
+            let st: Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(st["active"], true);
+            ok(&root, &["pool", "destroy"]);
+        } else {
+            outcomes.1 += 1;
+            assert!(stderr(&o).contains("no pool in"), "{}", stderr(&o));
+        }
+        assert_nothing_left(&s, &root);
+    }
+    eprintln!(
+        "complete pools: {}, rolled back or never started: {}",
+        outcomes.0, outcomes.1
+    );
+}

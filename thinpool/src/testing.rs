@@ -1,0 +1,166 @@
+//! Test support for the root and dm tiers, shared by this crate's and
+//! thinlayer's integration tests (feature `testing`).
+//!
+//! A tier that cannot run fails loudly: [`require_root`] and [`require_dm`]
+//! panic with the command that runs the tier, so nothing passes by being
+//! skipped. [`Scratch`] makes a directory for one test and, on drop, tears
+//! down only what was made under it: dm devices of pools recorded there
+//! and loop devices bound to its files.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::loopback;
+use crate::names::{PoolNames, PREFIX};
+use crate::pool::{PoolRecord, RECORD_FILE};
+use crate::record;
+
+/// Panics unless the test runs as root.
+pub fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("this test is in the root tier and needs uid 0: run `tools/test.sh root` as root");
+    }
+}
+
+/// Panics unless the kernel has device-mapper with the thin-pool target.
+pub fn require_dm() {
+    require_root();
+    if let Err(e) = crate::kernel::open_dm() {
+        panic!("this test is in the dm tier and needs a kernel with dm-thin ({e}): run it in the VM with `vm-tests/dm-tier.sh`");
+    }
+}
+
+/// A scratch directory for one test, cleaned up with everything made in it.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new(label: &str) -> Scratch {
+        let base = std::env::var_os("THINLAYER_TEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        fs::create_dir_all(&base).expect("making the test base directory");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("thinlayer-{label}-"))
+            .tempdir_in(base)
+            .expect("making a scratch directory");
+        Scratch { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A sparse file of `size` bytes bound to a loop device; returns the
+    /// loop device's path.
+    pub fn loop_device(&self, name: &str, size: u64) -> PathBuf {
+        let file = self.path().join(name);
+        let f = fs::File::create(&file).expect("creating a loop backing file");
+        f.set_len(size).expect("sizing a loop backing file");
+        loopback::attach(&file)
+            .expect("attaching a loop device")
+            .path
+    }
+
+    /// Names of every dm device the kernel has whose name starts with ours.
+    pub fn our_dm_devices() -> Vec<String> {
+        let Ok(dm) = devicemapper::DM::new() else {
+            return vec![];
+        };
+        dm.list_devices()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(n, _, _)| n.to_string())
+            .filter(|n| n.starts_with(PREFIX))
+            .collect()
+    }
+
+    /// Loop devices bound to files under this scratch directory.
+    pub fn loops_under(&self) -> Vec<PathBuf> {
+        let mut out = vec![];
+        for f in walk(self.path()) {
+            if let Ok(Some(l)) = loopback::find(&f) {
+                out.push(l.path);
+            }
+        }
+        out
+    }
+
+    /// Dm devices of every pool recorded under this directory.
+    pub fn dm_devices_under(&self) -> Vec<String> {
+        let prefixes: Vec<String> = walk(self.path())
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| n == RECORD_FILE))
+            .filter_map(|p| record::read::<PoolRecord>(&p).ok().flatten())
+            .map(|r| PoolNames::new(r.id).prefix())
+            .collect();
+        Self::our_dm_devices()
+            .into_iter()
+            .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
+            .collect()
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let Ok(rd) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => out.extend(walk(&p)),
+            Ok(t) if t.is_file() => out.push(p),
+            _ => {}
+        }
+    }
+    out
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Unmount anything left mounted under the scratch directory.
+        if let Ok(mounts) = fs::read_to_string("/proc/self/mounts") {
+            let base = self.path().to_string_lossy().into_owned();
+            let mut points: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split(' ').nth(1))
+                .filter(|m| m.starts_with(&base))
+                .collect();
+            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for m in points {
+                let _ = Command::new("umount").arg("-l").arg(m).status();
+            }
+        }
+        if let Ok(dm) = devicemapper::DM::new() {
+            let mut devs = self.dm_devices_under();
+            // Thin devices first, then pools, then their linear devices.
+            devs.sort_by_key(|n| {
+                if n.contains("-thin-") {
+                    0
+                } else if n.ends_with("-pool") {
+                    1
+                } else {
+                    2
+                }
+            });
+            for n in devs {
+                if let Ok(name) = devicemapper::DmNameBuf::new(n) {
+                    let _ = dm.device_remove(
+                        &devicemapper::DevId::Name(&name),
+                        devicemapper::DmOptions::default(),
+                    );
+                }
+            }
+        }
+        for l in self.loops_under() {
+            let _ = loopback::LoopDev {
+                name: l.file_name().unwrap().to_string_lossy().into_owned(),
+                path: l,
+            }
+            .detach();
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! dm tier: the pool and its thin devices against a real kernel (run in
+//! the VM with `vm-tests/dm-tier.sh`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::process::Command;
+
+use devicemapper::{DevId, DM};
+use thinpool::names::{PoolNames, Role};
+use thinpool::pool::{PoolRecord, RECORD_FILE};
+use thinpool::recovery::PendingOp;
+use thinpool::testing::{require_dm, Scratch};
+use thinpool::{
+    BackingRequest, Bytes, CreateOptions, Error, Pool, SizeChange, ThinId, TransactionId,
+};
+
+fn small_pool(s: &Scratch) -> Pool {
+    let opts = CreateOptions {
+        data: BackingRequest::File(Some(Bytes(256 << 20))),
+        ..CreateOptions::default()
+    };
+    Pool::create(&s.path().join("pool"), &opts).expect("creating a pool")
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn write_at(dev: &Path, offset: u64, data: &[u8]) {
+    let mut f = OpenOptions::new().write(true).open(dev).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn read_at(dev: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let mut f = File::open(dev).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut buf = vec![0; len];
+    f.read_exact(&mut buf).unwrap();
+    buf
+}
+
+fn message(pool: &Pool, msg: &str) {
+    let names = PoolNames::new(pool.record().id.clone());
+    let name = names.name(Role::Pool);
+    DM::new()
+        .unwrap()
+        .target_msg(&DevId::Name(&name), None, msg)
+        .unwrap_or_else(|e| panic!("message {msg}: {e}"));
+}
+
+fn rewrite_record(dir: &Path, f: impl FnOnce(&mut PoolRecord)) {
+    let path = dir.join(RECORD_FILE);
+    let mut rec: PoolRecord = thinpool::record::read(&path).unwrap().unwrap();
+    f(&mut rec);
+    thinpool::record::write(&path, &rec).unwrap();
+}
+
+#[test]
+fn dm_thin_data_survives_deactivate_and_activate() {
+    require_dm();
+    let s = Scratch::new("survive");
+    let dir = s.path().join("pool");
+    let mut pool = small_pool(&s);
+    let id = pool.create_thin(Bytes(64 << 20), "t").unwrap();
+    let dev = pool.activate_thin(id).unwrap();
+    let data = pattern(7, 1 << 20);
+    write_at(&dev, 5 << 20, &data);
+    pool.deactivate().unwrap();
+    assert!(
+        s.dm_devices_under().is_empty(),
+        "{:?}",
+        s.dm_devices_under()
+    );
+    assert!(s.loops_under().is_empty());
+    drop(pool);
+
+    let mut pool = Pool::open(&dir).unwrap();
+    assert!(!pool.is_active());
+    pool.activate().unwrap();
+    pool.activate().unwrap(); // idempotent
+    let dev = pool.activate_thin(id).unwrap();
+    assert_eq!(read_at(&dev, 5 << 20, data.len()), data);
+    pool.destroy(true).unwrap();
+    assert!(s.dm_devices_under().is_empty());
+    assert!(!dir.join("data").exists() && !dir.join("metadata").exists());
+}
+
+#[test]
+fn dm_grow_online_keeps_data_and_refuses_shrinking() {
+    require_dm();
+    let s = Scratch::new("grow");
+    let mut pool = small_pool(&s);
+    let id = pool.create_thin(Bytes(512 << 20), "t").unwrap();
+    let dev = pool.activate_thin(id).unwrap();
+    let data = pattern(3, 4 << 20);
+    write_at(&dev, 0, &data);
+
+    pool.grow(
+        Some(SizeChange::By(Bytes(256 << 20))),
+        Some(SizeChange::To(Bytes(32 << 20))),
+    )
+    .unwrap();
+    let st = pool.status().unwrap();
+    assert_eq!(st.data.total_bytes, Bytes(512 << 20));
+    assert_eq!(st.metadata.total_bytes, Bytes(32 << 20));
+    assert_eq!(read_at(&dev, 0, data.len()), data);
+    // The device stayed usable across the reload: write past the old size.
+    let more = pattern(9, 300 << 20);
+    write_at(&dev, 8 << 20, &more);
+    assert_eq!(read_at(&dev, 8 << 20, more.len()), more);
+
+    let err = pool
+        .grow(Some(SizeChange::To(Bytes(128 << 20))), None)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("shrinking a pool is not supported"),
+        "{err}"
+    );
+    assert_eq!(pool.status().unwrap().data.total_bytes, Bytes(512 << 20));
+    pool.destroy(true).unwrap();
+}
+
+#[test]
+fn dm_snapshot_shares_blocks_and_isolates_writes() {
+    require_dm();
+    let s = Scratch::new("snap");
+    let mut pool = small_pool(&s);
+    let origin = pool.create_thin(Bytes(64 << 20), "origin").unwrap();
+    let odev = pool.activate_thin(origin).unwrap();
+    let a = pattern(1, 1 << 20);
+    write_at(&odev, 0, &a);
+    let used_before = pool.status().unwrap().data.used_bytes.unwrap();
+
+    let snap = pool.snapshot_thin(origin, "snap").unwrap();
+    assert_eq!(pool.thins()[&snap].origin, Some(origin));
+    // O(1): the snapshot maps the origin's blocks without copying them.
+    assert_eq!(pool.status().unwrap().data.used_bytes.unwrap(), used_before);
+    let sdev = pool.activate_thin(snap).unwrap();
+    assert_eq!(read_at(&sdev, 0, a.len()), a);
+    let b = pattern(2, 64 << 10);
+    write_at(&sdev, 0, &b);
+    assert_eq!(
+        read_at(&odev, 0, a.len()),
+        a,
+        "a write to the snapshot reached its origin"
+    );
+    assert_eq!(read_at(&sdev, 0, b.len()), b);
+    // Exactly one 64K block was copied.
+    assert_eq!(
+        pool.status().unwrap().data.used_bytes.unwrap(),
+        Bytes(used_before.0 + (64 << 10))
+    );
+    pool.destroy(true).unwrap();
+}
+
+#[test]
+fn dm_recovery_undoes_a_create_killed_before_its_transaction() {
+    require_dm();
+    let s = Scratch::new("undo");
+    let dir = s.path().join("pool");
+    let mut pool = small_pool(&s);
+    let keep = pool.create_thin(Bytes(16 << 20), "keep").unwrap();
+    let next = pool.record().next_thin_id;
+    // As if killed after `create_thin` reached the kernel, before
+    // `set_transaction_id`.
+    message(&pool, &format!("create_thin {next}"));
+    drop(pool);
+    rewrite_record(&dir, |r| {
+        r.pending = Some(PendingOp::Create {
+            id: next,
+            size: Bytes(16 << 20),
+            tag: "lost".into(),
+        });
+        r.next_thin_id = ThinId(next.0 + 1);
+    });
+    let mut pool = Pool::open(&dir).unwrap();
+    assert_eq!(pool.record().pending, None);
+    assert_eq!(pool.thins().keys().copied().collect::<Vec<_>>(), vec![keep]);
+    // The kernel no longer has the id: creating it again succeeds.
+    message(&pool, &format!("create_thin {next}"));
+    message(&pool, &format!("delete {next}"));
+    assert_eq!(
+        pool.status().unwrap().transaction_id,
+        pool.record().transaction_id
+    );
+    pool.destroy(true).unwrap();
+}
+
+#[test]
+fn dm_recovery_commits_a_create_the_kernel_finished() {
+    require_dm();
+    let s = Scratch::new("commit");
+    let dir = s.path().join("pool");
+    let pool = small_pool(&s);
+    let next = pool.record().next_thin_id;
+    let r = pool.record().transaction_id;
+    message(&pool, &format!("create_thin {next}"));
+    message(&pool, &format!("set_transaction_id {r} {}", r.next()));
+    drop(pool);
+    rewrite_record(&dir, |rec| {
+        rec.pending = Some(PendingOp::Create {
+            id: next,
+            size: Bytes(16 << 20),
+            tag: "done".into(),
+        });
+        rec.next_thin_id = ThinId(next.0 + 1);
+    });
+    let mut pool = Pool::open(&dir).unwrap();
+    assert_eq!(pool.record().transaction_id, r.next());
+    assert_eq!(pool.thins()[&next].tag, "done");
+    let dev = pool.activate_thin(next).unwrap();
+    write_at(&dev, 0, b"usable");
+    pool.destroy(true).unwrap();
+}
+
+#[test]
+fn dm_recovery_finishes_a_half_done_delete() {
+    require_dm();
+    let s = Scratch::new("redo");
+    let dir = s.path().join("pool");
+    let mut pool = small_pool(&s);
+    let id = pool.create_thin(Bytes(16 << 20), "gone").unwrap();
+    // Killed after `delete` reached the kernel, before the transaction.
+    message(&pool, &format!("delete {id}"));
+    drop(pool);
+    rewrite_record(&dir, |r| r.pending = Some(PendingOp::Delete { id }));
+    let pool = Pool::open(&dir).unwrap();
+    assert!(pool.thins().is_empty());
+    assert_eq!(pool.record().pending, None);
+    assert_eq!(
+        pool.status().unwrap().transaction_id,
+        pool.record().transaction_id
+    );
+    pool.destroy(false).unwrap();
+}
+
+#[test]
+fn dm_open_refuses_a_record_the_kernel_contradicts() {
+    require_dm();
+    let s = Scratch::new("mismatch");
+    let dir = s.path().join("pool");
+    let pool = small_pool(&s);
+    message(&pool, "set_transaction_id 0 5");
+    drop(pool);
+    let err = Pool::open(&dir).unwrap_err();
+    assert!(matches!(err, Error::Mismatch { .. }), "{err}");
+    assert!(err.to_string().contains("kernel is at 5"), "{err}");
+    // Deactivated, the same check runs against the superblock on disk.
+    let mut rec: PoolRecord = thinpool::record::read(&dir.join(RECORD_FILE))
+        .unwrap()
+        .unwrap();
+    rec.transaction_id = TransactionId(5);
+    thinpool::record::write(&dir.join(RECORD_FILE), &rec).unwrap();
+    let mut pool = Pool::open(&dir).unwrap();
+    pool.deactivate().unwrap();
+    drop(pool);
+    rewrite_record(&dir, |r| r.transaction_id = TransactionId(9));
+    let mut pool = Pool::open(&dir).unwrap();
+    let err = pool.activate().unwrap_err();
+    assert!(
+        err.to_string().contains("metadata is at transaction 5"),
+        "{err}"
+    );
+    assert!(
+        s.dm_devices_under().is_empty(),
+        "a refused activation left devices"
+    );
+    rewrite_record(&dir, |r| r.transaction_id = TransactionId(5));
+    drop(pool);
+    Pool::open(&dir).unwrap().destroy(false).unwrap();
+}
+
+#[test]
+fn dm_a_mounted_thin_device_blocks_deactivation_and_destroy() {
+    require_dm();
+    let s = Scratch::new("busy");
+    let mut pool = small_pool(&s);
+    let id = pool.create_thin(Bytes(64 << 20), "mounted").unwrap();
+    let dev = pool.activate_thin(id).unwrap();
+    let ok = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&dev)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mnt = s.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    assert!(Command::new("mount")
+        .arg(&dev)
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success());
+
+    let err = pool.deactivate().unwrap_err();
+    assert!(matches!(err, Error::Busy { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("thin device 0 (mounted) is in use"),
+        "{err}"
+    );
+    assert!(pool.status().unwrap().active || Pool::open(&s.path().join("pool")).is_ok());
+    drop(pool);
+    let pool = Pool::open(&s.path().join("pool")).unwrap();
+    let err = pool.destroy(true).unwrap_err();
+    assert!(matches!(err, Error::Busy { .. }), "{err}");
+
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    let mut pool = Pool::open(&s.path().join("pool")).unwrap();
+    pool.activate().unwrap();
+    let err = pool.delete_thin(ThinId(99)).unwrap_err();
+    assert!(matches!(err, Error::NoSuchThin(_)), "{err}");
+    pool.delete_thin(id).unwrap();
+    pool.destroy(false).unwrap();
+    let leftover: Vec<String> = s.dm_devices_under();
+    assert!(leftover.is_empty(), "{leftover:?}");
+}
+
+#[test]
+fn dm_full_pool_with_error_policy_fails_writes_with_enospc() {
+    require_dm();
+    let s = Scratch::new("full");
+    let opts = CreateOptions {
+        data: BackingRequest::File(Some(Bytes(8 << 20))),
+        ..CreateOptions::default()
+    };
+    let mut pool = Pool::create(&s.path().join("pool"), &opts).unwrap();
+    let id = pool.create_thin(Bytes(64 << 20), "big").unwrap();
+    let dev = pool.activate_thin(id).unwrap();
+    let mut f = OpenOptions::new().write(true).open(&dev).unwrap();
+    let chunk = vec![0xabu8; 1 << 20];
+    let mut err = None;
+    for _ in 0..16 {
+        if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err.expect("writing 16M into an 8M pool succeeded");
+    assert_eq!(err.raw_os_error(), Some(ENOSPC), "{err}");
+    drop(f);
+    let st = pool.status().unwrap();
+    assert_eq!(st.mode, Some(thinpool::PoolMode::OutOfDataSpace));
+    assert_eq!(st.data.used_bytes, Some(st.data.total_bytes));
+    pool.destroy(true).unwrap();
+}
+
+const ENOSPC: i32 = 28;
+
+#[test]
+fn dm_names_of_two_pools_never_collide() {
+    require_dm();
+    let (a, b) = (Scratch::new("a"), Scratch::new("b"));
+    let (pa, pb) = (small_pool(&a), small_pool(&b));
+    assert_ne!(pa.record().id, pb.record().id);
+    let (da, db) = (a.dm_devices_under(), b.dm_devices_under());
+    assert_eq!(da.len(), 3, "{da:?}");
+    assert_eq!(db.len(), 3, "{db:?}");
+    assert!(da.iter().all(|n| !db.contains(n)));
+    pa.destroy(false).unwrap();
+    assert_eq!(
+        b.dm_devices_under(),
+        db,
+        "destroying one pool touched the other"
+    );
+    pb.destroy(false).unwrap();
+}
