@@ -347,7 +347,8 @@ fn dm_pool_create_with_defaults_matches_dmsetup_status() {
     );
     assert_eq!(n(du) * 65536, st["data"]["used_bytes"].as_u64().unwrap());
     assert_eq!(n(dt) * 65536, st["data"]["total_bytes"].as_u64().unwrap());
-    assert_eq!(f[6], "rw");
+    assert_eq!(f[6], "-", "held metadata root");
+    assert_eq!(f[7], "rw");
     assert!(f.contains(&"error_if_no_space"), "{line}");
     let table = dmsetup(&["table", &pool_dm_name(&st)]);
     assert!(

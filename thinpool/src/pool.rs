@@ -740,8 +740,11 @@ impl Pool {
     /// detaches the loop devices it owns; idempotent. Fails without
     /// removing the pool if a thin device is mounted or open.
     pub fn deactivate(&mut self) -> Result<()> {
-        self.dev = None;
-        self.stop_devices()
+        let result = self.stop_devices();
+        if result.is_ok() || !self.kernel_has(Role::Pool).unwrap_or(true) {
+            self.dev = None;
+        }
+        result
     }
 
     fn stop_devices(&mut self) -> Result<()> {
@@ -1041,24 +1044,22 @@ impl Pool {
     /// refused; a loop-backed pool's files are extended, a device-backed
     /// pool's devices must already be large enough.
     pub fn grow(&mut self, data: Option<SizeChange>, metadata: Option<SizeChange>) -> Result<()> {
-        let target = |what: &'static str,
-                      change: Option<SizeChange>,
-                      cur: Bytes|
-         -> Result<Bytes> {
-            let Some(change) = change else { return Ok(cur) };
-            let t = change
-                .target(cur)
-                .ok_or_else(|| Error::invalid(what, "the new size overflows".to_string()))?;
-            if t < cur {
-                return Err(Error::invalid(
-                    what,
-                    format!(
+        let target =
+            |what: &'static str, change: Option<SizeChange>, cur: Bytes| -> Result<Bytes> {
+                let Some(change) = change else { return Ok(cur) };
+                let t = change
+                    .target(cur)
+                    .ok_or_else(|| Error::invalid(what, "the new size overflows".to_string()))?;
+                if t < cur {
+                    return Err(Error::invalid(
+                        what,
+                        format!(
                         "{t} is smaller than the current {cur}; shrinking a pool is not supported"
                     ),
-                ));
-            }
-            Ok(t)
-        };
+                    ));
+                }
+                Ok(t)
+            };
         let new_data = target("data size", data, self.record.data.size)?;
         let new_meta = target("metadata size", metadata, self.record.metadata.size)?;
         config::check_data_size(new_data, self.record.block_size)?;
