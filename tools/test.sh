@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Sets up the machine and runs thinlayer's tests.
+#
+#   tools/test.sh            lint, then every tier: plain, root, dm (in the VM
+#                            unless this kernel has dm-thin)
+#   tools/test.sh TIER...    only these: lint plain root dm
+#
+# Needs root (the root and dm tiers attach loop devices and mount). A tier
+# that cannot run fails; nothing is skipped.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+cd "$REPO"
+
+tiers=("$@")
+((${#tiers[@]})) || tiers=(lint plain root dm)
+
+"$HERE/setup.sh"
+
+has_dm_thin() {
+  grep -q ' device-mapper$' /proc/misc 2>/dev/null || return 1
+  command -v dmsetup >/dev/null || return 1
+  DM_DISABLE_UDEV=1 dmsetup targets 2>/dev/null | grep -q '^thin-pool' && return 0
+  modprobe -q dm-thin-pool 2>/dev/null && DM_DISABLE_UDEV=1 dmsetup targets | grep -q '^thin-pool'
+}
+
+failed=()
+for t in "${tiers[@]}"; do
+  echo "=== $t"
+  case $t in
+    lint)
+      cargo fmt --all -- --check && cargo clippy --workspace --all-targets --quiet -- -D warnings || failed+=(lint) ;;
+    plain|root)
+      "$HERE/run-tier.sh" "$t" || failed+=("$t") ;;
+    dm)
+      if has_dm_thin; then
+        "$HERE/run-tier.sh" dm || failed+=(dm)
+      else
+        echo "this kernel has no dm-thin: running the dm tier in the VM"
+        "$REPO/vm-tests/dm-tier.sh" || failed+=(dm)
+      fi ;;
+    *) echo "unknown tier '$t': use lint, plain, root or dm" >&2; exit 2 ;;
+  esac
+done
+
+if ((${#failed[@]})); then
+  echo "FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "all of ${tiers[*]} passed"
