@@ -186,7 +186,7 @@ fn dm_recovery_undoes_a_create_killed_before_its_transaction() {
         });
         r.next_thin_id = ThinId(next.0 + 1);
     });
-    let mut pool = Pool::open(&dir).unwrap();
+    let pool = Pool::open(&dir).unwrap();
     assert_eq!(pool.record().pending, None);
     assert_eq!(pool.thins().keys().copied().collect::<Vec<_>>(), vec![keep]);
     // The kernel no longer has the id: creating it again succeeds.
