@@ -26,26 +26,30 @@ has_dm_thin() {
 }
 
 failed=()
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 for t in "${tiers[@]}"; do
   echo "=== $t"
   case $t in
     lint)
       cargo fmt --all -- --check && cargo clippy --workspace --all-targets --quiet -- -D warnings || failed+=(lint) ;;
     plain|root)
-      "$HERE/run-tier.sh" "$t" || failed+=("$t") ;;
+      "$HERE/run-tier.sh" "$t" | tee -a "$log"; ((PIPESTATUS[0] == 0)) || failed+=("$t") ;;
     dm)
       if has_dm_thin; then
-        "$HERE/run-tier.sh" dm || failed+=(dm)
+        "$HERE/run-tier.sh" dm | tee -a "$log"; ((PIPESTATUS[0] == 0)) || failed+=(dm)
       else
         echo "this kernel has no dm-thin: running the dm tier in the VM"
-        "$REPO/vm-tests/dm-tier.sh" || failed+=(dm)
+        "$REPO/vm-tests/dm-tier.sh" | tee -a "$log"; ((PIPESTATUS[0] == 0)) || failed+=(dm)
       fi ;;
     *) echo "unknown tier '$t': use lint, plain, root or dm" >&2; exit 2 ;;
   esac
 done
 
+# One closing line over all tiers, from each tier's own summary line.
+sum() { sed -nE "s/^[a-z]+ tier: ([0-9]+) passed, ([0-9]+) failed$/\\$1/p" "$log" | awk '{s+=$1} END {print s+0}'; }
 if ((${#failed[@]})); then
   echo "FAILED: ${failed[*]}"
-  exit 1
 fi
-echo "all of ${tiers[*]} passed"
+echo "tests: $(sum 1) passed, $(sum 2) failed"
+((${#failed[@]} == 0))

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Runs one tier of thinlayer's tests. A test's tier is the first word of its
+# function name: plain_*, root_*, dm_* (the full libtest name matches
+# `(^|::)TIER_`, so tests may sit in modules).
+#
+#   tools/run-tier.sh TIER [--no-build] [FILTER...] [LIBTEST-FLAG...] [-- LIBTEST-ARGS...]
+#   tools/run-tier.sh --build-only
+#
+#   TIER          plain | root | dm
+#   FILTER        keep only tests whose name contains one of the FILTERs
+#   --no-build    don't run cargo: use the binaries listed by the last build
+#                 (what the VM does: its view of the repo is read-only)
+#   --build-only  build the test binaries and write the list, run nothing
+#   LIBTEST-FLAG  any other -x/--xyz argument (e.g. --nocapture,
+#                 --test-threads=1) is passed to every test binary; so is
+#                 everything after --
+#
+# Build = `cargo test --workspace --no-run --message-format=json-render-diagnostics`
+# in the repo (plus $THINLAYER_CARGO_ARGS, word-split); the test executables it
+# reports go to the list file ${THINLAYER_TIER_LIST:-$REPO/target/tier-bins.txt}
+# (lines: executable TAB manifest-dir TAB target-name TAB kind).
+# Each binary runs in its crate's manifest dir with CARGO_MANIFEST_DIR set, with
+# `--exact` and the selected names. The last line printed is
+#   TIER tier: N passed, M failed
+# Exit status: 0 if all passed; 1 if any failed or none was selected; 2 usage.
+# REPO is $THINLAYER_REPO if set, else the repo this script is in.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=${THINLAYER_REPO:-$(cd "$HERE/.." && pwd)}
+LIST=${THINLAYER_TIER_LIST:-$REPO/target/tier-bins.txt}
+
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
+
+tier= build=1 build_only=0
+filters=() testargs=()
+while (($#)); do
+  case $1 in
+    --no-build) build=0 ;;
+    --build-only) build_only=1 ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; testargs+=("$@"); break ;;
+    -*) testargs+=("$1") ;;
+    *) if [[ -z $tier ]]; then tier=$1; else filters+=("$1"); fi ;;
+  esac
+  shift
+done
+
+if ((build_only)); then
+  [[ -z $tier ]] || { echo "run-tier.sh: --build-only takes no tier" >&2; exit 2; }
+  build=1
+else
+  case $tier in
+    plain|root|dm) ;;
+    '') echo "run-tier.sh: no tier given" >&2; usage >&2; exit 2 ;;
+    *) echo "run-tier.sh: unknown tier '$tier' (plain, root or dm)" >&2; exit 2 ;;
+  esac
+fi
+
+do_build() {
+  local json
+  mkdir -p "$(dirname "$LIST")"
+  json=$(mktemp)
+  echo "run-tier.sh: building test binaries in $REPO" >&2
+  # shellcheck disable=SC2086  # THINLAYER_CARGO_ARGS is a word list
+  if ! (cd "$REPO" && cargo test --workspace --no-run \
+    --message-format=json-render-diagnostics ${THINLAYER_CARGO_ARGS:-}) >"$json"; then
+    rm -f "$json"
+    echo "run-tier.sh: cargo test --no-run failed" >&2
+    return 1
+  fi
+  python3 - "$json" >"$LIST.tmp" <<'PY'
+import json, os, sys
+seen = set()
+for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
+    if not line.startswith("{"):
+        continue
+    m = json.loads(line)
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    if not (m.get("profile") or {}).get("test"):
+        continue
+    exe = m["executable"]
+    if exe in seen:
+        continue
+    seen.add(exe)
+    t = m.get("target") or {}
+    print("\t".join([exe, os.path.dirname(m["manifest_path"]), t.get("name", "?"),
+                     ",".join(t.get("kind", []))]))
+PY
+  rm -f "$json"
+  mv "$LIST.tmp" "$LIST"
+  echo "run-tier.sh: $(wc -l <"$LIST") test binaries listed in $LIST" >&2
+}
+
+if ((build)); then
+  do_build || exit 1
+  ((build_only)) && exit 0
+elif [[ ! -f $LIST ]]; then
+  echo "run-tier.sh: no list of test binaries at $LIST; run 'tools/run-tier.sh --build-only' first" >&2
+  exit 1
+fi
+
+if [[ $tier == dm && -z ${THINLAYER_IN_VM:-} ]] && ! grep -qw device-mapper /proc/misc 2>/dev/null; then
+  echo "run-tier.sh: note: this kernel has no device-mapper; the dm tier is meant to run in the VM: vm-tests/dm-tier.sh" >&2
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+passed=0 failed=0 ignored=0 selected=0
+while IFS=$'\t' read -r exe mdir tname kind; do
+  [[ -n $exe ]] || continue
+  if [[ ! -x $exe ]]; then
+    echo "run-tier.sh: ERROR: listed test binary $exe is missing (stale list? rebuild)" >&2
+    failed=$((failed + 1)); continue
+  fi
+  if ! (cd "$mdir" && CARGO_MANIFEST_DIR=$mdir "$exe" --list --format terse) >"$tmp/list" 2>"$tmp/list.err"; then
+    echo "run-tier.sh: ERROR: '$exe --list --format terse' failed:" >&2
+    cat "$tmp/list.err" >&2
+    failed=$((failed + 1)); continue
+  fi
+  sed -n 's/: test$//p' "$tmp/list" | grep -E "(^|::)${tier}_" >"$tmp/sel" || :
+  if ((${#filters[@]})); then
+    fargs=(); for f in "${filters[@]}"; do fargs+=(-e "$f"); done
+    grep -F "${fargs[@]}" "$tmp/sel" >"$tmp/sel2" || :
+    mv "$tmp/sel2" "$tmp/sel"
+  fi
+  mapfile -t sel <"$tmp/sel"
+  ((${#sel[@]})) || continue
+  selected=$((selected + ${#sel[@]}))
+
+  echo "=== $tier tier: ${#sel[@]} test(s) from $tname ($kind): $exe"
+  set +e
+  (cd "$mdir" && CARGO_MANIFEST_DIR=$mdir "$exe" --exact "${testargs[@]}" "${sel[@]}") | tee "$tmp/out"
+  rc=${PIPESTATUS[0]}
+  set -e
+  summary=$(grep -E '^test result: ' "$tmp/out" | tail -n1 || :)
+  p=$(sed -n 's/.* \([0-9][0-9]*\) passed;.*/\1/p' <<<"$summary")
+  f=$(sed -n 's/.* \([0-9][0-9]*\) failed;.*/\1/p' <<<"$summary")
+  i=$(sed -n 's/.* \([0-9][0-9]*\) ignored;.*/\1/p' <<<"$summary")
+  p=${p:-0} f=${f:-0} i=${i:-0}
+  if ((rc != 0 && f == 0)); then
+    # Crashed (signal, abort, panic outside a test) before/after its summary.
+    f=$((${#sel[@]} - p - i)); ((f > 0)) || f=1
+    echo "run-tier.sh: ERROR: $exe exited with status $rc; counting $f test(s) as failed" >&2
+  fi
+  passed=$((passed + p)) failed=$((failed + f)) ignored=$((ignored + i))
+done <"$LIST"
+
+status=0
+if ((selected == 0)); then
+  echo "run-tier.sh: ERROR: no $tier tests selected${filters[*]:+ (filters: ${filters[*]})} in the $(wc -l <"$LIST") binaries of $LIST" >&2
+  status=1
+fi
+((ignored == 0)) || echo "($ignored $tier test(s) ignored)"
+((failed == 0)) || status=1
+echo "$tier tier: $passed passed, $failed failed"
+exit $status
