@@ -10,6 +10,8 @@ PACKAGES=(
   e2fsprogs xfsprogs thin-provisioning-tools dmsetup
   # the VM that runs the dm tier: emulator, busybox initramfs, kernel modules
   qemu-system-x86 busybox-static cpio kmod zstd
+  # a real OCI tool: builds test images and is the reference unpacker
+  umoci
 )
 
 missing=()
