@@ -35,6 +35,7 @@ use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use devicemapper::{
@@ -267,6 +268,54 @@ fn resolve(
     }
 }
 
+/// Checks `pool create` options without changing anything: sizes, and
+/// that named devices exist, are block devices and are not in use.
+pub fn check_create_options(opts: &CreateOptions) -> Result<()> {
+    plan(Path::new("/"), opts).map(|_| ())
+}
+
+/// Resolves and checks the backings of a pool to be created in `dir`.
+fn plan(dir: &Path, opts: &CreateOptions) -> Result<(ResolvedBacking, ResolvedBacking)> {
+    if let (BackingRequest::Device(d, _), BackingRequest::Device(m, _)) =
+        (&opts.data, &opts.metadata)
+    {
+        if d == m
+            || fs::canonicalize(d)
+                .ok()
+                .is_some_and(|d| fs::canonicalize(m).ok() == Some(d))
+        {
+            return Err(Error::invalid(
+                "metadata device",
+                "the data and metadata devices must differ",
+            ));
+        }
+    }
+    let mut data = resolve(&opts.data, dir, DATA_FILE, "data device")?;
+    let mut meta = resolve(&opts.metadata, dir, METADATA_FILE, "metadata device")?;
+    let data_size = data.size.unwrap_or(config::DEFAULT_DATA_SIZE);
+    let data_size = if data.kind == BackingKind::Device && opts_size(&opts.data).is_none() {
+        // A whole device: use every full block of it.
+        let bs = opts.block_size.bytes().0;
+        Bytes(data_size.0 / bs * bs)
+    } else {
+        data_size
+    };
+    config::check_data_size(data_size, opts.block_size)?;
+    let meta_size = match (meta.size, meta.kind) {
+        (Some(s), BackingKind::Device) if opts_size(&opts.metadata).is_none() => {
+            let s = Bytes(s.0 / METADATA_BLOCK.0 * METADATA_BLOCK.0);
+            s.min(config::MAX_METADATA)
+        }
+        (Some(s), _) => s,
+        (None, _) => config::default_metadata(data_size, opts.block_size),
+    };
+    config::check_metadata_size(meta_size, data_size, opts.block_size)?;
+    data.size = Some(data_size);
+    meta.size = Some(meta_size);
+
+    Ok((data, meta))
+}
+
 fn lock_dir(dir: &Path, timeout: Duration) -> Result<LockGuard> {
     Ok(LockGuard::acquire(&dir.join(LOCK_FILE), timeout)?)
 }
@@ -310,43 +359,7 @@ impl Pool {
     }
 
     pub fn create_with(dir: &Path, opts: &CreateOptions, open: &PoolOpenOptions) -> Result<Pool> {
-        if let (BackingRequest::Device(d, _), BackingRequest::Device(m, _)) =
-            (&opts.data, &opts.metadata)
-        {
-            if d == m
-                || fs::canonicalize(d)
-                    .ok()
-                    .is_some_and(|d| fs::canonicalize(m).ok() == Some(d))
-            {
-                return Err(Error::invalid(
-                    "metadata device",
-                    "the data and metadata devices must differ",
-                ));
-            }
-        }
-        let mut data = resolve(&opts.data, dir, DATA_FILE, "data device")?;
-        let mut meta = resolve(&opts.metadata, dir, METADATA_FILE, "metadata device")?;
-        let data_size = data.size.unwrap_or(config::DEFAULT_DATA_SIZE);
-        let data_size = if data.kind == BackingKind::Device && opts_size(&opts.data).is_none() {
-            // A whole device: use every full block of it.
-            let bs = opts.block_size.bytes().0;
-            Bytes(data_size.0 / bs * bs)
-        } else {
-            data_size
-        };
-        config::check_data_size(data_size, opts.block_size)?;
-        let meta_size = match (meta.size, meta.kind) {
-            (Some(s), BackingKind::Device) if opts_size(&opts.metadata).is_none() => {
-                let s = Bytes(s.0 / METADATA_BLOCK.0 * METADATA_BLOCK.0);
-                s.min(config::MAX_METADATA)
-            }
-            (Some(s), _) => s,
-            (None, _) => config::default_metadata(data_size, opts.block_size),
-        };
-        config::check_metadata_size(meta_size, data_size, opts.block_size)?;
-        data.size = Some(data_size);
-        meta.size = Some(meta_size);
-
+        let (data, meta) = plan(dir, opts)?;
         let dm = kernel::open_dm()?;
 
         let made_dir = !dir.exists();
@@ -1130,6 +1143,37 @@ impl Pool {
         finish_destroy(&self.dm, &self.dir, &self.record)
     }
 
+    /// Bytes each thin device maps, maps alone, and shares with others,
+    /// read with `thin_ls` from a metadata snapshot of the live pool.
+    pub fn usage(&self) -> Result<BTreeMap<ThinId, ThinUsage>> {
+        let meta = self.pool_dev()?.meta_dev().devnode();
+        // A snapshot left held by a killed process blocks a new one.
+        let _ = self.message("release_metadata_snap");
+        self.message("reserve_metadata_snap")?;
+        let out = Command::new("thin_ls")
+            .args([
+                "--metadata-snap",
+                "--no-headers",
+                "-o",
+                "DEV,MAPPED_BYTES,EXCLUSIVE_BYTES,SHARED_BYTES",
+            ])
+            .arg(&meta)
+            .output();
+        let released = self.message("release_metadata_snap");
+        let out = out.map_err(|e| Error::Tool {
+            tool: "thin_ls".into(),
+            detail: format!("{e} (install thin-provisioning-tools)"),
+        })?;
+        released?;
+        if !out.status.success() {
+            return Err(Error::Tool {
+                tool: "thin_ls".into(),
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        parse_thin_ls(&String::from_utf8_lossy(&out.stdout))
+    }
+
     /// The pool's state, from the record and, when active, the kernel.
     pub fn status(&self) -> Result<PoolStatus> {
         let loop_of = |b: &Backing| -> Option<PathBuf> {
@@ -1184,6 +1228,47 @@ impl Pool {
         }
         Ok(st)
     }
+}
+
+/// Space one thin device takes in the pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThinUsage {
+    /// Bytes of the pool the device maps.
+    pub mapped: Bytes,
+    /// Bytes only this device maps: freed when it is deleted.
+    pub exclusive: Bytes,
+    /// Bytes it shares with snapshots or origins.
+    pub shared: Bytes,
+}
+
+/// Parses `thin_ls --no-headers -o DEV,MAPPED_BYTES,EXCLUSIVE_BYTES,SHARED_BYTES`.
+pub fn parse_thin_ls(out: &str) -> Result<BTreeMap<ThinId, ThinUsage>> {
+    let bad = |line: &str| Error::Tool {
+        tool: "thin_ls".into(),
+        detail: format!("unexpected output line '{line}'"),
+    };
+    let mut map = BTreeMap::new();
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let n = |i: usize| -> Result<u64> {
+            f.get(i)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad(line))
+        };
+        if f.len() != 4 {
+            return Err(bad(line));
+        }
+        let id = u32::try_from(n(0)?).map_err(|_| bad(line))?;
+        map.insert(
+            ThinId(id),
+            ThinUsage {
+                mapped: Bytes(n(1)?),
+                exclusive: Bytes(n(2)?),
+                shared: Bytes(n(3)?),
+            },
+        );
+    }
+    Ok(map)
 }
 
 fn opts_size(req: &BackingRequest) -> Option<Bytes> {
@@ -1294,4 +1379,19 @@ fn finish_destroy(dm: &DM, dir: &Path, record: &PoolRecord) -> Result<()> {
         }
     }
     Ok(record::remove(&dir.join(RECORD_FILE))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_thin_ls_output_parses_per_device() {
+        let m = parse_thin_ls("     0   1048576  65536  983040\n  12  0 0 0\n").unwrap();
+        assert_eq!(m[&ThinId(0)].exclusive, Bytes(65536));
+        assert_eq!(m[&ThinId(0)].shared, Bytes(983040));
+        assert_eq!(m[&ThinId(12)], ThinUsage::default());
+        assert!(parse_thin_ls("0 1 2\n").is_err());
+        assert!(parse_thin_ls("x 1 2 3\n").is_err());
+    }
 }
