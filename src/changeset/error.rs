@@ -1,0 +1,125 @@
+//! The changeset error type, grouped by what the caller does next.
+
+use std::io;
+
+/// What went wrong applying or exporting a changeset.
+///
+/// * [`Hostile`](Self::Hostile), [`Malformed`](Self::Malformed),
+///   [`Truncated`](Self::Truncated), [`Unsupported`](Self::Unsupported) and
+///   [`Limit`](Self::Limit) are about the input: the changeset (or, for an
+///   export, the tree) cannot be used as it is; retrying won't help. The
+///   caller discards the half-made layer and reports the input.
+/// * [`Io`](Self::Io) is the environment: the disk, the output, a missing
+///   privilege. The caller may retry after fixing it.
+///
+/// Messages are one line, lowercase, and name the entry and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangesetError {
+    /// The changeset tries to reach outside the layer root (absolute path,
+    /// `..`, a path or hard link through a symlink, ...). Reject the image.
+    #[error("hostile changeset: entry {entry:?} {reason}")]
+    Hostile { entry: String, reason: String },
+
+    /// The stream is not a valid (or not an unambiguous) tar archive.
+    #[error("malformed changeset: {reason}")]
+    Malformed { reason: String },
+
+    /// The stream ends early: mid-header, mid-entry, without end-of-archive
+    /// marker, or inside the compressed stream.
+    #[error("truncated changeset: {reason}")]
+    Truncated { reason: String },
+
+    /// A valid archive (or tree, when exporting) uses something this module
+    /// does not implement or cannot represent.
+    #[error("unsupported: {}{reason}", entry_label(.entry))]
+    Unsupported { entry: String, reason: String },
+
+    /// The input exceeds a limit of [`super::ApplyOptions`].
+    #[error("changeset exceeds a limit: {reason}")]
+    Limit { reason: String },
+
+    /// A system call failed on `path` (relative to the layer root), or on the
+    /// input or output stream.
+    #[error("io error {op} {path:?}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ChangesetError {
+    /// True when the input (changeset or tree) is at fault and retrying the
+    /// same input cannot succeed; false for [`ChangesetError::Io`].
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, ChangesetError::Io { .. })
+    }
+
+    pub(crate) fn hostile(entry: &[u8], reason: impl Into<String>) -> Self {
+        ChangesetError::Hostile {
+            entry: show(entry),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn unsupported(entry: &[u8], reason: impl Into<String>) -> Self {
+        ChangesetError::Unsupported {
+            entry: show(entry),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn malformed(reason: impl Into<String>) -> Self {
+        ChangesetError::Malformed {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn truncated(reason: impl Into<String>) -> Self {
+        ChangesetError::Truncated {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn limit(reason: impl Into<String>) -> Self {
+        ChangesetError::Limit {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn io(op: &'static str, path: &[u8], source: io::Error) -> Self {
+        ChangesetError::Io {
+            op,
+            path: show(path),
+            source,
+        }
+    }
+}
+
+/// A path or name for messages: lossy UTF-8; `Debug` formatting then quotes
+/// and escapes it, so a message stays on one line.
+pub(crate) fn show(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        ".".to_string()
+    } else {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+}
+
+/// `entry "x": `, or nothing when there is no entry (e.g. the compression).
+fn entry_label(entry: &str) -> String {
+    if entry.is_empty() {
+        String::new()
+    } else {
+        format!("entry {entry:?}: ")
+    }
+}
+
+/// Shorthand: `io_err("writing", path)` as a `map_err` closure.
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a [u8],
+) -> impl FnOnce(io::Error) -> ChangesetError + 'a {
+    move |e| ChangesetError::io(op, path, e)
+}

@@ -1,0 +1,360 @@
+//! Image archives: a `docker save` tarball (legacy `<id>/layer.tar` layout or the newer
+//! `blobs/sha256/…` layout, with or without the OCI layout newer docker versions add beside it),
+//! or an OCI image layout, as a directory or as a plain tar.
+//!
+//! [`ImageArchive::open`] reads and verifies every JSON document (index, manifests, configs,
+//! docker `manifest.json`) and checks the structure; layer blobs are only located, and
+//! [`ImageArchive::open_layer`] hands out a reader that hashes the blob as it is read and fails
+//! at EOF when the digest or size differ.
+//!
+//! **Read every layer reader to EOF.** Verification happens on the read that returns EOF; a
+//! decompressor usually stops at the end of its stream, so after decoding, drain the rest
+//! (`std::io::copy(&mut reader, &mut std::io::sink())`) and treat an error as a corrupt blob.
+//!
+//! Applying a layer is not done here: the caller decompresses the blob (see [`Compression`])
+//! and checks the result against [`LayerRef::diff_id`].
+
+mod digest;
+mod docker;
+mod oci;
+mod source;
+#[cfg(test)]
+mod tests;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub use digest::{chain_ids, sha256_digest, Digest, DigestParseError};
+
+use source::Source;
+
+/// JSON documents (index, manifests, configs, `manifest.json`) larger than this are refused
+/// before being read.
+pub const MAX_JSON_SIZE: u64 = 16 * 1024 * 1024;
+
+/// Failures of [`ImageArchive`], grouped by what the caller does next.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// Neither an OCI layout nor a docker-save archive: the user gave the wrong file.
+    #[error("{}: not a container image archive: {reason}", path.display())]
+    NotAnImage { path: PathBuf, reason: String },
+    /// The archive is recognized but broken or unsupported (bad JSON, missing field, layer
+    /// count mismatch, unsupported media type, missing blob, no usable platform).
+    #[error("{what}: {reason}")]
+    Malformed { what: String, reason: String },
+    /// The archive tries to reach outside itself (`..`, absolute paths, symlinks leaving the
+    /// layout, odd blob paths, conflicting duplicate members).
+    #[error("{what}: refused as hostile: {reason}")]
+    Hostile { what: String, reason: String },
+    /// A document read at open does not hash to its digest.
+    #[error("{what}: digest mismatch: expected {expected}, actual {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    /// A JSON document is over [`MAX_JSON_SIZE`]; refused before reading.
+    #[error("{what}: too large: {size} bytes (limit {limit} bytes)", limit = MAX_JSON_SIZE)]
+    TooLarge { what: String, size: u64 },
+    /// An I/O error on the archive itself.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ImageError {
+    pub(crate) fn malformed(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        ImageError::Malformed {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+    pub(crate) fn hostile(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        ImageError::Hostile {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+    pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        ImageError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// How the archive was recognized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveFormat {
+    /// OCI image layout in a directory.
+    OciDir,
+    /// OCI image layout in a tar (including a docker-save tar that also carries an OCI layout;
+    /// the OCI side is used because every blob has a digest, size and media type there).
+    OciTar,
+    /// docker-save archive (`manifest.json`) in a tar.
+    DockerTar,
+    /// An unpacked docker-save archive in a directory.
+    DockerDir,
+}
+
+/// How a layer blob is compressed, from its media type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+    /// Not declared (docker archives): sniff the magic bytes.
+    Unknown,
+}
+
+/// One image in the archive.
+#[derive(Debug, Clone)]
+pub struct ImageManifest {
+    pub config_digest: Digest,
+    pub config: ImageConfig,
+    /// `repo:tag` from docker `RepoTags`, or for OCI the `io.containerd.image.name`
+    /// annotation when present, else `org.opencontainers.image.ref.name` (may be just a tag).
+    /// Entries of the OCI index that resolve to the same manifest are merged.
+    pub names: Vec<String>,
+    /// Bottom to top.
+    pub layers: Vec<LayerRef>,
+    /// Digest of the OCI/docker-v2 manifest blob (None for a plain docker-save archive).
+    pub manifest_digest: Option<Digest>,
+    /// The manifest blob as stored (None for a plain docker-save archive).
+    pub manifest_raw: Option<Vec<u8>>,
+}
+
+/// The parsed subset of an image config, with the raw bytes for storing.
+#[derive(Debug, Clone)]
+pub struct ImageConfig {
+    pub raw: Vec<u8>,
+    pub diff_ids: Vec<Digest>,
+    pub architecture: Option<String>,
+    pub os: Option<String>,
+    pub variant: Option<String>,
+    pub created: Option<String>,
+}
+
+/// A layer of an image, with where to find its blob.
+#[derive(Debug, Clone)]
+pub struct LayerRef {
+    /// Position in the image, 0 = bottom.
+    pub index: usize,
+    /// Digest of the blob as stored; None only for a legacy docker `<id>/layer.tar`, whose
+    /// reader then checks the diff_id instead when the blob is an uncompressed tar.
+    pub blob_digest: Option<Digest>,
+    pub media_type: Option<String>,
+    /// Expected blob size (descriptor size, or the member size in a docker archive).
+    pub size: Option<u64>,
+    pub compression: Compression,
+    pub diff_id: Digest,
+    pub chain_id: Digest,
+    locator: source::Locator,
+}
+
+/// An opened, structurally verified image archive.
+#[derive(Debug)]
+pub struct ImageArchive {
+    path: PathBuf,
+    format: ArchiveFormat,
+    source: Source,
+    images: Vec<ImageManifest>,
+}
+
+impl ImageArchive {
+    /// Opens `path`: a directory holding an OCI layout (or an unpacked docker-save archive), or
+    /// a plain tar holding either. Compressed archive files are refused with a message.
+    ///
+    /// Where an index offers several platforms, the one for linux and the host architecture
+    /// is chosen (amd64 on x86_64), or the only one; see [`ImageArchive::open_for_platform`].
+    pub fn open(path: &Path) -> Result<ImageArchive, ImageError> {
+        ImageArchive::open_for_platform(path, "linux", oci::host_arch())
+    }
+
+    /// Like [`ImageArchive::open`], choosing `os`/`arch` (OCI names: `amd64`, `arm64`, …) from
+    /// multi-platform indexes.
+    pub fn open_for_platform(
+        path: &Path,
+        os: &str,
+        arch: &str,
+    ) -> Result<ImageArchive, ImageError> {
+        let source = Source::open(path)?;
+        let platform = oci::Platform {
+            os: os.to_string(),
+            arch: arch.to_string(),
+        };
+        let has_oci = source.is_file("oci-layout")?;
+        let has_docker = source.is_file("manifest.json")?;
+        let (format, images) = if has_oci {
+            let mut images = oci::load(&source, &platform)?;
+            if has_docker {
+                docker::apply_repo_tags(&source, &mut images)?;
+            }
+            let format = if source.is_dir() {
+                ArchiveFormat::OciDir
+            } else {
+                ArchiveFormat::OciTar
+            };
+            (format, images)
+        } else if has_docker {
+            let format = if source.is_dir() {
+                ArchiveFormat::DockerDir
+            } else {
+                ArchiveFormat::DockerTar
+            };
+            (format, docker::load(&source)?)
+        } else {
+            let reason = if source.is_file("index.json")? {
+                "index.json without oci-layout"
+            } else {
+                "neither oci-layout nor manifest.json found"
+            };
+            return Err(ImageError::NotAnImage {
+                path: path.to_path_buf(),
+                reason: reason.into(),
+            });
+        };
+        Ok(ImageArchive {
+            path: path.to_path_buf(),
+            format,
+            source,
+            images,
+        })
+    }
+
+    pub fn images(&self) -> &[ImageManifest] {
+        &self.images
+    }
+
+    pub fn format(&self) -> ArchiveFormat {
+        self.format
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A reader of the layer's blob exactly as stored (possibly compressed). It hashes what it
+    /// passes on; the read that reaches EOF fails with `InvalidData` (naming the blob and the
+    /// expected/actual digest) if the digest or size differ, and a read past the expected
+    /// size fails at once. Tar members are read in place with positioned reads, so several
+    /// readers can be used at once from different threads.
+    pub fn open_layer(&self, layer: &LayerRef) -> Result<Box<dyn Read + Send + '_>, ImageError> {
+        let what = match &layer.blob_digest {
+            Some(d) => format!("layer {} blob {d}", layer.index),
+            None => format!("layer {} ({})", layer.index, layer.locator.path()),
+        };
+        let expect = match &layer.blob_digest {
+            Some(d) => digest::Expect::Blob {
+                digest: d.clone(),
+                size: layer.size,
+            },
+            None => digest::Expect::DiffIdIfUncompressed {
+                diff_id: layer.diff_id.clone(),
+                size: layer.size,
+            },
+        };
+        let inner = self.source.open_member(&layer.locator)?;
+        Ok(Box::new(digest::VerifyingReader::new(inner, what, expect)))
+    }
+}
+
+/// Builds the layer list of an image from located blobs, checking the diff_id count.
+pub(crate) struct LayerBlob {
+    pub blob_digest: Option<Digest>,
+    pub media_type: Option<String>,
+    pub size: Option<u64>,
+    pub compression: Compression,
+    pub locator: source::Locator,
+}
+
+pub(crate) fn check_layer_count(
+    what: &str,
+    layers: usize,
+    config: &ImageConfig,
+) -> Result<(), ImageError> {
+    if layers != config.diff_ids.len() {
+        return Err(ImageError::malformed(
+            what,
+            format!(
+                "{layers} layers but the config lists {} diff_ids",
+                config.diff_ids.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn build_layers(
+    what: &str,
+    blobs: Vec<LayerBlob>,
+    config: &ImageConfig,
+) -> Result<Vec<LayerRef>, ImageError> {
+    check_layer_count(what, blobs.len(), config)?;
+    let chains = chain_ids(&config.diff_ids);
+    Ok(blobs
+        .into_iter()
+        .zip(config.diff_ids.iter().zip(chains))
+        .enumerate()
+        .map(|(index, (b, (diff_id, chain_id)))| LayerRef {
+            index,
+            blob_digest: b.blob_digest,
+            media_type: b.media_type,
+            size: b.size,
+            compression: b.compression,
+            diff_id: diff_id.clone(),
+            chain_id,
+            locator: b.locator,
+        })
+        .collect())
+}
+
+/// Parses an image config (already read and verified).
+pub(crate) fn parse_config(what: &str, raw: Vec<u8>) -> Result<ImageConfig, ImageError> {
+    #[derive(serde::Deserialize)]
+    struct RootFs {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        diff_ids: Option<Vec<Digest>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        architecture: Option<String>,
+        os: Option<String>,
+        variant: Option<String>,
+        created: Option<String>,
+        rootfs: Option<RootFs>,
+    }
+    let parsed: Raw = parse_json(what, &raw)?;
+    let rootfs = parsed
+        .rootfs
+        .ok_or_else(|| ImageError::malformed(what, "config has no rootfs"))?;
+    if rootfs.kind != "layers" {
+        return Err(ImageError::malformed(
+            what,
+            format!("rootfs.type is '{}', expected 'layers'", rootfs.kind),
+        ));
+    }
+    Ok(ImageConfig {
+        diff_ids: rootfs.diff_ids.unwrap_or_default(),
+        architecture: parsed.architecture,
+        os: parsed.os,
+        variant: parsed.variant,
+        created: parsed.created,
+        raw,
+    })
+}
+
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    what: &str,
+    bytes: &[u8],
+) -> Result<T, ImageError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ImageError::malformed(what, format!("invalid JSON: {e}")))
+}
