@@ -4,21 +4,30 @@
 //!
 //! ```text
 //! root (--root, 0700)
-//! └── pool            one dm thin-pool: data + metadata, loop-backed sparse
-//!     │               files by default (crate `thinpool`)
-//!     └── thin device blocks allocated on first write, 64 KiB by default
-//!         └── layer   an image or container layer is a thin snapshot of
-//!                     its parent: O(1) to make, copy-on-write per block
-//! volumes             data that outlives containers, beside the layers
+//! ├── pool            one dm thin-pool: data + metadata, loop-backed sparse
+//! │                   files by default (crate `thinpool`)
+//! │   ├── base        a thin device with an empty filesystem (ext4 or xfs)
+//! │   └── layers      every layer is a thin snapshot of its parent (or of
+//! │                   the base): O(1) to make, copy-on-write per block
+//! └── thin/           the layer store: layer and image records, journal
 //! ```
 //!
-//! This crate is the library behind the `thinlayer` command: [`Root`] is
-//! the state directory and the way in to the pool. The pool and its thin
-//! devices are managed by the `thinpool` crate, re-exported here.
+//! A [`store::Store`] keeps the graph (layers, parents, names, images) and
+//! makes every change a journaled transaction; a [`driver::Driver`] owns the
+//! resource behind each layer (for [`driver::thin::ThinDriver`], a thin
+//! device). Layers are filled from OCI changesets ([`changeset`]), and
+//! images come from `docker save` archives or OCI layouts ([`image`]).
 
+pub mod changeset;
+pub mod driver;
 pub mod error;
+pub mod image;
+pub mod layer;
+pub mod mount;
 pub mod root;
+pub mod store;
 
 pub use error::{Error, Result};
 pub use root::Root;
+pub use store::Store;
 pub use thinpool;

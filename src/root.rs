@@ -3,6 +3,7 @@
 //! ```text
 //! <root>/          mode 0700
 //!   pool/          the thin pool (see thinpool::pool for its files)
+//!   thin/          the thin driver's layer store (see crate::store)
 //! ```
 
 use std::fs;
@@ -11,9 +12,11 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use thinpool::{CreateOptions, Pool, PoolOpenOptions};
+use thinpool::{Bytes, CreateOptions, Pool, PoolOpenOptions};
 
+use crate::driver::thin::{FsType, ThinDriver};
 use crate::error::{Error, Result};
+use crate::store::{lock_store, Store};
 
 /// Where thinlayer keeps its state when no root is given.
 pub const DEFAULT_ROOT: &str = "/var/lib/thinlayer";
@@ -60,28 +63,116 @@ impl Root {
         self.path.join("pool")
     }
 
+    /// The thin driver's store directory.
+    pub fn thin_dir(&self) -> PathBuf {
+        self.path.join("thin")
+    }
+
     fn open_options(&self) -> PoolOpenOptions {
         PoolOpenOptions {
             lock_timeout: self.lock_timeout,
         }
     }
 
-    /// Creates the pool, making the root (mode 0700) if needed; a root this
-    /// call made is removed again if the pool cannot be created.
-    pub fn create_pool(&self, opts: &CreateOptions) -> Result<Pool> {
-        let made = !self.path.exists();
-        let result = self.ensure().and_then(|()| {
-            Pool::create_with(&self.pool_dir(), opts, &self.open_options()).map_err(Error::from)
-        });
-        if result.is_err() && made {
-            let _ = fs::remove_dir(&self.path);
+    /// Creates the pool and its base filesystem, making the root (mode
+    /// 0700) if needed. On failure removes what it made.
+    pub fn create_pool(&self, opts: &CreateOptions, fs: FsType, base_size: Bytes) -> Result<Pool> {
+        crate::driver::thin::check_base_size(base_size)?;
+        let made_root = !self.path.exists();
+        let made_store = !self.thin_dir().exists();
+        let result = self.create_pool_inner(opts, fs, base_size);
+        if result.is_err() {
+            if made_root {
+                let _ = fs::remove_dir_all(&self.path);
+            } else if made_store {
+                let _ = fs::remove_dir_all(self.thin_dir());
+            }
         }
         result
+    }
+
+    fn create_pool_inner(
+        &self,
+        opts: &CreateOptions,
+        fs: FsType,
+        base_size: Bytes,
+    ) -> Result<Pool> {
+        // Validation and the kernel check come first, so a refused create
+        // makes nothing: the pool crate checks both before creating files.
+        thinpool::pool::check_create_options(opts)?;
+        thinpool::kernel::open_dm()?;
+        self.ensure()?;
+        let dir = self.thin_dir();
+        let _lock = lock_store(&dir, self.lock_timeout)?;
+        let pool_exists = self.pool_dir().join(thinpool::pool::RECORD_FILE).exists();
+        if !pool_exists {
+            // Records of a pool destroyed by a killed command.
+            clear_store(&dir)?;
+            ThinDriver::write_params(&dir, fs, base_size)?;
+        }
+        let pool = Pool::create_with(&self.pool_dir(), opts, &self.open_options())?;
+        match ThinDriver::open(pool, &dir) {
+            Ok(d) => Ok(d.into_pool()),
+            Err(e) => {
+                let undo = Pool::open_with(&self.pool_dir(), &self.open_options())
+                    .and_then(|p| p.destroy(true))
+                    .map_err(Error::from)
+                    .and_then(|()| clear_store(&dir));
+                Err(e.with_rollback(undo))
+            }
+        }
     }
 
     /// Opens the pool (finishing whatever a killed command left in flight).
     pub fn open_pool(&self) -> Result<Pool> {
         Ok(Pool::open_with(&self.pool_dir(), &self.open_options())?)
+    }
+
+    /// Opens the thin driver's layer store over the active pool.
+    pub fn open_thin_store(&self) -> Result<Store> {
+        // Fail before making the store's directories when there is no pool.
+        if !self.pool_dir().join(thinpool::pool::RECORD_FILE).exists() {
+            return Err(thinpool::Error::NoPool {
+                dir: self.pool_dir(),
+            }
+            .into());
+        }
+        let dir = self.thin_dir();
+        let lock = lock_store(&dir, self.lock_timeout)?;
+        let driver = ThinDriver::open(self.open_pool()?, &dir)?;
+        Store::open(&dir, lock, Box::new(driver))
+    }
+
+    /// Destroys the pool with every layer and image in it. Refused while
+    /// thin devices other than the base exist, unless `force`.
+    pub fn destroy_pool(&self, force: bool) -> Result<String> {
+        let dir = self.thin_dir();
+        if !self.pool_dir().join(thinpool::pool::RECORD_FILE).exists() {
+            return Err(thinpool::Error::NoPool {
+                dir: self.pool_dir(),
+            }
+            .into());
+        }
+        let _lock = lock_store(&dir, self.lock_timeout)?;
+        let pool = self.open_pool()?;
+        let id = pool.record().id.to_string();
+        let n = pool
+            .thins()
+            .values()
+            .filter(|t| t.tag != crate::driver::thin::BASE_TAG)
+            .count();
+        if n > 0 && !force {
+            return Err(thinpool::Error::Precondition(format!(
+                "the pool still has {n} thin device{} (layers); remove {} first, or pass --force to destroy {} with the pool",
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "it" } else { "them" },
+                if n == 1 { "it" } else { "them" },
+            ))
+            .into());
+        }
+        pool.destroy(true)?;
+        clear_store(&dir)?;
+        Ok(id)
     }
 
     fn ensure(&self) -> Result<()> {
@@ -105,6 +196,26 @@ impl Root {
         }
         Ok(())
     }
+}
+
+/// Removes a store's records (not its lock), after its pool is gone.
+fn clear_store(dir: &Path) -> Result<()> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == "lock") {
+            continue;
+        }
+        let r = if p.is_dir() {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        r.map_err(Error::io("removing", &p))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -135,5 +246,12 @@ mod tests {
             err.contains("no pool in") && err.contains("thinlayer pool create"),
             "{err}"
         );
+        let err = Root::new(dir.path())
+            .unwrap()
+            .open_thin_store()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no pool in"), "{err}");
+        assert!(!dir.path().join("thin").exists());
     }
 }

@@ -1,55 +1,14 @@
 //! `thinlayer pool`: what a user sees, in all three tiers.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use thinpool::testing::{require_dm, require_root, Scratch};
 
-fn thinlayer(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_thinlayer"))
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .env_remove("THINLAYER_ROOT")
-        .output()
-        .expect("running thinlayer")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Runs a command expected to fail: exit `code`, one error line
-/// containing every `needle`.
-fn fails(root: &Path, args: &[&str], code: i32, needles: &[&str]) -> String {
-    let o = thinlayer(root, args);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: '{n}' not in: {err}");
-    }
-    if code == 1 {
-        assert_eq!(
-            err.trim_end().lines().count(),
-            1,
-            "{args:?}: not one line: {err}"
-        );
-        assert!(err.starts_with("thinlayer: "), "{err}");
-    }
-    err
-}
-
-fn ok(root: &Path, args: &[&str]) -> String {
-    let o = thinlayer(root, args);
-    assert!(o.status.success(), "{args:?} failed: {}", stderr(&o));
-    stdout(&o)
-}
+mod common;
+use common::{fails, ok, stderr, stdout, thinlayer};
 
 fn status(root: &Path) -> Value {
     serde_json::from_str(&ok(root, &["pool", "status", "--json"])).expect("status JSON")
@@ -318,7 +277,7 @@ fn dm_pool_create_with_defaults_matches_dmsetup_status() {
     assert_eq!(st["mode"], "rw");
     assert_eq!(st["block_size"], 64 << 10);
     assert_eq!(st["on_full"], "error");
-    assert_eq!(st["thin_devices"], 0);
+    assert_eq!(st["thin_devices"], 1, "the base filesystem's device");
     assert_eq!(st["data"]["total_bytes"], 100u64 << 30);
     assert_eq!(st["metadata"]["total_bytes"], 75u64 << 20);
     assert_eq!(st["data"]["backing"], "file");
@@ -383,6 +342,8 @@ fn dm_pool_create_honours_every_option() {
             "1M",
             "--on-full",
             "queue",
+            "--base-size",
+            "64M",
         ],
     );
     let st = status(&root);
@@ -417,7 +378,16 @@ fn dm_pool_on_block_devices_leaves_them_attached_and_wiped() {
     let (d, m) = (data.to_str().unwrap(), meta.to_str().unwrap());
     ok(
         &root,
-        &["pool", "create", "--data-dev", d, "--metadata-dev", m],
+        &[
+            "pool",
+            "create",
+            "--data-dev",
+            d,
+            "--metadata-dev",
+            m,
+            "--base-size",
+            "64M",
+        ],
     );
     let st = status(&root);
     assert_eq!(st["data"]["backing"], "device");
@@ -438,7 +408,16 @@ fn dm_pool_on_block_devices_leaves_them_attached_and_wiped() {
     // Wiped: the device can make a new pool.
     ok(
         &root,
-        &["pool", "create", "--data-dev", d, "--metadata-dev", m],
+        &[
+            "pool",
+            "create",
+            "--data-dev",
+            d,
+            "--metadata-dev",
+            m,
+            "--base-size",
+            "64M",
+        ],
     );
     ok(&root, &["pool", "destroy"]);
 }
@@ -448,7 +427,17 @@ fn dm_pool_deactivate_and_activate_are_idempotent() {
     require_dm();
     let s = Scratch::new("cycle");
     let root = s.path().join("root");
-    ok(&root, &["pool", "create", "--data-size", "128M"]);
+    ok(
+        &root,
+        &[
+            "pool",
+            "create",
+            "--data-size",
+            "128M",
+            "--base-size",
+            "64M",
+        ],
+    );
     assert!(ok(&root, &["pool", "deactivate"]).contains("deactivated"));
     assert!(ok(&root, &["pool", "deactivate"]).contains("already inactive"));
     assert!(s.dm_devices_under().is_empty());
@@ -469,7 +458,17 @@ fn dm_pool_grow_online_through_the_cli() {
     require_dm();
     let s = Scratch::new("clgrow");
     let root = s.path().join("root");
-    ok(&root, &["pool", "create", "--data-size", "128M"]);
+    ok(
+        &root,
+        &[
+            "pool",
+            "create",
+            "--data-size",
+            "128M",
+            "--base-size",
+            "64M",
+        ],
+    );
     let out = ok(&root, &["pool", "grow", "--data-size", "+128M"]);
     assert!(out.contains("data 256M"), "{out}");
     ok(
@@ -511,13 +510,23 @@ fn dm_pool_destroy_is_refused_while_thin_devices_exist_unless_forced() {
     require_dm();
     let s = Scratch::new("destroy");
     let root = s.path().join("root");
-    ok(&root, &["pool", "create", "--data-size", "128M"]);
+    ok(
+        &root,
+        &[
+            "pool",
+            "create",
+            "--data-size",
+            "128M",
+            "--base-size",
+            "64M",
+        ],
+    );
     {
         let mut pool = thinpool::Pool::open(&root.join("pool")).unwrap();
         pool.create_thin(thinpool::Bytes(32 << 20), "layer")
             .unwrap();
     }
-    assert_eq!(status(&root)["thin_devices"], 1);
+    assert_eq!(status(&root)["thin_devices"], 2, "the base and one more");
     fails(
         &root,
         &["pool", "destroy"],
@@ -538,7 +547,14 @@ fn dm_two_racing_creates_make_one_pool_and_one_clear_error() {
         Command::new(env!("CARGO_BIN_EXE_thinlayer"))
             .arg("--root")
             .arg(&root)
-            .args(["pool", "create", "--data-size", "128M"])
+            .args([
+                "pool",
+                "create",
+                "--data-size",
+                "128M",
+                "--base-size",
+                "64M",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -583,12 +599,32 @@ fn dm_pool_create_and_destroy_killed_at_any_instant_leave_a_pool_or_nothing() {
     // Spread the kills over the whole run of an uninterrupted create, and
     // a little past it, whatever this machine's speed.
     let t = std::time::Instant::now();
-    ok(&root, &["pool", "create", "--data-size", "128M"]);
+    ok(
+        &root,
+        &[
+            "pool",
+            "create",
+            "--data-size",
+            "128M",
+            "--base-size",
+            "64M",
+        ],
+    );
     let full = t.elapsed().as_millis() as u64;
     ok(&root, &["pool", "destroy"]);
     let (mut pools, mut none) = (0, 0);
     for delay_ms in (0..=16u64).map(|k| full * k / 14) {
-        killed(&["pool", "create", "--data-size", "128M"], delay_ms);
+        killed(
+            &[
+                "pool",
+                "create",
+                "--data-size",
+                "128M",
+                "--base-size",
+                "64M",
+            ],
+            delay_ms,
+        );
         let o = thinlayer(&root, &["pool", "status", "--json"]);
         if !o.status.success() {
             none += 1;

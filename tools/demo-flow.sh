@@ -6,22 +6,62 @@
 set -euo pipefail
 BIN=${1:?usage: demo-flow.sh PATH-TO-THINLAYER}
 : "${THINLAYER_ROOT:?set THINLAYER_ROOT}"
+WORK=$(mktemp -d /tmp/thinlayer-demo-work.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
 
 step() {
   printf '\n$ thinlayer %s\n' "$*"
   "$BIN" "$@"
 }
 
+note() { printf '\n# %s\n' "$*"; }
+
 echo "thinlayer demo, state in $THINLAYER_ROOT"
-step pool create --data-size 2G
+note "a thin pool on sparse loop-backed files, with a 1G base filesystem for layers"
+step pool create --data-size 4G --base-size 1G
 step pool status
-step pool grow --data-size +1G
-step pool status --json
+
+note "an image built with umoci (a real OCI tool): two layers"
+(
+  cd "$WORK"
+  umoci init --layout oci >/dev/null
+  umoci new --image oci:demo >/dev/null
+  umoci unpack --image oci:demo bundle >/dev/null
+  mkdir -p bundle/rootfs/etc bundle/rootfs/app
+  echo "hello from the image" > bundle/rootfs/app/greeting
+  head -c 4194304 /dev/urandom > bundle/rootfs/app/data.bin
+  umoci repack --image oci:demo bundle >/dev/null
+  umoci unpack --image oci:demo bundle2 >/dev/null
+  echo "version 2" > bundle2/rootfs/app/version
+  umoci repack --image oci:demo bundle2 >/dev/null
+)
+step image import "$WORK/oci" --name demo/app:1.0
+step image ls
+TOP=$("$BIN" image inspect demo/app:1.0 --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["layers"][-1])')
+
+note "a new layer on top of the image: an O(1) thin snapshot plus a small changeset"
+mkdir -p "$WORK/change/app"
+echo "changed in my layer" > "$WORK/change/app/greeting"
+tar -C "$WORK/change" -cf "$WORK/change.tar" app
+step snapshot layer "$TOP" --name mylayer --from-tar "$WORK/change.tar"
+step layer ls
+
+note "mount it read-only and look inside"
+MP=$("$BIN" layer mount mylayer)
+echo "$MP"
+printf '\n$ cat %s/app/greeting %s/app/version\n' "$MP" "$MP"
+cat "$MP/app/greeting" "$MP/app/version"
+step layer umount mylayer
+
+note "its changes against its parent, as an OCI layer"
+step layer diff mylayer -o "$WORK/mylayer.tar"
+tar -tvf "$WORK/mylayer.tar"
+
+note "the pool survives deactivation (as after a reboot)"
 step pool deactivate
-step pool status
 step pool activate
-step pool status
-step pool destroy
+step layer inspect mylayer
+step pool destroy --force
 printf '\n$ thinlayer pool status   (expected to fail: the pool is gone)\n'
 if "$BIN" pool status; then exit 1; fi
 echo

@@ -11,7 +11,7 @@ PACKAGES=(
   # the VM that runs the dm tier: emulator, busybox initramfs, kernel modules
   qemu-system-x86 busybox-static cpio kmod zstd
   # a real OCI tool: builds test images and is the reference unpacker
-  umoci
+  umoci skopeo attr
 )
 
 missing=()

@@ -1,6 +1,9 @@
 //! Command-line definitions (clap derive) and dispatch.
 
+mod image;
+mod layer;
 mod pool;
+mod progress;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,11 +44,23 @@ enum Command {
     /// Create, inspect, grow and remove the thin pool.
     #[command(subcommand)]
     Pool(pool::PoolCommand),
+    /// Layers: thin snapshots of their parents.
+    #[command(subcommand)]
+    Layer(layer::LayerCommand),
+    /// Make a new layer as a snapshot.
+    #[command(subcommand)]
+    Snapshot(layer::SnapshotCommand),
+    /// Import and manage images (docker save archives, OCI layouts).
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     let root = Root::new(&cli.root)?.with_lock_timeout(Duration::from_secs(cli.lock_timeout));
     match cli.command {
         Command::Pool(cmd) => pool::run(&root, cmd),
+        Command::Layer(cmd) => layer::run(&root, cmd),
+        Command::Snapshot(cmd) => layer::run_snapshot(&root, cmd),
+        Command::Image(cmd) => image::run(&root, cmd),
     }
 }

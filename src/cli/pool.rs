@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use thinlayer::driver::thin::FsType;
 use thinlayer::thinpool::{
     BackingKind, BackingRequest, BlockSize, Bytes, CreateOptions, OnFull, PoolStatus, SizeChange,
     SpaceStatus,
@@ -26,9 +27,9 @@ pub enum PoolCommand {
     Deactivate,
     /// Grow the pool online (absolute size or +SIZE); never shrinks.
     Grow(GrowArgs),
-    /// Remove the pool and its files.
+    /// Remove the pool, its layers and images, and its files.
     Destroy {
-        /// Also destroy the pool's thin devices (never ones in use).
+        /// Also destroy the pool's layers (never ones in use).
         #[arg(long)]
         force: bool,
     },
@@ -54,6 +55,12 @@ pub struct CreateArgs {
     /// What a write to a full pool does: fail with ENOSPC, or wait for `pool grow`.
     #[arg(long, value_name = "POLICY", default_value = "error")]
     on_full: OnFull,
+    /// Filesystem of the base device, and so of every layer: ext4 or xfs.
+    #[arg(long, value_name = "FS", default_value = "ext4")]
+    fs: FsType,
+    /// Size of the base filesystem, and so of every layer.
+    #[arg(long, value_name = "SIZE", default_value = "10G")]
+    base_size: Bytes,
 }
 
 #[derive(Debug, Args)]
@@ -83,7 +90,7 @@ pub fn run(root: &Root, cmd: PoolCommand) -> Result<()> {
                 on_full: a.on_full,
             };
             let pool = root
-                .create_pool(&opts)
+                .create_pool(&opts, a.fs, a.base_size)
                 .with_context(|| format!("creating a pool in {}", root.path().display()))?;
             let st = pool.status()?;
             println!(
@@ -142,9 +149,7 @@ pub fn run(root: &Root, cmd: PoolCommand) -> Result<()> {
             );
         }
         PoolCommand::Destroy { force } => {
-            let pool = root.open_pool()?;
-            let id = pool.record().id.clone();
-            pool.destroy(force).context("destroying the pool")?;
+            let id = root.destroy_pool(force).context("destroying the pool")?;
             println!("destroyed pool {id}");
         }
     }

@@ -1,0 +1,99 @@
+//! `thinlayer image ...`
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use thinlayer::Root;
+
+use super::progress::ImportProgress;
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import a `docker save` archive or an OCI image layout (directory or tar).
+    Import {
+        path: PathBuf,
+        /// Name the image NAME[:TAG] instead of the archive's names.
+        #[arg(long, value_name = "NAME:TAG")]
+        name: Option<String>,
+    },
+    /// List images.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one image.
+    Inspect {
+        image: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image and its layers that nothing else uses.
+    Rm { image: String },
+}
+
+pub fn run(root: &Root, cmd: ImageCommand) -> Result<()> {
+    let mut store = root.open_thin_store()?;
+    for r in store.repairs() {
+        eprintln!("thinlayer: recovered: {r}");
+    }
+    match cmd {
+        ImageCommand::Import { path, name } => {
+            let progress = ImportProgress::new();
+            let ids = store
+                .import_image(&path, name.as_deref(), &progress)
+                .with_context(|| format!("importing {}", path.display()))?;
+            drop(progress);
+            for id in ids {
+                let img = store.image(&id)?;
+                println!("{} {}", img.id, img.names.join(" "));
+            }
+        }
+        ImageCommand::Ls { json } => {
+            let images: Vec<_> = store.images().cloned().collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&images)?);
+            } else {
+                println!("{:<14} {:>6}  NAMES", "IMAGE", "LAYERS");
+                for i in images {
+                    println!(
+                        "{:<14} {:>6}  {}",
+                        &i.id[..12],
+                        i.layers.len(),
+                        i.names.join(", ")
+                    );
+                }
+            }
+        }
+        ImageCommand::Inspect { image, json } => {
+            let i = store.image(&image)?.clone();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&i)?);
+            } else {
+                println!("id        sha256:{}", i.id);
+                println!("names     {}", i.names.join(", "));
+                println!(
+                    "platform  {}/{}",
+                    i.os.as_deref().unwrap_or("-"),
+                    i.architecture.as_deref().unwrap_or("-")
+                );
+                println!("layers    (bottom to top)");
+                for l in &i.layers {
+                    let rec = store.layer(l.as_str())?;
+                    println!("  {}  {}", l, rec.diff_id.as_deref().unwrap_or("-"));
+                }
+            }
+        }
+        ImageCommand::Rm { image } => {
+            let removed = store
+                .remove_image(&image)
+                .with_context(|| format!("removing image {image}"))?;
+            println!(
+                "removed image {image} and {} layer{}",
+                removed.len(),
+                if removed.len() == 1 { "" } else { "s" }
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,323 @@
+//! `thinlayer layer ...` and `thinlayer snapshot layer`.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use thinlayer::changeset::{Compression, ExportOptions};
+use thinlayer::driver::Usage;
+use thinlayer::layer::LayerRecord;
+use thinlayer::store::{display_layer, Store};
+use thinlayer::thinpool::Bytes;
+use thinlayer::Root;
+
+#[derive(Debug, Subcommand)]
+pub enum LayerCommand {
+    /// Create a layer with no parent, optionally from an OCI layer tar.
+    Create(NewLayer),
+    /// List layers as a tree with their sizes.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one layer.
+    Inspect {
+        layer: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a layer (refused while it has children, is mounted or is in an image).
+    Rm { layer: String },
+    /// Mount a layer read-only; prints the mount point.
+    Mount { layer: String },
+    /// Unmount a layer mounted with `layer mount`.
+    Umount { layer: String },
+    /// Write a layer's changes against its parent as an OCI layer tar.
+    Diff {
+        layer: String,
+        /// Output file [default: stdout].
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// gzip the output.
+        #[arg(long)]
+        gzip: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Create a layer as a thin snapshot of PARENT (name or id); prints its id.
+    Layer {
+        parent: String,
+        #[command(flatten)]
+        new: NewLayer,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct NewLayer {
+    /// Name for the new layer.
+    #[arg(long)]
+    name: Option<String>,
+    /// Apply this OCI layer tar (plain, gzip or zstd; - for stdin).
+    #[arg(long, value_name = "FILE")]
+    from_tar: Option<PathBuf>,
+}
+
+fn open_tar(path: &Option<PathBuf>) -> Result<Option<Box<dyn Read>>> {
+    Ok(match path {
+        None => None,
+        Some(p) if p.as_os_str() == "-" => Some(Box::new(io::stdin().lock())),
+        Some(p) => {
+            Some(Box::new(File::open(p).with_context(|| {
+                format!("opening changeset {}", p.display())
+            })?))
+        }
+    })
+}
+
+fn create(store: &mut Store, parent: Option<&str>, new: &NewLayer) -> Result<()> {
+    let mut tar = open_tar(&new.from_tar)?;
+    let id = store.create_layer(
+        parent,
+        new.name.as_deref(),
+        tar.as_mut().map(|t| t as &mut dyn Read),
+    )?;
+    println!("{id}");
+    Ok(())
+}
+
+pub fn run_snapshot(root: &Root, cmd: SnapshotCommand) -> Result<()> {
+    let SnapshotCommand::Layer { parent, new } = cmd;
+    let mut store = root.open_thin_store()?;
+    create(&mut store, Some(&parent), &new).with_context(|| format!("snapshotting layer {parent}"))
+}
+
+#[derive(Serialize)]
+struct LayerJson<'a> {
+    id: &'a str,
+    name: Option<&'a str>,
+    parent: Option<&'a str>,
+    created_unix: u64,
+    diff_id: Option<&'a str>,
+    chain_id: Option<&'a str>,
+    exclusive_bytes: u64,
+    shared_bytes: u64,
+    mounted_at: Option<PathBuf>,
+    images: Vec<String>,
+    children: Vec<&'a str>,
+}
+
+fn to_json<'a>(store: &'a Store, l: &'a LayerRecord, u: Usage) -> Result<LayerJson<'a>> {
+    Ok(LayerJson {
+        id: l.id.as_str(),
+        name: l.name.as_deref(),
+        parent: l.parent.as_ref().map(|p| p.as_str()),
+        created_unix: l.created_unix,
+        diff_id: l.diff_id.as_deref(),
+        chain_id: l.chain_id.as_deref(),
+        exclusive_bytes: u.exclusive_bytes,
+        shared_bytes: u.shared_bytes,
+        mounted_at: store.is_mounted(&l.id)?.then(|| store.mount_point(&l.id)),
+        images: store
+            .images()
+            .filter(|i| i.layers.contains(&l.id))
+            .map(|i| {
+                i.names
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| i.id[..12].to_string())
+            })
+            .collect(),
+        children: store
+            .children(&l.id)
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect(),
+    })
+}
+
+pub fn run(root: &Root, cmd: LayerCommand) -> Result<()> {
+    let mut store = root.open_thin_store()?;
+    for r in store.repairs() {
+        eprintln!("thinlayer: recovered: {r}");
+    }
+    match cmd {
+        LayerCommand::Create(new) => create(&mut store, None, &new).context("creating a layer")?,
+        LayerCommand::Ls { json } => {
+            let layers: Vec<LayerRecord> = store.layers().cloned().collect();
+            let ids: Vec<_> = layers.iter().map(|l| l.id.clone()).collect();
+            let usage = store.usage(&ids)?;
+            if json {
+                let out: Vec<LayerJson> = layers
+                    .iter()
+                    .zip(&usage)
+                    .map(|(l, u)| to_json(&store, l, *u))
+                    .collect::<Result<_>>()?;
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                print_tree(&store, &layers, &usage)?;
+            }
+        }
+        LayerCommand::Inspect { layer, json } => {
+            let l = store.layer(&layer)?.clone();
+            let u = store.usage(std::slice::from_ref(&l.id))?[0];
+            let j = to_json(&store, &l, u)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&j)?);
+            } else {
+                let opt = |o: Option<&str>| o.unwrap_or("-").to_string();
+                for (k, v) in [
+                    ("id", j.id.to_string()),
+                    ("name", opt(j.name)),
+                    ("parent", opt(j.parent)),
+                    ("created", j.created_unix.to_string()),
+                    ("diff id", opt(j.diff_id)),
+                    ("chain id", opt(j.chain_id)),
+                    ("exclusive", Bytes(j.exclusive_bytes).to_string()),
+                    ("shared", Bytes(j.shared_bytes).to_string()),
+                    (
+                        "mounted at",
+                        j.mounted_at
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or("-".into()),
+                    ),
+                    (
+                        "images",
+                        if j.images.is_empty() {
+                            "-".into()
+                        } else {
+                            j.images.join(", ")
+                        },
+                    ),
+                    ("children", j.children.len().to_string()),
+                ] {
+                    println!("{k:<10} {v}");
+                }
+            }
+        }
+        LayerCommand::Rm { layer } => {
+            let id = store
+                .remove_layer(&layer)
+                .with_context(|| format!("removing layer {layer}"))?;
+            println!("{id}");
+        }
+        LayerCommand::Mount { layer } => {
+            let mp = store
+                .mount_layer(&layer)
+                .with_context(|| format!("mounting layer {layer}"))?;
+            println!("{}", mp.display());
+        }
+        LayerCommand::Umount { layer } => {
+            store
+                .unmount_layer(&layer)
+                .with_context(|| format!("unmounting layer {layer}"))?;
+        }
+        LayerCommand::Diff {
+            layer,
+            output,
+            gzip,
+        } => {
+            let opts = ExportOptions {
+                compression: if gzip {
+                    Compression::Gzip
+                } else {
+                    Compression::None
+                },
+            };
+            let ctx = || format!("exporting layer {layer}");
+            match output {
+                Some(path) => {
+                    // Written beside the target and renamed, so a failed
+                    // export never leaves a partial file under its name.
+                    let tmp = path.with_extension("partial");
+                    let mut f = BufWriter::new(
+                        File::create(&tmp)
+                            .with_context(|| format!("creating {}", tmp.display()))?,
+                    );
+                    let r = store
+                        .diff(&layer, &mut f, &opts)
+                        .with_context(ctx)
+                        .and_then(|s| {
+                            f.flush()?;
+                            Ok(s)
+                        });
+                    match r {
+                        Ok(_) => std::fs::rename(&tmp, &path)
+                            .with_context(|| format!("writing {}", path.display()))?,
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&tmp);
+                            return Err(e);
+                        }
+                    }
+                }
+                None => {
+                    let mut out = BufWriter::new(io::stdout().lock());
+                    store.diff(&layer, &mut out, &opts).with_context(ctx)?;
+                    out.flush()?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_tree(store: &Store, layers: &[LayerRecord], usage: &[Usage]) -> Result<()> {
+    println!(
+        "{:<40} {:<20} {:>10} {:>10}  IMAGES",
+        "LAYER", "NAME", "EXCLUSIVE", "SHARED"
+    );
+    let by_id: std::collections::BTreeMap<_, _> = layers
+        .iter()
+        .zip(usage)
+        .map(|(l, u)| (l.id.clone(), (l, *u)))
+        .collect();
+    fn walk(
+        store: &Store,
+        by_id: &std::collections::BTreeMap<thinlayer::layer::LayerId, (&LayerRecord, Usage)>,
+        l: &LayerRecord,
+        prefix: &str,
+        last: bool,
+        top: bool,
+    ) {
+        let (_, u) = by_id[&l.id];
+        let branch = if top {
+            ""
+        } else if last {
+            "└─ "
+        } else {
+            "├─ "
+        };
+        let label = format!("{prefix}{branch}{}", l.id.short());
+        let images: Vec<String> = store
+            .images()
+            .filter(|i| i.layers.last() == Some(&l.id))
+            .flat_map(|i| i.names.clone())
+            .collect();
+        println!(
+            "{label:<40} {:<20} {:>10} {:>10}  {}",
+            l.name.as_deref().unwrap_or("-"),
+            Bytes(u.exclusive_bytes).to_string(),
+            Bytes(u.shared_bytes).to_string(),
+            images.join(", ")
+        );
+        let kids = store.children(&l.id);
+        let child_prefix = if top {
+            prefix.to_string()
+        } else {
+            format!("{prefix}{}", if last { "   " } else { "│  " })
+        };
+        for (i, k) in kids.iter().enumerate() {
+            walk(store, by_id, k, &child_prefix, i + 1 == kids.len(), false);
+        }
+    }
+    for l in layers.iter().filter(|l| l.parent.is_none()) {
+        walk(store, &by_id, l, "", true, true);
+    }
+    let _ = display_layer;
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! Layers: ids, names and their persistent records.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use thinpool::ThinId;
+
+use crate::error::{Error, Result};
+
+/// A layer's id: 32 lowercase hex digits, random. Commands accept the id,
+/// a unique prefix of it (at least 4 digits), or the layer's name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LayerId(String);
+
+impl LayerId {
+    pub const LEN: usize = 32;
+
+    pub fn generate() -> Result<LayerId> {
+        use std::io::Read;
+        let mut buf = [0u8; 16];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut buf))
+            .map_err(Error::io("reading", "/dev/urandom"))?;
+        Ok(LayerId(buf.iter().map(|b| format!("{b:02x}")).collect()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first 12 digits, as listings show it.
+    pub fn short(&self) -> &str {
+        &self.0[..12]
+    }
+
+    pub fn is_id(s: &str) -> bool {
+        s.len() == Self::LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+}
+
+impl TryFrom<String> for LayerId {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        if LayerId::is_id(&s) {
+            Ok(LayerId(s))
+        } else {
+            Err(format!("'{s}' is not a layer id"))
+        }
+    }
+}
+
+impl From<LayerId> for String {
+    fn from(id: LayerId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for LayerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Checks a layer name: 1 to 128 of `[A-Za-z0-9_.-]`, starting with a
+/// letter or digit, and not of the form of a full id (names are looked up
+/// before id prefixes, so other hex-looking names are fine).
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    let first_ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric());
+    if name.is_empty() || name.len() > 128 || !ok_chars || !first_ok {
+        return Err(Error::invalid(
+            "layer name",
+            format!("'{name}' must be 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit"),
+        ));
+    }
+    if LayerId::is_id(name) {
+        return Err(Error::invalid(
+            "layer name",
+            format!("'{name}' reads as a layer id; use a name with other characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// The resource behind a layer, owned by the storage driver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "driver", rename_all = "snake_case")]
+pub enum Resource {
+    /// A thin device in the pool holding the layer's whole filesystem.
+    Thin { thin_id: ThinId },
+}
+
+/// A layer's record (`layers/<id>.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub id: LayerId,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub parent: Option<LayerId>,
+    pub created_unix: u64,
+    /// sha256 of the uncompressed changeset applied to make this layer.
+    #[serde(default)]
+    pub diff_id: Option<String>,
+    /// The OCI chain id, for layers made by an image import.
+    #[serde(default)]
+    pub chain_id: Option<String>,
+    pub resource: Resource,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_layer_ids_are_random_hex_with_a_short_form() {
+        let a = LayerId::generate().unwrap();
+        let b = LayerId::generate().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.short().len(), 12);
+        assert!(LayerId::try_from(a.to_string()).is_ok());
+        assert!(LayerId::try_from("xyz".to_string()).is_err());
+        assert!(LayerId::try_from("A".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn plain_layer_names_are_checked() {
+        for good in ["base", "ubuntu-22.04", "my_layer.v2", "L1"] {
+            validate_name(good).unwrap();
+        }
+        for bad in [
+            "",
+            "-x",
+            ".hidden",
+            "a/b",
+            "..",
+            "a b",
+            "caf\u{e9}",
+            &"x".repeat(129),
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+        validate_name("deadbeef").unwrap();
+        let msg = validate_name(&"ab".repeat(16)).unwrap_err().to_string();
+        assert!(msg.contains("reads as a layer id"), "{msg}");
+    }
+}

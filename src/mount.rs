@@ -1,0 +1,94 @@
+//! Mounting filesystems and asking what is mounted.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::error::{Error, Result};
+
+/// Mounts `source` of type `fstype` at `target`.
+pub fn mount(source: &Path, target: &Path, fstype: &str, readonly: bool, data: &str) -> Result<()> {
+    let mut flags = MsFlags::empty();
+    if readonly {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    let data = (!data.is_empty()).then_some(data);
+    nix::mount::mount(Some(source), target, Some(fstype), flags, data).map_err(|e| {
+        Error::io(
+            format!("mounting {} ({fstype}) on", source.display()),
+            target,
+        )(e.into())
+    })
+}
+
+/// Unmounts `target`; not mounted is not an error.
+pub fn unmount(target: &Path) -> Result<()> {
+    if !is_mounted(target)? {
+        return Ok(());
+    }
+    nix::mount::umount2(target, MntFlags::empty()).map_err(|e| {
+        if e == nix::errno::Errno::EBUSY {
+            Error::InUse {
+                what: target.display().to_string(),
+                reason: "a process has files open there; close them and retry".into(),
+            }
+        } else {
+            Error::io("unmounting", target)(e.into())
+        }
+    })
+}
+
+/// Mount points from /proc/self/mountinfo, unescaped.
+pub fn mount_points() -> Result<Vec<PathBuf>> {
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(Error::io("reading", "/proc/self/mountinfo"))?;
+    Ok(info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape(m)))
+        .collect())
+}
+
+pub fn is_mounted(target: &Path) -> Result<bool> {
+    Ok(mount_points()?.iter().any(|m| m == target))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/a\040b"), "/a b");
+        assert_eq!(unescape(r"/x\134y"), r"/x\y");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape(r"/end\04"), r"/end\04");
+    }
+
+    #[test]
+    fn plain_root_is_mounted() {
+        assert!(is_mounted(Path::new("/")).unwrap());
+    }
+}

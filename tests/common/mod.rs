@@ -1,0 +1,248 @@
+//! Helpers shared by the CLI tests: run thinlayer, check its output.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub fn thinlayer(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_thinlayer"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env_remove("THINLAYER_ROOT")
+        .output()
+        .expect("running thinlayer")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Runs a command expected to fail: exit `code`, one error line
+/// containing every `needle`.
+pub fn fails(root: &Path, args: &[&str], code: i32, needles: &[&str]) -> String {
+    let o = thinlayer(root, args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: '{n}' not in: {err}");
+    }
+    if code == 1 {
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: not one line: {err}"
+        );
+        assert!(err.starts_with("thinlayer: "), "{err}");
+    }
+    err
+}
+
+pub fn ok(root: &Path, args: &[&str]) -> String {
+    let o = thinlayer(root, args);
+    assert!(o.status.success(), "{args:?} failed: {}", stderr(&o));
+    stdout(&o)
+}
+
+/// Builds OCI layer tars for tests, including malformed and hostile ones.
+pub struct Tar {
+    b: tar::Builder<Vec<u8>>,
+}
+
+impl Default for Tar {
+    fn default() -> Self {
+        Tar::new()
+    }
+}
+
+fn header(kind: tar::EntryType, path: &str, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    // Written raw, so hostile paths (`..`, absolute) go in unchanged.
+    let name = &mut h.as_old_mut().name;
+    name.fill(0);
+    name[..path.len()].copy_from_slice(path.as_bytes());
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    h
+}
+
+impl Tar {
+    pub fn new() -> Tar {
+        Tar {
+            b: tar::Builder::new(Vec::new()),
+        }
+    }
+
+    pub fn dir(mut self, path: &str) -> Tar {
+        let h = header(tar::EntryType::Directory, path, 0o755, 0);
+        self.b.append(&h, &[][..]).unwrap();
+        self
+    }
+
+    pub fn file(mut self, path: &str, content: &[u8]) -> Tar {
+        self.file_mode(path, content, 0o644);
+        self
+    }
+
+    pub fn file_mode(&mut self, path: &str, content: &[u8], mode: u32) {
+        let h = header(tar::EntryType::Regular, path, mode, content.len() as u64);
+        self.b.append(&h, content).unwrap();
+    }
+
+    pub fn symlink(mut self, path: &str, target: &str) -> Tar {
+        let mut h = header(tar::EntryType::Symlink, path, 0o777, 0);
+        let l = &mut h.as_old_mut().linkname;
+        l[..target.len()].copy_from_slice(target.as_bytes());
+        h.set_cksum();
+        self.b.append(&h, &[][..]).unwrap();
+        self
+    }
+
+    pub fn hardlink(mut self, path: &str, target: &str) -> Tar {
+        let mut h = header(tar::EntryType::Link, path, 0o644, 0);
+        let l = &mut h.as_old_mut().linkname;
+        l[..target.len()].copy_from_slice(target.as_bytes());
+        h.set_cksum();
+        self.b.append(&h, &[][..]).unwrap();
+        self
+    }
+
+    pub fn whiteout(self, path: &str) -> Tar {
+        let (dir, name) = path
+            .rsplit_once('/')
+            .map(|(d, n)| (format!("{d}/"), n))
+            .unwrap_or((String::new(), path));
+        self.file(&format!("{dir}.wh.{name}"), b"")
+    }
+
+    pub fn opaque(self, dir: &str) -> Tar {
+        self.file(&format!("{dir}/.wh..wh..opq"), b"")
+    }
+
+    pub fn bytes(self) -> Vec<u8> {
+        self.b.into_inner().unwrap()
+    }
+
+    pub fn write(self, path: &Path) -> std::path::PathBuf {
+        std::fs::write(path, self.bytes()).unwrap();
+        path.to_path_buf()
+    }
+}
+
+/// One entry of a tree, as a comparison sees it.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct Node {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub content: Vec<u8>,
+    pub rdev: u64,
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// Every entry under `root` (not `lost+found` at the top), by relative
+/// path: type, mode, owner, mtime (not for directories: creating children
+/// changes it), content or link target, device number and xattrs.
+pub fn tree(root: &Path) -> std::collections::BTreeMap<String, Node> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = std::collections::BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, Node>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == "lost+found" {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let t = m.file_type();
+            let (kind, content) = if t.is_symlink() {
+                (
+                    "symlink",
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned()
+                        .into_bytes(),
+                )
+            } else if t.is_dir() {
+                ("dir", vec![])
+            } else if t.is_file() {
+                ("file", std::fs::read(&p).unwrap())
+            } else if t.is_char_device() {
+                ("char", vec![])
+            } else if t.is_block_device() {
+                ("block", vec![])
+            } else {
+                ("fifo", vec![])
+            };
+            let mut xattrs: Vec<(String, Vec<u8>)> = xattr::list(&p)
+                .map(|names| {
+                    names
+                        .filter_map(|n| {
+                            let k = n.to_string_lossy().into_owned();
+                            xattr::get(&p, &n).ok().flatten().map(|v| (k, v))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            xattrs.sort();
+            out.insert(
+                rel,
+                Node {
+                    kind,
+                    mode: m.mode(),
+                    uid: m.uid(),
+                    gid: m.gid(),
+                    mtime: if t.is_dir() { 0 } else { m.mtime() },
+                    content,
+                    rdev: m.rdev(),
+                    xattrs,
+                },
+            );
+            if t.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+/// Asserts two trees are equal, naming the first difference.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let (ta, tb) = (tree(a), tree(b));
+    for (k, v) in &ta {
+        match tb.get(k) {
+            None => panic!("{k} is in {} but not in {}", a.display(), b.display()),
+            Some(w) if w != v => panic!(
+                "{k} differs:\n  {}: {v:?}\n  {}: {w:?}",
+                a.display(),
+                b.display()
+            ),
+            _ => {}
+        }
+    }
+    for k in tb.keys() {
+        assert!(
+            ta.contains_key(k),
+            "{k} is in {} but not in {}",
+            b.display(),
+            a.display()
+        );
+    }
+}
