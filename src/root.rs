@@ -75,30 +75,12 @@ impl Root {
     }
 
     /// Creates the pool and its base filesystem, making the root (mode
-    /// 0700) if needed. On failure removes what it made.
+    /// 0700) if needed. Bad options and a kernel without dm-thin are refused
+    /// before anything is made; a later failure undoes the pool and the
+    /// store's records, but never removes a directory or lock file that a
+    /// concurrent command may be using.
     pub fn create_pool(&self, opts: &CreateOptions, fs: FsType, base_size: Bytes) -> Result<Pool> {
         crate::driver::thin::check_base_size(base_size)?;
-        let made_root = !self.path.exists();
-        let made_store = !self.thin_dir().exists();
-        let result = self.create_pool_inner(opts, fs, base_size);
-        if result.is_err() {
-            if made_root {
-                let _ = fs::remove_dir_all(&self.path);
-            } else if made_store {
-                let _ = fs::remove_dir_all(self.thin_dir());
-            }
-        }
-        result
-    }
-
-    fn create_pool_inner(
-        &self,
-        opts: &CreateOptions,
-        fs: FsType,
-        base_size: Bytes,
-    ) -> Result<Pool> {
-        // Validation and the kernel check come first, so a refused create
-        // makes nothing: the pool crate checks both before creating files.
         thinpool::pool::check_create_options(opts)?;
         thinpool::kernel::open_dm()?;
         self.ensure()?;
@@ -110,7 +92,11 @@ impl Root {
             clear_store(&dir)?;
             ThinDriver::write_params(&dir, fs, base_size)?;
         }
-        let pool = Pool::create_with(&self.pool_dir(), opts, &self.open_options())?;
+        let pool = match Pool::create_with(&self.pool_dir(), opts, &self.open_options()) {
+            Ok(p) => p,
+            Err(e) if pool_exists => return Err(e.into()),
+            Err(e) => return Err(Error::from(e).with_rollback(clear_store(&dir))),
+        };
         match ThinDriver::open(pool, &dir) {
             Ok(d) => Ok(d.into_pool()),
             Err(e) => {

@@ -560,19 +560,22 @@ fn dm_two_racing_creates_make_one_pool_and_one_clear_error() {
             .spawn()
             .unwrap()
     };
-    let (a, b) = (spawn(), spawn());
-    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    let wins = [&a, &b].iter().filter(|o| o.status.success()).count();
-    assert_eq!(wins, 1, "a: {} b: {}", stderr(&a), stderr(&b));
-    let loser = if a.status.success() { &b } else { &a };
-    assert!(
-        stderr(loser).contains("already holds pool"),
-        "{}",
-        stderr(loser)
-    );
-    assert_eq!(s.dm_devices_under().len(), 3);
-    ok(&root, &["pool", "destroy"]);
-    assert_nothing_left(&s, &root);
+    // Several rounds: which process wins, and when the loser starts, vary.
+    for _ in 0..4 {
+        let (a, b) = (spawn(), spawn());
+        let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+        let wins = [&a, &b].iter().filter(|o| o.status.success()).count();
+        assert_eq!(wins, 1, "a: {} b: {}", stderr(&a), stderr(&b));
+        let loser = if a.status.success() { &b } else { &a };
+        assert!(
+            stderr(loser).contains("already holds pool"),
+            "{}",
+            stderr(loser)
+        );
+        assert_eq!(s.dm_devices_under().len(), 3);
+        ok(&root, &["pool", "destroy"]);
+        assert_nothing_left(&s, &root);
+    }
 }
 
 /// Kill `pool create`, then `pool destroy`, at many instants: the next

@@ -362,18 +362,16 @@ impl Pool {
         let (data, meta) = plan(dir, opts)?;
         let dm = kernel::open_dm()?;
 
-        let made_dir = !dir.exists();
+        // Everything that can be refused without side effects was checked
+        // above. From here a failed create leaves at most this directory and
+        // its lock file: removing them could pull the lock from under a
+        // concurrent create, or the directory from under its pool.
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(io_err("creating", dir))?;
-        let result = Self::create_locked(dir, dm, data, meta, opts, open);
-        if result.is_err() && made_dir {
-            let _ = fs::remove_file(dir.join(LOCK_FILE));
-            let _ = fs::remove_dir(dir);
-        }
-        result
+        Self::create_locked(dir, dm, data, meta, opts, open)
     }
 
     fn create_locked(
