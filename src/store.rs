@@ -258,32 +258,7 @@ impl Store {
         {
             return Ok(l);
         }
-        let hex = key.len() >= 4 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        let matches: Vec<&LayerRecord> = if hex {
-            self.layers
-                .values()
-                .filter(|l| l.id.as_str().starts_with(key))
-                .collect()
-        } else {
-            vec![]
-        };
-        match matches.as_slice() {
-            [one] => Ok(one),
-            [] => Err(Error::NotFound {
-                what: "layer",
-                name: key.to_string(),
-                hint: ": list layers with `thinlayer layer ls`".into(),
-            }),
-            many => Err(Error::Ambiguous {
-                what: "layer",
-                name: key.to_string(),
-                candidates: many
-                    .iter()
-                    .map(|l| l.id.short())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }),
-        }
+        by_id_prefix("layer", key, self.layers.values(), |l| l.id.as_str())
     }
 
     /// A layer and its ancestors, the layer first.
@@ -519,32 +494,7 @@ impl Store {
             return Ok(i);
         }
         let hex = key.strip_prefix("sha256:").unwrap_or(key);
-        let matches: Vec<&ImageRecord> =
-            if hex.len() >= 4 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-                self.images
-                    .values()
-                    .filter(|i| i.id.starts_with(hex))
-                    .collect()
-            } else {
-                vec![]
-            };
-        match matches.as_slice() {
-            [one] => Ok(one),
-            [] => Err(Error::NotFound {
-                what: "image",
-                name: key.to_string(),
-                hint: ": list images with `thinlayer image ls`".into(),
-            }),
-            many => Err(Error::Ambiguous {
-                what: "image",
-                name: key.to_string(),
-                candidates: many
-                    .iter()
-                    .map(|i| i.id[..12].to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }),
-        }
+        by_id_prefix("image", hex, self.images.values(), |i| i.id.as_str())
     }
 
     /// Imports every image in a `docker save` archive or OCI layout (tar or
@@ -746,6 +696,38 @@ impl Store {
         }
         self.end()?;
         Ok(remove)
+    }
+}
+
+/// The one item whose id starts with `key` (4 hex digits or more).
+fn by_id_prefix<'a, T>(
+    what: &'static str,
+    key: &str,
+    items: impl Iterator<Item = &'a T>,
+    id: impl Fn(&T) -> &str,
+) -> Result<&'a T> {
+    let hex = key.len() >= 4 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let matches: Vec<&T> = if hex {
+        items.filter(|i| id(i).starts_with(key)).collect()
+    } else {
+        vec![]
+    };
+    match matches.as_slice() {
+        [one] => Ok(one),
+        [] => Err(Error::NotFound {
+            what,
+            name: key.to_string(),
+            hint: format!(": list them with `thinlayer {what} ls`"),
+        }),
+        many => Err(Error::Ambiguous {
+            what,
+            name: key.to_string(),
+            candidates: many
+                .iter()
+                .map(|i| &id(i)[..12])
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
     }
 }
 
