@@ -459,3 +459,87 @@ fn dm_snapshot_killed_at_any_instant_is_repaired() {
     eprintln!("snapshot takes {full}ms; {whole} of 13 killed snapshots had completed");
     ok(&root, &["pool", "destroy", "--force"]);
 }
+
+#[test]
+fn dm_xfs_base_with_changesets_from_stdin_and_two_mounted_snapshots() {
+    require_dm();
+    let s = Scratch::new("xfs");
+    let root = s.path().join("root");
+    ok(
+        &root,
+        &[
+            "pool",
+            "create",
+            "--data-size",
+            "2G",
+            "--base-size",
+            "512M",
+            "--fs",
+            "xfs",
+        ],
+    );
+    let bytes = Tar::new().file("hello", b"from stdin").bytes();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_thinlayer"))
+        .arg("--root")
+        .arg(&root)
+        .args(["layer", "create", "--name", "x", "--from-tar", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), &bytes).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait_with_output().unwrap().status.success());
+    let t = tar(&s, "y.tar", Tar::new().file("hello", b"changed"));
+    layer(&root, Some("x"), "y", &t);
+    // Snapshots of one xfs share its uuid: both mounted at once.
+    let a = PathBuf::from(ok(&root, &["layer", "mount", "x"]).trim());
+    let b = PathBuf::from(ok(&root, &["layer", "mount", "y"]).trim());
+    assert_eq!(read(&a.join("hello")).as_deref(), Some("from stdin"));
+    assert_eq!(read(&b.join("hello")).as_deref(), Some("changed"));
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(a.to_str().unwrap()) && l.contains(" xfs ")),
+        "{mounts}"
+    );
+    ok(&root, &["layer", "umount", "x"]);
+    ok(&root, &["layer", "umount", "y"]);
+    ok(&root, &["pool", "destroy", "--force"]);
+}
+
+#[test]
+fn dm_concurrent_snapshots_serialize_and_both_succeed() {
+    require_dm();
+    let s = Scratch::new("concurrent");
+    let root = pool(&s);
+    let t = tar(&s, "t.tar", Tar::new().file("a", b"a"));
+    layer(&root, None, "base", &t);
+    let spawn = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_thinlayer"))
+            .arg("--root")
+            .arg(&root)
+            .args([
+                "snapshot",
+                "layer",
+                "base",
+                "--name",
+                name,
+                "--from-tar",
+                &t,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let kids: Vec<_> = ["c1", "c2", "c3"].iter().map(|n| spawn(n)).collect();
+    for k in kids {
+        let o = k.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(layers_json(&root).len(), 4);
+    assert_eq!(pool_thin_devices(&root), 5);
+    ok(&root, &["pool", "destroy", "--force"]);
+}
