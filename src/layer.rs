@@ -94,6 +94,9 @@ pub fn validate_name(name: &str) -> Result<()> {
 pub enum Resource {
     /// A thin device in the pool holding the layer's whole filesystem.
     Thin { thin_id: ThinId },
+    /// A directory of the layer's own changes (overlayfs upperdir form),
+    /// reached through the short link `l/<link>` in mount options.
+    Dir { link: String },
 }
 
 /// A layer's record (`layers/<id>.json`).

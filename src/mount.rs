@@ -50,6 +50,22 @@ pub fn mount_points() -> Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// The filesystem type and superblock options of the mount at `target`.
+pub fn options_of(target: &Path) -> Result<Option<String>> {
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(Error::io("reading", "/proc/self/mountinfo"))?;
+    for l in info.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        if f.get(4).map(|m| unescape(m)) == Some(target.to_string_lossy().into_owned()) {
+            let sep = f.iter().position(|x| *x == "-").unwrap_or(f.len());
+            let fstype = f.get(sep + 1).copied().unwrap_or("?");
+            let opts = f.get(sep + 3).map(|o| unescape(o)).unwrap_or_default();
+            return Ok(Some(format!("{fstype} {opts}")));
+        }
+    }
+    Ok(None)
+}
+
 pub fn is_mounted(target: &Path) -> Result<bool> {
     Ok(mount_points()?.iter().any(|m| m == target))
 }

@@ -4,6 +4,7 @@
 //! <root>/          mode 0700
 //!   pool/          the thin pool (see thinpool::pool for its files)
 //!   thin/          the thin driver's layer store (see crate::store)
+//!   overlay/       the overlay driver's layer store and layer directories
 //! ```
 
 use std::fs;
@@ -14,9 +15,31 @@ use std::time::Duration;
 
 use thinpool::{Bytes, CreateOptions, Pool, PoolOpenOptions};
 
+use crate::driver::overlay::{OverlayDriver, OverlayOptions};
 use crate::driver::thin::{FsType, ThinDriver};
 use crate::error::{Error, Result};
 use crate::store::{lock_store, Store};
+
+/// Which driver's store a command works on (`--driver`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DriverKind {
+    /// Layers are thin snapshots in the pool.
+    #[default]
+    Thin,
+    /// Layers are directories stacked with overlayfs.
+    Overlay,
+}
+
+impl std::str::FromStr for DriverKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "thin" => Ok(DriverKind::Thin),
+            "overlay" => Ok(DriverKind::Overlay),
+            _ => Err(format!("'{s}' is not a driver: use thin or overlay")),
+        }
+    }
+}
 
 /// Where thinlayer keeps its state when no root is given.
 pub const DEFAULT_ROOT: &str = "/var/lib/thinlayer";
@@ -112,6 +135,29 @@ impl Root {
     /// Opens the pool (finishing whatever a killed command left in flight).
     pub fn open_pool(&self) -> Result<Pool> {
         Ok(Pool::open_with(&self.pool_dir(), &self.open_options())?)
+    }
+
+    /// Opens the layer store of `driver`.
+    pub fn open_store(&self, driver: DriverKind, overlay: &OverlayOptions) -> Result<Store> {
+        match driver {
+            DriverKind::Thin => self.open_thin_store(),
+            DriverKind::Overlay => self.open_overlay_store(overlay),
+        }
+    }
+
+    /// The overlay driver's store directory.
+    pub fn overlay_dir(&self) -> PathBuf {
+        self.path.join("overlay")
+    }
+
+    /// Opens the overlay driver's layer store (no pool needed).
+    pub fn open_overlay_store(&self, options: &OverlayOptions) -> Result<Store> {
+        self.ensure()?;
+        let dir = self.overlay_dir();
+        let lock = lock_store(&dir, self.lock_timeout)?;
+        let mut driver = OverlayDriver::open(&dir)?;
+        driver.options = options.clone();
+        Store::open(&dir, lock, Box::new(driver))
     }
 
     /// Opens the thin driver's layer store over the active pool.

@@ -927,6 +927,7 @@ mod tests {
     fn thin(l: &LayerRecord) -> ThinId {
         match l.resource {
             Resource::Thin { thin_id } => thin_id,
+            Resource::Dir { .. } => unreachable!(),
         }
     }
 

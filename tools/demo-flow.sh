@@ -35,27 +35,39 @@ note "an image built with umoci (a real OCI tool): two layers"
   echo "version 2" > bundle2/rootfs/app/version
   umoci repack --image oci:demo bundle2 >/dev/null
 )
-step image import "$WORK/oci" --name demo/app:1.0
-step image ls
-TOP=$("$BIN" image inspect demo/app:1.0 --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["layers"][-1])')
-
-note "a new layer on top of the image: an O(1) thin snapshot plus a small changeset"
 mkdir -p "$WORK/change/app"
 echo "changed in my layer" > "$WORK/change/app/greeting"
 tar -C "$WORK/change" -cf "$WORK/change.tar" app
-step snapshot layer "$TOP" --name mylayer --from-tar "$WORK/change.tar"
-step layer ls
 
-note "mount it read-only and look inside"
-MP=$("$BIN" layer mount mylayer)
-echo "$MP"
-printf '\n$ cat %s/app/greeting %s/app/version\n' "$MP" "$MP"
-cat "$MP/app/greeting" "$MP/app/version"
-step layer umount mylayer
+# The same flow on both drivers: block-level (thin) and file-level (overlay).
+for driver in thin overlay; do
+  export THINLAYER_DRIVER=$driver
+  note "driver $driver: import the image"
+  step image import "$WORK/oci" --name demo/app:1.0
+  step image ls
+  TOP=$("$BIN" image inspect demo/app:1.0 --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["layers"][-1])')
 
-note "its changes against its parent, as an OCI layer"
-step layer diff mylayer -o "$WORK/mylayer.tar"
-tar -tvf "$WORK/mylayer.tar"
+  note "driver $driver: a new layer on top of the image, from a small changeset"
+  step snapshot layer "$TOP" --name mylayer --from-tar "$WORK/change.tar"
+  step layer ls
+
+  note "driver $driver: mount it read-only and look inside"
+  MP=$("$BIN" layer mount mylayer)
+  echo "$MP"
+  printf '\n$ cat %s/app/greeting %s/app/version\n' "$MP" "$MP"
+  cat "$MP/app/greeting" "$MP/app/version"
+  step layer umount mylayer
+
+  note "driver $driver: its changes against its parent, as an OCI layer"
+  step layer diff mylayer -o "$WORK/mylayer-$driver.tar"
+  tar -tvf "$WORK/mylayer-$driver.tar"
+done
+unset THINLAYER_DRIVER
+
+note "both drivers export the very same bytes for the layer"
+printf '\n$ sha256sum mylayer-thin.tar mylayer-overlay.tar\n'
+(cd "$WORK" && sha256sum mylayer-thin.tar mylayer-overlay.tar)
+cmp "$WORK/mylayer-thin.tar" "$WORK/mylayer-overlay.tar"
 
 note "the pool survives deactivation (as after a reboot)"
 step pool deactivate

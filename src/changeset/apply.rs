@@ -368,11 +368,17 @@ impl Applier<'_> {
             .map_err(io_err("resolving the parent of", entry))?;
         for k in created {
             self.claim(&k);
+            self.like_lower(entry, &k)?;
         }
         let prefix = |i: usize| show(&join(&dir[..=i]));
         let subject = what.map(|w| format!("{w} ")).unwrap_or_default();
         match r {
-            Lookup::Found(fd) => Ok(Some(fd)),
+            Lookup::Found(fd) => {
+                if create && !self.overlay {
+                    self.keep_mtime(dir, &fd, entry)?;
+                }
+                Ok(Some(fd))
+            }
             Lookup::Missing => Ok(None),
             Lookup::Symlink(i) => Err(ChangesetError::hostile(
                 entry,
@@ -385,6 +391,69 @@ impl Applier<'_> {
             ))),
             Lookup::NotDir(_) => Ok(None),
         }
+    }
+
+    /// Delete mode: a directory that already existed and whose content this
+    /// archive changes without naming it keeps its mode and mtime (set back
+    /// at the end), as it keeps them under overlayfs, where the layer holds
+    /// a copy-up of it with the lower metadata.
+    fn keep_mtime(&mut self, dir: &[Vec<u8>], fd: &OwnedFd, entry: &[u8]) -> Result<()> {
+        let key = join(dir);
+        if self.dirs.contains_key(&key) || self.mine.contains(&key) {
+            return Ok(());
+        }
+        // SAFETY: fstat fills a stat buffer we own.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(std::os::fd::AsRawFd::as_raw_fd(fd), &mut st) } != 0 {
+            return Err(io_err("inspecting the parent of", entry)(
+                io::Error::last_os_error(),
+            ));
+        }
+        self.dirs.insert(
+            key,
+            DirMeta {
+                mode: st.st_mode & 0o7777,
+                mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+            },
+        );
+        Ok(())
+    }
+
+    /// Gives a parent directory this archive had to make the metadata it has
+    /// in the lower layers, and refuses one that is a symlink there.
+    fn like_lower(&mut self, entry: &[u8], key: &[u8]) -> Result<()> {
+        let Some(lower) = &self.opts.lower else {
+            return Ok(());
+        };
+        let Ok(md) = std::fs::symlink_metadata(lower.join(OsStr::from_bytes(key))) else {
+            return Ok(());
+        };
+        if md.file_type().is_symlink() {
+            return Err(ChangesetError::hostile(
+                entry,
+                format!("passes through symlink {:?} of a lower layer", show(key)),
+            ));
+        }
+        if !md.is_dir() {
+            return Ok(());
+        }
+        use std::os::unix::fs::MetadataExt;
+        let comps: Vec<Vec<u8>> = key.split(|b| *b == b'/').map(<[u8]>::to_vec).collect();
+        let (last, dir) = comps.split_last().expect("a made directory has a name");
+        if let Ok(Lookup::Found(p)) = self.res.walk(dir, false, &mut |_| {}) {
+            let name = sys::cstring(last).map_err(io_err("naming", key))?;
+            let f = sys::open_dir_file(p.as_fd(), &name).map_err(io_err("opening", key))?;
+            sys::fchown(f.as_fd(), md.uid(), md.gid())
+                .map_err(io_err("setting the owner of", key))?;
+            self.dirs.insert(
+                key.to_vec(),
+                DirMeta {
+                    mode: md.mode() & 0o7777,
+                    mtime: (md.mtime(), md.mtime_nsec() as u32),
+                },
+            );
+        }
+        Ok(())
     }
 
     /// The parent directory of `t`, made if missing.

@@ -325,13 +325,15 @@ impl<W: Write> Emitter<W> {
         });
     }
 
-    /// Leaves the innermost pending directory, writing it if it `changed`
-    /// and nothing below it was written.
+    /// Leaves the innermost pending directory, writing it (after its
+    /// unwritten ancestors) if it `changed` and nothing below it was
+    /// written.
     fn pop_dir(&mut self, changed: bool) -> Result<()> {
-        let p = self.pending.pop().expect("pop_dir after push_dir");
-        if changed && !p.written {
-            self.write_dir(&p.key, &p.node)?;
+        let written = self.pending.last().expect("pop_dir after push_dir").written;
+        if changed && !written {
+            self.flush()?;
         }
+        self.pending.pop();
         Ok(())
     }
 

@@ -178,6 +178,12 @@ pub struct ApplyOptions {
     /// Leave 4 KiB-aligned blocks of zeros as holes in regular files (keeps
     /// sparse entries sparse, and zero runs off a thin pool). Default true.
     pub holes: bool,
+    /// Overlay mode: the merged tree of the layers below (mounted
+    /// read-only). A parent directory the archive does not name is made
+    /// with the owner, mode and mtime it has there, as overlayfs' own
+    /// copy-up does, and a path that passes through a symlink there is
+    /// refused, as it is in Delete mode. Default none.
+    pub lower: Option<std::path::PathBuf>,
 }
 
 impl ApplyOptions {
@@ -190,6 +196,7 @@ impl ApplyOptions {
             max_path_len: 4096,
             max_header_bytes: 16 << 20,
             holes: true,
+            lower: None,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use thinlayer::Root;
+use thinlayer::Store;
 
 use super::progress::ImportProgress;
 
@@ -32,8 +32,7 @@ pub enum ImageCommand {
     Rm { image: String },
 }
 
-pub fn run(root: &Root, cmd: ImageCommand) -> Result<()> {
-    let mut store = root.open_thin_store()?;
+pub fn run(mut store: Store, cmd: ImageCommand) -> Result<()> {
     for r in store.repairs() {
         eprintln!("thinlayer: recovered: {r}");
     }

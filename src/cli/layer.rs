@@ -12,7 +12,6 @@ use thinlayer::driver::Usage;
 use thinlayer::layer::LayerRecord;
 use thinlayer::store::{display_layer, Store};
 use thinlayer::thinpool::Bytes;
-use thinlayer::Root;
 
 #[derive(Debug, Subcommand)]
 pub enum LayerCommand {
@@ -90,9 +89,8 @@ fn create(store: &mut Store, parent: Option<&str>, new: &NewLayer) -> Result<()>
     Ok(())
 }
 
-pub fn run_snapshot(root: &Root, cmd: SnapshotCommand) -> Result<()> {
+pub fn run_snapshot(mut store: Store, cmd: SnapshotCommand) -> Result<()> {
     let SnapshotCommand::Layer { parent, new } = cmd;
-    let mut store = root.open_thin_store()?;
     create(&mut store, Some(&parent), &new).with_context(|| format!("snapshotting layer {parent}"))
 }
 
@@ -107,6 +105,8 @@ struct LayerJson<'a> {
     exclusive_bytes: u64,
     shared_bytes: u64,
     mounted_at: Option<PathBuf>,
+    /// Filesystem type and options of that mount.
+    mount_options: Option<String>,
     images: Vec<String>,
     children: Vec<&'a str>,
 }
@@ -122,6 +122,7 @@ fn to_json<'a>(store: &'a Store, l: &'a LayerRecord, u: Usage) -> Result<LayerJs
         exclusive_bytes: u.exclusive_bytes,
         shared_bytes: u.shared_bytes,
         mounted_at: store.is_mounted(&l.id)?.then(|| store.mount_point(&l.id)),
+        mount_options: thinlayer::mount::options_of(&store.mount_point(&l.id))?,
         images: store
             .images()
             .filter(|i| i.layers.contains(&l.id))
@@ -140,8 +141,7 @@ fn to_json<'a>(store: &'a Store, l: &'a LayerRecord, u: Usage) -> Result<LayerJs
     })
 }
 
-pub fn run(root: &Root, cmd: LayerCommand) -> Result<()> {
-    let mut store = root.open_thin_store()?;
+pub fn run(mut store: Store, cmd: LayerCommand) -> Result<()> {
     for r in store.repairs() {
         eprintln!("thinlayer: recovered: {r}");
     }
@@ -186,6 +186,7 @@ pub fn run(root: &Root, cmd: LayerCommand) -> Result<()> {
                             .map(|p| p.display().to_string())
                             .unwrap_or("-".into()),
                     ),
+                    ("mount opts", j.mount_options.clone().unwrap_or("-".into())),
                     (
                         "images",
                         if j.images.is_empty() {
@@ -196,7 +197,7 @@ pub fn run(root: &Root, cmd: LayerCommand) -> Result<()> {
                     ),
                     ("children", j.children.len().to_string()),
                 ] {
-                    println!("{k:<10} {v}");
+                    println!("{k:<11} {v}");
                 }
             }
         }

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use thinlayer::driver::overlay::OverlayOptions;
+use thinlayer::root::DriverKind;
 use thinlayer::Root;
 
 #[derive(Debug, Parser)]
@@ -35,6 +37,15 @@ pub struct Cli {
     )]
     lock_timeout: u64,
 
+    /// Storage driver for layers and images: thin (dm-thin snapshots) or
+    /// overlay (directories stacked with overlayfs). Each keeps its own layers.
+    #[arg(long, global = true, env = "THINLAYER_DRIVER", default_value = "thin")]
+    driver: DriverKind,
+
+    /// overlay driver mount options: index=off, metacopy=on, volatile (repeatable).
+    #[arg(long = "overlay-opt", global = true, value_name = "OPT")]
+    overlay_opts: Vec<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -57,10 +68,25 @@ enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     let root = Root::new(&cli.root)?.with_lock_timeout(Duration::from_secs(cli.lock_timeout));
+    let mut overlay = OverlayOptions::default();
+    for o in &cli.overlay_opts {
+        match o.as_str() {
+            "index=off" => overlay.index_off = true,
+            "metacopy=on" => overlay.metacopy = true,
+            "volatile" => overlay.volatile = true,
+            _ => anyhow::bail!(
+                "unknown overlay option '{o}': use index=off, metacopy=on or volatile"
+            ),
+        }
+    }
+    if !cli.overlay_opts.is_empty() && cli.driver != DriverKind::Overlay {
+        anyhow::bail!("--overlay-opt needs --driver overlay");
+    }
+    let open = || root.open_store(cli.driver, &overlay);
     match cli.command {
         Command::Pool(cmd) => pool::run(&root, cmd),
-        Command::Layer(cmd) => layer::run(&root, cmd),
-        Command::Snapshot(cmd) => layer::run_snapshot(&root, cmd),
-        Command::Image(cmd) => image::run(&root, cmd),
+        Command::Layer(cmd) => layer::run(open()?, cmd),
+        Command::Snapshot(cmd) => layer::run_snapshot(open()?, cmd),
+        Command::Image(cmd) => image::run(open()?, cmd),
     }
 }

@@ -7,6 +7,7 @@
 //! a directory of the layer's own changes. Every driver is exercised by the
 //! same behavioural tests.
 
+pub mod overlay;
 pub mod thin;
 
 use std::io::{Read, Write};

@@ -229,6 +229,7 @@ impl ThinDriver {
     fn thin_of(layer: &LayerRecord) -> ThinId {
         match layer.resource {
             Resource::Thin { thin_id } => thin_id,
+            Resource::Dir { .. } => unreachable!("the thin store holds only thin layers"),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Helpers shared by the CLI tests: run thinlayer, check its output.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn thinlayer(root: &Path, args: &[&str]) -> Output {
@@ -245,4 +245,88 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
             a.display()
         );
     }
+}
+
+// ------------------------------------------------------------ images
+
+pub fn run(cmd: &mut Command) {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+pub fn umoci(args: &[&str]) {
+    run(Command::new("umoci").args(args));
+}
+
+/// A three-layer image made with umoci: files of every kind, then a layer
+/// that deletes and changes things (whiteouts), then one that replaces a
+/// directory (opaque). Returns the OCI layout directory.
+pub fn build_image(s: &thinpool::testing::Scratch) -> PathBuf {
+    let layout = s.path().join("oci");
+    let l = layout.to_str().unwrap().to_string();
+    let img = format!("{l}:t");
+    let bundle = s.path().join("bundle");
+    let b = bundle.to_str().unwrap();
+    umoci(&["init", "--layout", &l]);
+    umoci(&["new", "--image", &img]);
+    umoci(&["unpack", "--image", &img, b]);
+    let rootfs = bundle.join("rootfs");
+    let sh = |script: &str| {
+        run(Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(&rootfs))
+    };
+    sh("mkdir -p etc usr/bin var/lib/app srv/data
+        echo root:x:0:0 > etc/passwd
+        printf 'tool v1' > usr/bin/tool && chmod 4755 usr/bin/tool
+        ln usr/bin/tool usr/bin/tool-hard
+        ln -s usr/bin bin
+        mkfifo var/lib/app/fifo
+        mknod dev-null c 1 3
+        echo keep > srv/data/keep; echo gone > srv/data/gone
+        chown 1000:1000 srv/data/keep
+        setfattr -n trusted.origin -v base usr/bin/tool
+        dd if=/dev/urandom of=var/lib/app/blob bs=64k count=16 2>/dev/null");
+    umoci(&["repack", "--image", &img, b]);
+    umoci(&["unpack", "--image", &img, &format!("{b}2")]);
+    let rootfs = PathBuf::from(format!("{b}2/rootfs"));
+    let sh = |script: &str| {
+        run(Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(&rootfs))
+    };
+    sh("rm srv/data/gone etc/passwd
+        printf 'tool v2' > usr/bin/tool
+        chmod 0700 var/lib/app
+        mkdir -p opt/new && echo new > opt/new/file");
+    umoci(&["repack", "--image", &img, &format!("{b}2")]);
+    umoci(&["unpack", "--image", &img, &format!("{b}3")]);
+    let rootfs = PathBuf::from(format!("{b}3/rootfs"));
+    let sh = |script: &str| {
+        run(Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(&rootfs))
+    };
+    sh("rm -rf srv/data && mkdir srv/data && echo fresh > srv/data/fresh");
+    umoci(&["repack", "--image", &img, &format!("{b}3")]);
+    layout
+}
+
+pub fn reference_unpack(s: &thinpool::testing::Scratch, layout: &Path) -> PathBuf {
+    let out = s.path().join("reference");
+    umoci(&[
+        "raw",
+        "unpack",
+        "--image",
+        &format!("{}:t", layout.display()),
+        out.to_str().unwrap(),
+    ]);
+    out
 }

@@ -484,3 +484,21 @@ fn root_inode_rule_ancestors_and_lost_found() {
     o.dir_mtimes = false; // the hand-made changes left sub-second directory mtimes
     assert_same_tree(cm, &b.mnt, &o);
 }
+
+#[test]
+fn root_a_directory_changed_alone_deep_down_brings_its_ancestors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Ext4::new(dir.path(), "parent");
+    let mut ar = Ar::new();
+    ar.dir("v", 0o755)
+        .dir("v/l", 0o755)
+        .dir("v/l/app", 0o755)
+        .file("v/l/app/f", b"f", 0o644)
+        .file("w", b"w", 0o644);
+    apply_bytes(&ar.finish(), &p.mnt).unwrap();
+    let c = p.snapshot(dir.path(), "child");
+    fs::set_permissions(c.mnt.join("v/l/app"), fs::Permissions::from_mode(0o700)).unwrap();
+    let (bytes, _) = export_bytes(Some(&p.mnt), &c.mnt);
+    assert_eq!(paths(&bytes), vec!["v/", "v/l/", "v/l/app/"]);
+    assert_eq!(detail(&bytes)[2].mode, 0o700);
+}

@@ -1,0 +1,303 @@
+//! The overlay driver: every layer is a directory of its own changes.
+//!
+//! ```text
+//! <root>/overlay/
+//!   data/<id>/diff     the layer's changes, overlayfs upperdir form:
+//!                      whiteouts are 0/0 character devices, opaque
+//!                      directories carry trusted.overlay.opaque=y
+//!   l/<link>           a 4-character link to data/<id>/diff
+//!   empty/             an empty directory, the bottom of every stack
+//! ```
+//!
+//! A mount stacks the layer's chain as overlayfs lower directories (the
+//! layer on top, the empty directory at the bottom, so a single layer's
+//! whiteouts stay hidden too). The option string names the short links
+//! relative to `<root>/overlay`, as Docker's overlay2 does, so a chain of
+//! 500 layers (the kernel's limit) still fits in one page.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::changeset::{self, ApplyOptions, ApplyStats, ExportOptions, ExportStats, WhiteoutMode};
+use crate::driver::{Driver, Usage};
+use crate::error::{Error, Result};
+use crate::layer::{LayerId, LayerRecord, Resource};
+use crate::mount;
+
+/// overlayfs stacks at most this many lower directories (OVL_MAX_STACK).
+pub const MAX_LOWER: usize = 500;
+
+/// Mount options users may choose (shown by `layer inspect`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OverlayOptions {
+    /// `index=off`: no inode index (the kernel default may be on).
+    pub index_off: bool,
+    /// `metacopy=on`: copy-up of metadata only on chmod/chown.
+    pub metacopy: bool,
+    /// `volatile`: no syncs to the upper directory (throwaway layers).
+    pub volatile: bool,
+}
+
+pub struct OverlayDriver {
+    dir: PathBuf,
+    pub options: OverlayOptions,
+}
+
+fn random_link() -> Result<String> {
+    let mut buf = [0u8; 4];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(Error::io("reading", "/dev/urandom"))?;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    Ok(buf
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect())
+}
+
+impl OverlayDriver {
+    /// Opens the driver in its store directory.
+    pub fn open(dir: &Path) -> Result<OverlayDriver> {
+        for sub in ["data", "l", "empty"] {
+            let p = dir.join(sub);
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&p)
+                .map_err(Error::io("creating", &p))?;
+        }
+        Ok(OverlayDriver {
+            dir: dir.to_path_buf(),
+            options: OverlayOptions::default(),
+        })
+    }
+
+    fn layer_dir(&self, id: &LayerId) -> PathBuf {
+        self.dir.join("data").join(id.as_str())
+    }
+
+    fn diff_dir(&self, id: &LayerId) -> PathBuf {
+        self.layer_dir(id).join("diff")
+    }
+
+    fn link_of(layer: &LayerRecord) -> &str {
+        match &layer.resource {
+            Resource::Dir { link } => link,
+            Resource::Thin { .. } => unreachable!("the overlay store holds only directory layers"),
+        }
+    }
+
+    /// The `-o` string for a read-only stack of `chain` (top first).
+    pub fn mount_options(&self, chain: &[&LayerRecord]) -> Result<String> {
+        if chain.len() + 1 > MAX_LOWER {
+            return Err(Error::invalid(
+                "layer chain",
+                format!(
+                    "{} layers deep: overlayfs stacks at most {} lower directories ({} layers); use the thin driver for deeper chains",
+                    chain.len(),
+                    MAX_LOWER,
+                    MAX_LOWER - 1
+                ),
+            ));
+        }
+        let mut lowers: Vec<String> = chain
+            .iter()
+            .map(|l| format!("l/{}", Self::link_of(l)))
+            .collect();
+        lowers.push("empty".into());
+        let mut opts = vec![format!("lowerdir={}", lowers.join(":"))];
+        if self.options.index_off {
+            opts.push("index=off".into());
+        }
+        if self.options.metacopy {
+            opts.push("metacopy=on".into());
+        }
+        if self.options.volatile {
+            opts.push("volatile".into());
+        }
+        Ok(opts.join(","))
+    }
+}
+
+/// Bytes a directory tree holds on disk (hard-linked files counted once).
+fn du(dir: &Path) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+                continue;
+            }
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+impl Driver for OverlayDriver {
+    fn name(&self) -> &'static str {
+        "overlay"
+    }
+
+    fn create(&mut self, id: &LayerId, _chain: &[&LayerRecord]) -> Result<Resource> {
+        let diff = self.diff_dir(id);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&diff)
+            .map_err(Error::io("creating", &diff))?;
+        for _ in 0..64 {
+            let link = random_link()?;
+            let target = Path::new("../data").join(id.as_str()).join("diff");
+            match std::os::unix::fs::symlink(&target, self.dir.join("l").join(&link)) {
+                Ok(()) => return Ok(Resource::Dir { link }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io("linking", self.dir.join("l").join(&link))(e)),
+            }
+        }
+        Err(Error::Corrupt {
+            what: "the overlay store".into(),
+            reason: "no free short link name after 64 tries".into(),
+        })
+    }
+
+    fn apply(
+        &mut self,
+        layer: &LayerRecord,
+        chain: &[&LayerRecord],
+        changeset: &mut dyn Read,
+    ) -> Result<ApplyStats> {
+        let mut opts = ApplyOptions::new(WhiteoutMode::Overlay);
+        if chain.is_empty() {
+            return Ok(changeset::apply(
+                changeset,
+                &self.diff_dir(&layer.id),
+                &opts,
+            )?);
+        }
+        // The parent's merged view, so directories the changeset implies
+        // get their lower metadata and lower symlinks are not written
+        // through: both as the thin driver's merged tree behaves.
+        let lower = self.dir.join("tmp").join(format!("{}-lower", layer.id));
+        fs::create_dir_all(&lower).map_err(Error::io("creating", &lower))?;
+        self.mount(chain, &lower)?;
+        opts.lower = Some(lower.clone());
+        let applied =
+            changeset::apply(changeset, &self.diff_dir(&layer.id), &opts).map_err(Error::from);
+        let unmounted = mount::unmount(&lower);
+        let _ = fs::remove_dir(&lower);
+        let stats = applied?;
+        unmounted?;
+        Ok(stats)
+    }
+
+    fn mount(&mut self, chain: &[&LayerRecord], target: &Path) -> Result<()> {
+        let opts = self.mount_options(chain)?;
+        // mount(8) from the store directory, so the short relative links
+        // resolve there; the kernel reads them relative to the caller's cwd.
+        let out = Command::new("mount")
+            .current_dir(&self.dir)
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(target)
+            .output()
+            .map_err(|e| Error::Tool {
+                tool: "mount".into(),
+                detail: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(Error::Tool {
+                tool: "mount -t overlay".into(),
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn unmount(&mut self, _layer: &LayerRecord, target: &Path) -> Result<()> {
+        mount::unmount(target)?;
+        let _ = fs::remove_dir(target);
+        Ok(())
+    }
+
+    fn export(
+        &mut self,
+        chain: &[&LayerRecord],
+        out: &mut dyn Write,
+        opts: &ExportOptions,
+    ) -> Result<ExportStats> {
+        Ok(changeset::export_overlay_layer(
+            &self.diff_dir(&chain[0].id),
+            out,
+            opts,
+        )?)
+    }
+
+    fn remove(&mut self, layer: &LayerRecord) -> Result<()> {
+        let _ = fs::remove_file(self.dir.join("l").join(Self::link_of(layer)));
+        self.remove_orphan(&layer.id)
+    }
+
+    fn remove_orphan(&mut self, id: &LayerId) -> Result<()> {
+        let d = self.layer_dir(id);
+        match fs::remove_dir_all(&d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("removing", &d)(e)),
+        }
+        // Links whose target is gone.
+        if let Ok(rd) = fs::read_dir(self.dir.join("l")) {
+            for e in rd.flatten() {
+                if fs::metadata(e.path()).is_err() {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn usage(&mut self, layers: &[&LayerRecord]) -> Result<Vec<Usage>> {
+        Ok(layers
+            .iter()
+            .map(|l| Usage {
+                exclusive_bytes: du(&self.diff_dir(&l.id)),
+                shared_bytes: 0,
+            })
+            .collect())
+    }
+
+    fn reconcile(&mut self, layers: &[&LayerRecord]) -> Result<Vec<String>> {
+        let known: std::collections::BTreeSet<&str> =
+            layers.iter().map(|l| l.id.as_str()).collect();
+        let mut freed = vec![];
+        let data = self.dir.join("data");
+        let rd = fs::read_dir(&data).map_err(Error::io("listing", &data))?;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !known.contains(name.as_str()) {
+                if let Ok(id) = LayerId::try_from(name.clone()) {
+                    self.remove_orphan(&id)?;
+                    freed.push(format!("layer directory {name}"));
+                }
+            }
+        }
+        for l in layers {
+            let link = self.dir.join("l").join(Self::link_of(l));
+            if !self.diff_dir(&l.id).is_dir() || fs::metadata(&link).is_err() {
+                return Err(Error::Corrupt {
+                    what: format!("layer {}", l.id),
+                    reason: "its directory or link is missing".into(),
+                });
+            }
+        }
+        Ok(freed)
+    }
+}

@@ -1,0 +1,831 @@
+//! The layer conformance suite: every behaviour of layers and images,
+//! written once and run against both drivers. The thin run is in the dm
+//! tier (`dm_thin::*`, in the VM), the overlay run in the root tier
+//! (`root_overlay::*`, on the host). A behaviour that differs between the
+//! drivers is branched on `Drv` below, with the reason.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use thinpool::testing::Scratch;
+
+mod common;
+use common::{assert_same_tree, build_image, reference_unpack, run, stderr, Tar};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drv {
+    Thin,
+    Overlay,
+}
+
+impl Drv {
+    fn name(self) -> &'static str {
+        match self {
+            Drv::Thin => "thin",
+            Drv::Overlay => "overlay",
+        }
+    }
+}
+
+/// One root with one driver's store, in a scratch directory.
+struct Env {
+    s: Scratch,
+    root: PathBuf,
+    drv: Drv,
+}
+
+impl Env {
+    fn new(label: &str, drv: Drv) -> Env {
+        let s = Scratch::new(label);
+        let root = s.path().join("root");
+        let e = Env { s, root, drv };
+        if drv == Drv::Thin {
+            e.ok(&["pool", "create", "--data-size", "2G", "--base-size", "256M"]);
+        }
+        e
+    }
+
+    fn path(&self) -> &Path {
+        self.s.path()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_thinlayer"));
+        c.arg("--root")
+            .arg(&self.root)
+            .args(["--driver", self.drv.name()])
+            .args(args)
+            .env_remove("THINLAYER_ROOT")
+            .env_remove("THINLAYER_DRIVER");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "{args:?} ({}) failed: {}",
+            self.drv.name(),
+            stderr(&o)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn fails(&self, args: &[&str], needles: &[&str]) {
+        let o = self.run(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: '{n}' not in: {err}");
+        }
+    }
+
+    fn tar(&self, name: &str, t: Tar) -> String {
+        t.write(&self.path().join(name))
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// A layer on `parent` (or a root layer) from a tar; returns its id.
+    fn layer(&self, parent: Option<&str>, name: &str, tar: &str) -> String {
+        let out = match parent {
+            Some(p) => self.ok(&["snapshot", "layer", p, "--name", name, "--from-tar", tar]),
+            None => self.ok(&["layer", "create", "--name", name, "--from-tar", tar]),
+        };
+        let id = out.trim().to_string();
+        assert_eq!(id.len(), 32, "not an id: {out}");
+        id
+    }
+
+    fn with_mounted<T>(&self, layer: &str, f: impl FnOnce(&Path) -> T) -> T {
+        let mp = PathBuf::from(self.ok(&["layer", "mount", layer]).trim());
+        let r = f(&mp);
+        self.ok(&["layer", "umount", layer]);
+        r
+    }
+
+    fn list(&self, what: &str) -> Vec<Value> {
+        serde_json::from_str::<Value>(&self.ok(&[what, "ls", "--json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Resources the driver holds for layers: thin devices besides the
+    /// base, or layer directories.
+    fn resources(&self) -> usize {
+        match self.drv {
+            Drv::Thin => {
+                let st: Value =
+                    serde_json::from_str(&self.ok(&["pool", "status", "--json"])).unwrap();
+                st["thin_devices"].as_u64().unwrap() as usize - 1
+            }
+            Drv::Overlay => std::fs::read_dir(self.root.join("overlay/data"))
+                .map(|d| d.count())
+                .unwrap_or(0),
+        }
+    }
+
+    /// Records and resources agree.
+    fn assert_consistent(&self) {
+        // Listing opens the store, which repairs what a killed command left.
+        let layers = self.list("layer").len();
+        assert_eq!(
+            self.resources(),
+            layers,
+            "layer records and {} resources disagree",
+            self.drv.name()
+        );
+    }
+}
+
+fn read(p: &Path) -> Option<String> {
+    std::fs::read_to_string(p).ok()
+}
+
+macro_rules! conformance {
+    ($($scenario:ident),* $(,)?) => {
+        mod dm_thin {
+            $( #[test] fn $scenario() { thinpool::testing::require_dm(); super::$scenario(super::Drv::Thin) } )*
+        }
+        mod root_overlay {
+            $( #[test] fn $scenario() { thinpool::testing::require_root(); super::$scenario(super::Drv::Overlay) } )*
+        }
+    };
+}
+
+conformance!(
+    snapshot_writes_never_reach_the_parent_or_a_sibling,
+    a_deep_chain_keeps_every_layer_s_file,
+    whiteouts_and_opaque_directories_across_layers,
+    changeset_round_trips_through_diff_into_a_fresh_store,
+    hostile_archives_are_refused_and_write_nothing_outside,
+    layer_rm_refuses_while_children_mounts_or_images_exist,
+    sizes_follow_what_was_written,
+    snapshot_killed_at_any_instant_is_repaired,
+    concurrent_snapshots_serialize_and_all_succeed,
+    umoci_image_imports_to_the_same_tree_as_umoci_unpacks,
+    docker_archive_from_skopeo_imports_with_its_tag,
+    corrupt_image_blobs_are_refused_and_leave_nothing,
+    image_import_killed_at_any_instant_leaves_all_or_nothing,
+);
+
+fn snapshot_writes_never_reach_the_parent_or_a_sibling(d: Drv) {
+    let e = Env::new("cow", d);
+    let t1 = e.tar(
+        "t1.tar",
+        Tar::new()
+            .dir("etc")
+            .file("etc/a", b"base a")
+            .file("b", b"base b"),
+    );
+    let t2 = e.tar("t2.tar", Tar::new().dir("etc").file("etc/a", b"child one"));
+    let t3 = e.tar("t3.tar", Tar::new().file("c", b"child two"));
+    e.layer(None, "base", &t1);
+    e.layer(Some("base"), "one", &t2);
+    e.layer(Some("base"), "two", &t3);
+    e.with_mounted("base", |m| {
+        assert_eq!(read(&m.join("etc/a")).as_deref(), Some("base a"));
+        assert!(!m.join("c").exists());
+    });
+    e.with_mounted("one", |m| {
+        assert_eq!(read(&m.join("etc/a")).as_deref(), Some("child one"));
+        assert_eq!(read(&m.join("b")).as_deref(), Some("base b"));
+        assert!(!m.join("c").exists(), "a sibling's file showed up");
+    });
+    e.with_mounted("two", |m| {
+        assert_eq!(read(&m.join("etc/a")).as_deref(), Some("base a"));
+        assert_eq!(read(&m.join("c")).as_deref(), Some("child two"));
+        let err = std::fs::write(m.join("new"), b"x").unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(30),
+            "a layer mount is writable: {err}"
+        ); // EROFS
+    });
+    let tree = e.ok(&["layer", "ls"]);
+    assert!(
+        tree.contains("base") && tree.contains("├─") && tree.contains("└─"),
+        "{tree}"
+    );
+    e.assert_consistent();
+}
+
+fn a_deep_chain_keeps_every_layer_s_file(d: Drv) {
+    let e = Env::new("deep", d);
+    // overlay: the 200 lower layers; thin: 100 (each layer is a
+    // mount and an unmount under emulation).
+    let depth = if d == Drv::Overlay { 200 } else { 100 };
+    let mut parent: Option<String> = None;
+    for i in 0..depth {
+        let t = e.tar(
+            &format!("l{i}.tar"),
+            Tar::new().file(&format!("f{i}"), format!("layer {i}").as_bytes()),
+        );
+        let name = format!("l{i}");
+        e.layer(parent.as_deref(), &name, &t);
+        parent = Some(name);
+    }
+    e.with_mounted(&format!("l{}", depth - 1), |m| {
+        for i in 0..depth {
+            assert_eq!(
+                read(&m.join(format!("f{i}"))),
+                Some(format!("layer {i}")),
+                "f{i}"
+            );
+        }
+    });
+    e.with_mounted("l50", |m| {
+        assert!(m.join("f50").exists() && !m.join("f51").exists())
+    });
+    assert_eq!(e.list("layer").len(), depth);
+}
+
+fn whiteouts_and_opaque_directories_across_layers(d: Drv) {
+    let e = Env::new("wh", d);
+    let l1 = e.tar(
+        "1.tar",
+        Tar::new()
+            .dir("d")
+            .file("d/f1", b"1")
+            .file("d/f2", b"2")
+            .file("x", b"x")
+            .dir("e")
+            .file("e/keep", b"k"),
+    );
+    let l2 = e.tar(
+        "2.tar",
+        Tar::new()
+            .whiteout("x")
+            .dir("d")
+            .whiteout("d/f1")
+            .dir("e")
+            .file("e/added", b"a"),
+    );
+    let l3 = e.tar(
+        "3.tar",
+        Tar::new().dir("e").opaque("e").file("e/only", b"o"),
+    );
+    e.layer(None, "l1", &l1);
+    e.layer(Some("l1"), "l2", &l2);
+    e.layer(Some("l2"), "l3", &l3);
+    e.with_mounted("l2", |m| {
+        assert!(!m.join("x").exists());
+        assert!(!m.join("d/f1").exists());
+        assert_eq!(read(&m.join("d/f2")).as_deref(), Some("2"));
+        assert!(m.join("e/keep").exists() && m.join("e/added").exists());
+        assert!(!m.join(".wh.x").exists(), "a whiteout was materialized");
+    });
+    e.with_mounted("l3", |m| {
+        let mut names: Vec<String> = std::fs::read_dir(m.join("e"))
+            .unwrap()
+            .map(|x| x.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec!["only"],
+            "an opaque directory kept lower entries"
+        );
+        assert_eq!(read(&m.join("d/f2")).as_deref(), Some("2"));
+    });
+}
+
+fn changeset_round_trips_through_diff_into_a_fresh_store(d: Drv) {
+    let e = Env::new("rt", d);
+    let mut t = Tar::new()
+        .dir("usr")
+        .dir("usr/bin")
+        .symlink("bin", "usr/bin")
+        .file("usr/bin/tool", b"#!/bin/sh\necho hi\n");
+    t.file_mode("usr/bin/suid", b"s", 0o4755);
+    let t = t
+        .hardlink("usr/bin/tool-link", "usr/bin/tool")
+        .dir("var")
+        .dir("var/empty");
+    let base = e.tar("base.tar", t);
+    e.layer(None, "base", &base);
+    let change = e.tar(
+        "change.tar",
+        Tar::new()
+            .dir("usr")
+            .dir("usr/bin")
+            .file("usr/bin/tool", b"v2")
+            .whiteout("var/empty")
+            .file("new", b"n"),
+    );
+    e.layer(Some("base"), "top", &change);
+    let out_base = e.path().join("base-export.tar");
+    let out_top = e.path().join("top-export.tar.gz");
+    e.ok(&["layer", "diff", "base", "-o", out_base.to_str().unwrap()]);
+    e.ok(&[
+        "layer",
+        "diff",
+        "top",
+        "--gzip",
+        "-o",
+        out_top.to_str().unwrap(),
+    ]);
+    let again = e.path().join("again.tar.gz");
+    e.ok(&[
+        "layer",
+        "diff",
+        "top",
+        "--gzip",
+        "-o",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&out_top).unwrap(),
+        std::fs::read(&again).unwrap(),
+        "two exports differ"
+    );
+
+    let fresh = Env::new("rt-fresh", d);
+    fresh.layer(None, "base", out_base.to_str().unwrap());
+    fresh.layer(Some("base"), "top", out_top.to_str().unwrap());
+    let a = PathBuf::from(e.ok(&["layer", "mount", "top"]).trim());
+    let b = PathBuf::from(fresh.ok(&["layer", "mount", "top"]).trim());
+    assert_same_tree(&a, &b);
+    assert!(!b.join("var/empty").exists());
+    e.ok(&["layer", "umount", "top"]);
+    fresh.ok(&["layer", "umount", "top"]);
+}
+
+fn hostile_archives_are_refused_and_write_nothing_outside(d: Drv) {
+    let e = Env::new("hostile", d);
+    let sentinel = e.path().join("sentinel");
+    std::fs::create_dir(&sentinel).unwrap();
+    let abs = format!("{}/evil", sentinel.display());
+    let cases: Vec<(&str, Tar)> = vec![
+        ("dotdot", Tar::new().file("../../../../evil", b"x")),
+        ("absolute", Tar::new().file(&abs, b"x")),
+        (
+            "through-symlink",
+            Tar::new()
+                .symlink("link", sentinel.to_str().unwrap())
+                .file("link/evil", b"x"),
+        ),
+        (
+            "parent-symlink",
+            Tar::new().symlink("up", "..").file("up/evil", b"x"),
+        ),
+        ("hardlink-out", Tar::new().hardlink("h", "../../etc/passwd")),
+        ("truncated", {
+            let mut t = Tar::new();
+            t.file_mode("big", &[7u8; 100_000], 0o644);
+            t
+        }),
+    ];
+    for (name, t) in cases {
+        let mut bytes = t.bytes();
+        if name == "truncated" {
+            bytes.truncate(50_000);
+        }
+        let p = e.path().join(format!("{name}.tar"));
+        std::fs::write(&p, bytes).unwrap();
+        let o = e.run(&[
+            "layer",
+            "create",
+            "--name",
+            name,
+            "--from-tar",
+            p.to_str().unwrap(),
+        ]);
+        assert!(!o.status.success(), "{name} was accepted");
+        assert!(stderr(&o).contains("changeset"), "{name}: {}", stderr(&o));
+        assert_eq!(
+            std::fs::read_dir(&sentinel).unwrap().count(),
+            0,
+            "{name} wrote outside the layer"
+        );
+        assert_eq!(e.list("layer").len(), 0, "{name} left a layer");
+        assert_eq!(e.resources(), 0, "{name} left a {} resource", d.name());
+    }
+}
+
+fn layer_rm_refuses_while_children_mounts_or_images_exist(d: Drv) {
+    let e = Env::new("rm", d);
+    let t = e.tar("t.tar", Tar::new().file("a", b"a"));
+    e.layer(None, "p", &t);
+    e.layer(Some("p"), "c", &t);
+    e.fails(&["layer", "rm", "p"], &["is in use", "parent of 1 layer"]);
+    e.ok(&["layer", "mount", "c"]);
+    e.fails(&["layer", "rm", "c"], &["is mounted at", "layer umount"]);
+    e.fails(&["layer", "rm", "nope"], &["no layer 'nope'"]);
+    if d == Drv::Thin {
+        e.fails(&["pool", "destroy"], &["thin devices (layers)", "--force"]);
+    }
+    e.ok(&["layer", "umount", "c"]);
+    e.ok(&["layer", "rm", "c"]);
+    e.ok(&["layer", "rm", "p"]);
+    e.assert_consistent();
+    assert_eq!(e.resources(), 0);
+}
+
+fn sizes_follow_what_was_written(d: Drv) {
+    let e = Env::new("sizes", d);
+    let big = e.tar("big.tar", {
+        let mut t = Tar::new();
+        t.file_mode("data", &vec![0x5au8; 8 << 20], 0o644);
+        t
+    });
+    let small = e.tar("small.tar", Tar::new().file("note", b"small"));
+    e.layer(None, "big", &big);
+    e.layer(Some("big"), "small", &small);
+    let ls = e.list("layer");
+    let get = |n: &str| ls.iter().find(|l| l["name"] == n).unwrap().clone();
+    let (b, sm) = (get("big"), get("small"));
+    let mib = |v: &Value| v.as_u64().unwrap() as f64 / (1 << 20) as f64;
+    match d {
+        // Blocks: the child shares the 8M and owns a few blocks of its own.
+        Drv::Thin => {
+            assert!(mib(&sm["shared_bytes"]) >= 8.0, "{sm}");
+            assert!(mib(&sm["exclusive_bytes"]) < 2.0, "{sm}");
+            assert!(mib(&b["shared_bytes"]) >= 8.0, "{b}");
+        }
+        // Files: each layer's directory holds only its own files.
+        Drv::Overlay => {
+            assert!(mib(&b["exclusive_bytes"]) >= 8.0, "{b}");
+            assert!(mib(&sm["exclusive_bytes"]) < 0.1, "{sm}");
+        }
+    }
+    let inspect: Value =
+        serde_json::from_str(&e.ok(&["layer", "inspect", "small", "--json"])).unwrap();
+    assert_eq!(inspect["exclusive_bytes"], sm["exclusive_bytes"]);
+}
+
+fn snapshot_killed_at_any_instant_is_repaired(d: Drv) {
+    let e = Env::new("killsnap", d);
+    let t = e.tar("t.tar", Tar::new().file("payload", &vec![1u8; 2 << 20]));
+    e.layer(None, "base", &t);
+    let start = std::time::Instant::now();
+    e.layer(Some("base"), "timed", &t);
+    let full = start.elapsed().as_millis() as u64;
+    e.ok(&["layer", "rm", "timed"]);
+    let mut whole = 0;
+    for k in 0..=12u64 {
+        let mut child = e
+            .cmd(&["snapshot", "layer", "base", "--name", "k", "--from-tar", &t])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(full * k / 10));
+        let _ = child.kill();
+        let _ = child.wait();
+        e.assert_consistent();
+        if e.list("layer").iter().any(|l| l["name"] == "k") {
+            whole += 1;
+            e.with_mounted("k", |m| {
+                assert_eq!(std::fs::metadata(m.join("payload")).unwrap().len(), 2 << 20)
+            });
+            e.ok(&["layer", "rm", "k"]);
+        }
+    }
+    eprintln!("snapshot takes {full}ms; {whole} of 13 killed snapshots had completed");
+}
+
+fn concurrent_snapshots_serialize_and_all_succeed(d: Drv) {
+    let e = Env::new("concurrent", d);
+    let t = e.tar("t.tar", Tar::new().file("a", b"a"));
+    e.layer(None, "base", &t);
+    let kids: Vec<_> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|n| {
+            e.cmd(&["snapshot", "layer", "base", "--name", n, "--from-tar", &t])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for k in kids {
+        let o = k.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(e.list("layer").len(), 4);
+    e.assert_consistent();
+}
+
+fn top_layer(e: &Env, image: &str) -> String {
+    let i: Value = serde_json::from_str(&e.ok(&["image", "inspect", image, "--json"])).unwrap();
+    i["layers"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn umoci_image_imports_to_the_same_tree_as_umoci_unpacks(d: Drv) {
+    let e = Env::new("umoci", d);
+    let layout = build_image(&e.s);
+    let reference = reference_unpack(&e.s, &layout);
+    let out = e.ok(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--name",
+        "test/app:v1",
+    ]);
+    assert!(out.contains("test/app:v1"), "{out}");
+    let top = top_layer(&e, "test/app:v1");
+    e.with_mounted(&top, |m| assert_same_tree(&reference, m));
+    assert_eq!(e.list("layer").len(), 3);
+    e.ok(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--name",
+        "test/app:again",
+    ]);
+    assert_eq!(e.list("layer").len(), 3, "a re-import duplicated layers");
+    let ls = e.ok(&["image", "ls"]);
+    assert!(
+        ls.contains("test/app:v1") && ls.contains("test/app:again"),
+        "{ls}"
+    );
+    e.fails(&["layer", "rm", &top], &["belongs to image"]);
+    e.ok(&["image", "rm", "test/app:v1"]);
+    assert_eq!(e.list("layer").len(), 0);
+    e.assert_consistent();
+}
+
+fn docker_archive_from_skopeo_imports_with_its_tag(d: Drv) {
+    let e = Env::new("skopeo", d);
+    let layout = build_image(&e.s);
+    let reference = reference_unpack(&e.s, &layout);
+    let archive = e.path().join("docker.tar");
+    run(Command::new("skopeo").args([
+        "copy",
+        "--insecure-policy",
+        &format!("oci:{}:t", layout.display()),
+        &format!("docker-archive:{}:example/app:1.0", archive.display()),
+    ]));
+    let out = e.ok(&["image", "import", archive.to_str().unwrap()]);
+    assert!(out.contains("example/app:1.0"), "{out}");
+    let top = top_layer(&e, "example/app:1.0");
+    e.with_mounted(&top, |m| assert_same_tree(&reference, m));
+}
+
+fn corrupt_image_blobs_are_refused_and_leave_nothing(d: Drv) {
+    let e = Env::new("corrupt", d);
+    let layout = build_image(&e.s);
+    let blobs = layout.join("blobs/sha256");
+    let biggest = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|x| x.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&biggest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&biggest, bytes).unwrap();
+    let o = e.run(&["image", "import", layout.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("sha256") || err.contains("digest") || err.contains("changeset"),
+        "{err}"
+    );
+    assert_eq!(e.list("layer").len(), 0);
+    assert_eq!(e.list("image").len(), 0);
+    assert_eq!(e.resources(), 0);
+}
+
+fn image_import_killed_at_any_instant_leaves_all_or_nothing(d: Drv) {
+    let e = Env::new("killimport", d);
+    let layout = build_image(&e.s);
+    let l = layout.to_str().unwrap();
+    let start = std::time::Instant::now();
+    e.ok(&["image", "import", l, "--name", "k:1"]);
+    let full = start.elapsed().as_millis() as u64;
+    e.ok(&["image", "rm", "k:1"]);
+    let mut whole = 0;
+    for k in 0..=12u64 {
+        let mut child = e
+            .cmd(&["image", "import", l, "--name", "k:1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(full * k / 10));
+        let _ = child.kill();
+        let _ = child.wait();
+        let (images, layers) = (e.list("image").len(), e.list("layer").len());
+        e.assert_consistent();
+        match images {
+            0 => assert_eq!(layers, 0, "a killed import left layers without its image"),
+            1 => {
+                assert_eq!(layers, 3);
+                whole += 1;
+                e.ok(&["image", "rm", "k:1"]);
+            }
+            n => panic!("{n} images"),
+        }
+    }
+    eprintln!("import takes {full}ms; {whole} of 13 killed imports had completed");
+}
+
+// ------------------------------------------- behaviour of one driver only
+
+#[test]
+fn dm_xfs_base_with_changesets_from_stdin_and_two_mounted_snapshots() {
+    thinpool::testing::require_dm();
+    let s = Scratch::new("xfs");
+    let e = Env {
+        root: s.path().join("root"),
+        s,
+        drv: Drv::Thin,
+    };
+    e.ok(&[
+        "pool",
+        "create",
+        "--data-size",
+        "2G",
+        "--base-size",
+        "512M",
+        "--fs",
+        "xfs",
+    ]);
+    let bytes = Tar::new().file("hello", b"from stdin").bytes();
+    let mut child = e
+        .cmd(&["layer", "create", "--name", "x", "--from-tar", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), &bytes).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait_with_output().unwrap().status.success());
+    let t = e.tar("y.tar", Tar::new().file("hello", b"changed"));
+    e.layer(Some("x"), "y", &t);
+    // Snapshots of one xfs share its uuid: both mounted at once (nouuid).
+    let a = PathBuf::from(e.ok(&["layer", "mount", "x"]).trim());
+    let b = PathBuf::from(e.ok(&["layer", "mount", "y"]).trim());
+    assert_eq!(read(&a.join("hello")).as_deref(), Some("from stdin"));
+    assert_eq!(read(&b.join("hello")).as_deref(), Some("changed"));
+    let info: Value = serde_json::from_str(&e.ok(&["layer", "inspect", "x", "--json"])).unwrap();
+    assert!(
+        info["mount_options"].as_str().unwrap().starts_with("xfs "),
+        "{info}"
+    );
+    e.ok(&["layer", "umount", "x"]);
+    e.ok(&["layer", "umount", "y"]);
+}
+
+#[test]
+fn root_overlay_chain_beyond_the_kernel_limit_is_refused_clearly() {
+    thinpool::testing::require_root();
+    let e = Env::new("limit", Drv::Overlay);
+    let t = e.tar("t.tar", Tar::new().file("f", b"f"));
+    let mut parent: Option<String> = None;
+    for i in 0..500 {
+        let name = format!("l{i}");
+        let out = match &parent {
+            Some(p) => e.ok(&["snapshot", "layer", p, "--name", &name]),
+            None => e.ok(&["layer", "create", "--name", &name, "--from-tar", &t]),
+        };
+        assert_eq!(out.trim().len(), 32);
+        parent = Some(name);
+    }
+    // 499 layers and the empty bottom directory: exactly the kernel's 500.
+    e.with_mounted("l498", |m| {
+        assert_eq!(read(&m.join("f")).as_deref(), Some("f"))
+    });
+    e.fails(
+        &["layer", "mount", "l499"],
+        &["500 layers deep", "at most 500 lower directories"],
+    );
+}
+
+#[test]
+fn root_overlay_mount_options_are_chosen_and_shown() {
+    thinpool::testing::require_root();
+    let e = Env::new("opts", Drv::Overlay);
+    let t = e.tar("t.tar", Tar::new().file("f", b"f"));
+    e.layer(None, "a", &t);
+    e.ok(&["layer", "create", "--name", "b"]);
+    let o = e
+        .cmd(&[
+            "--overlay-opt",
+            "index=off",
+            "--overlay-opt",
+            "metacopy=on",
+            "layer",
+            "mount",
+            "a",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let info: Value = serde_json::from_str(&e.ok(&["layer", "inspect", "a", "--json"])).unwrap();
+    let opts = info["mount_options"].as_str().unwrap();
+    // The kernel lists index= only where it differs from its default.
+    assert!(
+        opts.starts_with("overlay ") && opts.contains("metacopy=on"),
+        "{opts}"
+    );
+    assert!(
+        opts.contains("lowerdir=l/") && opts.contains(":empty"),
+        "{opts}"
+    );
+    e.ok(&["layer", "umount", "a"]);
+    e.fails(
+        &["--overlay-opt", "bogus", "layer", "ls"],
+        &["unknown overlay option 'bogus'"],
+    );
+}
+
+// ------------------------------------------------ the drivers side by side
+
+/// The same image on both drivers: the same top-layer tree as umoci's own
+/// unpack, and every layer exports the same bytes from both.
+#[test]
+fn dm_both_drivers_give_the_same_trees_and_the_same_layer_bytes() {
+    thinpool::testing::require_dm();
+    let thin = Env::new("both-thin", Drv::Thin);
+    let overlay = Env::new("both-overlay", Drv::Overlay);
+    let layout = build_image(&thin.s);
+    let reference = reference_unpack(&thin.s, &layout);
+    let l = layout.to_str().unwrap();
+    thin.ok(&["image", "import", l, "--name", "x:1"]);
+    overlay.ok(&["image", "import", l, "--name", "x:1"]);
+    let (tt, ot) = (top_layer(&thin, "x:1"), top_layer(&overlay, "x:1"));
+    thin.with_mounted(&tt, |m| assert_same_tree(&reference, m));
+    overlay.with_mounted(&ot, |m| assert_same_tree(&reference, m));
+    let layers = |e: &Env| -> Vec<String> {
+        let i: Value = serde_json::from_str(&e.ok(&["image", "inspect", "x:1", "--json"])).unwrap();
+        i["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    for (n, (a, b)) in layers(&thin).iter().zip(layers(&overlay)).enumerate() {
+        let (pa, pb) = (
+            thin.path().join(format!("t{n}.tar")),
+            overlay.path().join(format!("o{n}.tar")),
+        );
+        thin.ok(&["layer", "diff", a, "-o", pa.to_str().unwrap()]);
+        overlay.ok(&["layer", "diff", &b, "-o", pb.to_str().unwrap()]);
+        let (ba, bb) = (std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
+        if ba != bb {
+            let members = |b: &[u8]| -> Vec<String> {
+                let mut ar = tar::Archive::new(b);
+                ar.entries()
+                    .unwrap()
+                    .map(|e| {
+                        let mut e = e.unwrap();
+                        let pax: Vec<String> = e
+                            .pax_extensions()
+                            .unwrap()
+                            .map(|p| {
+                                p.map(|x| {
+                                    let x = x.unwrap();
+                                    format!("{}={:?}", x.key().unwrap(), x.value_bytes())
+                                })
+                                .collect()
+                            })
+                            .unwrap_or_default();
+                        let h = e.header();
+                        format!(
+                            "{} {:?} mode={:o} {}:{} mtime={} size={} pax={pax:?}",
+                            String::from_utf8_lossy(&e.path_bytes()),
+                            h.entry_type(),
+                            h.mode().unwrap(),
+                            h.uid().unwrap(),
+                            h.gid().unwrap(),
+                            h.mtime().unwrap(),
+                            h.size().unwrap()
+                        )
+                    })
+                    .collect()
+            };
+            let (ma, mb) = (members(&ba), members(&bb));
+            let diffs: Vec<String> = ma
+                .iter()
+                .zip(&mb)
+                .filter(|(x, y)| x != y)
+                .map(|(x, y)| format!("thin:    {x}\noverlay: {y}"))
+                .collect();
+            panic!(
+                "layer {n} exports differ ({} vs {} members):\n{}",
+                ma.len(),
+                mb.len(),
+                diffs.join("\n")
+            );
+        }
+    }
+}
