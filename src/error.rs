@@ -92,6 +92,18 @@ impl Error {
         }
     }
 
+    /// The result of work done between a setup and its cleanup (a mount
+    /// and its unmount): the work's error first, else the cleanups'.
+    pub fn after_cleanup<T>(
+        work: Result<T>,
+        cleanups: impl IntoIterator<Item = Result<()>>,
+    ) -> Result<T> {
+        let cleanups: Vec<Result<()>> = cleanups.into_iter().collect();
+        let value = work?;
+        cleanups.into_iter().collect::<Result<()>>()?;
+        Ok(value)
+    }
+
     /// Keeps both errors when undoing a failed operation fails too.
     pub fn with_rollback(self, rollback: Result<()>) -> Error {
         match rollback {

@@ -195,9 +195,7 @@ impl Driver for OverlayDriver {
             changeset::apply(changeset, &self.diff_dir(&layer.id), &opts).map_err(Error::from);
         let unmounted = mount::unmount(&lower);
         let _ = fs::remove_dir(&lower);
-        let stats = applied?;
-        unmounted?;
-        Ok(stats)
+        Error::after_cleanup(applied, [unmounted])
     }
 
     fn mount(&mut self, chain: &[&LayerRecord], target: &Path) -> Result<()> {

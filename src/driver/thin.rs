@@ -292,9 +292,7 @@ impl Driver for ThinDriver {
         let opts = ApplyOptions::new(WhiteoutMode::Delete);
         let applied = changeset::apply(changeset, &target, &opts).map_err(Error::from);
         let unmounted = self.unmount_thin(id, &target);
-        let stats = applied?;
-        unmounted?;
-        Ok(stats)
+        Error::after_cleanup(applied, [unmounted])
     }
 
     fn mount(&mut self, chain: &[&LayerRecord], target: &Path) -> Result<()> {
@@ -325,10 +323,7 @@ impl Driver for ThinDriver {
         });
         let u1 = self.unmount_thin(parent_id, &parent);
         let u2 = self.unmount_thin(child_id, &child);
-        let stats = result?;
-        u1?;
-        u2?;
-        Ok(stats)
+        Error::after_cleanup(result, [u1, u2])
     }
 
     fn remove(&mut self, layer: &LayerRecord) -> Result<()> {

@@ -530,6 +530,30 @@ impl Drop for Ext4 {
 /// A mount to undo on drop.
 pub(super) struct Mounted(pub(super) PathBuf);
 
+/// Mounts overlay layer directories (bottom first) read-only at `mnt`
+/// (made here); unmounted when the guard drops.
+pub(super) fn mount_overlay(uppers: &[PathBuf], mnt: &Path) -> Mounted {
+    fs::create_dir(mnt).unwrap();
+    let lower = uppers
+        .iter()
+        .rev()
+        .map(|u| u.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    run(
+        "mount",
+        &[
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            &format!("lowerdir={lower}"),
+            mnt.to_str().unwrap(),
+        ],
+    );
+    Mounted(mnt.to_path_buf())
+}
+
 impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();

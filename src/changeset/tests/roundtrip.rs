@@ -134,25 +134,7 @@ fn root_round_trip_on_ext4_snapshots() {
     }
     // The overlay layers, stacked, show the last tree.
     let mnt = d.join("merged");
-    fs::create_dir(&mnt).unwrap();
-    let lower = uppers
-        .iter()
-        .rev()
-        .map(|u| u.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
-    run(
-        "mount",
-        &[
-            "-t",
-            "overlay",
-            "overlay",
-            "-o",
-            &format!("lowerdir={lower}"),
-            mnt.to_str().unwrap(),
-        ],
-    );
-    let _m = Mounted(mnt.clone());
+    let _m = mount_overlay(&uppers, &mnt);
     let o = CompareOpts {
         skip_lost_found: true,
         links: false,

@@ -256,25 +256,7 @@ fn root_overlayfs_mount_of_overlay_layers_equals_delete_mode_tree() {
         uppers.push(u);
     }
     let mnt = dir.path().join("merged");
-    fs::create_dir(&mnt).unwrap();
-    let lower = uppers
-        .iter()
-        .rev()
-        .map(|u| u.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
-    run(
-        "mount",
-        &[
-            "-t",
-            "overlay",
-            "overlay",
-            "-o",
-            &format!("lowerdir={lower}"),
-            mnt.to_str().unwrap(),
-        ],
-    );
-    let _m = Mounted(mnt.clone());
+    let _m = mount_overlay(&uppers, &mnt);
     let o = CompareOpts {
         dir_mtimes: true,
         ..Default::default()
