@@ -115,6 +115,10 @@ pub struct LayerRecord {
     #[serde(default)]
     pub chain_id: Option<String>,
     pub resource: Resource,
+    /// The container whose init or writable layer this is: such layers are
+    /// made and removed only with their container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 //! images come from `docker save` archives or OCI layouts ([`image`]).
 
 pub mod changeset;
+pub mod container;
 pub mod driver;
 pub mod error;
 pub mod image;
@@ -26,6 +27,7 @@ pub mod layer;
 pub mod mount;
 pub mod root;
 pub mod store;
+pub mod volume;
 
 pub use error::{Error, Result};
 pub use root::Root;

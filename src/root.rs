@@ -5,7 +5,13 @@
 //!   pool/          the thin pool (see thinpool::pool for its files)
 //!   thin/          the thin driver's layer store (see crate::store)
 //!   overlay/       the overlay driver's layer store and layer directories
+//!   containers/    containers of both drivers, and the lock that guards
+//!                  them and the volumes (see crate::container)
+//!   volumes/       volumes, shared by the containers of both drivers
 //! ```
+//!
+//! Locks are always taken in this order, so two commands never wait on
+//! each other: `containers/lock`, then a store's lock, then the pool's.
 
 use std::fs;
 use std::io;
@@ -28,6 +34,15 @@ pub enum DriverKind {
     Thin,
     /// Layers are directories stacked with overlayfs.
     Overlay,
+}
+
+impl DriverKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverKind::Thin => "thin",
+            DriverKind::Overlay => "overlay",
+        }
+    }
 }
 
 impl std::str::FromStr for DriverKind {
@@ -80,6 +95,20 @@ impl Root {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn lock_timeout(&self) -> Duration {
+        self.lock_timeout
+    }
+
+    /// Containers and their lock (see [`crate::container`]).
+    pub fn containers_dir(&self) -> PathBuf {
+        self.path.join("containers")
+    }
+
+    /// Volumes (see [`crate::volume`]).
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.path.join("volumes")
     }
 
     pub fn pool_dir(&self) -> PathBuf {
@@ -207,7 +236,7 @@ impl Root {
         Ok(id)
     }
 
-    fn ensure(&self) -> Result<()> {
+    pub(crate) fn ensure(&self) -> Result<()> {
         let io_err = |op: &str| {
             let path = self.path.clone();
             let op = op.to_string();

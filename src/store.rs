@@ -311,6 +311,7 @@ impl Store {
         name: Option<&str>,
         chain_id: Option<String>,
         changeset: Option<&mut dyn Read>,
+        container: Option<&str>,
     ) -> Result<(LayerRecord, Option<String>)> {
         let chain: Vec<LayerRecord> = match parent {
             Some(p) => self.chain(p)?.into_iter().cloned().collect(),
@@ -326,6 +327,7 @@ impl Store {
             diff_id: None,
             chain_id,
             resource,
+            container: container.map(str::to_string),
         };
         let mut applied = None;
         if let Some(cs) = changeset {
@@ -354,7 +356,11 @@ impl Store {
     ) -> Result<LayerId> {
         self.check_new_name(name)?;
         let parent = match parent {
-            Some(p) => Some(self.layer(p)?.id.clone()),
+            Some(p) => {
+                let l = self.layer(p)?;
+                refuse_container_layer(l, "snapshot")?;
+                Some(l.id.clone())
+            }
             None => None,
         };
         let id = LayerId::generate()?;
@@ -363,7 +369,7 @@ impl Store {
             create: vec![id.clone()],
             ..Journal::default()
         })?;
-        let made = self.make_layer(&id, parent.as_ref(), name, None, changeset);
+        let made = self.make_layer(&id, parent.as_ref(), name, None, changeset, None);
         let rec = match made {
             Ok((rec, _)) => rec,
             Err(e) => {
@@ -381,6 +387,7 @@ impl Store {
     /// part of an image.
     pub fn remove_layer(&mut self, key: &str) -> Result<LayerId> {
         let rec = self.layer(key)?.clone();
+        refuse_container_layer(&rec, "remove")?;
         let what = || format!("layer {}", display_layer(&rec));
         let kids = self.children(&rec.id);
         if !kids.is_empty() {
@@ -435,7 +442,9 @@ impl Store {
     /// Mounts a layer read-only at its mount point; idempotent. Returns the
     /// mount point.
     pub fn mount_layer(&mut self, key: &str) -> Result<PathBuf> {
-        let id = self.layer(key)?.id.clone();
+        let l = self.layer(key)?;
+        refuse_container_layer(l, "mount")?;
+        let id = l.id.clone();
         let mp = self.mount_point(&id);
         if mount::is_mounted(&mp)? {
             return Ok(mp);
@@ -443,7 +452,7 @@ impl Store {
         fs::create_dir_all(&mp).map_err(Error::io("creating", &mp))?;
         let chain: Vec<LayerRecord> = self.chain(&id)?.into_iter().cloned().collect();
         let refs: Vec<&LayerRecord> = chain.iter().collect();
-        self.driver.mount(&refs, &mp)?;
+        self.driver.mount(&refs, &mp, false)?;
         Ok(mp)
     }
 
@@ -480,6 +489,149 @@ impl Store {
             .collect();
         let refs: Vec<&LayerRecord> = recs.iter().collect();
         self.driver.usage(&refs)
+    }
+
+    /// Creates a container's two layers in one transaction: its init layer
+    /// (`init`, a changeset over `parent`) and its writable layer over it,
+    /// grown to `size` if given. Both are owned by `container`. Returns
+    /// `[init, writable]`; on any failure neither is left.
+    pub fn create_container_layers(
+        &mut self,
+        parent: &LayerId,
+        container: &str,
+        init: &mut dyn Read,
+        size: Option<thinpool::Bytes>,
+    ) -> Result<[LayerId; 2]> {
+        let parent = self.layer(parent.as_str())?;
+        refuse_container_layer(parent, "snapshot")?;
+        let parent = parent.id.clone();
+        let ids = [LayerId::generate()?, LayerId::generate()?];
+        self.begin(&Journal {
+            op: format!("create container {}", &container[..12.min(container.len())]),
+            create: ids.to_vec(),
+            ..Journal::default()
+        })?;
+        if let Err(e) = self.make_container_layers(&ids, &parent, container, init, size) {
+            let undo = self.undo_creates(&ids).and_then(|()| self.end());
+            return Err(e.with_rollback(undo));
+        }
+        self.end()?;
+        Ok(ids)
+    }
+
+    fn make_container_layers(
+        &mut self,
+        [init_id, rw_id]: &[LayerId; 2],
+        parent: &LayerId,
+        container: &str,
+        init: &mut dyn Read,
+        size: Option<thinpool::Bytes>,
+    ) -> Result<()> {
+        let (init_rec, _) =
+            self.make_layer(init_id, Some(parent), None, None, Some(init), Some(container))?;
+        thinpool::record::write(&self.layer_path(init_id), &init_rec)?;
+        self.layers.insert(init_id.clone(), init_rec);
+        let (rw, _) = self.make_layer(rw_id, Some(init_id), None, None, None, Some(container))?;
+        thinpool::record::write(&self.layer_path(rw_id), &rw)?;
+        self.layers.insert(rw_id.clone(), rw.clone());
+        if let Some(size) = size {
+            self.driver.resize(&rw, size)?;
+        }
+        Ok(())
+    }
+
+    /// Removes layers of a container, given top first; layers already gone
+    /// are skipped (so a killed removal can be finished).
+    pub fn remove_container_layers(&mut self, ids: &[LayerId]) -> Result<()> {
+        let present: Vec<LayerId> = ids
+            .iter()
+            .filter(|i| self.layers.contains_key(*i))
+            .cloned()
+            .collect();
+        if present.is_empty() {
+            return Ok(());
+        }
+        self.begin(&Journal {
+            op: "remove container layers".into(),
+            remove: present.clone(),
+            ..Journal::default()
+        })?;
+        for id in &present {
+            if let Some(rec) = self.layers.get(id).cloned() {
+                self.driver.remove(&rec)?;
+                thinpool::record::remove(&self.layer_path(id))?;
+                self.layers.remove(id);
+            }
+        }
+        self.end()
+    }
+
+    /// Mounts layer `id` (read-only, or `writable` if it is a container's
+    /// writable layer) at `target`, an existing directory.
+    pub fn mount_at(&mut self, id: &LayerId, target: &Path, writable: bool) -> Result<()> {
+        let chain: Vec<LayerRecord> = self.chain(id)?.into_iter().cloned().collect();
+        if writable && (chain[0].container.is_none() || !self.children(id).is_empty()) {
+            return Err(Error::InUse {
+                what: format!("layer {}", display_layer(&chain[0])),
+                reason: "only a container's writable layer is mounted writable".into(),
+            });
+        }
+        let refs: Vec<&LayerRecord> = chain.iter().collect();
+        self.driver.mount(&refs, target, writable)
+    }
+
+    /// Unmounts what [`Store::mount_at`] mounted at `target`.
+    pub fn unmount_at(&mut self, id: &LayerId, target: &Path) -> Result<()> {
+        let rec = self.layers.get(id).cloned().ok_or_else(|| Error::NotFound {
+            what: "layer",
+            name: id.to_string(),
+            hint: String::new(),
+        })?;
+        self.driver.unmount(&rec, target)
+    }
+
+    /// Makes a new layer over `parent` holding the changes of the
+    /// container layer `rw` against its own parent, leaving out `skip`
+    /// (the init layer's files). Returns the new layer's id.
+    pub fn commit(
+        &mut self,
+        rw: &LayerId,
+        parent: &LayerId,
+        name: Option<&str>,
+        skip: &'static [&'static str],
+    ) -> Result<LayerId> {
+        self.check_new_name(name)?;
+        let spool = self.dir.join("tmp").join(format!("commit-{rw}.tar"));
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&spool)
+            .map_err(Error::io("creating", &spool))?;
+        // The spool is only a buffer: unlinked now, freed on close or kill.
+        let _ = fs::remove_file(&spool);
+        let opts = ExportOptions {
+            skip,
+            ..ExportOptions::default()
+        };
+        let chain: Vec<LayerRecord> = self.chain(rw)?.into_iter().cloned().collect();
+        let refs: Vec<&LayerRecord> = chain.iter().collect();
+        self.driver.export(&refs, &mut f, &opts)?;
+        use std::io::Seek;
+        f.rewind().map_err(Error::io("reading", &spool))?;
+        let mut r = std::io::BufReader::new(f);
+        self.create_layer(Some(parent.as_str()), name, Some(&mut r))
+    }
+
+    /// The pool the driver keeps its layers in (thin driver only).
+    pub fn pool_mut(&mut self) -> Option<&mut thinpool::Pool> {
+        self.driver.pool_mut()
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Finds an image by `name[:tag]` (tag defaults to `latest`), id
@@ -629,6 +781,7 @@ impl Store {
                 None,
                 Some(chain_id),
                 Some(&mut counted),
+                None,
             )?;
             let applied = applied.unwrap_or_default();
             if applied != lr.diff_id.to_string() {
@@ -667,6 +820,21 @@ impl Store {
     /// image, a child layer outside it, a mount). Returns the removed layers.
     pub fn remove_image(&mut self, key: &str) -> Result<Vec<LayerId>> {
         let img = self.image(key)?.clone();
+        let users: Vec<&str> = self
+            .layers
+            .values()
+            .filter(|l| l.parent.as_ref().is_some_and(|p| img.layers.contains(p)))
+            .filter_map(|l| l.container.as_deref())
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::InUse {
+                what: format!("image {}", display_image(&img)),
+                reason: format!(
+                    "container {} uses it; remove the container first (`thinlayer container rm`)",
+                    users.iter().map(|c| &c[..12.min(c.len())]).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
         let mut remove: Vec<LayerId> = vec![];
         for id in img.layers.iter().rev() {
             let used_elsewhere = self
@@ -699,8 +867,23 @@ impl Store {
     }
 }
 
+/// Layer commands leave a container's layers alone: they live and die with
+/// the container.
+fn refuse_container_layer(l: &LayerRecord, verb: &str) -> Result<()> {
+    match &l.container {
+        Some(c) => Err(Error::InUse {
+            what: format!("layer {}", display_layer(l)),
+            reason: format!(
+                "it belongs to container {}; {verb} the container's changes with `thinlayer container commit` or remove it with `thinlayer container rm`",
+                &c[..12.min(c.len())]
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The one item whose id starts with `key` (4 hex digits or more).
-fn by_id_prefix<'a, T>(
+pub(crate) fn by_id_prefix<'a, T>(
     what: &'static str,
     key: &str,
     items: impl Iterator<Item = &'a T>,
@@ -963,7 +1146,14 @@ mod tests {
                 compression: Compression::None,
             })
         }
-        fn mount(&mut self, _c: &[&LayerRecord], _t: &Path) -> Result<()> {
+        fn mount(&mut self, _c: &[&LayerRecord], _t: &Path, _w: bool) -> Result<()> {
+            Ok(())
+        }
+        fn resize(&mut self, _l: &LayerRecord, size: thinpool::Bytes) -> Result<()> {
+            self.step();
+            if size.0 < 64 << 20 {
+                return Err(Error::invalid("size", "too small"));
+            }
             Ok(())
         }
         fn unmount(&mut self, _l: &LayerRecord, _t: &Path) -> Result<()> {

@@ -296,6 +296,7 @@ struct Emitter<W: Write> {
     pending: Vec<Pending>,
     /// (dev, ino) of multiply-linked files written → their path.
     links: HashMap<(u64, u64), Vec<u8>>,
+    skip: &'static [&'static str],
 }
 
 fn out_err(e: io::Error) -> ChangesetError {
@@ -314,6 +315,7 @@ impl<W: Write> Emitter<W> {
             entries: 0,
             pending: Vec::new(),
             links: HashMap::new(),
+            skip: opts.skip,
         })
     }
 
@@ -413,6 +415,9 @@ impl<W: Write> Emitter<W> {
     /// Writes non-directory `node` at `key`; its content is read from
     /// `dir/NAME`.
     fn node(&mut self, dir: BorrowedFd, key: &[u8], node: &Node) -> Result<()> {
+        if self.skipped(key) {
+            return Ok(());
+        }
         self.flush()?;
         match node.kind {
             Kind::Dir => unreachable!("directories go through push_dir"),
@@ -499,9 +504,16 @@ impl<W: Write> Emitter<W> {
 
     /// `DIR/.wh.NAME`.
     fn whiteout(&mut self, dir_key: &[u8], name: &[u8]) -> Result<()> {
+        if self.skipped(&child_key(dir_key, name)) {
+            return Ok(());
+        }
         self.flush()?;
         let wh = [WH_PREFIX, name].concat();
         self.marker(&child_key(dir_key, &wh))
+    }
+
+    fn skipped(&self, key: &[u8]) -> bool {
+        self.skip.iter().any(|s| s.as_bytes() == key)
     }
 
     /// `DIR/.wh..wh..opq`.

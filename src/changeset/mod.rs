@@ -127,7 +127,7 @@ mod error;
 mod export;
 mod path;
 mod stream;
-mod sys;
+pub(crate) mod sys;
 mod tree;
 
 #[cfg(test)]
@@ -225,6 +225,10 @@ pub struct ApplyStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ExportOptions {
     pub compression: Compression,
+    /// Non-directory paths (relative, like `etc/hosts`) left out of the
+    /// export, whether changed or deleted: a container's commit skips the
+    /// files its init layer owns.
+    pub skip: &'static [&'static str],
 }
 
 /// What an export wrote.

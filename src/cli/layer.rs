@@ -229,6 +229,7 @@ pub fn run(mut store: Store, cmd: LayerCommand) -> Result<()> {
                 } else {
                     Compression::None
                 },
+                ..ExportOptions::default()
             };
             let ctx = || format!("exporting layer {layer}");
             match output {

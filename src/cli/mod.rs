@@ -68,17 +68,7 @@ enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     let root = Root::new(&cli.root)?.with_lock_timeout(Duration::from_secs(cli.lock_timeout));
-    let mut overlay = OverlayOptions::default();
-    for o in &cli.overlay_opts {
-        match o.as_str() {
-            "index=off" => overlay.index_off = true,
-            "metacopy=on" => overlay.metacopy = true,
-            "volatile" => overlay.volatile = true,
-            _ => anyhow::bail!(
-                "unknown overlay option '{o}': use index=off, metacopy=on or volatile"
-            ),
-        }
-    }
+    let overlay = OverlayOptions::parse(&cli.overlay_opts)?;
     if !cli.overlay_opts.is_empty() && cli.driver != DriverKind::Overlay {
         anyhow::bail!("--overlay-opt needs --driver overlay");
     }

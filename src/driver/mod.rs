@@ -45,8 +45,10 @@ pub trait Driver {
         changeset: &mut dyn Read,
     ) -> Result<ApplyStats>;
 
-    /// Mounts the layer read-only at `target` (an existing directory).
-    fn mount(&mut self, chain: &[&LayerRecord], target: &Path) -> Result<()>;
+    /// Mounts the layer at `target` (an existing directory): read-only,
+    /// or `writable` for a container's top layer, which must have no
+    /// children (its writes land in the layer itself).
+    fn mount(&mut self, chain: &[&LayerRecord], target: &Path, writable: bool) -> Result<()>;
 
     /// Unmounts what [`Driver::mount`] mounted at `target`.
     fn unmount(&mut self, layer: &LayerRecord, target: &Path) -> Result<()>;
@@ -58,6 +60,16 @@ pub trait Driver {
         out: &mut dyn Write,
         opts: &ExportOptions,
     ) -> Result<ExportStats>;
+
+    /// Grows the filesystem of a layer with no children to `size` (the
+    /// thin driver's `--size`). Drivers without a per-layer size refuse.
+    fn resize(&mut self, layer: &LayerRecord, size: thinpool::Bytes) -> Result<()>;
+
+    /// The thin pool this driver keeps its layers in, if any (thin volumes
+    /// live in the same pool and must not open it a second time).
+    fn pool_mut(&mut self) -> Option<&mut thinpool::Pool> {
+        None
+    }
 
     /// Frees a layer's resource. Fails while it is mounted.
     fn remove(&mut self, layer: &LayerRecord) -> Result<()>;

@@ -41,6 +41,42 @@ pub struct OverlayOptions {
     pub volatile: bool,
 }
 
+impl OverlayOptions {
+    /// Parses `--overlay-opt` values.
+    pub fn parse(args: &[String]) -> Result<OverlayOptions> {
+        let mut o = OverlayOptions::default();
+        for a in args {
+            match a.as_str() {
+                "index=off" => o.index_off = true,
+                "metacopy=on" => o.metacopy = true,
+                "volatile" => o.volatile = true,
+                _ => {
+                    return Err(Error::invalid(
+                        "overlay option",
+                        format!("unknown option '{a}': use index=off, metacopy=on or volatile"),
+                    ))
+                }
+            }
+        }
+        Ok(o)
+    }
+
+    /// The `--overlay-opt` values that make these options.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut v = vec![];
+        if self.index_off {
+            v.push("index=off".to_string());
+        }
+        if self.metacopy {
+            v.push("metacopy=on".to_string());
+        }
+        if self.volatile {
+            v.push("volatile".to_string());
+        }
+        v
+    }
+}
+
 pub struct OverlayDriver {
     dir: PathBuf,
     pub options: OverlayOptions,
@@ -90,9 +126,15 @@ impl OverlayDriver {
         }
     }
 
-    /// The `-o` string for a read-only stack of `chain` (top first).
-    pub fn mount_options(&self, chain: &[&LayerRecord]) -> Result<String> {
-        if chain.len() + 1 > MAX_LOWER {
+    /// The `-o` string for a stack of `chain` (top first): all read-only
+    /// lower directories, or with `writable` the top layer's directory as
+    /// the upper directory (and its `work/` beside it).
+    pub fn mount_options(&self, chain: &[&LayerRecord], writable: bool) -> Result<String> {
+        let (upper, lower) = match (writable, chain.split_first()) {
+            (true, Some((top, rest))) => (Some(*top), rest),
+            _ => (None, chain),
+        };
+        if lower.len() + 1 > MAX_LOWER {
             return Err(Error::invalid(
                 "layer chain",
                 format!(
@@ -103,12 +145,22 @@ impl OverlayDriver {
                 ),
             ));
         }
-        let mut lowers: Vec<String> = chain
+        let mut lowers: Vec<String> = lower
             .iter()
             .map(|l| format!("l/{}", Self::link_of(l)))
             .collect();
         lowers.push("empty".into());
         let mut opts = vec![format!("lowerdir={}", lowers.join(":"))];
+        if let Some(top) = upper {
+            opts.push(format!("upperdir=data/{}/diff", top.id));
+            opts.push(format!("workdir=data/{}/work", top.id));
+            if !self.options.metacopy {
+                // A renamed lower directory would otherwise become a
+                // redirect, which a commit cannot export: the kernel answers
+                // EXDEV and mv(1) copies instead, as on older kernels.
+                opts.push("redirect_dir=off".into());
+            }
+        }
         if self.options.index_off {
             opts.push("index=off".into());
         }
@@ -189,7 +241,7 @@ impl Driver for OverlayDriver {
         // through: both as the thin driver's merged tree behaves.
         let lower = self.dir.join("tmp").join(format!("{}-lower", layer.id));
         fs::create_dir_all(&lower).map_err(Error::io("creating", &lower))?;
-        self.mount(chain, &lower)?;
+        self.mount(chain, &lower, false)?;
         opts.lower = Some(lower.clone());
         let applied =
             changeset::apply(changeset, &self.diff_dir(&layer.id), &opts).map_err(Error::from);
@@ -198,8 +250,21 @@ impl Driver for OverlayDriver {
         Error::after_cleanup(applied, [unmounted])
     }
 
-    fn mount(&mut self, chain: &[&LayerRecord], target: &Path) -> Result<()> {
-        let opts = self.mount_options(chain)?;
+    fn mount(&mut self, chain: &[&LayerRecord], target: &Path, writable: bool) -> Result<()> {
+        let opts = self.mount_options(chain, writable)?;
+        if writable {
+            // overlayfs needs an empty work directory on the upper
+            // directory's filesystem.
+            let work = self.layer_dir(&chain[0].id).join("work");
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&work)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => Ok(()),
+                    _ => Err(e),
+                })
+                .map_err(Error::io("creating", &work))?;
+        }
         // mount(8) from the store directory, so the short relative links
         // resolve there; the kernel reads them relative to the caller's cwd.
         let out = Command::new("mount")
@@ -237,6 +302,13 @@ impl Driver for OverlayDriver {
             out,
             opts,
         )?)
+    }
+
+    fn resize(&mut self, _layer: &LayerRecord, _size: thinpool::Bytes) -> Result<()> {
+        Err(Error::invalid(
+            "size",
+            "the overlay driver has no per-container size limit (its layers are directories on the root's filesystem); use --driver thin for --size",
+        ))
     }
 
     fn remove(&mut self, layer: &LayerRecord) -> Result<()> {

@@ -80,19 +80,23 @@ impl FsType {
                 c
             }
         };
-        let name = format!("mkfs.{}", self.as_str());
-        let out = cmd.arg(dev).output().map_err(|e| Error::Tool {
-            tool: name.clone(),
-            detail: e.to_string(),
-        })?;
-        if !out.status.success() {
-            return Err(Error::Tool {
-                tool: name,
-                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(())
+        run_tool(cmd.arg(dev), &format!("mkfs.{}", self.as_str()))
     }
+}
+
+/// Runs a filesystem tool, its stderr becoming the error.
+pub(crate) fn run_tool(cmd: &mut Command, name: &str) -> Result<()> {
+    let out = cmd.output().map_err(|e| Error::Tool {
+        tool: name.to_string(),
+        detail: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(Error::Tool {
+            tool: name.to_string(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Default size of the base filesystem (and so of every layer).
@@ -295,8 +299,39 @@ impl Driver for ThinDriver {
         Error::after_cleanup(applied, [unmounted])
     }
 
-    fn mount(&mut self, chain: &[&LayerRecord], target: &Path) -> Result<()> {
-        self.mount_thin(Self::thin_of(chain[0]), target, true)
+    fn mount(&mut self, chain: &[&LayerRecord], target: &Path, writable: bool) -> Result<()> {
+        self.mount_thin(Self::thin_of(chain[0]), target, !writable)
+    }
+
+    fn resize(&mut self, layer: &LayerRecord, size: Bytes) -> Result<()> {
+        check_base_size(size)?;
+        if size < self.rec.base_size {
+            return Err(Error::invalid(
+                "size",
+                format!(
+                    "{size} is smaller than the base filesystem ({}); a layer can only grow",
+                    self.rec.base_size
+                ),
+            ));
+        }
+        let id = Self::thin_of(layer);
+        self.pool.grow_thin(id, size)?;
+        // Online growth: both filesystems grow while mounted, and ext4
+        // needs no fsck first that way.
+        let target = self.scratch(&format!("{}-resize", layer.id))?;
+        self.mount_thin(id, &target, false)?;
+        let dev = self.pool.activate_thin(id)?;
+        let (tool, arg) = match self.rec.fs {
+            FsType::Ext4 => ("resize2fs", dev.clone()),
+            FsType::Xfs => ("xfs_growfs", target.clone()),
+        };
+        let grown = run_tool(Command::new(tool).arg(&arg), tool);
+        let unmounted = self.unmount_thin(id, &target);
+        Error::after_cleanup(grown, [unmounted])
+    }
+
+    fn pool_mut(&mut self) -> Option<&mut Pool> {
+        Some(&mut self.pool)
     }
 
     fn unmount(&mut self, layer: &LayerRecord, target: &Path) -> Result<()> {

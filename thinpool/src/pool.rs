@@ -1038,6 +1038,33 @@ impl Pool {
         Ok(dev.devnode())
     }
 
+    /// Grows a thin device's virtual size to `size` (a multiple of 512
+    /// bytes); the same size is a no-op, a smaller one is refused. Blocks
+    /// are still allocated only when written. The record is written first:
+    /// the pool's metadata holds no size, so a kill before an active
+    /// device's table is reloaded leaves nothing wrong (the next activation
+    /// uses the new size).
+    pub fn grow_thin(&mut self, id: ThinId, size: Bytes) -> Result<()> {
+        let cur = self.record.thins.get(&id).ok_or(Error::NoSuchThin(id))?.size;
+        if size < cur || !size.is_multiple_of(Bytes(512)) {
+            return Err(Error::invalid(
+                "thin device size",
+                format!("{size} must be a multiple of 512 bytes and at least its size now, {cur}"),
+            ));
+        }
+        if size == cur {
+            return Ok(());
+        }
+        if let Some(t) = self.record.thins.get_mut(&id) {
+            t.size = size;
+        }
+        self.save()?;
+        if let Some((_, ty, params)) = self.kernel_table(Role::Thin(id))? {
+            self.reload_length(Role::Thin(id), size.sectors(), &ty, &params)?;
+        }
+        Ok(())
+    }
+
     /// Deactivates a thin device; idempotent. Fails with [`Error::Busy`]
     /// while it is mounted or open.
     pub fn deactivate_thin(&mut self, id: ThinId) -> Result<()> {

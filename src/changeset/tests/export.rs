@@ -143,7 +143,10 @@ fn plain_export_order_format_and_determinism() {
     // The same tree, the same bytes; also compressed.
     assert_eq!(export_bytes(None, &root).0, bytes);
     for c in [Compression::Gzip, Compression::Zstd] {
-        let o = ExportOptions { compression: c };
+        let o = ExportOptions {
+            compression: c,
+            ..ExportOptions::default()
+        };
         let mut one = Vec::new();
         let s1 = export_diff(None, &root, &mut one, &o).unwrap();
         let mut two = Vec::new();

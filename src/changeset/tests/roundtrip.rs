@@ -54,6 +54,7 @@ fn plain_round_trip_on_copies() {
             let mut out = Vec::new();
             let o = ExportOptions {
                 compression: Compression::Gzip,
+                ..ExportOptions::default()
             };
             export_diff(parent, &states[n], &mut out, &o).unwrap();
             out

@@ -1,0 +1,710 @@
+//! Volumes: data that outlives containers.
+//!
+//! ```text
+//! <root>/volumes/
+//!   <name>/volume.json   the record (VolumeRecord)
+//!   <name>/_data/        the data: a directory (local), or where the
+//!                        volume's own filesystem is mounted while a
+//!                        mounted container uses it (thin, or local with
+//!                        type/device/o options)
+//! ```
+//!
+//! Two drivers, as Docker's `--driver`:
+//! - `local`: a directory under the root. With `--opt type=T --opt
+//!   device=D --opt o=OPTS` it is instead whatever `mount -t T -o OPTS D`
+//!   mounts (tmpfs, a filesystem image, NFS), made when a container first
+//!   mounts it and unmounted when the last mounted container lets go.
+//! - `thin`: a thin device of `--size` in the pool with its own ext4, so
+//!   its size is a hard limit; `clone` snapshots it in O(1).
+//!
+//! Volumes are changed only under the containers' lock (see
+//! [`crate::container`]), which also guards the references containers hold.
+//! A killed `create` leaves a directory without a record, or a thin device
+//! tagged `volume:<name>` that no record names: [`Volumes::open`] and
+//! [`Volumes::reconcile_thin`] remove them.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+use thinpool::{Bytes, Pool, ThinId};
+
+use crate::driver::thin::run_tool;
+use crate::error::{Error, Result};
+use crate::mount;
+
+/// Where a volume's data lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeDriver {
+    /// A directory under the root, or a mount made from `--opt`s.
+    #[default]
+    Local,
+    /// A thin device with its own filesystem.
+    Thin,
+}
+
+impl std::str::FromStr for VolumeDriver {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "local" => Ok(VolumeDriver::Local),
+            "thin" => Ok(VolumeDriver::Thin),
+            _ => Err(format!("'{s}' is not a volume driver: use local or thin")),
+        }
+    }
+}
+
+impl VolumeDriver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeDriver::Local => "local",
+            VolumeDriver::Thin => "thin",
+        }
+    }
+}
+
+/// A volume's record (`volumes/<name>/volume.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub name: String,
+    pub driver: VolumeDriver,
+    /// Made for one container's `-v /path`; `container rm -v` and `volume
+    /// prune` remove it.
+    #[serde(default)]
+    pub anonymous: bool,
+    /// `type`, `device` and `o` of a local volume that is a mount.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// A thin volume's size and device.
+    #[serde(default)]
+    pub size: Option<Bytes>,
+    #[serde(default)]
+    pub thin_id: Option<ThinId>,
+    pub created_unix: u64,
+}
+
+impl VolumeRecord {
+    /// Whether the data directory is a mount point while in use.
+    pub fn is_mount(&self) -> bool {
+        self.driver == VolumeDriver::Thin || !self.options.is_empty()
+    }
+}
+
+/// What `volume create` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct NewVolume {
+    /// None: a generated name (64 hex digits, as Docker's).
+    pub name: Option<String>,
+    pub driver: VolumeDriver,
+    pub size: Option<Bytes>,
+    /// `key=value` pairs of `--opt`.
+    pub options: Vec<(String, String)>,
+    pub labels: BTreeMap<String, String>,
+    pub anonymous: bool,
+}
+
+/// Default size of a thin volume (blocks are used only when written).
+pub const DEFAULT_THIN_SIZE: Bytes = Bytes(10 << 30);
+/// The smallest thin volume: ext4 needs room for its journal and tables.
+pub const MIN_THIN_SIZE: Bytes = Bytes(16 << 20);
+
+const RECORD: &str = "volume.json";
+const DATA: &str = "_data";
+const TAG_PREFIX: &str = "volume:";
+
+fn tag(name: &str) -> String {
+    format!("{TAG_PREFIX}{name}")
+}
+
+/// Checks a volume name: 1 to 128 of `[A-Za-z0-9_.-]`, starting with a
+/// letter or digit (Docker's rule), so never `/` or `..`.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !ok {
+        return Err(Error::invalid(
+            "volume name",
+            format!("'{name}' must be 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit"),
+        ));
+    }
+    Ok(())
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(Error::io("reading", "/dev/urandom"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Checks `--driver`, `--size` and `--opt` together, before anything is
+/// made.
+pub fn check_new(v: &NewVolume) -> Result<()> {
+    if let Some(n) = &v.name {
+        validate_name(n)?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (k, val) in &v.options {
+        if !matches!(k.as_str(), "type" | "device" | "o") {
+            return Err(Error::invalid(
+                "volume option",
+                format!("unknown option '{k}': the local driver takes type, device and o"),
+            ));
+        }
+        if !seen.insert(k.as_str()) {
+            return Err(Error::invalid(
+                "volume option",
+                format!("'{k}' is given twice"),
+            ));
+        }
+        if val.is_empty() || val.contains('\0') {
+            return Err(Error::invalid(
+                "volume option",
+                format!("'{k}' needs a value (--opt {k}=VALUE)"),
+            ));
+        }
+    }
+    match v.driver {
+        VolumeDriver::Local => {
+            if v.size.is_some() {
+                return Err(Error::invalid(
+                    "volume size",
+                    "--size needs --driver thin (a local volume has no size of its own; for tmpfs use --opt o=size=...)",
+                ));
+            }
+            if !v.options.is_empty() && !(seen.contains("type") && seen.contains("device")) {
+                return Err(Error::invalid(
+                    "volume option",
+                    "a local volume that is a mount needs both --opt type=T and --opt device=D",
+                ));
+            }
+        }
+        VolumeDriver::Thin => {
+            if !v.options.is_empty() {
+                return Err(Error::invalid(
+                    "volume option",
+                    "--opt is for the local driver; a thin volume takes only --size",
+                ));
+            }
+            let size = v.size.unwrap_or(DEFAULT_THIN_SIZE);
+            if size < MIN_THIN_SIZE {
+                return Err(Error::invalid(
+                    "volume size",
+                    format!("{size} is too small for a filesystem: use at least {MIN_THIN_SIZE}"),
+                ));
+            }
+            if !size.is_multiple_of(Bytes(4096)) {
+                return Err(Error::invalid(
+                    "volume size",
+                    format!("{size} is not a multiple of 4K"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The pool, opened only when a thin volume needs it.
+pub trait PoolAccess {
+    fn pool(&mut self) -> Result<&mut Pool>;
+}
+
+/// The volumes of one root. Callers hold the containers' lock.
+#[derive(Debug)]
+pub struct Volumes {
+    dir: PathBuf,
+}
+
+impl Volumes {
+    /// The volumes in `dir`, without the cleanup of [`Volumes::open`].
+    pub(crate) fn at(dir: &Path) -> Volumes {
+        Volumes {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Opens `<root>/volumes`, removing what a killed `create` left of a
+    /// local volume (a directory without a record).
+    pub fn open(dir: &Path) -> Result<Volumes> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(Error::io("creating", dir))?;
+        let v = Volumes {
+            dir: dir.to_path_buf(),
+        };
+        let rd = fs::read_dir(dir).map_err(Error::io("listing", dir))?;
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.join(RECORD).exists() && !mount::is_mounted(&p.join(DATA))? {
+                fs::remove_dir_all(&p).map_err(Error::io("removing", &p))?;
+            }
+        }
+        Ok(v)
+    }
+
+    fn vol_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Where a volume's data is (while in use, for a volume that is a mount).
+    pub fn data_path(&self, name: &str) -> PathBuf {
+        self.vol_dir(name).join(DATA)
+    }
+
+    pub fn list(&self) -> Result<Vec<VolumeRecord>> {
+        let mut out = vec![];
+        let rd = fs::read_dir(&self.dir).map_err(Error::io("listing", &self.dir))?;
+        for e in rd.flatten() {
+            let p = e.path().join(RECORD);
+            if let Some(r) = thinpool::record::read::<VolumeRecord>(&p)? {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub fn get(&self, name: &str) -> Result<VolumeRecord> {
+        self.find(name)?.ok_or_else(|| Error::NotFound {
+            what: "volume",
+            name: name.to_string(),
+            hint: ": list them with `thinlayer volume ls`".into(),
+        })
+    }
+
+    pub fn find(&self, name: &str) -> Result<Option<VolumeRecord>> {
+        if validate_name(name).is_err() {
+            return Ok(None);
+        }
+        Ok(thinpool::record::read(&self.vol_dir(name).join(RECORD))?)
+    }
+
+    /// Makes a volume (its directory, or its thin device and filesystem),
+    /// then its record: a kill before the record leaves only what
+    /// [`Volumes::open`] and [`Volumes::reconcile_thin`] remove.
+    pub fn create(&self, v: &NewVolume, pools: &mut dyn PoolAccess) -> Result<VolumeRecord> {
+        check_new(v)?;
+        let name = match &v.name {
+            Some(n) => n.clone(),
+            None => random_hex(32)?,
+        };
+        if self.find(&name)?.is_some() {
+            return Err(Error::Exists {
+                what: "volume",
+                name,
+            });
+        }
+        let dir = self.vol_dir(&name);
+        // A directory without a record is what a killed create left.
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(Error::io("removing", &dir))?;
+        }
+        let mut rec = VolumeRecord {
+            name: name.clone(),
+            driver: v.driver,
+            anonymous: v.anonymous,
+            options: v.options.iter().cloned().collect(),
+            labels: v.labels.clone(),
+            size: None,
+            thin_id: None,
+            created_unix: now_unix(),
+        };
+        let made = (|| -> Result<()> {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir.join(DATA))
+                .map_err(Error::io("creating", dir.join(DATA)))?;
+            if v.driver == VolumeDriver::Thin {
+                let size = v.size.unwrap_or(DEFAULT_THIN_SIZE);
+                let (id, made) = make_thin(pools.pool()?, &name, size)?;
+                rec.size = Some(size);
+                rec.thin_id = Some(id);
+                made?;
+            }
+            thinpool::record::write(&dir.join(RECORD), &rec)?;
+            Ok(())
+        })();
+        if let Err(e) = made {
+            let undo = self.undo_create(&rec, pools);
+            return Err(e.with_rollback(undo));
+        }
+        Ok(rec)
+    }
+
+    fn undo_create(&self, rec: &VolumeRecord, pools: &mut dyn PoolAccess) -> Result<()> {
+        if let Some(id) = rec.thin_id {
+            let pool = pools.pool()?;
+            if pool.thins().contains_key(&id) {
+                pool.delete_thin(id)?;
+            }
+        }
+        let dir = self.vol_dir(&rec.name);
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("removing", &dir)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A new thin volume `new` sharing every block of `src` (O(1); writes
+    /// to either copy one pool block at a time). A mounted source is
+    /// frozen for the instant of the snapshot.
+    pub fn clone_thin(
+        &self,
+        src: &str,
+        new: &str,
+        labels: BTreeMap<String, String>,
+        pools: &mut dyn PoolAccess,
+    ) -> Result<VolumeRecord> {
+        validate_name(new)?;
+        let s = self.get(src)?;
+        let Some(origin) = s.thin_id.filter(|_| s.driver == VolumeDriver::Thin) else {
+            return Err(Error::invalid(
+                "volume clone",
+                format!("volume '{src}' is a local directory; only thin volumes clone (copy a local one with cp -a)"),
+            ));
+        };
+        if self.find(new)?.is_some() {
+            return Err(Error::Exists {
+                what: "volume",
+                name: new.to_string(),
+            });
+        }
+        let dir = self.vol_dir(new);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(Error::io("removing", &dir))?;
+        }
+        let mut rec = VolumeRecord {
+            name: new.to_string(),
+            labels,
+            anonymous: false,
+            created_unix: now_unix(),
+            thin_id: None,
+            ..s.clone()
+        };
+        let made = (|| -> Result<()> {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir.join(DATA))
+                .map_err(Error::io("creating", dir.join(DATA)))?;
+            let pool = pools.pool()?;
+            if !pool.thins().contains_key(&origin) {
+                return Err(missing_thin(&s));
+            }
+            rec.thin_id = Some(pool.snapshot_thin(origin, &tag(new))?);
+            thinpool::record::write(&dir.join(RECORD), &rec)?;
+            Ok(())
+        })();
+        if let Err(e) = made {
+            let undo = self.undo_create(&rec, pools);
+            return Err(e.with_rollback(undo));
+        }
+        Ok(rec)
+    }
+
+    /// Removes a volume and its data. The caller has checked references;
+    /// a volume mounted by a container is refused.
+    pub fn remove(&self, rec: &VolumeRecord, pools: &mut dyn PoolAccess) -> Result<()> {
+        let data = self.data_path(&rec.name);
+        if rec.is_mount() && mount::is_mounted(&data)? {
+            return Err(Error::InUse {
+                what: format!("volume '{}'", rec.name),
+                reason: "a mounted container uses it; unmount the container first".into(),
+            });
+        }
+        let dir = self.vol_dir(&rec.name);
+        // The record goes first: from here on, what is left is an orphan
+        // that open() or reconcile_thin() removes if this is killed.
+        thinpool::record::remove(&dir.join(RECORD))?;
+        if let Some(id) = rec.thin_id {
+            let pool = pools.pool()?;
+            if pool.thins().contains_key(&id) {
+                pool.delete_thin(id)?;
+            }
+        }
+        fs::remove_dir_all(&dir).map_err(Error::io("removing", &dir))
+    }
+
+    /// Makes a volume's data available and returns its path: mounts a thin
+    /// volume's filesystem, or a local volume's `type/device/o`, at the
+    /// data directory if not mounted yet.
+    pub fn acquire(&self, rec: &VolumeRecord, pools: &mut dyn PoolAccess) -> Result<PathBuf> {
+        let data = self.data_path(&rec.name);
+        if !rec.is_mount() || mount::is_mounted(&data)? {
+            return Ok(data);
+        }
+        match rec.driver {
+            VolumeDriver::Thin => {
+                let id = rec.thin_id.ok_or_else(|| missing_thin(rec))?;
+                let pool = pools.pool()?;
+                if !pool.thins().contains_key(&id) {
+                    return Err(missing_thin(rec));
+                }
+                let dev = pool.activate_thin(id)?;
+                // The device was never written outside ext4's own tables,
+                // which a thin device reads as zeros: no lazy zeroing needed.
+                if let Err(e) = mount::mount(&dev, &data, "ext4", false, "noinit_itable") {
+                    let _ = pool.deactivate_thin(id);
+                    return Err(e);
+                }
+            }
+            VolumeDriver::Local => {
+                let mut cmd = Command::new("mount");
+                cmd.arg("-t").arg(&rec.options["type"]);
+                if let Some(o) = rec.options.get("o") {
+                    cmd.arg("-o").arg(o);
+                }
+                cmd.arg(&rec.options["device"]).arg(&data);
+                run_tool(&mut cmd, "mount").map_err(|e| match e {
+                    Error::Tool { detail, .. } => Error::Tool {
+                        tool: format!("mount of volume '{}'", rec.name),
+                        detail,
+                    },
+                    e => e,
+                })?;
+            }
+        }
+        Ok(data)
+    }
+
+    /// Undoes [`Volumes::acquire`] when no mounted container uses the
+    /// volume any more.
+    pub fn release(&self, rec: &VolumeRecord, pools: &mut dyn PoolAccess) -> Result<()> {
+        let data = self.data_path(&rec.name);
+        if !rec.is_mount() || !mount::is_mounted(&data)? {
+            return Ok(());
+        }
+        mount::unmount(&data)?;
+        if let Some(id) = rec.thin_id {
+            let pool = pools.pool()?;
+            match pool.deactivate_thin(id) {
+                Ok(()) | Err(thinpool::Error::Busy { .. }) | Err(thinpool::Error::NoSuchThin(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes thin devices tagged as a volume's that no record names (a
+    /// killed create or clone). Returns what it freed.
+    pub fn reconcile_thin(&self, pool: &mut Pool) -> Result<Vec<String>> {
+        let owned: BTreeMap<ThinId, String> = self
+            .list()?
+            .into_iter()
+            .filter_map(|r| r.thin_id.map(|id| (id, tag(&r.name))))
+            .collect();
+        let orphans: Vec<(ThinId, String)> = pool
+            .thins()
+            .iter()
+            .filter(|(id, t)| t.tag.starts_with(TAG_PREFIX) && owned.get(id) != Some(&t.tag))
+            .map(|(id, t)| (*id, t.tag.clone()))
+            .collect();
+        let mut freed = vec![];
+        for (id, t) in orphans {
+            pool.delete_thin(id)?;
+            freed.push(format!("thin device {id} ({t}), which no volume claimed"));
+        }
+        Ok(freed)
+    }
+
+    /// Bytes a volume holds: blocks mapped for a thin volume, blocks used
+    /// by the directory tree for a local one (None when it is a mount
+    /// that is not mounted now).
+    pub fn usage(&self, rec: &VolumeRecord, pool: Option<&Pool>) -> Option<u64> {
+        match (rec.driver, rec.thin_id) {
+            (VolumeDriver::Thin, Some(id)) => pool
+                .and_then(|p| p.usage().ok())
+                .and_then(|u| u.get(&id).map(|u| u.exclusive.0 + u.shared.0)),
+            (VolumeDriver::Local, _) if rec.options.is_empty() => {
+                Some(du(&self.data_path(&rec.name)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the volume's data directory has no entries (checked while
+    /// acquired).
+    pub fn is_empty(&self, rec: &VolumeRecord) -> Result<bool> {
+        let data = self.data_path(&rec.name);
+        let mut rd = fs::read_dir(&data).map_err(Error::io("listing", &data))?;
+        Ok(rd.all(|e| {
+            // A fresh ext4 holds lost+found, which is not content.
+            e.map(|e| rec.driver == VolumeDriver::Thin && e.file_name() == "lost+found")
+                .unwrap_or(false)
+        }))
+    }
+}
+
+fn missing_thin(rec: &VolumeRecord) -> Error {
+    Error::Corrupt {
+        what: format!("volume '{}'", rec.name),
+        reason: "its thin device is not in the pool (was the pool destroyed?); remove the volume and create it again".into(),
+    }
+}
+
+/// Creates and formats a thin volume's device; the id is returned even
+/// when formatting fails, so the caller can undo it.
+fn make_thin(pool: &mut Pool, name: &str, size: Bytes) -> Result<(ThinId, Result<()>)> {
+    let id = pool.create_thin(size, &tag(name))?;
+    let formatted = pool.activate_thin(id).map_err(Error::from).and_then(|dev| {
+        // No reserved blocks: the size is what the volume holds. Tables and
+        // journal are left as the thin device reads them, zeros, so a
+        // volume costs pool blocks only for what is written.
+        run_tool(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-m", "0", "-E"])
+                .arg("nodiscard,lazy_itable_init=1,lazy_journal_init=1")
+                .arg(&dev),
+            "mkfs.ext4",
+        )
+    });
+    let deactivated = pool.deactivate_thin(id).map_err(Error::from);
+    Ok((id, formatted.and(deactivated)))
+}
+
+/// Bytes a directory tree holds on disk.
+fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+                continue;
+            }
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoPool;
+    impl PoolAccess for NoPool {
+        fn pool(&mut self) -> Result<&mut Pool> {
+            Err(Error::invalid("pool", "none in this test"))
+        }
+    }
+
+    fn local(name: Option<&str>) -> NewVolume {
+        NewVolume {
+            name: name.map(str::to_string),
+            ..NewVolume::default()
+        }
+    }
+
+    #[test]
+    fn plain_volume_names_and_options_are_checked() {
+        for good in ["data", "my_vol.1", "A-b", &"a".repeat(128)] {
+            validate_name(good).unwrap();
+        }
+        for bad in ["", "..", "a/b", "/abs", ".x", "-x", "a b", &"a".repeat(129)] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+        let opt = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let err = |v: NewVolume| check_new(&v).unwrap_err().to_string();
+        let mut v = local(Some("x"));
+        v.options = vec![opt("colour", "red")];
+        assert!(err(v.clone()).contains("unknown option 'colour'"));
+        v.options = vec![opt("type", "tmpfs")];
+        assert!(err(v.clone()).contains("needs both"));
+        v.options = vec![opt("type", "tmpfs"), opt("device", "tmpfs"), opt("o", "size=1m")];
+        check_new(&v).unwrap();
+        v.size = Some(Bytes(1 << 30));
+        assert!(err(v.clone()).contains("--size needs --driver thin"));
+        let mut t = local(Some("t"));
+        t.driver = VolumeDriver::Thin;
+        t.size = Some(Bytes(1 << 20));
+        assert!(err(t.clone()).contains("too small for a filesystem"));
+        t.size = Some(Bytes((64 << 20) + 512));
+        assert!(err(t.clone()).contains("multiple of 4K"));
+        t.size = Some(Bytes(64 << 20));
+        check_new(&t).unwrap();
+        t.options = vec![opt("o", "x")];
+        assert!(err(t).contains("only --size"));
+        assert_eq!("thin".parse::<VolumeDriver>(), Ok(VolumeDriver::Thin));
+        assert!("nfs".parse::<VolumeDriver>().unwrap_err().contains("local or thin"));
+    }
+
+    #[test]
+    fn plain_local_volumes_are_made_listed_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let vols = Volumes::open(&dir.path().join("volumes")).unwrap();
+        let a = vols.create(&local(Some("a")), &mut NoPool).unwrap();
+        assert!(!a.anonymous && a.driver == VolumeDriver::Local);
+        let anon = vols
+            .create(
+                &NewVolume {
+                    anonymous: true,
+                    ..local(None)
+                },
+                &mut NoPool,
+            )
+            .unwrap();
+        assert_eq!(anon.name.len(), 64);
+        assert!(vols.is_empty(&a).unwrap());
+        fs::write(vols.data_path("a").join("f"), b"x").unwrap();
+        assert!(!vols.is_empty(&a).unwrap());
+        let e = vols.create(&local(Some("a")), &mut NoPool).unwrap_err();
+        assert!(e.to_string().contains("already exists"), "{e}");
+        let names: Vec<String> = vols.list().unwrap().into_iter().map(|v| v.name).collect();
+        assert_eq!(names.len(), 2);
+        let e = vols.clone_thin("a", "b", BTreeMap::new(), &mut NoPool).unwrap_err();
+        assert!(e.to_string().contains("only thin volumes clone"), "{e}");
+        vols.remove(&a, &mut NoPool).unwrap();
+        assert!(vols.find("a").unwrap().is_none());
+        assert!(!dir.path().join("volumes/a").exists());
+        let e = vols.get("a").unwrap_err().to_string();
+        assert!(e.contains("no volume 'a'"), "{e}");
+        // A thin volume with no pool: nothing is left behind.
+        let mut t = local(Some("t"));
+        t.driver = VolumeDriver::Thin;
+        assert!(vols.create(&t, &mut NoPool).is_err());
+        assert!(!dir.path().join("volumes/t").exists());
+    }
+
+    #[test]
+    fn plain_a_killed_create_is_cleaned_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("volumes");
+        Volumes::open(&root).unwrap();
+        fs::create_dir_all(root.join("half/_data")).unwrap();
+        let vols = Volumes::open(&root).unwrap();
+        assert!(!root.join("half").exists());
+        assert!(vols.list().unwrap().is_empty());
+    }
+}
