@@ -527,8 +527,14 @@ impl Store {
         init: &mut dyn Read,
         size: Option<thinpool::Bytes>,
     ) -> Result<()> {
-        let (init_rec, _) =
-            self.make_layer(init_id, Some(parent), None, None, Some(init), Some(container))?;
+        let (init_rec, _) = self.make_layer(
+            init_id,
+            Some(parent),
+            None,
+            None,
+            Some(init),
+            Some(container),
+        )?;
         thinpool::record::write(&self.layer_path(init_id), &init_rec)?;
         self.layers.insert(init_id.clone(), init_rec);
         let (rw, _) = self.make_layer(rw_id, Some(init_id), None, None, None, Some(container))?;
@@ -582,11 +588,15 @@ impl Store {
 
     /// Unmounts what [`Store::mount_at`] mounted at `target`.
     pub fn unmount_at(&mut self, id: &LayerId, target: &Path) -> Result<()> {
-        let rec = self.layers.get(id).cloned().ok_or_else(|| Error::NotFound {
-            what: "layer",
-            name: id.to_string(),
-            hint: String::new(),
-        })?;
+        let rec = self
+            .layers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                what: "layer",
+                name: id.to_string(),
+                hint: String::new(),
+            })?;
         self.driver.unmount(&rec, target)
     }
 
@@ -831,7 +841,11 @@ impl Store {
                 what: format!("image {}", display_image(&img)),
                 reason: format!(
                     "container {} uses it; remove the container first (`thinlayer container rm`)",
-                    users.iter().map(|c| &c[..12.min(c.len())]).collect::<Vec<_>>().join(", ")
+                    users
+                        .iter()
+                        .map(|c| &c[..12.min(c.len())])
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         }

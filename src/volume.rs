@@ -127,7 +127,10 @@ fn tag(name: &str) -> String {
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
@@ -502,7 +505,9 @@ impl Volumes {
         if let Some(id) = rec.thin_id {
             let pool = pools.pool()?;
             match pool.deactivate_thin(id) {
-                Ok(()) | Err(thinpool::Error::Busy { .. }) | Err(thinpool::Error::NoSuchThin(_)) => {}
+                Ok(())
+                | Err(thinpool::Error::Busy { .. })
+                | Err(thinpool::Error::NoSuchThin(_)) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -642,7 +647,11 @@ mod tests {
         assert!(err(v.clone()).contains("unknown option 'colour'"));
         v.options = vec![opt("type", "tmpfs")];
         assert!(err(v.clone()).contains("needs both"));
-        v.options = vec![opt("type", "tmpfs"), opt("device", "tmpfs"), opt("o", "size=1m")];
+        v.options = vec![
+            opt("type", "tmpfs"),
+            opt("device", "tmpfs"),
+            opt("o", "size=1m"),
+        ];
         check_new(&v).unwrap();
         v.size = Some(Bytes(1 << 30));
         assert!(err(v.clone()).contains("--size needs --driver thin"));
@@ -657,7 +666,10 @@ mod tests {
         t.options = vec![opt("o", "x")];
         assert!(err(t).contains("only --size"));
         assert_eq!("thin".parse::<VolumeDriver>(), Ok(VolumeDriver::Thin));
-        assert!("nfs".parse::<VolumeDriver>().unwrap_err().contains("local or thin"));
+        assert!("nfs"
+            .parse::<VolumeDriver>()
+            .unwrap_err()
+            .contains("local or thin"));
     }
 
     #[test]
@@ -683,7 +695,9 @@ mod tests {
         assert!(e.to_string().contains("already exists"), "{e}");
         let names: Vec<String> = vols.list().unwrap().into_iter().map(|v| v.name).collect();
         assert_eq!(names.len(), 2);
-        let e = vols.clone_thin("a", "b", BTreeMap::new(), &mut NoPool).unwrap_err();
+        let e = vols
+            .clone_thin("a", "b", BTreeMap::new(), &mut NoPool)
+            .unwrap_err();
         assert!(e.to_string().contains("only thin volumes clone"), "{e}");
         vols.remove(&a, &mut NoPool).unwrap();
         assert!(vols.find("a").unwrap().is_none());

@@ -4,162 +4,16 @@
 //! (`root_overlay::*`, on the host). A behaviour that differs between the
 //! drivers is branched on `Drv` below, with the reason.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use thinpool::testing::Scratch;
 
 mod common;
+use common::env::{read, Drv, Env};
 use common::{assert_same_tree, build_image, reference_unpack, run, stderr, Tar};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Drv {
-    Thin,
-    Overlay,
-}
-
-impl Drv {
-    fn name(self) -> &'static str {
-        match self {
-            Drv::Thin => "thin",
-            Drv::Overlay => "overlay",
-        }
-    }
-}
-
-/// One root with one driver's store, in a scratch directory.
-struct Env {
-    s: Scratch,
-    root: PathBuf,
-    drv: Drv,
-}
-
-impl Env {
-    fn new(label: &str, drv: Drv) -> Env {
-        let s = Scratch::new(label);
-        let root = s.path().join("root");
-        let e = Env { s, root, drv };
-        if drv == Drv::Thin {
-            e.ok(&["pool", "create", "--data-size", "2G", "--base-size", "256M"]);
-        }
-        e
-    }
-
-    fn path(&self) -> &Path {
-        self.s.path()
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_thinlayer"));
-        c.arg("--root")
-            .arg(&self.root)
-            .args(["--driver", self.drv.name()])
-            .args(args)
-            .env_remove("THINLAYER_ROOT")
-            .env_remove("THINLAYER_DRIVER");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "{args:?} ({}) failed: {}",
-            self.drv.name(),
-            stderr(&o)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn fails(&self, args: &[&str], needles: &[&str]) {
-        let o = self.run(args);
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
-        for n in needles {
-            assert!(err.contains(n), "{args:?}: '{n}' not in: {err}");
-        }
-    }
-
-    fn tar(&self, name: &str, t: Tar) -> String {
-        t.write(&self.path().join(name))
-            .to_string_lossy()
-            .into_owned()
-    }
-
-    /// A layer on `parent` (or a root layer) from a tar; returns its id.
-    fn layer(&self, parent: Option<&str>, name: &str, tar: &str) -> String {
-        let out = match parent {
-            Some(p) => self.ok(&["snapshot", "layer", p, "--name", name, "--from-tar", tar]),
-            None => self.ok(&["layer", "create", "--name", name, "--from-tar", tar]),
-        };
-        let id = out.trim().to_string();
-        assert_eq!(id.len(), 32, "not an id: {out}");
-        id
-    }
-
-    fn with_mounted<T>(&self, layer: &str, f: impl FnOnce(&Path) -> T) -> T {
-        let mp = PathBuf::from(self.ok(&["layer", "mount", layer]).trim());
-        let r = f(&mp);
-        self.ok(&["layer", "umount", layer]);
-        r
-    }
-
-    fn list(&self, what: &str) -> Vec<Value> {
-        serde_json::from_str::<Value>(&self.ok(&[what, "ls", "--json"]))
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
-    }
-
-    /// Resources the driver holds for layers: thin devices besides the
-    /// base, or layer directories.
-    fn resources(&self) -> usize {
-        match self.drv {
-            Drv::Thin => {
-                let st: Value =
-                    serde_json::from_str(&self.ok(&["pool", "status", "--json"])).unwrap();
-                st["thin_devices"].as_u64().unwrap() as usize - 1
-            }
-            Drv::Overlay => std::fs::read_dir(self.root.join("overlay/data"))
-                .map(|d| d.count())
-                .unwrap_or(0),
-        }
-    }
-
-    /// Records and resources agree.
-    fn assert_consistent(&self) {
-        // Listing opens the store, which repairs what a killed command left.
-        let layers = self.list("layer").len();
-        assert_eq!(
-            self.resources(),
-            layers,
-            "layer records and {} resources disagree",
-            self.drv.name()
-        );
-    }
-}
-
-fn read(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p).ok()
-}
-
-macro_rules! conformance {
-    ($($scenario:ident),* $(,)?) => {
-        mod dm_thin {
-            $( #[test] fn $scenario() { thinpool::testing::require_dm(); super::$scenario(super::Drv::Thin) } )*
-        }
-        mod root_overlay {
-            $( #[test] fn $scenario() { thinpool::testing::require_root(); super::$scenario(super::Drv::Overlay) } )*
-        }
-    };
-}
 
 conformance!(
     snapshot_writes_never_reach_the_parent_or_a_sibling,

@@ -109,6 +109,8 @@ struct LayerJson<'a> {
     mount_options: Option<String>,
     images: Vec<String>,
     children: Vec<&'a str>,
+    /// The container this layer belongs to, if any.
+    container: Option<&'a str>,
 }
 
 fn to_json<'a>(store: &'a Store, l: &'a LayerRecord, u: Usage) -> Result<LayerJson<'a>> {
@@ -138,6 +140,7 @@ fn to_json<'a>(store: &'a Store, l: &'a LayerRecord, u: Usage) -> Result<LayerJs
             .iter()
             .map(|c| c.id.as_str())
             .collect(),
+        container: l.container.as_deref(),
     })
 }
 
@@ -302,7 +305,11 @@ fn print_tree(store: &Store, layers: &[LayerRecord], usage: &[Usage]) -> Result<
             .collect();
         println!(
             "{label:<40} {:<20} {:>10} {:>10}  {}",
-            l.name.as_deref().unwrap_or("-"),
+            match (&l.name, &l.container) {
+                (Some(n), _) => n.clone(),
+                (None, Some(c)) => format!("(container {})", &c[..12.min(c.len())]),
+                (None, None) => "-".into(),
+            },
             Bytes(u.exclusive_bytes).to_string(),
             Bytes(u.shared_bytes).to_string(),
             images.join(", ")

@@ -1,9 +1,11 @@
 //! Command-line definitions (clap derive) and dispatch.
 
+mod container;
 mod image;
 mod layer;
 mod pool;
 mod progress;
+mod volume;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,9 +39,11 @@ pub struct Cli {
     )]
     lock_timeout: u64,
 
-    /// Storage driver for layers and images: thin (dm-thin snapshots) or
-    /// overlay (directories stacked with overlayfs). Each keeps its own layers.
-    #[arg(long, global = true, env = "THINLAYER_DRIVER", default_value = "thin")]
+    /// Storage driver for layers, images and new containers: thin (dm-thin
+    /// snapshots) or overlay (directories stacked with overlayfs). Each keeps
+    /// its own layers. Given before the command (volumes have their own
+    /// `volume create --driver`).
+    #[arg(long, env = "THINLAYER_DRIVER", default_value = "thin")]
     driver: DriverKind,
 
     /// overlay driver mount options: index=off, metacopy=on, volatile (repeatable).
@@ -64,6 +68,12 @@ enum Command {
     /// Import and manage images (docker save archives, OCI layouts).
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Containers: a writable layer over an image, with volumes.
+    #[command(subcommand)]
+    Container(container::ContainerCommand),
+    /// Volumes: data that outlives containers.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -78,5 +88,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Layer(cmd) => layer::run(open()?, cmd),
         Command::Snapshot(cmd) => layer::run_snapshot(open()?, cmd),
         Command::Image(cmd) => image::run(open()?, cmd),
+        Command::Container(cmd) => container::run(&root, cli.driver, &overlay, cmd),
+        Command::Volume(cmd) => volume::run(&root, cmd),
     }
 }

@@ -50,7 +50,8 @@ fn cstr(p: &Path) -> Result<CString> {
 fn special_dirs(rootfs: &Path) -> Result<(Option<CString>, Option<CString>)> {
     let mut out = [None, None];
     for (i, p) in ["/proc", "/dev"].iter().enumerate() {
-        let fd = scoped::resolve(rootfs, p, None).map_err(Error::io("resolving", rootfs.join(&p[1..])))?;
+        let fd = scoped::resolve(rootfs, p, None)
+            .map_err(Error::io("resolving", rootfs.join(&p[1..])))?;
         if let Some(fd) = fd {
             let host = scoped::host_path(&fd).map_err(Error::io("resolving", rootfs))?;
             if host.starts_with(rootfs) && host.is_dir() {
@@ -95,7 +96,10 @@ pub fn run(spec: &ExecSpec) -> Result<i32> {
         .map(|(n, t)| {
             let mut p = d.as_bytes().to_vec();
             p.extend_from_slice(format!("/{n}").as_bytes());
-            (CString::new(*t).expect("no NUL"), CString::new(p).expect("no NUL"))
+            (
+                CString::new(*t).expect("no NUL"),
+                CString::new(p).expect("no NUL"),
+            )
         })
         .collect(),
         None => vec![],
@@ -153,7 +157,11 @@ pub fn run(spec: &ExecSpec) -> Result<i32> {
                 )
                 .map_err(e)?;
                 for (host, inside) in &devices {
-                    let fd = libc::open(inside.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o666);
+                    let fd = libc::open(
+                        inside.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o666,
+                    );
                     if fd >= 0 {
                         libc::close(fd);
                         nix::mount::mount(
@@ -189,9 +197,7 @@ pub fn run(spec: &ExecSpec) -> Result<i32> {
         }
     }
     match status {
-        Ok(st) => Ok(st
-            .code()
-            .unwrap_or_else(|| 128 + st.signal().unwrap_or(0))),
+        Ok(st) => Ok(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound {
             what: "command",
             name: program.to_string_lossy().into_owned(),

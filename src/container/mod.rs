@@ -219,7 +219,11 @@ impl Res<'_> {
             DriverKind::Thin => OverlayOptions::default(),
             DriverKind::Overlay => opts.clone(),
         };
-        if let Some(i) = self.stores.iter().position(|(k, o, _)| *k == kind && *o == opts) {
+        if let Some(i) = self
+            .stores
+            .iter()
+            .position(|(k, o, _)| *k == kind && *o == opts)
+        {
             return Ok(&mut self.stores[i].2);
         }
         // One store per driver at a time (each holds its lock); our own
@@ -242,7 +246,10 @@ impl Res<'_> {
 
 impl PoolAccess for Res<'_> {
     fn pool(&mut self) -> Result<&mut Pool> {
-        let thin = self.stores.iter().position(|(k, _, _)| *k == DriverKind::Thin);
+        let thin = self
+            .stores
+            .iter()
+            .position(|(k, _, _)| *k == DriverKind::Thin);
         if self.pool.is_none() && thin.is_none() {
             let p = self.root.open_pool()?;
             if !p.is_active() {
@@ -251,13 +258,17 @@ impl PoolAccess for Res<'_> {
             self.pool = Some(p);
         }
         let pool = match thin {
-            Some(i) => self.stores[i].2.pool_mut().expect("the thin store has a pool"),
+            Some(i) => self.stores[i]
+                .2
+                .pool_mut()
+                .expect("the thin store has a pool"),
             None => self.pool.as_mut().expect("opened above"),
         };
         if !self.reconciled {
             self.reconciled = true;
             let freed = Volumes::at(&self.volumes_dir).reconcile_thin(pool)?;
-            self.repairs.extend(freed.into_iter().map(|f| format!("freed {f}")));
+            self.repairs
+                .extend(freed.into_iter().map(|f| format!("freed {f}")));
         }
         Ok(pool)
     }
@@ -398,7 +409,12 @@ impl<'r> Containers<'r> {
                 })
             })
             .collect::<Result<_>>()?;
-        out.sort_by(|a, b| a.record.created_unix.cmp(&b.record.created_unix).then(a.record.name.cmp(&b.record.name)));
+        out.sort_by(|a, b| {
+            a.record
+                .created_unix
+                .cmp(&b.record.created_unix)
+                .then(a.record.name.cmp(&b.record.name))
+        });
         Ok(out)
     }
 
@@ -443,9 +459,10 @@ impl<'r> Containers<'r> {
         let (image, image_name, parent) = match (&req.image, &req.layer) {
             (Some(i), None) => {
                 let img = store.image(i)?;
-                let top = img.layers.last().cloned().ok_or_else(|| {
-                    Error::invalid("image", format!("image '{i}' has no layers"))
-                })?;
+                let top =
+                    img.layers.last().cloned().ok_or_else(|| {
+                        Error::invalid("image", format!("image '{i}' has no layers"))
+                    })?;
                 (Some(img.id.clone()), Some(i.clone()), top)
             }
             (None, Some(l)) => (None, None, store.layer(l)?.id.clone()),
@@ -470,7 +487,10 @@ impl<'r> Containers<'r> {
                     m.source = Source::Volume { name: n };
                 }
                 Source::Volume { name } if self.volumes.find(name)?.is_none() => {
-                    if !created_volumes.iter().any(|c: &CreatedVolume| &c.name == name) {
+                    if !created_volumes
+                        .iter()
+                        .any(|c: &CreatedVolume| &c.name == name)
+                    {
                         created_volumes.push(CreatedVolume {
                             name: name.clone(),
                             anonymous: false,
@@ -560,7 +580,8 @@ impl<'r> Containers<'r> {
         let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let init = spec::init_changeset(&rec.hostname, &host_resolv, now_unix());
         let store = self.res.open_store(rec)?;
-        let layers = store.create_container_layers(&rec.parent, &rec.id, &mut init.as_slice(), rec.size)?;
+        let layers =
+            store.create_container_layers(&rec.parent, &rec.id, &mut init.as_slice(), rec.size)?;
         rec.layers = layers.to_vec();
         self.save(rec)?;
         self.populate(rec)
@@ -598,11 +619,15 @@ impl<'r> Containers<'r> {
     }
 
     fn populate_one(&mut self, rootfs: &Path, vol: &VolumeRecord, dest: &str) -> Result<()> {
-        let src = scoped::resolve(rootfs, dest, None)
-            .map_err(Error::io("resolving", rootfs.join(dest.trim_start_matches('/'))))?;
+        let src = scoped::resolve(rootfs, dest, None).map_err(Error::io(
+            "resolving",
+            rootfs.join(dest.trim_start_matches('/')),
+        ))?;
         let Some(src) = src else { return Ok(()) };
-        let st = crate::changeset::sys::fstat(src.as_fd())
-            .map_err(Error::io("inspecting", rootfs.join(dest.trim_start_matches('/'))))?;
+        let st = crate::changeset::sys::fstat(src.as_fd()).map_err(Error::io(
+            "inspecting",
+            rootfs.join(dest.trim_start_matches('/')),
+        ))?;
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return Ok(());
         }
@@ -837,7 +862,9 @@ impl<'r> Containers<'r> {
         let mut removed = vec![];
         if rec.remove_volumes {
             for name in rec.volume_names() {
-                let Some(v) = self.volumes.find(name)? else { continue };
+                let Some(v) = self.volumes.find(name)? else {
+                    continue;
+                };
                 let shared = self
                     .records
                     .values()
@@ -896,11 +923,14 @@ impl<'r> Containers<'r> {
 
     /// Names of the containers that mount volume `name`.
     pub fn users_of(&self, name: &str) -> Vec<String> {
-        self.records
+        let mut users: Vec<String> = self
+            .records
             .values()
             .filter(|r| r.volume_names().any(|n| n == name))
             .map(|r| r.name.clone())
-            .collect()
+            .collect();
+        users.sort();
+        users
     }
 
     pub fn volume_create(&mut self, v: &NewVolume) -> Result<VolumeRecord> {
@@ -999,8 +1029,9 @@ impl<'r> Containers<'r> {
 fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     let (r, w) = std::io::pipe().map_err(Error::io("making a pipe for", dst))?;
     let src_path = src.to_path_buf();
-    let exporter =
-        std::thread::spawn(move || changeset::export_diff(None, &src_path, w, &ExportOptions::default()));
+    let exporter = std::thread::spawn(move || {
+        changeset::export_diff(None, &src_path, w, &ExportOptions::default())
+    });
     let applied = changeset::apply(r, dst, &ApplyOptions::new(WhiteoutMode::Delete));
     let exported = exporter.join().map_err(|_| Error::Corrupt {
         what: format!("the copy into {}", dst.display()),

@@ -54,7 +54,11 @@ pub fn resolve(root: &Path, path: &str, make: Option<Make>) -> io::Result<Option
                     let fd = sys::openat(
                         cur,
                         &name,
-                        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                        libc::O_CREAT
+                            | libc::O_EXCL
+                            | libc::O_WRONLY
+                            | libc::O_NOFOLLOW
+                            | libc::O_CLOEXEC,
                         0o644,
                     )?;
                     drop(fd);
@@ -144,7 +148,10 @@ mod tests {
             Some(root_c.join(outside.strip_prefix("/").unwrap()).join("data"))
         );
         assert!(!outside.join("data").exists());
-        assert_eq!(at("/new/a/b", Some(Make::Dir)), Some(root_c.join("new/a/b")));
+        assert_eq!(
+            at("/new/a/b", Some(Make::Dir)),
+            Some(root_c.join("new/a/b"))
+        );
         assert!(root.join("new/a/b").is_dir());
         assert_eq!(at("/etc/f", Some(Make::File)), Some(root_c.join("etc/f")));
         assert!(root.join("etc/f").is_file());

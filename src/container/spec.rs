@@ -45,12 +45,21 @@ pub fn container_path(spec: &str, p: &str) -> Result<String> {
             format!("the path in the container, '{p}', is not absolute"),
         ));
     }
-    let comps: Vec<&str> = p.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    let comps: Vec<&str> = p
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
     if comps.contains(&"..") {
-        return Err(bad(spec, format!("the path in the container, '{p}', has '..'")));
+        return Err(bad(
+            spec,
+            format!("the path in the container, '{p}', has '..'"),
+        ));
     }
     if comps.is_empty() {
-        return Err(bad(spec, "a volume cannot be mounted over the container's root"));
+        return Err(bad(
+            spec,
+            "a volume cannot be mounted over the container's root",
+        ));
     }
     if p.contains('\0') {
         return Err(bad(spec, "the path has a NUL byte"));
@@ -67,17 +76,30 @@ pub fn parse_volume(spec: &str) -> Result<MountSpec> {
         [dst] => (None, *dst, None),
         [src, dst] => (Some(*src), *dst, None),
         [src, dst, opts] => (Some(*src), *dst, Some(*opts)),
-        _ => return Err(bad(spec, "use NAME:/path[:ro], /host/path:/path[:ro] or /path")),
+        _ => {
+            return Err(bad(
+                spec,
+                "use NAME:/path[:ro], /host/path:/path[:ro] or /path",
+            ))
+        }
     };
     let destination = container_path(spec, dst)?;
     let source = match src {
         None => Source::Anonymous,
         Some(s) if s.starts_with('/') => {
             let meta = std::fs::metadata(s).map_err(|e| {
-                bad(spec, format!("the host path {s} cannot be used: {e}; bind mounts need an existing path"))
+                bad(
+                    spec,
+                    format!(
+                        "the host path {s} cannot be used: {e}; bind mounts need an existing path"
+                    ),
+                )
             })?;
             if !(meta.is_dir() || meta.is_file()) {
-                return Err(bad(spec, format!("the host path {s} is neither a directory nor a file")));
+                return Err(bad(
+                    spec,
+                    format!("the host path {s} is neither a directory nor a file"),
+                ));
             }
             Source::Bind {
                 path: s.to_string(),
@@ -110,7 +132,12 @@ pub fn parse_volume(spec: &str) -> Result<MountSpec> {
                 return Err(bad(spec, "nocopy applies to volumes, not bind mounts"))
             }
             "nocopy" => m.nocopy = true,
-            _ => return Err(bad(spec, format!("unknown option '{o}': use ro, rw or nocopy"))),
+            _ => {
+                return Err(bad(
+                    spec,
+                    format!("unknown option '{o}': use ro, rw or nocopy"),
+                ))
+            }
         }
     }
     Ok(m)
@@ -131,7 +158,10 @@ pub fn parse_volumes_from(spec: &str) -> Result<(String, bool)> {
         None => (spec, false),
     };
     if name.is_empty() {
-        return Err(Error::invalid("--volumes-from", format!("'{spec}' names no container")));
+        return Err(Error::invalid(
+            "--volumes-from",
+            format!("'{spec}' names no container"),
+        ));
     }
     Ok((name.to_string(), ro))
 }
@@ -147,7 +177,9 @@ pub fn check_hostname(h: &str) -> Result<()> {
     if !ok {
         return Err(Error::invalid(
             "hostname",
-            format!("'{h}' must be 1 to 63 letters, digits or '-', not starting or ending with '-'"),
+            format!(
+                "'{h}' must be 1 to 63 letters, digits or '-', not starting or ending with '-'"
+            ),
         ));
     }
     Ok(())
@@ -257,7 +289,10 @@ mod tests {
         assert_eq!(parse_volumes_from("web").unwrap(), ("web".into(), false));
         assert_eq!(parse_volumes_from("web:ro").unwrap(), ("web".into(), true));
         assert_eq!(parse_volumes_from("web:rw").unwrap(), ("web".into(), false));
-        assert!(parse_volumes_from("web:x").unwrap_err().to_string().contains("unknown mode"));
+        assert!(parse_volumes_from("web:x")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown mode"));
         assert!(parse_volumes_from(":ro").is_err());
         check_hostname("web-1").unwrap();
         for bad in ["", "-a", "a-", "a.b", "a_b", &"h".repeat(64)] {
@@ -270,7 +305,10 @@ mod tests {
         let r = resolv_conf("# c\nnameserver 127.0.0.53\nsearch lan\nnameserver 10.0.0.1\n");
         assert_eq!(r, "# c\nsearch lan\nnameserver 10.0.0.1\n");
         let r = resolv_conf("nameserver 127.0.0.53\noptions edns0\n");
-        assert!(r.ends_with("nameserver 8.8.8.8\nnameserver 8.8.4.4\n"), "{r}");
+        assert!(
+            r.ends_with("nameserver 8.8.8.8\nnameserver 8.8.4.4\n"),
+            "{r}"
+        );
         let tar_bytes = init_changeset("box", "", 7);
         let mut a = tar::Archive::new(tar_bytes.as_slice());
         let mut seen = vec![];

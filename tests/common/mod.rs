@@ -1,6 +1,8 @@
 //! Helpers shared by the CLI tests: run thinlayer, check its output.
 #![allow(dead_code)]
 
+pub mod env;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -329,4 +331,49 @@ pub fn reference_unpack(s: &thinpool::testing::Scratch, layout: &Path) -> PathBu
         out.to_str().unwrap(),
     ]);
     out
+}
+
+/// A two-layer image made with umoci around the static busybox, enough to
+/// run `/bin/sh -c` in a container: layer 1 has busybox and its applets,
+/// `/etc/passwd`, `/data/seed` (directory owned 1000:1000, mode 0750, for
+/// populate-from-image) and empty `/proc`, `/dev`, `/tmp`; layer 2 adds
+/// `/srv/app/config` and a symlink `/var/run -> /run`. Tag `bb`; returns
+/// the OCI layout directory.
+pub fn busybox_image(s: &thinpool::testing::Scratch) -> PathBuf {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox is installed by tools/setup.sh (busybox-static)");
+    let layout = s.path().join("bb-oci");
+    let l = layout.to_str().unwrap().to_string();
+    let img = format!("{l}:bb");
+    umoci(&["init", "--layout", &l]);
+    umoci(&["new", "--image", &img]);
+    for (n, script) in [
+        (
+            1,
+            format!(
+                "mkdir -p bin etc data proc dev tmp run root
+                 cp {busybox} bin/busybox
+                 for a in sh ls cat echo touch mkdir rm hostname id stat dd df sync chmod grep wc head; do ln -s busybox bin/$a; done
+                 echo 'root:x:0:0:root:/root:/bin/sh' > etc/passwd
+                 echo seed > data/seed
+                 chown -R 1000:1000 data && chmod 0750 data"
+            ),
+        ),
+        (
+            2,
+            "mkdir -p srv/app var && echo v1 > srv/app/config && ln -s /run var/run".to_string(),
+        ),
+    ] {
+        let bundle = s.path().join(format!("bb-bundle{n}"));
+        let b = bundle.to_str().unwrap();
+        umoci(&["unpack", "--image", &img, b]);
+        run(Command::new("sh")
+            .arg("-ec")
+            .arg(&script)
+            .current_dir(bundle.join("rootfs")));
+        umoci(&["repack", "--image", &img, b]);
+    }
+    layout
 }

@@ -1045,7 +1045,12 @@ impl Pool {
     /// device's table is reloaded leaves nothing wrong (the next activation
     /// uses the new size).
     pub fn grow_thin(&mut self, id: ThinId, size: Bytes) -> Result<()> {
-        let cur = self.record.thins.get(&id).ok_or(Error::NoSuchThin(id))?.size;
+        let cur = self
+            .record
+            .thins
+            .get(&id)
+            .ok_or(Error::NoSuchThin(id))?
+            .size;
         if size < cur || !size.is_multiple_of(Bytes(512)) {
             return Err(Error::invalid(
                 "thin device size",

@@ -1,0 +1,743 @@
+//! Containers and volumes, written once and run against both drivers:
+//! `root_overlay::*` on the host, `dm_thin::*` in the VM (see
+//! `common::env`). Every scenario runs a static busybox image's `/bin/sh`
+//! under `container exec`, so what is checked is what a process in the
+//! container sees.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+mod common;
+use common::env::{read, Drv, Env};
+use common::{busybox_image, stderr, stdout};
+
+/// An environment with the busybox image imported as `bb`.
+fn setup(label: &str, d: Drv) -> Env {
+    let e = Env::new(label, d);
+    let layout = busybox_image(&e.s);
+    e.ok(&["image", "import", layout.to_str().unwrap(), "--name", "bb"]);
+    e
+}
+
+fn exec(e: &Env, c: &str, script: &str) -> Output {
+    e.run(&["container", "exec", c, "--", "/bin/sh", "-c", script])
+}
+
+/// Runs `script` in container `c` and returns its stdout; it must succeed.
+fn sh(e: &Env, c: &str, script: &str) -> String {
+    let o = exec(e, c, script);
+    assert!(
+        o.status.success(),
+        "{script} in {c} ({}): exit {:?}: {}{}",
+        e.drv.name(),
+        o.status.code(),
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+fn create(e: &Env, name: &str, extra: &[&str]) -> String {
+    let mut args = vec!["container", "create", "--name", name];
+    if !extra.contains(&"--layer") {
+        args.extend(["--image", "bb"]);
+    }
+    args.extend(extra);
+    let id = e.ok(&args).trim().to_string();
+    assert_eq!(id.len(), 64, "not a container id: {id}");
+    id
+}
+
+fn json(e: &Env, args: &[&str]) -> Value {
+    serde_json::from_str(&e.ok(args)).unwrap()
+}
+
+fn volumes(e: &Env) -> Vec<String> {
+    json(e, &["volume", "ls", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn containers(e: &Env) -> Vec<String> {
+    e.list("container")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+conformance!(
+    container_writes_never_reach_the_image_and_commit_carries_them,
+    exec_runs_the_image_s_shell_with_volumes_at_their_paths,
+    named_volume_outlives_containers_and_is_shared,
+    volumes_from_takes_every_mount_and_ro_means_erofs,
+    new_volumes_are_filled_from_the_image_unless_nocopy,
+    rm_v_removes_anonymous_volumes_but_never_named_ones,
+    local_volume_with_mount_options_is_mounted_on_use,
+    refusals_name_the_problem_and_create_nothing,
+    container_create_killed_at_any_instant_leaves_all_or_nothing,
+);
+
+fn container_writes_never_reach_the_image_and_commit_carries_them(d: Drv) {
+    let e = setup("ctr-commit", d);
+    create(&e, "c1", &["--hostname", "web1"]);
+    sh(
+        &e,
+        "c1",
+        "echo changed > /srv/app/config; echo hello > /etc/motd; rm /bin/wc; echo other > /etc/hostname",
+    );
+    // The image's top layer is untouched.
+    let top = e.list("image")[0]["layers"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    e.with_mounted(&top, |m| {
+        assert_eq!(read(&m.join("srv/app/config")).as_deref(), Some("v1\n"));
+        assert!(!m.join("etc/motd").exists());
+        assert!(m.join("bin/wc").symlink_metadata().is_ok());
+        assert!(
+            !m.join("etc/hostname").exists(),
+            "init files are not the image's"
+        );
+    });
+    let c2 = create(&e, "c2", &[]);
+    assert_eq!(
+        sh(&e, "c2", "cat /srv/app/config; ls /etc/motd 2>&1 || true"),
+        "v1\nls: /etc/motd: No such file or directory\n"
+    );
+    assert_eq!(
+        sh(&e, "c2", "cat /etc/hostname"),
+        format!("{}\n", &c2[..12])
+    );
+
+    // A commit holds the writable layer's changes, never the init files.
+    let layer = e
+        .ok(&["container", "commit", "c1", "--name", "snap"])
+        .trim()
+        .to_string();
+    assert_eq!(layer.len(), 32);
+    let diff = e.cmd(&["layer", "diff", "snap"]).output().unwrap();
+    assert!(diff.status.success(), "{}", stderr(&diff));
+    let mut names: Vec<String> = tar::Archive::new(diff.stdout.as_slice())
+        .entries()
+        .unwrap()
+        .map(|en| en.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for want in ["etc/motd", "srv/app/config", "bin/.wh.wc"] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    for never in ["etc/hostname", "etc/hosts", "etc/resolv.conf"] {
+        assert!(
+            !names.iter().any(|n| n == never),
+            "{never} committed: {names:?}"
+        );
+    }
+    let snap = &e
+        .list("layer")
+        .into_iter()
+        .find(|l| l["name"] == "snap")
+        .unwrap();
+    assert_eq!(
+        snap["parent"].as_str(),
+        Some(top.as_str()),
+        "a commit's parent is the image's top"
+    );
+
+    // The committed layer runs, and is an ordinary layer.
+    create(&e, "c3", &["--layer", "snap", "--hostname", "web3"]);
+    assert_eq!(
+        sh(
+            &e,
+            "c3",
+            "cat /srv/app/config /etc/motd /etc/hostname; ls /bin/wc 2>/dev/null || echo no-wc"
+        ),
+        "changed\nhello\nweb3\nno-wc\n"
+    );
+    e.layer(
+        Some("snap"),
+        "above-snap",
+        &e.tar("t.tar", common::Tar::new().file("x", b"x")),
+    );
+    // Container layers belong to the container.
+    let c1_layers = e
+        .list("layer")
+        .into_iter()
+        .filter(|l| l["container"].is_string())
+        .count();
+    assert_eq!(c1_layers, 6, "three containers, two layers each");
+    let owned = e
+        .list("layer")
+        .into_iter()
+        .find(|l| l["container"].is_string())
+        .unwrap();
+    e.fails(
+        &["layer", "rm", owned["id"].as_str().unwrap()],
+        &["belongs to container"],
+    );
+    e.fails(
+        &["image", "rm", "bb"],
+        &["container", "remove the container first"],
+    );
+    for c in ["c1", "c2", "c3"] {
+        e.ok(&["container", "rm", c]);
+    }
+    assert_eq!(
+        e.list("layer").len(),
+        4,
+        "image layers, snap and above-snap"
+    );
+    e.assert_consistent();
+}
+
+fn exec_runs_the_image_s_shell_with_volumes_at_their_paths(d: Drv) {
+    let e = setup("ctr-exec", d);
+    let host = e.path().join("hostdir");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("from-host"), b"h\n").unwrap();
+    let bind = format!("{}:/mnt/host", host.display());
+    create(
+        &e,
+        "c",
+        &[
+            "-v",
+            "vol:/var/lib/vol",
+            "-v",
+            &bind,
+            "-v",
+            "/scratch",
+            "--hostname",
+            "box",
+        ],
+    );
+    let out = sh(
+        &e,
+        "c",
+        "hostname; echo $HOSTNAME; cat /mnt/host/from-host; echo v > /var/lib/vol/f; echo s > /scratch/f; \
+         grep -cE ' (/var/lib/vol|/mnt/host|/scratch) ' /proc/self/mountinfo; echo x > /dev/null && echo devnull",
+    );
+    assert_eq!(out, "box\nbox\nh\n3\ndevnull\n");
+    // Exit status comes back; a missing program is 127 with a message.
+    assert_eq!(exec(&e, "c", "exit 7").status.code(), Some(7));
+    let o = e.run(&["container", "exec", "c", "--", "no-such-program"]);
+    assert_eq!(o.status.code(), Some(127));
+    assert!(
+        stderr(&o).contains("no command 'no-such-program'"),
+        "{}",
+        stderr(&o)
+    );
+    // The command's mounts stay in its namespace; exec unmounts what it mounted.
+    assert_eq!(e.list("container")[0]["mounted"], false);
+    // A pinned mount stays, with the volumes inside it.
+    let rootfs = PathBuf::from(e.ok(&["container", "mount", "c"]).trim());
+    assert_eq!(read(&rootfs.join("var/lib/vol/f")).as_deref(), Some("v\n"));
+    assert_eq!(
+        read(&rootfs.join("mnt/host/from-host")).as_deref(),
+        Some("h\n")
+    );
+    sh(&e, "c", "true");
+    assert_eq!(e.list("container")[0]["mounted"], true);
+    e.fails(
+        &["container", "rm", "c"],
+        &["is mounted", "container umount c"],
+    );
+    e.fails(&["container", "commit", "c"], &["is mounted"]);
+    e.ok(&["container", "umount", "c"]);
+    assert!(!rootfs.join("var/lib/vol/f").exists());
+    // -f unmounts first.
+    e.ok(&["container", "mount", "c"]);
+    e.ok(&["container", "rm", "-f", "c"]);
+    assert!(containers(&e).is_empty());
+    e.assert_consistent();
+}
+
+fn named_volume_outlives_containers_and_is_shared(d: Drv) {
+    let e = setup("vol-shared", d);
+    create(&e, "a", &["-v", "shared:/data"]);
+    create(&e, "b", &["-v", "shared:/other/place"]);
+    e.ok(&["container", "mount", "a"]);
+    e.ok(&["container", "mount", "b"]);
+    sh(&e, "a", "echo from-a > /data/note");
+    assert_eq!(sh(&e, "b", "cat /other/place/note"), "from-a\n");
+    e.fails(&["volume", "rm", "shared"], &["in use", "a, b"]);
+    e.fails(&["volume", "rm", "-f", "shared"], &["is mounted with it"]);
+    e.ok(&["container", "rm", "-f", "-v", "a"]);
+    e.ok(&["container", "rm", "-f", "-v", "b"]);
+    assert_eq!(volumes(&e), ["shared"]);
+    create(&e, "c", &["-v", "shared:/again"]);
+    assert_eq!(sh(&e, "c", "cat /again/note"), "from-a\n");
+    let v = &json(&e, &["volume", "inspect", "shared"])[0];
+    assert_eq!(v["used_by"], serde_json::json!(["c"]));
+    assert_eq!(v["anonymous"], false);
+    e.ok(&["container", "rm", "c"]);
+    assert_eq!(
+        json(&e, &["volume", "ls", "--filter", "dangling=true", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    e.ok(&["volume", "rm", "shared"]);
+    assert!(volumes(&e).is_empty());
+}
+
+fn volumes_from_takes_every_mount_and_ro_means_erofs(d: Drv) {
+    let e = setup("vol-from", d);
+    let host = e.path().join("h");
+    std::fs::create_dir(&host).unwrap();
+    let bind = format!("{}:/host", host.display());
+    create(&e, "src", &["-v", "v:/data", "-v", "w:/w:ro", "-v", &bind]);
+    sh(&e, "src", "echo 1 > /data/one; echo 2 > /host/two");
+    create(&e, "reader", &["--volumes-from", "src:ro"]);
+    create(&e, "writer", &["--volumes-from", "src"]);
+    let o = exec(&e, "reader", "cat /data/one /host/two; echo x > /data/x");
+    assert!(!o.status.success());
+    assert_eq!(stdout(&o), "1\n2\n");
+    assert!(
+        stderr(&o).contains("Read-only file system"),
+        "{}",
+        stderr(&o)
+    );
+    let o = exec(&e, "reader", "echo x > /host/x");
+    assert!(
+        stderr(&o).contains("Read-only file system"),
+        "{}",
+        stderr(&o)
+    );
+    sh(&e, "writer", "echo 3 > /data/three; echo 4 > /host/four");
+    assert_eq!(read(&host.join("four")).as_deref(), Some("4\n"));
+    // src's own read-only mount stays read-only for writer.
+    let o = exec(&e, "writer", "echo x > /w/x");
+    assert!(
+        stderr(&o).contains("Read-only file system"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(sh(&e, "src", "cat /data/three"), "3\n");
+    let mounts = &e
+        .list("container")
+        .into_iter()
+        .find(|c| c["name"] == "reader")
+        .unwrap()["mounts"];
+    assert_eq!(mounts.as_array().unwrap().len(), 3);
+    assert!(mounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["readonly"] == true));
+}
+
+fn new_volumes_are_filled_from_the_image_unless_nocopy(d: Drv) {
+    let e = setup("vol-populate", d);
+    create(&e, "p", &["-v", "filled:/data"]);
+    assert_eq!(
+        sh(
+            &e,
+            "p",
+            "stat -c '%u:%g %a' /data; cat /data/seed; stat -c %u /data/seed"
+        ),
+        "1000:1000 750\nseed\n1000\n"
+    );
+    create(&e, "n", &["-v", "empty:/data:nocopy"]);
+    assert_eq!(
+        sh(&e, "n", "ls -A /data | grep -v lost+found | wc -l"),
+        "0\n"
+    );
+    // A volume with content is never overwritten.
+    sh(&e, "p", "echo mine > /data/seed");
+    create(&e, "p2", &["-v", "filled:/data"]);
+    assert_eq!(sh(&e, "p2", "cat /data/seed"), "mine\n");
+    // An anonymous volume over a path the image has is filled too; a path
+    // the image lacks gives an empty volume, and the mount point is made.
+    create(&e, "a", &["-v", "/data", "-v", "/new/dir"]);
+    assert_eq!(
+        sh(
+            &e,
+            "a",
+            "cat /data/seed; ls -A /new/dir | grep -v lost+found | wc -l"
+        ),
+        "seed\n0\n"
+    );
+    // A path through the image's symlink (/var/run -> /run) lands inside.
+    create(&e, "s", &["-v", "run:/var/run/app"]);
+    sh(&e, "s", "echo r > /run/app/f");
+    assert_eq!(sh(&e, "s", "cat /var/run/app/f"), "r\n");
+}
+
+fn rm_v_removes_anonymous_volumes_but_never_named_ones(d: Drv) {
+    let e = setup("vol-rmv", d);
+    create(&e, "c", &["-v", "/anon", "-v", "named:/named"]);
+    let vols = volumes(&e);
+    assert_eq!(vols.len(), 2);
+    let anon = vols.iter().find(|v| *v != "named").unwrap().clone();
+    assert_eq!(anon.len(), 64);
+    assert_eq!(
+        json(&e, &["volume", "inspect", &anon])[0]["anonymous"],
+        true
+    );
+    e.ok(&["container", "rm", "-v", "c"]);
+    assert_eq!(volumes(&e), ["named"]);
+    // Without -v the anonymous volume stays; prune takes it, --all the rest.
+    create(&e, "d", &["-v", "/anon2"]);
+    e.ok(&["container", "rm", "d"]);
+    assert_eq!(volumes(&e).len(), 2);
+    let pruned = e.ok(&["volume", "prune"]);
+    assert_eq!(pruned.lines().count(), 1, "{pruned}");
+    assert_eq!(volumes(&e), ["named"]);
+    create(&e, "keep", &["-v", "named:/n"]);
+    e.ok(&["volume", "create", "spare"]);
+    assert_eq!(e.ok(&["volume", "prune", "--all"]).trim(), "spare");
+    assert_eq!(volumes(&e), ["named"], "a volume in use is never pruned");
+}
+
+fn local_volume_with_mount_options_is_mounted_on_use(d: Drv) {
+    let e = setup("vol-opts", d);
+    e.ok(&[
+        "volume",
+        "create",
+        "t",
+        "--opt",
+        "type=tmpfs",
+        "--opt",
+        "device=tmpfs",
+        "--opt",
+        "o=size=4m,mode=1777",
+        "--label",
+        "k=v",
+    ]);
+    let data = PathBuf::from(
+        json(&e, &["volume", "inspect", "t"])[0]["mountpoint"]
+            .as_str()
+            .unwrap(),
+    );
+    assert!(!is_mount(&data), "not mounted before use");
+    create(&e, "c", &["-v", "t:/t"]);
+    let out = sh(
+        &e,
+        "c",
+        "grep ' /t ' /proc/self/mountinfo | grep -c tmpfs; stat -c %a /t; df -k /t | tail -1",
+    );
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("1"));
+    assert_eq!(lines.next(), Some("1777"));
+    let kb: u64 = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(kb, 4096, "{out}");
+    assert!(!is_mount(&data), "released after exec");
+    assert_eq!(json(&e, &["volume", "inspect", "t"])[0]["labels"]["k"], "v");
+    // A bad mount is the volume's error, and leaves the container unmounted.
+    e.ok(&[
+        "volume",
+        "create",
+        "bad",
+        "--opt",
+        "type=ext4",
+        "--opt",
+        "device=/no/such/device",
+    ]);
+    create(&e, "b", &["-v", "bad:/b"]);
+    e.fails(&["container", "mount", "b"], &["mount of volume 'bad'"]);
+    assert_eq!(
+        e.list("container")
+            .iter()
+            .filter(|c| c["mounted"] == true)
+            .count(),
+        0
+    );
+}
+
+fn is_mount(p: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
+}
+
+fn refusals_name_the_problem_and_create_nothing(d: Drv) {
+    let e = setup("ctr-refuse", d);
+    let layers = e.list("layer").len();
+    let host = e.path().join("exists");
+    std::fs::create_dir(&host).unwrap();
+    let h = host.to_str().unwrap();
+    let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (vec!["-v".into(), "./rel:/x".into()], vec!["relative path"]),
+        (
+            vec!["-v".into(), "/no/such/dir:/x".into()],
+            vec!["/no/such/dir", "existing path"],
+        ),
+        (vec!["-v".into(), "vol:x".into()], vec!["not absolute"]),
+        (vec!["-v".into(), format!("{h}:rel")], vec!["not absolute"]),
+        (
+            vec!["-v".into(), "vol:/x:bogus".into()],
+            vec!["unknown option 'bogus'"],
+        ),
+        (vec!["-v".into(), "a/b:/x".into()], vec!["relative path"]),
+        (vec!["-v".into(), "..:/x".into()], vec!["relative path"]),
+        (
+            vec![
+                "-v".into(),
+                "v1:/same".into(),
+                "-v".into(),
+                "v2:/same".into(),
+            ],
+            vec!["two mounts at /same"],
+        ),
+        (
+            vec!["--volumes-from".into(), "ghost".into()],
+            vec!["no container 'ghost'"],
+        ),
+        (
+            vec!["--hostname".into(), "bad_host".into()],
+            vec!["invalid hostname"],
+        ),
+        (
+            vec!["--image".into(), "nope".into()],
+            vec!["no image 'nope'"],
+        ),
+    ];
+    for (extra, needles) in &cases {
+        let mut args = vec!["container", "create", "--name", "x"];
+        if !extra.iter().any(|a| a == "--image") {
+            args.extend(["--image", "bb"]);
+        }
+        args.extend(extra.iter().map(String::as_str));
+        e.fails(&args, needles);
+    }
+    if d == Drv::Overlay {
+        e.fails(
+            &["container", "create", "--image", "bb", "--size", "1G"],
+            &["no per-container size limit"],
+        );
+    } else {
+        e.fails(
+            &["container", "create", "--image", "bb", "--size", "100M"],
+            &["smaller than the base"],
+        );
+    }
+    for (args, needles) in [
+        (
+            vec!["volume", "create", "bad/name"],
+            vec!["invalid volume name"],
+        ),
+        (vec!["volume", "create", ".."], vec!["invalid volume name"]),
+        (
+            vec!["volume", "create", "v", "--opt", "colour=red"],
+            vec!["unknown option 'colour'"],
+        ),
+        (
+            vec!["volume", "create", "v", "--driver", "thin", "--size", "1M"],
+            vec!["too small for a filesystem"],
+        ),
+        (
+            vec!["volume", "create", "v", "--size", "1G"],
+            vec!["--size needs --driver thin"],
+        ),
+        (vec!["volume", "rm", "ghost"], vec!["no volume 'ghost'"]),
+        (
+            vec!["volume", "clone", "ghost", "g2"],
+            vec!["no volume 'ghost'"],
+        ),
+        (
+            vec!["container", "rm", "ghost"],
+            vec!["no container 'ghost'"],
+        ),
+    ] {
+        e.fails(&args, &needles);
+    }
+    let o = e.run(&["volume", "create", "v", "--driver", "nfs"]);
+    assert_eq!(o.status.code(), Some(2), "usage error");
+    assert!(stderr(&o).contains("local or thin"), "{}", stderr(&o));
+    assert!(containers(&e).is_empty());
+    assert!(volumes(&e).is_empty());
+    assert_eq!(e.list("layer").len(), layers);
+    e.assert_consistent();
+    create(&e, "dup", &[]);
+    e.fails(
+        &["container", "create", "--name", "dup", "--image", "bb"],
+        &["already exists"],
+    );
+}
+
+fn container_create_killed_at_any_instant_leaves_all_or_nothing(d: Drv) {
+    let e = setup("ctr-kill", d);
+    let args = [
+        "container",
+        "create",
+        "--name",
+        "k",
+        "--image",
+        "bb",
+        "-v",
+        "/anon",
+        "-v",
+        "named:/data",
+    ];
+    let start = std::time::Instant::now();
+    e.ok(&args);
+    let full = start.elapsed().as_millis() as u64;
+    e.ok(&["container", "rm", "-v", "k"]);
+    e.ok(&["volume", "rm", "named"]);
+    let mut whole = 0;
+    for k in 0..=12u64 {
+        let mut child = e
+            .cmd(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(full * k / 10));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Listing opens the containers, which repairs what the kill left.
+        let names = containers(&e);
+        e.assert_consistent();
+        let vols = volumes(&e);
+        if names == ["k"] {
+            whole += 1;
+            assert_eq!(vols.len(), 2, "{vols:?}");
+            assert_eq!(sh(&e, "k", "cat /data/seed"), "seed\n");
+            e.ok(&["container", "rm", "-v", "k"]);
+            e.ok(&["volume", "rm", "named"]);
+        } else {
+            assert!(names.is_empty(), "{names:?}");
+            assert!(
+                vols.is_empty(),
+                "volumes made by a killed create stay: {vols:?}"
+            );
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(e.root.join("containers"))
+            .unwrap()
+            .flatten()
+            .filter(|x| x.file_name() != "lock")
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+    eprintln!("container create takes {full}ms; {whole} of 13 killed creates had completed");
+}
+
+// ---- thin only: sizes and thin volumes (the VM) -----------------------
+
+#[test]
+fn dm_thin_volume_has_a_hard_size_and_clones_in_place() {
+    thinpool::testing::require_dm();
+    for d in [Drv::Thin, Drv::Overlay] {
+        let e = setup("thinvol", d);
+        e.ok(&[
+            "volume", "create", "tv", "--driver", "thin", "--size", "32M",
+        ]);
+        create(&e, "c", &["-v", "tv:/big"]);
+        let o = exec(
+            &e,
+            "c",
+            "dd if=/dev/zero of=/big/f bs=1M count=64 2>&1; sync",
+        );
+        assert!(
+            stdout(&o).contains("No space left on device"),
+            "{}: {}",
+            d.name(),
+            stdout(&o)
+        );
+        let size: u64 = sh(&e, "c", "stat -c %s /big/f").trim().parse().unwrap();
+        assert!(size <= 32 << 20 && size > 16 << 20, "{size}");
+        sh(&e, "c", "rm /big/f; echo original > /big/a");
+        let v = &json(&e, &["volume", "inspect", "tv"])[0];
+        assert_eq!(v["driver"], "thin");
+        assert_eq!(v["size"], 32 << 20);
+        // A clone is a copy-on-write snapshot: same data, then apart.
+        e.ok(&["volume", "clone", "tv", "tv2"]);
+        create(&e, "c2", &["-v", "tv2:/big"]);
+        assert_eq!(
+            sh(&e, "c2", "cat /big/a; echo changed > /big/a; cat /big/a"),
+            "original\nchanged\n"
+        );
+        assert_eq!(sh(&e, "c", "cat /big/a"), "original\n");
+        e.fails(&["volume", "rm", "tv"], &["in use", "c"]);
+        e.ok(&["container", "rm", "c", "c2"]);
+        e.ok(&["volume", "rm", "tv", "tv2"]);
+        let st: Value = serde_json::from_str(&e.ok(&["pool", "status", "--json"])).unwrap();
+        let layers = if d == Drv::Thin {
+            e.list("layer").len() as u64
+        } else {
+            0
+        };
+        assert_eq!(
+            st["thin_devices"].as_u64().unwrap(),
+            1 + layers,
+            "{}: volumes' devices are gone",
+            d.name()
+        );
+    }
+}
+
+#[test]
+fn dm_thin_container_size_grows_its_filesystem() {
+    thinpool::testing::require_dm();
+    let e = setup("ctrsize", Drv::Thin);
+    create(&e, "small", &[]);
+    create(&e, "big", &["--size", "1G"]);
+    let kb = |c: &str| -> u64 {
+        sh(&e, c, "df -k / | tail -1")
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (small, big) = (kb("small"), kb("big"));
+    assert!(small < 300 << 10, "{small}");
+    assert!(big > 900 << 10, "{big}");
+    sh(&e, "big", "dd if=/dev/zero of=/f bs=1M count=400 && sync");
+    let info = json(&e, &["container", "inspect", "big", "--json"]);
+    assert_eq!(info["size"], 1 << 30);
+}
+
+#[test]
+fn dm_thin_volume_killed_create_and_clone_leave_no_device() {
+    thinpool::testing::require_dm();
+    let e = Env::new("thinvol-kill", Drv::Thin);
+    let thins = || -> u64 {
+        let st: Value = serde_json::from_str(&e.ok(&["pool", "status", "--json"])).unwrap();
+        st["thin_devices"].as_u64().unwrap()
+    };
+    let base = thins();
+    let start = std::time::Instant::now();
+    e.ok(&["volume", "create", "t", "--driver", "thin", "--size", "64M"]);
+    let full = start.elapsed().as_millis() as u64;
+    e.ok(&["volume", "rm", "t"]);
+    for k in 0..=10u64 {
+        let mut child = e
+            .cmd(&["volume", "create", "t", "--driver", "thin", "--size", "64M"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(full * k / 8));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Creating a thin volume opens the pool, which frees orphans.
+        e.ok(&[
+            "volume", "create", "probe", "--driver", "thin", "--size", "16M",
+        ]);
+        e.ok(&["volume", "rm", "probe"]);
+        let vols = volumes(&e);
+        assert_eq!(thins(), base + vols.len() as u64, "{vols:?}");
+        if !vols.is_empty() {
+            e.ok(&["volume", "rm", "t"]);
+        }
+    }
+}
