@@ -9,7 +9,13 @@
 //! │   ├── base        a thin device with an empty filesystem (ext4 or xfs)
 //! │   └── layers      every layer is a thin snapshot of its parent (or of
 //! │                   the base): O(1) to make, copy-on-write per block
-//! └── thin/           the layer store: layer and image records, journal
+//! ├── thin/           the layer store: layer and image records, journal
+//! ├── overlay/        the overlay driver's store: the same model, layers
+//! │                   as directories stacked with overlayfs
+//! ├── containers/     a container = an init layer + a writable layer over
+//! │                   an image's top layer, in one driver's store
+//! └── volumes/        data that outlives containers: directories, mounts,
+//!                     or thin devices of their own in the pool
 //! ```
 //!
 //! A [`store::Store`] keeps the graph (layers, parents, names, images) and
@@ -17,6 +23,8 @@
 //! resource behind each layer (for [`driver::thin::ThinDriver`], a thin
 //! device). Layers are filled from OCI changesets ([`changeset`]), and
 //! images come from `docker save` archives or OCI layouts ([`image`]).
+//! [`container::Containers`] makes containers from images and mounts their
+//! [`volume`]s in them; it holds the lock taken before any store's.
 
 pub mod changeset;
 pub mod container;

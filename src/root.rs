@@ -214,6 +214,25 @@ impl Root {
             }
             .into());
         }
+        // Containers and thin volumes go with the pool: their lock first.
+        let mut containers = crate::container::Containers::open(self)?;
+        let (ctrs, vols) = containers.pool_users()?;
+        if !force && (!ctrs.is_empty() || !vols.is_empty()) {
+            let names = |v: Vec<String>| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.join(", ")
+                }
+            };
+            return Err(thinpool::Error::Precondition(format!(
+                "the pool holds containers ({}) and thin volumes ({}); remove them first, or pass --force to destroy them with the pool",
+                names(ctrs.iter().map(|c| c.name.clone()).collect()),
+                names(vols.iter().map(|v| v.name.clone()).collect()),
+            ))
+            .into());
+        }
+        containers.release_pool();
         let _lock = lock_store(&dir, self.lock_timeout)?;
         let pool = self.open_pool()?;
         let id = pool.record().id.to_string();
@@ -233,6 +252,7 @@ impl Root {
         }
         pool.destroy(true)?;
         clear_store(&dir)?;
+        containers.forget(&ctrs, &vols)?;
         Ok(id)
     }
 

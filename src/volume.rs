@@ -194,7 +194,8 @@ pub fn check_new(v: &NewVolume) -> Result<()> {
                     "--size needs --driver thin (a local volume has no size of its own; for tmpfs use --opt o=size=...)",
                 ));
             }
-            if !v.options.is_empty() && !(seen.contains("type") && seen.contains("device")) {
+            let is_mount = !v.options.is_empty();
+            if is_mount && (!seen.contains("type") || !seen.contains("device")) {
                 return Err(Error::invalid(
                     "volume option",
                     "a local volume that is a mount needs both --opt type=T and --opt device=D",

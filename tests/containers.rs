@@ -745,3 +745,46 @@ fn dm_thin_volume_killed_create_and_clone_leave_no_device() {
         }
     }
 }
+
+#[test]
+fn dm_pool_destroy_takes_thin_containers_and_volumes_only_when_forced() {
+    thinpool::testing::require_dm();
+    let e = setup("destroy", Drv::Thin);
+    create(&e, "thin-c", &["-v", "local-v:/l"]);
+    e.ok(&[
+        "volume", "create", "tv", "--driver", "thin", "--size", "16M",
+    ]);
+    let layout = busybox_image(&e.s);
+    let ov = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_thinlayer"))
+            .arg("--root")
+            .arg(&e.root)
+            .args(["--driver", "overlay"])
+            .args(args)
+            .env_remove("THINLAYER_DRIVER")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    };
+    ov(&["image", "import", layout.to_str().unwrap(), "--name", "bb"]);
+    ov(&[
+        "container",
+        "create",
+        "--name",
+        "ov-c",
+        "--image",
+        "bb",
+        "-v",
+        "local-v:/l",
+    ]);
+    e.ok(&["container", "mount", "thin-c"]);
+    e.fails(&["pool", "destroy", "--force"], &["thin-c is mounted"]);
+    e.ok(&["container", "umount", "thin-c"]);
+    e.fails(
+        &["pool", "destroy"],
+        &["containers (thin-c)", "thin volumes (tv)", "--force"],
+    );
+    e.ok(&["pool", "destroy", "--force"]);
+    assert_eq!(containers(&e), ["ov-c"]);
+    assert_eq!(volumes(&e), ["local-v"]);
+}

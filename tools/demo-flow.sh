@@ -21,13 +21,18 @@ note "a thin pool on sparse loop-backed files, with a 1G base filesystem for lay
 step pool create --data-size 4G --base-size 1G
 step pool status
 
-note "an image built with umoci (a real OCI tool): two layers"
+note "an image built with umoci (a real OCI tool): two layers, with a static busybox to run"
+BUSYBOX=$(command -v busybox || true)
+[[ -x $BUSYBOX ]] || { echo "busybox is missing: run tools/setup.sh" >&2; exit 1; }
 (
   cd "$WORK"
   umoci init --layout oci >/dev/null
   umoci new --image oci:demo >/dev/null
   umoci unpack --image oci:demo bundle >/dev/null
-  mkdir -p bundle/rootfs/etc bundle/rootfs/app
+  mkdir -p bundle/rootfs/etc bundle/rootfs/app bundle/rootfs/bin bundle/rootfs/proc bundle/rootfs/dev bundle/rootfs/srv/cache
+  cp "$BUSYBOX" bundle/rootfs/bin/busybox
+  for a in sh cat echo hostname ls df; do ln -s busybox "bundle/rootfs/bin/$a"; done
+  echo "warm entry from the image" > bundle/rootfs/srv/cache/warm
   echo "hello from the image" > bundle/rootfs/app/greeting
   head -c 4194304 /dev/urandom > bundle/rootfs/app/data.bin
   umoci repack --image oci:demo bundle >/dev/null
@@ -61,8 +66,35 @@ for driver in thin overlay; do
   note "driver $driver: its changes against its parent, as an OCI layer"
   step layer diff mylayer -o "$WORK/mylayer-$driver.tar"
   tar -tvf "$WORK/mylayer-$driver.tar"
+
+  note "driver $driver: a container with a named volume, an anonymous one filled from the image, and a host directory read-only"
+  mkdir -p "$WORK/host-config" && echo "from the host" > "$WORK/host-config/setting"
+  step container create --name web-$driver --image demo/app:1.0 --hostname web \
+    -v appdata:/app/data -v /srv/cache -v "$WORK/host-config:/etc/app:ro"
+  step container exec web-$driver -- /bin/sh -c \
+    'hostname; cat /app/greeting /etc/app/setting /srv/cache/warm; echo "written by a container on '$driver'" >> /app/data/log; echo "v3" > /app/version; echo x > /etc/app/setting || echo "(read-only, as asked)"'
+  step container ls
+
+  note "driver $driver: commit the container's changes (not its hostname or hosts files) as a layer"
+  step container commit web-$driver --name web-$driver-v3
+  "$BIN" layer diff web-$driver-v3 | tar -tv
+
+  note "driver $driver: remove the container and its anonymous volume; the named volume stays"
+  step container rm -v web-$driver
+  step volume ls
+
+  note "driver $driver: a new container from the committed layer sees the change and the volume's data"
+  step container create --name again-$driver --layer web-$driver-v3 -v appdata:/app/data
+  step container exec again-$driver -- /bin/sh -c 'cat /app/version /app/data/log'
+  step container rm again-$driver
 done
 unset THINLAYER_DRIVER
+
+note "a thin volume: its own filesystem with a hard size, cloned in O(1)"
+step volume create fast --driver thin --size 64M
+step volume clone fast fast-copy
+step volume ls
+step volume rm fast fast-copy appdata
 
 note "both drivers export the very same bytes for the layer"
 printf '\n$ sha256sum mylayer-thin.tar mylayer-overlay.tar\n'

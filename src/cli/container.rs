@@ -247,11 +247,15 @@ pub fn run(
                         .mounts
                         .iter()
                         .map(|m| {
-                            format!(
-                                "{}:{}",
-                                show_source(&m.source).chars().take(12).collect::<String>(),
-                                m.destination
-                            )
+                            let src = match &m.source {
+                                // Anonymous volumes' names are 64 hex digits.
+                                Source::Volume { name } if name.len() == 64 => {
+                                    name[..12].to_string()
+                                }
+                                s => show_source(s),
+                            };
+                            let ro = if m.readonly { ":ro" } else { "" };
+                            format!("{src}:{}{ro}", m.destination)
                         })
                         .collect();
                     println!(

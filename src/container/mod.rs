@@ -333,6 +333,25 @@ impl<'r> Containers<'r> {
     }
 
     fn recover(&mut self) -> Result<()> {
+        // A `pool destroy --force` killed after the pool went: what lived
+        // in it is gone too.
+        if !self
+            .res
+            .root
+            .pool_dir()
+            .join(thinpool::pool::RECORD_FILE)
+            .exists()
+        {
+            let (ctrs, vols) = self.pool_users()?;
+            if !(ctrs.is_empty() && vols.is_empty()) {
+                self.forget(&ctrs, &vols)?;
+                self.res.repairs.push(format!(
+                    "forgot {} container(s) and {} thin volume(s) of a destroyed pool",
+                    ctrs.len(),
+                    vols.len()
+                ));
+            }
+        }
         let unfinished: Vec<ContainerRecord> = self
             .records
             .values()
@@ -486,16 +505,14 @@ impl<'r> Containers<'r> {
                     });
                     m.source = Source::Volume { name: n };
                 }
-                Source::Volume { name } if self.volumes.find(name)?.is_none() => {
-                    if !created_volumes
-                        .iter()
-                        .any(|c: &CreatedVolume| &c.name == name)
-                    {
-                        created_volumes.push(CreatedVolume {
-                            name: name.clone(),
-                            anonymous: false,
-                        });
-                    }
+                Source::Volume { name }
+                    if self.volumes.find(name)?.is_none()
+                        && !created_volumes.iter().any(|c| &c.name == name) =>
+                {
+                    created_volumes.push(CreatedVolume {
+                        name: name.clone(),
+                        anonymous: false,
+                    });
                 }
                 _ => {}
             }
@@ -917,6 +934,70 @@ impl<'r> Containers<'r> {
             return Ok(());
         }
         self.unmount_all(&rec)
+    }
+
+    // ---- the pool going away --------------------------------------------
+
+    /// Containers of the thin driver and thin volumes: what destroying the
+    /// pool takes with it. Refused while any of them is mounted.
+    pub fn pool_users(&self) -> Result<(Vec<ContainerRecord>, Vec<VolumeRecord>)> {
+        let ctrs: Vec<ContainerRecord> = self
+            .records
+            .values()
+            .filter(|r| r.driver == DriverKind::Thin.as_str())
+            .cloned()
+            .collect();
+        let vols: Vec<VolumeRecord> = self
+            .volumes
+            .list()?
+            .into_iter()
+            .filter(|v| v.driver == crate::volume::VolumeDriver::Thin)
+            .collect();
+        for r in &ctrs {
+            if self.is_mounted(r)? {
+                return Err(Error::InUse {
+                    what: "the pool".into(),
+                    reason: format!(
+                        "container {} is mounted; run `thinlayer container umount {}` first",
+                        r.name, r.name
+                    ),
+                });
+            }
+        }
+        for v in &vols {
+            if mount::is_mounted(&self.volumes.data_path(&v.name))? {
+                return Err(Error::InUse {
+                    what: "the pool".into(),
+                    reason: format!(
+                        "thin volume '{}' is mounted by a container; unmount it first",
+                        v.name
+                    ),
+                });
+            }
+        }
+        Ok((ctrs, vols))
+    }
+
+    /// Closes the stores and the pool this handle opened (keeping the
+    /// containers' lock), so the caller can take them itself.
+    pub fn release_pool(&mut self) {
+        self.res.stores.clear();
+        self.res.pool = None;
+    }
+
+    /// Drops the records of containers and volumes whose devices went with
+    /// the pool.
+    pub fn forget(&mut self, ctrs: &[ContainerRecord], vols: &[VolumeRecord]) -> Result<()> {
+        for r in ctrs {
+            self.remove_record(r)?;
+        }
+        for v in vols {
+            let dir = self.volumes.data_path(&v.name);
+            let dir = dir.parent().expect("a volume's data is in its directory");
+            thinpool::record::remove(&dir.join("volume.json"))?;
+            fs::remove_dir_all(dir).map_err(Error::io("removing", dir))?;
+        }
+        Ok(())
     }
 
     // ---- volumes -------------------------------------------------------

@@ -34,7 +34,7 @@ impl Bytes {
     }
 
     pub fn is_multiple_of(self, unit: Bytes) -> bool {
-        unit.0 != 0 && self.0 % unit.0 == 0
+        unit.0 != 0 && self.0.is_multiple_of(unit.0)
     }
 }
 
@@ -51,7 +51,7 @@ impl fmt::Display for Bytes {
         ];
         for (unit, suffix) in UNITS {
             if self.0 >= unit {
-                return if self.0 % unit == 0 {
+                return if self.0.is_multiple_of(unit) {
                     write!(f, "{}{suffix}", self.0 / unit)
                 } else {
                     write!(f, "{:.2}{suffix}", self.0 as f64 / unit as f64)
