@@ -597,7 +597,7 @@ fn root_overlay_mount_options_are_chosen_and_shown() {
     e.ok(&["layer", "umount", "a"]);
     e.fails(
         &["--overlay-opt", "bogus", "layer", "ls"],
-        &["unknown overlay option 'bogus'"],
+        &["invalid overlay option", "'bogus'"],
     );
 }
 
