@@ -754,7 +754,8 @@ fn dm_pool_destroy_takes_thin_containers_and_volumes_only_when_forced() {
     e.ok(&[
         "volume", "create", "tv", "--driver", "thin", "--size", "16M",
     ]);
-    let layout = busybox_image(&e.s);
+    // setup() built the image here.
+    let layout = e.path().join("bb-oci");
     let ov = |args: &[&str]| {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_thinlayer"))
             .arg("--root")
