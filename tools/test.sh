@@ -2,8 +2,9 @@
 # Sets up the machine and runs thinlayer's tests.
 #
 #   tools/test.sh            lint, then every tier: plain, root, dm (in the VM
-#                            unless this kernel has dm-thin)
-#   tools/test.sh TIER...    only these: lint plain root dm
+#                            unless this kernel has dm-thin), then the
+#                            benchmark harness's smoke run (bench --quick)
+#   tools/test.sh TIER...    only these: lint plain root dm bench
 #
 # Needs root (the root and dm tiers attach loop devices and mount). A tier
 # that cannot run fails; nothing is skipped.
@@ -14,7 +15,7 @@ REPO=$(cd "$HERE/.." && pwd)
 cd "$REPO"
 
 tiers=("$@")
-((${#tiers[@]})) || tiers=(lint plain root dm)
+((${#tiers[@]})) || tiers=(lint plain root dm bench)
 
 "$HERE/setup.sh"
 
@@ -23,6 +24,20 @@ has_dm_thin() {
   command -v dmsetup >/dev/null || return 1
   DM_DISABLE_UDEV=1 dmsetup targets 2>/dev/null | grep -q '^thin-pool' && return 0
   modprobe -q dm-thin-pool 2>/dev/null && DM_DISABLE_UDEV=1 dmsetup targets | grep -q '^thin-pool'
+}
+
+bench_outputs_ok() {
+  local out=$1 ok=0 id
+  for id in provision first-write metadata lookup containerd import; do
+    grep -q "\"id\": \"$id\"" "$out/samples.json" || { echo "bench: no scenario $id in samples.json" >&2; ok=1; }
+  done
+  grep -q '"driver": "thin"' "$out/samples.json" && grep -q '"driver": "overlay"' "$out/samples.json" ||
+    { echo "bench: a driver has no samples" >&2; ok=1; }
+  grep -q '^## Headline' "$out/report.md" || { echo "bench: report.md has no headline table" >&2; ok=1; }
+  for p in provision first-write lookup; do
+    head -c 4 "$out/$p.svg" | grep -q '<svg' || { echo "bench: plot $p.svg missing" >&2; ok=1; }
+  done
+  return $ok
 }
 
 failed=()
@@ -42,7 +57,17 @@ for t in "${tiers[@]}"; do
         echo "this kernel has no dm-thin: running the dm tier in the VM"
         "$REPO/vm-tests/dm-tier.sh" | tee -a "$log"; ((PIPESTATUS[0] == 0)) || failed+=(dm)
       fi ;;
-    *) echo "unknown tier '$t': use lint, plain, root or dm" >&2; exit 2 ;;
+    bench)
+      # A smoke run of every scenario, checked for a whole report: samples
+      # of both drivers in every scenario, the report, the plots.
+      out=$REPO/target/bench-quick
+      rm -rf "$out"
+      if "$HERE/bench.sh" --quick --out "$out" && bench_outputs_ok "$out"; then
+        echo "bench smoke: every scenario measured both drivers; report and plots in $out"
+      else
+        failed+=(bench)
+      fi ;;
+    *) echo "unknown tier '$t': use lint, plain, root, dm or bench" >&2; exit 2 ;;
   esac
 done
 

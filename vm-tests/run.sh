@@ -21,6 +21,8 @@
 #   --share PATH     host PATH under /tmp or /var/tmp to show (read-only) in the
 #                    guest at the same path; the cwd is shared automatically.
 #                    Other host paths are always visible (read-only).
+#   --out DIR        host DIR (made if missing) shown WRITABLE in the guest at
+#                    the same path: where a job leaves results for the host
 #   --script FILE    copy FILE into the guest and run it with bash, ARGS after it
 #   --verbose        full kernel log and init progress on the console
 #
@@ -31,7 +33,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 CACHE=${THINLAYER_VM_DIR:-$REPO/target/vm}
 
-timeout_s=600 mem=4G cpus=2 script= verbose=0
+timeout_s=600 mem=4G cpus=2 script= verbose=0 out=
 shares=()
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while (($#)); do
@@ -44,6 +46,8 @@ while (($#)); do
     --cpus=*) cpus=${1#*=}; shift ;;
     --share) shares+=("$(realpath -m "${2:?}")"); shift 2 ;;
     --share=*) shares+=("$(realpath -m "${1#*=}")"); shift ;;
+    --out) out=$(realpath -m "${2:?}"); shift 2 ;;
+    --out=*) out=$(realpath -m "${1#*=}"); shift ;;
     --script) script=${2:?}; shift 2; break ;;
     --script=*) script=${1#*=}; shift; break ;;
     --verbose) verbose=1; shift ;;
@@ -122,6 +126,7 @@ nonce=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
   echo "NONCE=$nonce"
   echo "VERBOSE=$verbose"
   echo "SHARES=$(q "$(printf '%s\n' "${shares[@]}")")"
+  echo "OUT=$(q "$out")"
 } >"$T/cpio/thinlayer/job.conf"
 
 # Base initramfs + a second cpio archive with the job (the kernel unpacks both).
@@ -145,6 +150,13 @@ qemu=(
   -fsdev "local,id=hostroot,path=/,security_model=passthrough,readonly=on,multidevs=remap"
   -device "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot"
 )
+if [[ -n $out ]]; then
+  mkdir -p "$out"
+  qemu+=(
+    -fsdev "local,id=out,path=$out,security_model=passthrough,multidevs=remap"
+    -device "virtio-9p-pci,fsdev=out,mount_tag=out"
+  )
+fi
 
 statusf="$T/status"
 start=$(date +%s.%N)

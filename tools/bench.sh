@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs the benchmark harness (tools/bench): the thin and overlay drivers on
+# the same work, natively where the kernel has dm-thin and in the VM
+# otherwise (the report then says that only ratios within the run compare).
+#
+#   tools/bench.sh [--quick] [--out DIR] [THINLAYER-BENCH-ARGS...]
+#
+# --quick: a smoke run of every scenario (debug build, a few minutes).
+# Otherwise a full run with a release build. Output in DIR (default
+# target/bench, or target/bench-quick): samples.json, report.md, *.svg.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+cd "$REPO"
+
+quick=0 out= args=()
+while (($#)); do
+  case $1 in
+    --quick) quick=1; args+=(--quick); shift ;;
+    --out) out=${2:?}; shift 2 ;;
+    --out=*) out=${1#*=}; shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+if ((quick)); then
+  out=${out:-target/bench-quick} profile=debug cargo_flags=() timeout=900 mem=4G
+else
+  out=${out:-target/bench} profile=release cargo_flags=(--release) timeout=14400 mem=14G
+fi
+mkdir -p "$out"
+out=$(realpath "$out")
+
+"$HERE/setup.sh"
+cargo build --quiet "${cargo_flags[@]}" --workspace --bins
+bin=$REPO/target/$profile
+
+has_dm_thin() {
+  grep -q ' device-mapper$' /proc/misc 2>/dev/null || return 1
+  DM_DISABLE_UDEV=1 dmsetup targets 2>/dev/null | grep -q '^thin-pool' && return 0
+  modprobe -q dm-thin-pool 2>/dev/null && DM_DISABLE_UDEV=1 dmsetup targets | grep -q '^thin-pool'
+}
+
+start=$(date +%s)
+if has_dm_thin; then
+  "$bin/thinlayer-bench" --out "$out" --thinlayer "$bin/thinlayer" "${args[@]}"
+else
+  echo "This kernel has no device-mapper thin target: running the benchmark in a VM (QEMU, software emulation)."
+  THINLAYER_BENCH_EMULATED=true "$REPO/vm-tests/run.sh" --timeout "$timeout" --mem "$mem" --out "$out" -- \
+    "$bin/thinlayer-bench" --out "$out" --thinlayer "$bin/thinlayer" --work /tmp/thinlayer-bench "${args[@]}"
+fi
+echo "bench: finished in $(($(date +%s) - start)) s; report in $out/report.md"

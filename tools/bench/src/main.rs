@@ -1,0 +1,214 @@
+//! thinlayer's benchmark harness: the thin (block-level) and overlay
+//! (file-level) drivers on identical work, in one run, reported as raw
+//! samples (`samples.json`), a Markdown report (`report.md`) and SVG plots.
+//!
+//! Run it through `tools/bench.sh`, which runs it natively where the kernel
+//! has dm-thin and in the VM otherwise. Needs root and a scratch directory
+//! (`--work`) on which it makes a pool of sparse files.
+
+mod fixture;
+#[allow(dead_code)]
+mod plot;
+#[allow(dead_code)]
+mod report;
+#[allow(dead_code)]
+mod samples;
+mod scenarios;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use thinpool::Bytes;
+
+use fixture::Fixture;
+use samples::{Environment, Run};
+use scenarios::{Plan, Tick};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "thinlayer-bench",
+    about = "Block-level (thin) against file-level (overlay) copy-on-write, side by side"
+)]
+struct Args {
+    /// A smoke run: fewer repetitions and smaller sizes (minutes, not hours).
+    #[arg(long)]
+    quick: bool,
+    /// Where samples.json, report.md and the plots go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Scratch directory for the pool and the stores (emptied first).
+    #[arg(long, default_value = "/tmp/thinlayer-bench")]
+    work: PathBuf,
+    /// The thinlayer binary [default: next to this one].
+    #[arg(long)]
+    thinlayer: Option<PathBuf>,
+    /// Repetitions per measurement [default: 3 with --quick, 10 otherwise].
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Only these scenarios (ids: provision, first-write, metadata, lookup, containerd, import).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Say in the report that this ran under emulation (set by tools/bench.sh in the VM).
+    #[arg(long, env = "THINLAYER_BENCH_EMULATED")]
+    emulated: bool,
+}
+
+type ScenarioFn = fn(&mut Fixture, Plan, &dyn Tick) -> Result<samples::Scenario>;
+
+const SCENARIOS: &[(&str, ScenarioFn)] = &[
+    ("provision", scenarios::provision),
+    ("first-write", scenarios::first_write),
+    ("metadata", scenarios::metadata),
+    ("lookup", scenarios::lookup),
+    ("containerd", scenarios::containerd),
+    ("import", scenarios::import),
+];
+
+struct Progress(Option<ProgressBar>);
+
+impl Tick for Progress {
+    fn tick(&self, what: &str) {
+        match &self.0 {
+            Some(pb) => {
+                pb.set_message(what.to_string());
+                pb.inc(1);
+            }
+            None => eprint!("."),
+        }
+    }
+}
+
+fn kernel() -> String {
+    let u = nix::sys::utsname::uname();
+    match u {
+        Ok(u) => format!(
+            "{} {} {}",
+            u.sysname().to_string_lossy(),
+            u.release().to_string_lossy(),
+            u.machine().to_string_lossy()
+        ),
+        Err(_) => "unknown".into(),
+    }
+}
+
+fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map(|k| k * 1024)
+        .unwrap_or(0)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmark needs root (loop devices, device-mapper, mounts)");
+    }
+    if !thinpool::kernel::has_device_mapper() {
+        bail!("this kernel has no device-mapper: run tools/bench.sh, which runs the benchmark in the VM");
+    }
+    for id in &args.only {
+        if !SCENARIOS.iter().any(|(s, _)| s == id) {
+            bail!(
+                "unknown scenario '{id}': use {}",
+                SCENARIOS
+                    .iter()
+                    .map(|(s, _)| *s)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let plan = Plan {
+        quick: args.quick,
+        reps: args.reps.unwrap_or(if args.quick { 3 } else { 10 }),
+    };
+    let bin = match &args.thinlayer {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory for this binary")?
+            .join("thinlayer"),
+    };
+    if !bin.exists() {
+        bail!(
+            "no thinlayer binary at {}: build it, or pass --thinlayer",
+            bin.display()
+        );
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let started = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let clock = Instant::now();
+    let (data, base) = if plan.quick {
+        (Bytes(8 << 30), Bytes(512 << 20))
+    } else {
+        (Bytes(32 << 30), Bytes(4 << 30))
+    };
+    let mut fx = Fixture::new(&args.work, data, base, bin)?;
+    let chosen: Vec<&(&str, ScenarioFn)> = SCENARIOS
+        .iter()
+        .filter(|(id, _)| args.only.is_empty() || args.only.iter().any(|o| o == id))
+        .collect();
+    let pb = std::io::stderr().is_terminal().then(|| {
+        let pb = ProgressBar::new_spinner();
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed_precise} {pos} samples  {msg}")
+                .expect("a valid template"),
+        );
+        pb
+    });
+    let progress = Progress(pb);
+    let mut scenarios = vec![];
+    for (id, run) in chosen {
+        if progress.0.is_none() {
+            eprint!("thinlayer-bench: {id} ");
+        }
+        let s = run(&mut fx, plan, &progress).with_context(|| format!("scenario {id}"))?;
+        if progress.0.is_none() {
+            eprintln!(" done");
+        }
+        scenarios.push(s);
+    }
+    if let Some(pb) = &progress.0 {
+        pb.finish_and_clear();
+    }
+    let run = Run {
+        environment: Environment {
+            kernel: kernel(),
+            cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            memory_bytes: memory_bytes(),
+            emulated: args.emulated,
+            quick: plan.quick,
+            started_unix: started,
+            duration_secs: clock.elapsed().as_secs_f64(),
+            thinlayer_version: env!("CARGO_PKG_VERSION").into(),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            notes: vec![format!(
+                "Both drivers work in {} (the pool's sparse files and the overlay store on the same filesystem).",
+                args.work.display()
+            )],
+        },
+        scenarios,
+    };
+    run.write(args.out.join("samples.json"))?;
+    std::fs::write(args.out.join("report.md"), report::render(&run))?;
+    plot::write_all(&run, &args.out)?;
+    // The pool's files are large sparse files: remove them with the pool.
+    fx.root
+        .destroy_pool(true)
+        .context("removing the benchmark's pool")?;
+    std::fs::remove_dir_all(&args.work)
+        .with_context(|| format!("removing {}", args.work.display()))?;
+    println!("wrote {}", args.out.join("report.md").display());
+    Ok(())
+}
