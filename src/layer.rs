@@ -17,12 +17,7 @@ impl LayerId {
     pub const LEN: usize = 32;
 
     pub fn generate() -> Result<LayerId> {
-        use std::io::Read;
-        let mut buf = [0u8; 16];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut buf))
-            .map_err(Error::io("reading", "/dev/urandom"))?;
-        Ok(LayerId(buf.iter().map(|b| format!("{b:02x}")).collect()))
+        Ok(LayerId(crate::ids::random_hex(16)?))
     }
 
     pub fn as_str(&self) -> &str {

@@ -30,6 +30,7 @@ pub mod changeset;
 pub mod container;
 pub mod driver;
 pub mod error;
+mod ids;
 pub mod image;
 pub mod layer;
 pub mod mount;

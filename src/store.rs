@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thinpool::lock::LockGuard;
@@ -42,6 +42,7 @@ use thinpool::lock::LockGuard;
 use crate::changeset::{ExportOptions, ExportStats};
 use crate::driver::{Driver, Usage};
 use crate::error::{Error, Result};
+use crate::ids::now_unix;
 use crate::image::{ImageArchive, ImageManifest};
 use crate::layer::{validate_name, LayerId, LayerRecord};
 use crate::mount;
@@ -94,13 +95,6 @@ pub trait Progress {
 /// Reports nothing.
 pub struct NoProgress;
 impl Progress for NoProgress {}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

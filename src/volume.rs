@@ -34,6 +34,7 @@ use thinpool::{Bytes, Pool, ThinId};
 
 use crate::driver::thin::run_tool;
 use crate::error::{Error, Result};
+use crate::ids::{now_unix, random_hex};
 use crate::mount;
 
 /// Where a volume's data lives.
@@ -141,22 +142,6 @@ pub fn validate_name(name: &str) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-fn random_hex(bytes: usize) -> Result<String> {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(Error::io("reading", "/dev/urandom"))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Checks `--driver`, `--size` and `--opt` together, before anything is

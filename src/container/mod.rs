@@ -45,6 +45,7 @@ use thinpool::{Bytes, Pool};
 use crate::changeset::{self, ApplyOptions, ExportOptions, WhiteoutMode};
 use crate::driver::overlay::OverlayOptions;
 use crate::error::{Error, Result};
+use crate::ids::{now_unix, random_hex};
 use crate::layer::LayerId;
 use crate::mount;
 use crate::root::{DriverKind, Root};
@@ -184,22 +185,6 @@ pub fn validate_name(name: &str) -> Result<()> {
             format!("'{name}' must be 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit"),
         )
     })
-}
-
-fn random_hex(bytes: usize) -> Result<String> {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(Error::io("reading", "/dev/urandom"))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The stores and the pool, opened when first needed and in the lock
