@@ -6,7 +6,6 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde_json::Value;
 use thinpool::testing::Scratch;
@@ -326,15 +325,10 @@ fn snapshot_killed_at_any_instant_is_repaired(d: Drv) {
     e.ok(&["layer", "rm", "timed"]);
     let mut whole = 0;
     for k in 0..=12u64 {
-        let mut child = e
-            .cmd(&["snapshot", "layer", "base", "--name", "k", "--from-tar", &t])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(full * k / 10));
-        let _ = child.kill();
-        let _ = child.wait();
+        e.killed_after(
+            &["snapshot", "layer", "base", "--name", "k", "--from-tar", &t],
+            full * k / 10,
+        );
         e.assert_consistent();
         if e.list("layer").iter().any(|l| l["name"] == "k") {
             whole += 1;
@@ -467,15 +461,7 @@ fn image_import_killed_at_any_instant_leaves_all_or_nothing(d: Drv) {
     e.ok(&["image", "rm", "k:1"]);
     let mut whole = 0;
     for k in 0..=12u64 {
-        let mut child = e
-            .cmd(&["image", "import", l, "--name", "k:1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(full * k / 10));
-        let _ = child.kill();
-        let _ = child.wait();
+        e.killed_after(&["image", "import", l, "--name", "k:1"], full * k / 10);
         let (images, layers) = (e.list("image").len(), e.list("layer").len());
         e.assert_consistent();
         match images {

@@ -5,8 +5,7 @@
 //! container sees.
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
-use std::time::Duration;
+use std::process::Output;
 
 use serde_json::Value;
 
@@ -594,15 +593,7 @@ fn container_create_killed_at_any_instant_leaves_all_or_nothing(d: Drv) {
     e.ok(&["volume", "rm", "named"]);
     let mut whole = 0;
     for k in 0..=12u64 {
-        let mut child = e
-            .cmd(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(full * k / 10));
-        let _ = child.kill();
-        let _ = child.wait();
+        e.killed_after(&args, full * k / 10);
         // Listing opens the containers, which repairs what the kill left.
         let names = containers(&e);
         e.assert_consistent();
@@ -724,15 +715,10 @@ fn dm_thin_volume_killed_create_and_clone_leave_no_device() {
     let full = start.elapsed().as_millis() as u64;
     e.ok(&["volume", "rm", "t"]);
     for k in 0..=10u64 {
-        let mut child = e
-            .cmd(&["volume", "create", "t", "--driver", "thin", "--size", "64M"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(full * k / 8));
-        let _ = child.kill();
-        let _ = child.wait();
+        e.killed_after(
+            &["volume", "create", "t", "--driver", "thin", "--size", "64M"],
+            full * k / 8,
+        );
         // Creating a thin volume opens the pool, which frees orphans.
         e.ok(&[
             "volume", "create", "probe", "--driver", "thin", "--size", "16M",

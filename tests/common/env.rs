@@ -58,6 +58,20 @@ impl Env {
         c
     }
 
+    /// Starts `thinlayer ARGS` and SIGKILLs it after `ms` milliseconds
+    /// (or when it ends, if sooner): a crash at an arbitrary instant.
+    pub fn killed_after(&self, args: &[&str], ms: u64) {
+        let mut child = self
+            .cmd(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().unwrap()
     }
