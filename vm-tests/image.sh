@@ -26,9 +26,9 @@ INIT="$HERE/init"
 # dependency on a crc32c implementation, and there is no modprobe at boot.
 MODULES=(
   crc32c_generic
-  virtio_pci 9pnet_virtio 9p
+  virtio_pci 9pnet_virtio 9p virtio_blk
   loop
-  dm-mod dm-thin-pool
+  dm-mod dm-thin-pool dm-snapshot
   ext4 xfs overlay
 )
 

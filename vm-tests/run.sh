@@ -23,6 +23,10 @@
 #                    Other host paths are always visible (read-only).
 #   --out DIR        host DIR (made if missing) shown WRITABLE in the guest at
 #                    the same path: where a job leaves results for the host
+#   --disk SIZE      a fresh sparse disk of SIZE (e.g. 40G, a file in the host's
+#                    /tmp, deleted after) formatted ext4 and mounted at
+#                    /var/tmp/disk in the guest: real block I/O and a real page
+#                    cache, where the tmpfs /tmp would keep everything in memory
 #   --script FILE    copy FILE into the guest and run it with bash, ARGS after it
 #   --verbose        full kernel log and init progress on the console
 #
@@ -33,7 +37,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 CACHE=${THINLAYER_VM_DIR:-$REPO/target/vm}
 
-timeout_s=600 mem=4G cpus=2 script= verbose=0 out=
+timeout_s=600 mem=4G cpus=2 script= verbose=0 out= disk=
 shares=()
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while (($#)); do
@@ -48,6 +52,8 @@ while (($#)); do
     --share=*) shares+=("$(realpath -m "${1#*=}")"); shift ;;
     --out) out=$(realpath -m "${2:?}"); shift 2 ;;
     --out=*) out=$(realpath -m "${1#*=}"); shift ;;
+    --disk) disk=${2:?}; shift 2 ;;
+    --disk=*) disk=${1#*=}; shift ;;
     --script) script=${2:?}; shift 2; break ;;
     --script=*) script=${1#*=}; shift; break ;;
     --verbose) verbose=1; shift ;;
@@ -64,6 +70,7 @@ if [[ -n $script && ! -f $script ]]; then
   echo "run.sh: no such script: $script" >&2; exit 2
 fi
 [[ $timeout_s =~ ^[0-9]+$ ]] || { echo "run.sh: bad --timeout $timeout_s" >&2; exit 2; }
+[[ -z $disk || $disk =~ ^[0-9]+[KMGT]?$ ]] || { echo "run.sh: bad --disk $disk (use e.g. 40G)" >&2; exit 2; }
 
 "$HERE/image.sh"
 # shellcheck disable=SC1091
@@ -127,6 +134,7 @@ nonce=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
   echo "VERBOSE=$verbose"
   echo "SHARES=$(q "$(printf '%s\n' "${shares[@]}")")"
   echo "OUT=$(q "$out")"
+  echo "DISK=$([[ -n $disk ]] && echo /var/tmp/disk)"
 } >"$T/cpio/thinlayer/job.conf"
 
 # Base initramfs + a second cpio archive with the job (the kernel unpacks both).
@@ -156,6 +164,11 @@ if [[ -n $out ]]; then
     -fsdev "local,id=out,path=$out,security_model=passthrough,multidevs=remap"
     -device "virtio-9p-pci,fsdev=out,mount_tag=out"
   )
+fi
+
+if [[ -n $disk ]]; then
+  truncate -s "$disk" "$T/disk.img"
+  qemu+=(-drive "file=$T/disk.img,if=virtio,format=raw,cache=writeback,discard=unmap")
 fi
 
 statusf="$T/status"
