@@ -774,19 +774,19 @@ impl Store {
             let id = LayerId::generate()?;
             journal.create.push(id.clone());
             self.begin(journal)?;
-            let mut blob = archive.open_layer(lr)?;
-            let mut counted = CountingReader {
-                inner: &mut blob,
-                progress,
-            };
-            let (rec, applied) = self.make_layer(
-                &id,
-                parent.as_ref(),
-                None,
-                Some(chain_id),
-                Some(&mut counted),
-                None,
-            )?;
+            let blob = archive.open_layer(lr)?;
+            // The blob is read, checked and inflated on a second core.
+            let (rec, applied) = std::thread::scope(|s| {
+                let mut plain = crate::image::ahead::decompressed(s, blob, progress);
+                self.make_layer(
+                    &id,
+                    parent.as_ref(),
+                    None,
+                    Some(chain_id),
+                    Some(&mut plain),
+                    None,
+                )
+            })?;
             let applied = applied.unwrap_or_default();
             if applied != lr.diff_id.to_string() {
                 let undo = self.driver.remove(&rec);
@@ -919,19 +919,6 @@ pub(crate) fn by_id_prefix<'a, T>(
                 .collect::<Vec<_>>()
                 .join(", "),
         }),
-    }
-}
-
-struct CountingReader<'a, R: Read> {
-    inner: R,
-    progress: &'a dyn Progress,
-}
-
-impl<R: Read> Read for CountingReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.progress.advance(n as u64);
-        Ok(n)
     }
 }
 

@@ -14,6 +14,7 @@
 //! Applying a layer is not done here: the caller decompresses the blob (see [`Compression`])
 //! and checks the result against [`LayerRef::diff_id`].
 
+pub(crate) mod ahead;
 mod digest;
 mod docker;
 mod oci;
