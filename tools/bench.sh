@@ -24,9 +24,9 @@ while (($#)); do
   esac
 done
 if ((quick)); then
-  out=${out:-target/bench-quick} profile=debug cargo_flags=() timeout=900 mem=4G
+  out=${out:-target/bench-quick} profile=debug cargo_flags=() timeout=900 mem=4G disk=16G
 else
-  out=${out:-target/bench} profile=release cargo_flags=(--release) timeout=14400 mem=14G
+  out=${out:-target/bench} profile=release cargo_flags=(--release) timeout=14400 mem=8G disk=64G
 fi
 mkdir -p "$out"
 out=$(realpath "$out")
@@ -46,7 +46,10 @@ if has_dm_thin; then
   "$bin/thinlayer-bench" --out "$out" --thinlayer "$bin/thinlayer" "${args[@]}"
 else
   echo "This kernel has no device-mapper thin target: running the benchmark in a VM (QEMU, software emulation)."
-  THINLAYER_BENCH_EMULATED=true "$REPO/vm-tests/run.sh" --timeout "$timeout" --mem "$mem" --out "$out" -- \
-    "$bin/thinlayer-bench" --out "$out" --thinlayer "$bin/thinlayer" --work /tmp/thinlayer-bench "${args[@]}"
+  # The work goes on a scratch virtio disk (ext4), not the guest's tmpfs:
+  # real block I/O, writeback and page cache.
+  THINLAYER_BENCH_EMULATED=true "$REPO/vm-tests/run.sh" --timeout "$timeout" --mem "$mem" \
+    --disk "$disk" --out "$out" -- \
+    "$bin/thinlayer-bench" --out "$out" --thinlayer "$bin/thinlayer" --work /var/tmp/disk/thinlayer-bench "${args[@]}"
 fi
 echo "bench: finished in $(($(date +%s) - start)) s; report in $out/report.md"

@@ -12,6 +12,8 @@ PACKAGES=(
   qemu-system-x86 busybox-static cpio kmod zstd
   # a real OCI tool: builds test images and is the reference unpacker
   umoci skopeo attr
+  # the benchmark's peer: LVM thin snapshots (lvcreate -s)
+  lvm2
   # the demo reads JSON output with it
   python3
 )

@@ -27,14 +27,33 @@ has_dm_thin() {
 }
 
 bench_outputs_ok() {
-  local out=$1 ok=0 id
-  for id in provision first-write metadata lookup containerd import; do
-    grep -q "\"id\": \"$id\"" "$out/samples.json" || { echo "bench: no scenario $id in samples.json" >&2; ok=1; }
-  done
-  grep -q '"driver": "thin"' "$out/samples.json" && grep -q '"driver": "overlay"' "$out/samples.json" ||
-    { echo "bench: a driver has no samples" >&2; ok=1; }
+  local out=$1 ok=0 p
+  # Every scenario, each with samples of both drivers; the floors and peers.
+  python3 - "$out/samples.json" <<'PY' || ok=1
+import json, sys
+run = json.load(open(sys.argv[1]))
+got = {s["id"]: s for s in run["scenarios"]}
+bad = []
+want = "provision first-write metadata new-data lookup page-cache space delete containerd import".split()
+for sid in want:
+    s = got.get(sid)
+    if s is None:
+        bad.append(f"no scenario {sid}")
+        continue
+    drivers = {x["driver"].split(" ")[0] for x in s["series"] if x["samples"]}
+    for d in ("thin", "overlay"):
+        if d not in drivers:
+            bad.append(f"scenario {sid} has no {d} samples")
+extra = {"provision": ("dmsetup", "dm-ioctl", "lvm"), "new-data": ("linear",)}
+for sid, names in extra.items():
+    drivers = {x["driver"] for x in got.get(sid, {"series": []})["series"] if x["samples"]}
+    bad += [f"scenario {sid} has no {n} samples" for n in names if n not in drivers]
+for b in bad:
+    print("bench:", b, file=sys.stderr)
+sys.exit(1 if bad else 0)
+PY
   grep -q '^## Headline' "$out/report.md" || { echo "bench: report.md has no headline table" >&2; ok=1; }
-  for p in provision first-write lookup; do
+  for p in provision first-write lookup page-cache; do
     head -c 4 "$out/$p.svg" | grep -q '<svg' || { echo "bench: plot $p.svg missing" >&2; ok=1; }
   done
   return $ok

@@ -56,6 +56,8 @@ pub struct Fixture {
     pub work: PathBuf,
     /// The `thinlayer` binary, for scenarios that run the CLI.
     pub bin: PathBuf,
+    /// The size of the pool's base filesystem (every thin layer's size).
+    pub base: Bytes,
     n: u64,
 }
 
@@ -86,6 +88,7 @@ impl Fixture {
             root,
             work: work.to_path_buf(),
             bin,
+            base,
             n: 0,
         })
     }

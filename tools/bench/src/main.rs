@@ -7,6 +7,7 @@
 //! (`--work`) on which it makes a pool of sparse files.
 
 mod fixture;
+mod peers;
 #[allow(dead_code)]
 mod plot;
 #[allow(dead_code)]
@@ -46,10 +47,11 @@ struct Args {
     /// The thinlayer binary [default: next to this one].
     #[arg(long)]
     thinlayer: Option<PathBuf>,
-    /// Repetitions per measurement [default: 3 with --quick, 10 otherwise].
+    /// Repetitions per measurement [default: 2 with --quick, 10 otherwise].
     #[arg(long)]
     reps: Option<usize>,
-    /// Only these scenarios (ids: provision, first-write, metadata, lookup, containerd, import).
+    /// Only these scenarios (ids: provision, first-write, metadata, new-data, lookup, page-cache,
+    /// space, containerd, import).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Say in the report that this ran under emulation (set by tools/bench.sh in the VM).
@@ -57,15 +59,26 @@ struct Args {
     emulated: bool,
 }
 
-type ScenarioFn = fn(&mut Fixture, Plan, &dyn Tick) -> Result<samples::Scenario>;
+/// A scenario: one report section, or several sharing their work.
+type ScenarioFn = fn(&mut Fixture, Plan, &dyn Tick) -> Result<Vec<samples::Scenario>>;
+
+/// A scenario that makes one report section.
+macro_rules! one {
+    ($f:path) => {
+        |f, p, t| Ok(vec![$f(f, p, t)?])
+    };
+}
 
 const SCENARIOS: &[(&str, ScenarioFn)] = &[
-    ("provision", scenarios::provision),
-    ("first-write", scenarios::first_write),
-    ("metadata", scenarios::metadata),
-    ("lookup", scenarios::lookup),
-    ("containerd", scenarios::containerd),
-    ("import", scenarios::import),
+    ("provision", one!(scenarios::provision)),
+    ("first-write", one!(scenarios::first_write)),
+    ("metadata", one!(scenarios::metadata)),
+    ("new-data", one!(scenarios::new_data)),
+    ("lookup", one!(scenarios::lookup)),
+    ("page-cache", one!(scenarios::page_cache_sharing)),
+    ("space", scenarios::space),
+    ("containerd", one!(scenarios::containerd)),
+    ("import", one!(scenarios::import)),
 ];
 
 struct Progress(Option<ProgressBar>);
@@ -108,6 +121,27 @@ fn memory_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// The filesystem holding `path`: "TYPE on SOURCE", from the longest
+/// mount point above it in /proc/self/mountinfo.
+fn filesystem_of(path: &std::path::Path) -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut best: Option<(usize, String)> = None;
+    for l in info.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        let Some(dash) = f.iter().position(|x| *x == "-") else {
+            continue;
+        };
+        let (Some(mp), Some(ty), Some(src)) = (f.get(4), f.get(dash + 1), f.get(dash + 2)) else {
+            continue;
+        };
+        if path.starts_with(mp) && best.as_ref().is_none_or(|(n, _)| mp.len() >= *n) {
+            best = Some((mp.len(), format!("{ty} on {src}")));
+        }
+    }
+    best.map(|(_, s)| s)
+        .unwrap_or_else(|| "an unknown filesystem".into())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if !nix::unistd::geteuid().is_root() {
@@ -130,7 +164,7 @@ fn main() -> Result<()> {
     }
     let plan = Plan {
         quick: args.quick,
-        reps: args.reps.unwrap_or(if args.quick { 3 } else { 10 }),
+        reps: args.reps.unwrap_or(if args.quick { 2 } else { 10 }),
     };
     let bin = match &args.thinlayer {
         Some(b) => b.clone(),
@@ -177,7 +211,7 @@ fn main() -> Result<()> {
         if progress.0.is_none() {
             eprintln!(" done");
         }
-        scenarios.push(s);
+        scenarios.extend(s);
     }
     if let Some(pb) = &progress.0 {
         pb.finish_and_clear();
@@ -194,8 +228,9 @@ fn main() -> Result<()> {
             thinlayer_version: env!("CARGO_PKG_VERSION").into(),
             command: std::env::args().collect::<Vec<_>>().join(" "),
             notes: vec![format!(
-                "Both drivers work in {} (the pool's sparse files and the overlay store on the same filesystem).",
-                args.work.display()
+                "Both drivers work in {} on {} (the pool's sparse files and the overlay store on the same filesystem).",
+                args.work.display(),
+                filesystem_of(&args.work)
             )],
         },
         scenarios,
