@@ -202,7 +202,8 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
     // directory) costs on this filesystem: the unit of thinlayer's
     // crash-safety protocol.
     let pool_json = f.root.path().join("pool/pool.json");
-    let record: serde_json::Value = serde_json::from_slice(&fs::read(&pool_json)?)?;
+    let record: serde_json::Value =
+        thinpool::record::read(&pool_json)?.context("the pool has no record")?;
     let scratch = f.scratch("record");
     fs::create_dir_all(&scratch)?;
     for _ in 0..plan.reps {
