@@ -6,6 +6,7 @@
 //! has dm-thin and in the VM otherwise. Needs root and a scratch directory
 //! (`--work`) on which it makes a pool of sparse files.
 
+mod findings;
 mod fixture;
 mod peers;
 #[allow(dead_code)]
@@ -54,6 +55,10 @@ struct Args {
     /// space, containerd, import).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Remake report.md, the plots and the findings from DIR/samples.json
+    /// (a finished run) without measuring anything.
+    #[arg(long, value_name = "DIR")]
+    render: Option<PathBuf>,
     /// Say in the report that this ran under emulation (set by tools/bench.sh in the VM).
     #[arg(long, env = "THINLAYER_BENCH_EMULATED")]
     emulated: bool,
@@ -121,6 +126,14 @@ fn memory_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// samples.json, report.md and the plots of `run`, in `dir`.
+fn write_outputs(run: &Run, dir: &std::path::Path) -> Result<()> {
+    run.write(dir.join("samples.json"))?;
+    std::fs::write(dir.join("report.md"), report::render(run))?;
+    plot::write_all(run, dir)?;
+    Ok(())
+}
+
 /// The filesystem holding `path`: "TYPE on SOURCE", from the longest
 /// mount point above it in /proc/self/mountinfo.
 fn filesystem_of(path: &std::path::Path) -> String {
@@ -144,6 +157,15 @@ fn filesystem_of(path: &std::path::Path) -> String {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.render {
+        let path = dir.join("samples.json");
+        let mut run =
+            samples::Run::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        for sc in &mut run.scenarios {
+            sc.findings = findings::findings(sc);
+        }
+        return write_outputs(&run, dir);
+    }
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark needs root (loop devices, device-mapper, mounts)");
     }
@@ -207,7 +229,10 @@ fn main() -> Result<()> {
         if progress.0.is_none() {
             eprint!("thinlayer-bench: {id} ");
         }
-        let s = run(&mut fx, plan, &progress).with_context(|| format!("scenario {id}"))?;
+        let mut s = run(&mut fx, plan, &progress).with_context(|| format!("scenario {id}"))?;
+        for sc in &mut s {
+            sc.findings = findings::findings(sc);
+        }
         if progress.0.is_none() {
             eprintln!(" done");
         }
@@ -235,9 +260,7 @@ fn main() -> Result<()> {
         },
         scenarios,
     };
-    run.write(args.out.join("samples.json"))?;
-    std::fs::write(args.out.join("report.md"), report::render(&run))?;
-    plot::write_all(&run, &args.out)?;
+    write_outputs(&run, &args.out)?;
     // The pool's files are large sparse files: remove them with the pool.
     fx.root
         .destroy_pool(true)

@@ -211,7 +211,6 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
         c.add("record write", "one durable record", None, t);
     }
     let deep = format!("depth {}", depths.last().unwrap());
-    let findings = provision_findings(&c.series, &deep);
     let mut ratios = vec![
         Ratio {
             name: "thin provisioning / dmsetup sequence, depth 1".into(),
@@ -290,60 +289,8 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
             log_x: true,
             log_y: false,
         }),
-        findings,
+        findings: vec![],
     })
-}
-
-/// The median of one series.
-fn median(series: &[Series], driver: &str, variant: &str) -> Option<f64> {
-    series
-        .iter()
-        .find(|s| s.driver == driver && s.variant == variant)
-        .and_then(|s| crate::samples::stats(&s.samples))
-        .map(|st| st.median)
-}
-
-/// What the provisioning figures mean, from this run's medians.
-fn provision_findings(series: &[Series], deep: &str) -> Vec<String> {
-    let m = |d: &str, v: &str| median(series, d, v);
-    let mut out = vec![];
-    if let (Some(thin), Some(floor), Some(rec)) = (
-        m("thin", "depth 1"),
-        m("dm-ioctl", "depth 1"),
-        m("record write", "one durable record"),
-    ) {
-        out.push(format!(
-            "thinlayer spends {:.1} ms per layer above the in-process ioctl floor ({:.1} ms against {:.1} ms). \
-             One durable record write costs {:.1} ms here, and a snapshot makes four (the store's journal, \
-             the pool's pending operation, its commit, the layer's record) then removes the journal: about \
-             {:.1} ms, 9 fsyncs counted with strace. That is the price of surviving a kill or a power cut at any \
-             instant, which neither floor does. The rest is opening the pool (its lock, checking the kernel's \
-             devices against the record) and the `set_transaction_id` message that ties the kernel's metadata \
-             to the record.",
-            thin - floor,
-            thin,
-            floor,
-            rec,
-            4.0 * rec + rec / 2.0,
-        ));
-    }
-    if let (Some(t1), Some(td), Some(f1), Some(fd)) = (
-        m("thin", "depth 1"),
-        m("thin", deep),
-        m("dm-ioctl", "depth 1"),
-        m("dm-ioctl", deep),
-    ) {
-        out.push(format!(
-            "With depth, the floor itself goes from {f1:.1} ms to {fd:.1} ms ({:.2}×) at {deep}: the same ioctls and \
-             mount on a deeper snapshot cost the kernel more. thinlayer's own part (thin − floor) goes from \
-             {:.1} ms to {:.1} ms, and thin as a whole by {:.2}×.",
-            fd / f1,
-            t1 - f1,
-            td - fd,
-            td / t1,
-        ));
-    }
-    out
 }
 
 // ---- 2. first write into an inherited file ------------------------------
@@ -807,43 +754,10 @@ pub fn import(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario> 
                 headline: false,
             },
         ],
-        findings: import_findings(&c.series),
+        findings: vec![],
         series: c.series,
         plot: None,
     })
-}
-
-/// What the import figures mean, from this run's medians.
-fn import_findings(series: &[Series]) -> Vec<String> {
-    let m = |d: &str| median(series, d, "3 layers");
-    let (Some(thin), Some(ov), Some(tar), Some(hash)) =
-        (m("thin"), m("overlay"), m("gnu-tar (ext4)"), m("sha256 ×2"))
-    else {
-        return vec![];
-    };
-    let mib = |v: f64| v / (1 << 20) as f64;
-    let sha_ni = fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains(" sha_ni"));
-    // Time per byte adds up: what tar takes plus what hashing takes.
-    let bound = 1.0 / (1.0 / tar + 1.0 / hash);
-    vec![format!(
-        "Both drivers import at about the same speed ({:.1} and {:.1} MiB/s), so the cost is in the common \
-         path, not the driver. GNU tar checks nothing but gzip's CRC; thinlayer also checks each layer's \
-         blob digest and diff_id, two sha256 passes, which in this run hash {:.1} MiB/s of layer bytes \
-         (the `sha256 ×2` column: the blob read, inflated and hashed twice in one thread). Done one after \
-         the other, tar's work plus the hashing would give {:.1} MiB/s; thinlayer reads, checks and inflates \
-         each blob on a second core while the first writes files, and reaches {:.2}× that. The target \
-         assumes hashing is cheap next to writing, as it is on a CPU with SHA extensions; {}",
-        mib(thin),
-        mib(ov),
-        mib(hash),
-        mib(bound),
-        thin / bound,
-        if sha_ni {
-            "this one has them (`sha_ni` in /proc/cpuinfo)."
-        } else {
-            "this one has none (no `sha_ni` in /proc/cpuinfo)."
-        }
-    )]
 }
 
 /// The layer blobs of the only image in an OCI layout, bottom first.
