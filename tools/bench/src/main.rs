@@ -86,16 +86,32 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("import", one!(scenarios::import)),
 ];
 
-struct Progress(Option<ProgressBar>);
+/// A progress bar on a terminal; otherwise (a log, the VM's console) a
+/// line at most every 30 s, so a long run shows where it is.
+struct Progress {
+    bar: Option<ProgressBar>,
+    start: Instant,
+    samples: std::cell::Cell<u64>,
+    last_line: std::cell::Cell<Instant>,
+}
 
 impl Tick for Progress {
     fn tick(&self, what: &str) {
-        match &self.0 {
+        self.samples.set(self.samples.get() + 1);
+        match &self.bar {
             Some(pb) => {
                 pb.set_message(what.to_string());
                 pb.inc(1);
             }
-            None => eprint!("."),
+            None if self.last_line.get().elapsed().as_secs() >= 30 => {
+                self.last_line.set(Instant::now());
+                eprintln!(
+                    "thinlayer-bench: {what}: {} samples, {} s in",
+                    self.samples.get(),
+                    self.start.elapsed().as_secs()
+                );
+            }
+            None => {}
         }
     }
 }
@@ -223,41 +239,59 @@ fn main() -> Result<()> {
         );
         pb
     });
-    let progress = Progress(pb);
+    let progress = Progress {
+        bar: pb,
+        start: Instant::now(),
+        samples: Default::default(),
+        last_line: std::cell::Cell::new(Instant::now()),
+    };
+    let environment = || {
+        Environment {
+                kernel: kernel(),
+                cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+                memory_bytes: memory_bytes(),
+                emulated: args.emulated,
+                quick: plan.quick,
+                started_unix: started,
+                duration_secs: clock.elapsed().as_secs_f64(),
+                thinlayer_version: env!("CARGO_PKG_VERSION").into(),
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+                notes: vec![format!(
+                    "Both drivers work in {} on {} (the pool's sparse files and the overlay store on the same filesystem).",
+                    args.work.display(),
+                    filesystem_of(&args.work)
+                )],
+            }
+    };
     let mut scenarios = vec![];
     for (id, run) in chosen {
-        if progress.0.is_none() {
-            eprint!("thinlayer-bench: {id} ");
+        let began = Instant::now();
+        if progress.bar.is_none() {
+            eprintln!("thinlayer-bench: {id}: started");
         }
         let mut s = run(&mut fx, plan, &progress).with_context(|| format!("scenario {id}"))?;
         for sc in &mut s {
             sc.findings = findings::findings(sc);
         }
-        if progress.0.is_none() {
-            eprintln!(" done");
+        if progress.bar.is_none() {
+            eprintln!(
+                "thinlayer-bench: {id}: done in {} s",
+                began.elapsed().as_secs()
+            );
         }
         scenarios.extend(s);
+        // What is measured so far, in case the run dies before the end.
+        Run {
+            environment: environment(),
+            scenarios: scenarios.clone(),
+        }
+        .write(args.out.join("samples.json"))?;
     }
-    if let Some(pb) = &progress.0 {
+    if let Some(pb) = &progress.bar {
         pb.finish_and_clear();
     }
     let run = Run {
-        environment: Environment {
-            kernel: kernel(),
-            cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
-            memory_bytes: memory_bytes(),
-            emulated: args.emulated,
-            quick: plan.quick,
-            started_unix: started,
-            duration_secs: clock.elapsed().as_secs_f64(),
-            thinlayer_version: env!("CARGO_PKG_VERSION").into(),
-            command: std::env::args().collect::<Vec<_>>().join(" "),
-            notes: vec![format!(
-                "Both drivers work in {} on {} (the pool's sparse files and the overlay store on the same filesystem).",
-                args.work.display(),
-                filesystem_of(&args.work)
-            )],
-        },
+        environment: environment(),
         scenarios,
     };
     write_outputs(&run, &args.out)?;
