@@ -172,6 +172,10 @@ if [[ -n $disk ]]; then
 fi
 
 statusf="$T/status"
+# mawk (Debian's awk) reads its input in big blocks unless told not to: the
+# guest's lines would reach the caller minutes late.
+awk_interactive=()
+awk -W version 2>&1 | grep -q mawk && awk_interactive=(-W interactive)
 start=$(date +%s.%N)
 # qemu's stdin is /dev/null: it never touches the terminal and needs none.
 # The filter strips CRs, hides the status marker line and records the status.
@@ -186,7 +190,7 @@ set +e
   echo $! >"$T/qemu.pid"
   wait $!
   echo $? >"$T/qemu.rc"
-} </dev/null | awk -v marker="THINLAYER-VM-EXIT $nonce" -v sf="$statusf" '
+} </dev/null | awk "${awk_interactive[@]}" -v marker="THINLAYER-VM-EXIT $nonce" -v sf="$statusf" '
   { sub(/\r+$/, "") }
   (i = index($0, marker)) {
     rest = substr($0, i + length(marker))

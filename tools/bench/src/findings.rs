@@ -184,27 +184,34 @@ fn page_cache_findings(series: &[Series]) -> Vec<String> {
 
 fn space_findings(series: &[Series]) -> Vec<String> {
     let m = |d: &str, v: &str| median(series, d, v);
-    let (Some(first), Some(last)) = (
-        variant(series, "thin (pool data)", "after first"),
-        variant(series, "thin (pool data)", "+ new data"),
-    ) else {
+    let steps: Vec<String> = series
+        .iter()
+        .filter(|s| s.driver == "thin (pool data)")
+        .map(|s| s.variant.clone())
+        .collect();
+    let [first, second, last] = steps.as_slice() else {
         return vec![];
     };
-    let (Some(t1), Some(o1), Some(t3), Some(o3)) = (
-        m("thin (pool data)", &first),
-        m("overlay (upper dir)", &first),
-        m("thin (pool data)", &last),
-        m("overlay (upper dir)", &last),
+    let (Some(t1), Some(o1), Some(t2), Some(o2), Some(t3), Some(o3)) = (
+        m("thin (pool data)", first),
+        m("overlay (upper dir)", first),
+        m("thin (pool data)", second),
+        m("overlay (upper dir)", second),
+        m("thin (pool data)", last),
+        m("overlay (upper dir)", last),
     ) else {
         return vec![];
     };
     vec![format!(
         "After the first writes thin holds {:.2} MiB of new pool data against {:.2} MiB in overlay's upper \
-         directory: a 64 KiB block per write, plus the blocks of ext4's journal and inode tables the writes touch, against whole copied-up files. \
-         New data turns it round: random 4 KiB writes each take a 64 KiB pool block, so after all three \
-         steps thin holds {:.1} MiB against overlay's {:.1} MiB.",
+         directory: a 64 KiB block per write, plus the blocks of ext4's journal and inode tables the writes \
+         touch, against whole copied-up files. The new data step adds {:.1} MiB to the pool and {:.1} MiB \
+         to overlay: there a random 4 KiB write takes a whole 64 KiB pool block. After all three steps thin \
+         holds {:.1} MiB against overlay's {:.1} MiB.",
         mib(t1),
         mib(o1),
+        mib(t3 - t2),
+        mib(o3 - o2),
         mib(t3),
         mib(o3),
     )]
@@ -298,15 +305,16 @@ fn import_findings(series: &[Series]) -> Vec<String> {
          blob digest and diff_id, two sha256 passes, which in this run hash {:.1} MiB/s of layer bytes \
          (the `sha256 ×2` column: the blob read, inflated and hashed twice in one thread). Done one after \
          the other, tar's work plus the hashing would give {:.1} MiB/s; thinlayer reads, checks and inflates \
-         each blob on a second core while the first writes files, and reaches {:.2}× that. The 0.8 target \
-         holds where hashing is cheap next to writing (a CPU with SHA extensions hashes at GB/s); here the \
-         two passes alone run at {:.1} MiB/s.",
+         each blob on a second core while the first writes files, and reaches {:.2}× that. The two passes \
+         alone run at {:.1} MiB/s against GNU tar's whole extraction at {:.1} MiB/s: verification is what \
+         stands between thinlayer and the 0.8 target here, and thinlayer does not skip it.",
         mib(thin),
         mib(ov),
         mib(hash),
         mib(bound),
         thin / bound,
         mib(hash),
+        mib(tar),
     )]
 }
 
