@@ -120,6 +120,15 @@ while IFS=$'\t' read -r exe mdir tname kind; do
     cat "$tmp/list.err" >&2
     failed=$((failed + 1)); continue
   fi
+  # A test without a tier prefix would silently never run: it fails the
+  # plain tier (every CI run has it) with its name.
+  if [[ $tier == plain ]]; then
+    sed -n 's/: test$//p' "$tmp/list" | grep -Ev '(^|::)(plain|root|dm)_' >"$tmp/untiered" || :
+    while IFS= read -r t; do
+      echo "run-tier.sh: ERROR: test $t in $tname has no tier prefix (plain_, root_, dm_): no tier runs it" >&2
+      failed=$((failed + 1))
+    done <"$tmp/untiered"
+  fi
   sed -n 's/: test$//p' "$tmp/list" | grep -E "(^|::)${tier}_" >"$tmp/sel" || :
   if ((${#filters[@]})); then
     fargs=(); for f in "${filters[@]}"; do fargs+=(-e "$f"); done

@@ -158,7 +158,7 @@ mod tests {
     }
 
     #[test]
-    fn gzip_in_plain_out_with_progress_in_blob_bytes() {
+    fn plain_gzip_in_plain_out_with_progress_in_blob_bytes() {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let blob = gzip(&data);
         let count = Count(Cell::new(0));
@@ -190,7 +190,7 @@ mod tests {
     }
 
     #[test]
-    fn an_error_arrives_after_the_data_before_it_and_repeats() {
+    fn plain_an_error_arrives_after_the_data_before_it_and_repeats() {
         std::thread::scope(|s| {
             let mut r = decompressed(s, FailsAt(b"plain bytes"), &NoProgress);
             let mut v = vec![];
@@ -204,7 +204,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unsupported_compression_is_an_error_at_the_first_read() {
+    fn plain_an_unsupported_compression_is_an_error_at_the_first_read() {
         let xz = b"\xfd7zXZ\x00 rest of it";
         std::thread::scope(|s| {
             let mut r = decompressed(s, &xz[..], &NoProgress);
@@ -214,7 +214,7 @@ mod tests {
     }
 
     #[test]
-    fn dropping_the_reader_early_stops_the_thread() {
+    fn plain_dropping_the_reader_early_stops_the_thread() {
         let data = vec![1u8; 64 * CHUNK];
         std::thread::scope(|s| {
             let mut r = decompressed(s, data.as_slice(), &NoProgress);

@@ -347,7 +347,7 @@ mod tests {
     }
 
     #[test]
-    fn provisioning_findings_use_the_deepest_depth_and_say_whether_the_floor_grew() {
+    fn plain_provisioning_findings_use_the_deepest_depth_and_say_whether_the_floor_grew() {
         let s = scenario(
             "provision",
             vec![
@@ -366,14 +366,14 @@ mod tests {
     }
 
     #[test]
-    fn missing_series_give_no_findings_rather_than_wrong_ones() {
+    fn plain_missing_series_give_no_findings_rather_than_wrong_ones() {
         let s = scenario("import", vec![series("thin", "3 layers", None, 1.0)]);
         assert!(findings(&s).is_empty());
         assert!(findings(&scenario("nonesuch", vec![])).is_empty());
     }
 
     #[test]
-    fn import_bound_adds_time_per_byte() {
+    fn plain_import_bound_adds_time_per_byte() {
         let mib = (1u64 << 20) as f64;
         let s = scenario(
             "import",
