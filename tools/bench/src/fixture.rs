@@ -50,6 +50,15 @@ impl Drv {
     }
 }
 
+/// One layer per driver, made from the same changeset.
+pub struct Both([LayerId; 2]);
+
+impl Both {
+    pub fn of(&self, d: Drv) -> &LayerId {
+        &self.0[(d == Drv::Overlay) as usize]
+    }
+}
+
 /// The benchmark's state: a root with a pool, under a work directory.
 pub struct Fixture {
     pub root: Root,
@@ -113,6 +122,20 @@ impl Fixture {
         let mut f = io::BufReader::new(File::open(tar)?);
         let parent = parent.map(|p| p.to_string());
         Ok(store.create_layer(parent.as_deref(), None, Some(&mut f))?)
+    }
+
+    /// A bottom layer made from `cs` in each driver's store.
+    pub fn base_layers(&mut self, cs: &Changeset) -> Result<Both> {
+        let tar = self.scratch("base.tar");
+        cs.write(&tar)?;
+        let made = (|| {
+            Ok(Both([
+                self.layer(Drv::Thin, None, &tar)?,
+                self.layer(Drv::Overlay, None, &tar)?,
+            ]))
+        })();
+        fs::remove_file(&tar)?;
+        made
     }
 
     /// A chain of `depth` layers: the first from `bottom`, each further one

@@ -88,12 +88,7 @@ impl Dest {
 pub fn new_data(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario> {
     let seq: u64 = if plan.quick { 32 << 20 } else { 256 << 20 };
     let rand_n: usize = if plan.quick { 256 } else { 2048 };
-    let seed_tar = f.scratch("seed.tar");
-    Changeset::new().file("seed", 1, 0).write(&seed_tar)?;
-    let base = [
-        f.layer(Drv::Thin, None, &seed_tar)?,
-        f.layer(Drv::Overlay, None, &seed_tar)?,
-    ];
+    let base = f.base_layers(&Changeset::new().file("seed", 1, 0))?;
     let mut chunk = vec![0u8; 1 << 20];
     Noise::new(4).read_exact(&mut chunk)?;
     let dm = DM::new().context("opening /dev/mapper/control")?;
@@ -106,7 +101,7 @@ pub fn new_data(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario
             for dest in Dest::order(rep) {
                 let (dir, container) = match dest {
                     Dest::Container(d) => {
-                        let layer = &base[(d == Drv::Overlay) as usize];
+                        let layer = base.of(d);
                         let (name, rootfs) = f.container(d, layer, OverlayOptions::default())?;
                         (rootfs, Some(name))
                     }
@@ -192,18 +187,12 @@ pub fn page_cache_sharing(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Resul
     let size: u64 = if plan.quick { 32 << 20 } else { 128 << 20 };
     let counts: &[usize] = if plan.quick { &[1, 4] } else { &[1, 2, 4, 8] };
     let reps = plan.reps.min(5);
-    let tar = f.scratch("shared.tar");
-    Changeset::new().file("shared/blob", size, 6).write(&tar)?;
-    let base = [
-        f.layer(Drv::Thin, None, &tar)?,
-        f.layer(Drv::Overlay, None, &tar)?,
-    ];
-    fs::remove_file(&tar)?;
+    let base = f.base_layers(&Changeset::new().file("shared/blob", size, 6))?;
     let mut c = Collect::default();
     for &n in counts {
         for rep in 0..reps {
             for drv in Drv::interleaved(rep) {
-                let layer = &base[(drv == Drv::Overlay) as usize];
+                let layer = base.of(drv);
                 let mut made = vec![];
                 for _ in 0..n {
                     made.push(f.container(drv, layer, OverlayOptions::default())?);
@@ -306,7 +295,6 @@ pub fn space(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Vec<Scenari
     let seq: u64 = if plan.quick { 16 << 20 } else { 64 << 20 };
     let rand_n = if plan.quick { 128 } else { 512 };
     let reps = plan.reps.min(5);
-    let tar = f.scratch("space.tar");
     let mut cs = Changeset::new();
     for s in sizes {
         cs = cs.file(&format!("data/f{s}"), *s, *s);
@@ -314,12 +302,7 @@ pub fn space(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Vec<Scenari
     for i in 0..n_meta {
         cs = cs.file(&format!("many/{i:04}"), 4096, i as u64);
     }
-    cs.write(&tar)?;
-    let base = [
-        f.layer(Drv::Thin, None, &tar)?,
-        f.layer(Drv::Overlay, None, &tar)?,
-    ];
-    fs::remove_file(&tar)?;
+    let base = f.base_layers(&cs)?;
     let overlay_dir: PathBuf = f.store(Drv::Overlay)?.dir().to_path_buf();
     let mut chunk = vec![0u8; 1 << 20];
     Noise::new(7).read_exact(&mut chunk)?;
@@ -332,7 +315,7 @@ pub fn space(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Vec<Scenari
     let mut del = Collect::default();
     for rep in 0..reps {
         for drv in Drv::interleaved(rep) {
-            let layer = &base[(drv == Drv::Overlay) as usize];
+            let layer = base.of(drv);
             let (name, rootfs) = f.container(drv, layer, OverlayOptions::default())?;
             let start = usage(f, &overlay_dir)?;
             for (i, step) in steps.iter().enumerate() {

@@ -301,22 +301,16 @@ pub fn first_write(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scena
     } else {
         &[4 << 10, 1 << 20, 64 << 20, 1 << 30]
     };
-    let tar = f.scratch("files.tar");
     let mut cs = Changeset::new();
     for (i, s) in sizes.iter().enumerate() {
         cs = cs.file(&format!("data/f{s}"), *s, 100 + i as u64);
     }
-    cs.write(&tar)?;
-    let base = [
-        f.layer(Drv::Thin, None, &tar)?,
-        f.layer(Drv::Overlay, None, &tar)?,
-    ];
-    fs::remove_file(&tar)?;
+    let base = f.base_layers(&cs)?;
     let mut c = Collect::default();
     let block = [0x5au8; 4096];
     for rep in 0..plan.reps {
         for drv in Drv::interleaved(rep) {
-            let layer = &base[(drv == Drv::Overlay) as usize];
+            let layer = base.of(drv);
             let (name, rootfs) = f.container(drv, layer, OverlayOptions::default())?;
             drop_caches()?;
             for s in sizes {
@@ -387,17 +381,11 @@ pub fn first_write(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scena
 
 pub fn metadata(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario> {
     let n = if plan.quick { 200 } else { 1000 };
-    let tar = f.scratch("many.tar");
     let mut cs = Changeset::new();
     for i in 0..n {
         cs = cs.file(&format!("many/{i:04}"), 4096, i as u64);
     }
-    cs.write(&tar)?;
-    let base = [
-        f.layer(Drv::Thin, None, &tar)?,
-        f.layer(Drv::Overlay, None, &tar)?,
-    ];
-    fs::remove_file(&tar)?;
+    let base = f.base_layers(&cs)?;
     let metacopy = OverlayOptions {
         metacopy: true,
         ..OverlayOptions::default()
@@ -413,7 +401,7 @@ pub fn metadata(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario
             }
         }
         for (drv, opts, label) in runs {
-            let layer = &base[(drv == Drv::Overlay) as usize];
+            let layer = base.of(drv);
             let (name, rootfs) = f.container(drv, layer, opts)?;
             drop_caches()?;
             let (t, ()) = timed(|| {
