@@ -11,6 +11,18 @@ pub enum Error {
     #[error(transparent)]
     Pool(#[from] thinpool::Error),
 
+    /// No pool was created under the root.
+    #[error("no pool in {}", .dir.display())]
+    NoPool {
+        /// Where the pool would be.
+        dir: PathBuf,
+    },
+
+    /// The state forbids the operation until something else is done first
+    /// (the reason says what).
+    #[error("{0}")]
+    Precondition(String),
+
     /// The state directory cannot be used.
     #[error("root {}: {reason}", .path.display())]
     Root { path: PathBuf, reason: String },

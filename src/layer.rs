@@ -2,8 +2,8 @@
 
 use std::fmt;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use thinpool::ThinId;
 
 use crate::error::{Error, Result};
 
@@ -17,7 +17,7 @@ impl LayerId {
     pub const LEN: usize = 32;
 
     pub fn generate() -> Result<LayerId> {
-        Ok(LayerId(crate::ids::random_hex(16)?))
+        Ok(LayerId(crate::util::ids::random_hex(16)?))
     }
 
     pub fn as_str(&self) -> &str {
@@ -83,15 +83,53 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The resource behind a layer, owned by the storage driver.
+/// The resource behind a layer, as its driver recorded it. The store keeps
+/// it without looking inside; each driver reads its own kind with
+/// [`Resource::decode`] (on disk: `{"driver": KIND, ...the driver's fields}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "driver", rename_all = "snake_case")]
-pub enum Resource {
-    /// A thin device in the pool holding the layer's whole filesystem.
-    Thin { thin_id: ThinId },
-    /// A directory of the layer's own changes (overlayfs upperdir form),
-    /// reached through the short link `l/<link>` in mount options.
-    Dir { link: String },
+#[serde(transparent)]
+pub struct Resource(serde_json::Map<String, serde_json::Value>);
+
+/// A driver's own description of a layer's resource.
+pub trait DriverResource: Serialize + DeserializeOwned {
+    /// The value of the record's `driver` key for this kind of resource.
+    const KIND: &'static str;
+}
+
+impl Resource {
+    /// Records `r` as a resource of kind `T::KIND`.
+    pub fn new<T: DriverResource>(r: &T) -> Resource {
+        let mut map = match serde_json::to_value(r) {
+            Ok(serde_json::Value::Object(m)) => m,
+            // A resource is a struct of plain fields: always an object.
+            _ => serde_json::Map::new(),
+        };
+        map.insert("driver".into(), T::KIND.into());
+        Resource(map)
+    }
+
+    /// The kind of resource recorded (`thin`, `dir`, ...).
+    pub fn kind(&self) -> Option<&str> {
+        self.0.get("driver").and_then(|v| v.as_str())
+    }
+
+    /// Reads the resource as a `T`; a record of another kind, or with
+    /// fields `T` does not have, is a corrupt record of `layer`.
+    pub fn decode<T: DriverResource>(&self, layer: &LayerId) -> Result<T> {
+        let corrupt = |reason: String| Error::Corrupt {
+            what: format!("layer {layer}"),
+            reason,
+        };
+        if self.kind() != Some(T::KIND) {
+            return Err(corrupt(format!(
+                "its record names a {} resource, not a {} one: it belongs to another driver's store",
+                self.kind().unwrap_or("unknown"),
+                T::KIND
+            )));
+        }
+        serde_json::from_value(serde_json::Value::Object(self.0.clone()))
+            .map_err(|e| corrupt(format!("its {} resource cannot be read: {e}", T::KIND)))
+    }
 }
 
 /// A layer's record (`layers/<id>.json`).
@@ -114,6 +152,16 @@ pub struct LayerRecord {
     /// made and removed only with their container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+}
+
+impl LayerRecord {
+    /// `name (short id)`, or the short id: how messages name a layer.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(n) => format!("{n} ({})", self.id.short()),
+            None => self.id.short().to_string(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -30,12 +30,15 @@ pub mod changeset;
 pub mod container;
 pub mod driver;
 pub mod error;
-mod ids;
 pub mod image;
 pub mod layer;
 pub mod mount;
+pub mod pool;
+pub mod progress;
 pub mod root;
 pub mod store;
+pub mod system;
+pub mod util;
 pub mod volume;
 
 pub use error::{Error, Result};

@@ -19,42 +19,14 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use thinpool::{Bytes, CreateOptions, Pool, PoolOpenOptions};
+use thinpool::{Pool, PoolOpenOptions};
 
 use crate::driver::overlay::{OverlayDriver, OverlayOptions};
-use crate::driver::thin::{FsType, ThinDriver};
+use crate::driver::thin::ThinDriver;
+use crate::driver::DriverKind;
 use crate::error::{Error, Result};
+use crate::pool::PoolHandle;
 use crate::store::{lock_store, Store};
-
-/// Which driver's store a command works on (`--driver`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum DriverKind {
-    /// Layers are thin snapshots in the pool.
-    #[default]
-    Thin,
-    /// Layers are directories stacked with overlayfs.
-    Overlay,
-}
-
-impl DriverKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DriverKind::Thin => "thin",
-            DriverKind::Overlay => "overlay",
-        }
-    }
-}
-
-impl std::str::FromStr for DriverKind {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "thin" => Ok(DriverKind::Thin),
-            "overlay" => Ok(DriverKind::Overlay),
-            _ => Err(format!("'{s}' is not a driver: use thin or overlay")),
-        }
-    }
-}
 
 /// Where thinlayer keeps its state when no root is given.
 pub const DEFAULT_ROOT: &str = "/var/lib/thinlayer";
@@ -64,6 +36,9 @@ pub const DEFAULT_ROOT: &str = "/var/lib/thinlayer";
 pub struct Root {
     path: PathBuf,
     lock_timeout: Duration,
+    /// Tests: every store is opened over this in-memory driver instead.
+    #[cfg(test)]
+    fake: Option<crate::driver::fake::Fake>,
 }
 
 impl Root {
@@ -84,7 +59,16 @@ impl Root {
         Ok(Root {
             path,
             lock_timeout: thinpool::pool::DEFAULT_LOCK_TIMEOUT,
+            #[cfg(test)]
+            fake: None,
         })
+    }
+
+    /// Tests: open every store over `fake` (no pool, no mounts).
+    #[cfg(test)]
+    pub(crate) fn with_fake_driver(mut self, fake: crate::driver::fake::Fake) -> Root {
+        self.fake = Some(fake);
+        self
     }
 
     /// How long to wait for another thinlayer process on this root.
@@ -93,10 +77,12 @@ impl Root {
         self
     }
 
+    /// The root directory (absolute).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// How long commands wait for another process's lock on this root.
     pub fn lock_timeout(&self) -> Duration {
         self.lock_timeout
     }
@@ -111,6 +97,7 @@ impl Root {
         self.path.join("volumes")
     }
 
+    /// The pool's directory.
     pub fn pool_dir(&self) -> PathBuf {
         self.path.join("pool")
     }
@@ -120,44 +107,14 @@ impl Root {
         self.path.join("thin")
     }
 
-    fn open_options(&self) -> PoolOpenOptions {
-        PoolOpenOptions {
-            lock_timeout: self.lock_timeout,
-        }
+    /// Whether a pool was created under this root (its record exists).
+    pub fn has_pool(&self) -> bool {
+        self.pool_dir().join(thinpool::pool::RECORD_FILE).exists()
     }
 
-    /// Creates the pool and its base filesystem, making the root (mode
-    /// 0700) if needed. Bad options and a kernel without dm-thin are refused
-    /// before anything is made; a later failure undoes the pool and the
-    /// store's records, but never removes a directory or lock file that a
-    /// concurrent command may be using.
-    pub fn create_pool(&self, opts: &CreateOptions, fs: FsType, base_size: Bytes) -> Result<Pool> {
-        crate::driver::thin::check_base_size(base_size)?;
-        thinpool::pool::check_create_options(opts)?;
-        thinpool::kernel::open_dm()?;
-        self.ensure()?;
-        let dir = self.thin_dir();
-        let _lock = lock_store(&dir, self.lock_timeout)?;
-        let pool_exists = self.pool_dir().join(thinpool::pool::RECORD_FILE).exists();
-        if !pool_exists {
-            // Records of a pool destroyed by a killed command.
-            clear_store(&dir)?;
-            ThinDriver::write_params(&dir, fs, base_size)?;
-        }
-        let pool = match Pool::create_with(&self.pool_dir(), opts, &self.open_options()) {
-            Ok(p) => p,
-            Err(e) if pool_exists => return Err(e.into()),
-            Err(e) => return Err(Error::from(e).with_rollback(clear_store(&dir))),
-        };
-        match ThinDriver::open(pool, &dir) {
-            Ok(d) => Ok(d.into_pool()),
-            Err(e) => {
-                let undo = Pool::open_with(&self.pool_dir(), &self.open_options())
-                    .and_then(|p| p.destroy(true))
-                    .map_err(Error::from)
-                    .and_then(|()| clear_store(&dir));
-                Err(e.with_rollback(undo))
-            }
+    pub(crate) fn open_options(&self) -> PoolOpenOptions {
+        PoolOpenOptions {
+            lock_timeout: self.lock_timeout,
         }
     }
 
@@ -166,10 +123,18 @@ impl Root {
         Ok(Pool::open_with(&self.pool_dir(), &self.open_options())?)
     }
 
-    /// Opens the layer store of `driver`.
+    /// Opens the layer store of `driver` (overlay stores mount with
+    /// `overlay`).
     pub fn open_store(&self, driver: DriverKind, overlay: &OverlayOptions) -> Result<Store> {
+        #[cfg(test)]
+        if let Some(fake) = &self.fake {
+            self.ensure()?;
+            let dir = self.path.join(driver.as_str());
+            let lock = lock_store(&dir, self.lock_timeout)?;
+            return Store::open(&dir, lock, Box::new(fake.clone()));
+        }
         match driver {
-            DriverKind::Thin => self.open_thin_store(),
+            DriverKind::Thin => Ok(self.open_thin_store()?.0),
             DriverKind::Overlay => self.open_overlay_store(overlay),
         }
     }
@@ -184,79 +149,35 @@ impl Root {
         self.ensure()?;
         let dir = self.overlay_dir();
         let lock = lock_store(&dir, self.lock_timeout)?;
-        let mut driver = OverlayDriver::open(&dir)?;
-        driver.options = options.clone();
+        let driver = OverlayDriver::open(&dir, options.clone())?;
         Store::open(&dir, lock, Box::new(driver))
     }
 
-    /// Opens the thin driver's layer store over the active pool.
-    pub fn open_thin_store(&self) -> Result<Store> {
-        // Fail before making the store's directories when there is no pool.
-        if !self.pool_dir().join(thinpool::pool::RECORD_FILE).exists() {
-            return Err(thinpool::Error::NoPool {
+    /// Opens the thin driver's layer store over the active pool, and the
+    /// handle to that pool, for whatever else needs it beside the store
+    /// (thin volumes). Locks: the store's, then the pool's.
+    pub fn open_thin_store(&self) -> Result<(Store, PoolHandle)> {
+        #[cfg(test)]
+        if self.fake.is_some() {
+            return Err(Error::NoPool {
                 dir: self.pool_dir(),
-            }
-            .into());
+            });
+        }
+        // Fail before making the store's directories when there is no pool.
+        if !self.has_pool() {
+            return Err(Error::NoPool {
+                dir: self.pool_dir(),
+            });
         }
         let dir = self.thin_dir();
         let lock = lock_store(&dir, self.lock_timeout)?;
-        let driver = ThinDriver::open(self.open_pool()?, &dir)?;
-        Store::open(&dir, lock, Box::new(driver))
+        let pool = PoolHandle::new(self.open_pool()?);
+        let driver = ThinDriver::open(pool.clone(), &dir)?;
+        Ok((Store::open(&dir, lock, Box::new(driver))?, pool))
     }
 
-    /// Destroys the pool with every layer and image in it. Refused while
-    /// thin devices other than the base exist, unless `force`.
-    pub fn destroy_pool(&self, force: bool) -> Result<String> {
-        let dir = self.thin_dir();
-        if !self.pool_dir().join(thinpool::pool::RECORD_FILE).exists() {
-            return Err(thinpool::Error::NoPool {
-                dir: self.pool_dir(),
-            }
-            .into());
-        }
-        // Containers and thin volumes go with the pool: their lock first.
-        let mut containers = crate::container::Containers::open(self)?;
-        let (ctrs, vols) = containers.pool_users()?;
-        if !force && (!ctrs.is_empty() || !vols.is_empty()) {
-            let names = |v: Vec<String>| {
-                if v.is_empty() {
-                    "none".to_string()
-                } else {
-                    v.join(", ")
-                }
-            };
-            return Err(thinpool::Error::Precondition(format!(
-                "the pool holds containers ({}) and thin volumes ({}); remove them first, or pass --force to destroy them with the pool",
-                names(ctrs.iter().map(|c| c.name.clone()).collect()),
-                names(vols.iter().map(|v| v.name.clone()).collect()),
-            ))
-            .into());
-        }
-        containers.release_pool();
-        let _lock = lock_store(&dir, self.lock_timeout)?;
-        let pool = self.open_pool()?;
-        let id = pool.record().id.to_string();
-        let n = pool
-            .thins()
-            .values()
-            .filter(|t| t.tag != crate::driver::thin::BASE_TAG)
-            .count();
-        if n > 0 && !force {
-            return Err(thinpool::Error::Precondition(format!(
-                "the pool still has {n} thin device{} (layers); remove {} first, or pass --force to destroy {} with the pool",
-                if n == 1 { "" } else { "s" },
-                if n == 1 { "it" } else { "them" },
-                if n == 1 { "it" } else { "them" },
-            ))
-            .into());
-        }
-        pool.destroy(true)?;
-        clear_store(&dir)?;
-        containers.forget(&ctrs, &vols)?;
-        Ok(id)
-    }
-
-    pub(crate) fn ensure(&self) -> Result<()> {
+    /// Makes the root (mode 0700) if missing, and restricts its mode.
+    pub fn ensure(&self) -> Result<()> {
         let io_err = |op: &str| {
             let path = self.path.clone();
             let op = op.to_string();
@@ -280,7 +201,7 @@ impl Root {
 }
 
 /// Removes a store's records (not its lock), after its pool is gone.
-fn clear_store(dir: &Path) -> Result<()> {
+pub(crate) fn clear_store(dir: &Path) -> Result<()> {
     let Ok(rd) = fs::read_dir(dir) else {
         return Ok(());
     };
@@ -323,10 +244,8 @@ mod tests {
             .open_pool()
             .unwrap_err()
             .to_string();
-        assert!(
-            err.contains("no pool in") && err.contains("thinlayer pool create"),
-            "{err}"
-        );
+        // The command to type is the CLI's to add (tests/cli_pool.rs).
+        assert!(err.contains("no pool in"), "{err}");
         let err = Root::new(dir.path())
             .unwrap()
             .open_thin_store()

@@ -25,17 +25,19 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 use thinpool::{Bytes, Pool, ThinId};
 
-use crate::driver::thin::run_tool;
 use crate::error::{Error, Result};
-use crate::ids::{now_unix, random_hex};
 use crate::mount;
+use crate::pool::{PoolHandle, ThinOwner};
+use crate::util::ids::random_hex;
+use crate::util::time::now_unix;
+use crate::util::tool;
 
 /// Where a volume's data lives.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +48,12 @@ pub enum VolumeDriver {
     Local,
     /// A thin device with its own filesystem.
     Thin,
+}
+
+impl std::fmt::Display for VolumeDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl std::str::FromStr for VolumeDriver {
@@ -60,11 +68,130 @@ impl std::str::FromStr for VolumeDriver {
 }
 
 impl VolumeDriver {
+    /// The name `--driver` takes and records use.
     pub fn as_str(self) -> &'static str {
         match self {
             VolumeDriver::Local => "local",
             VolumeDriver::Thin => "thin",
         }
+    }
+}
+
+/// What a local volume that is a mount is: `mount -t FSTYPE [-o OPTIONS]
+/// DEVICE` (from `--opt type=…`, `--opt device=…`, `--opt o=…`). Recorded
+/// as the map of those options.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    try_from = "BTreeMap<String, String>",
+    into = "BTreeMap<String, String>"
+)]
+pub struct LocalMount {
+    /// `type`: the filesystem type (tmpfs, ext4, nfs, ...).
+    pub fstype: String,
+    /// `device`: what is mounted (a device, an image file, `:/export`).
+    pub device: String,
+    /// `o`: mount options, if any.
+    pub options: Option<String>,
+}
+
+impl LocalMount {
+    /// Reads `--opt key=value` pairs: none is a plain directory; otherwise
+    /// `type` and `device` are required, `o` optional, nothing else
+    /// allowed, none twice, none empty.
+    pub fn from_opts(opts: &[(String, String)]) -> Result<Option<LocalMount>> {
+        let map = Self::opts_map(opts)?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        LocalMount::try_from(map).map(Some)
+    }
+
+    /// `--opt` pairs as a map: only `type`, `device` and `o`, none twice,
+    /// none empty.
+    fn opts_map(opts: &[(String, String)]) -> Result<BTreeMap<String, String>> {
+        let mut map = BTreeMap::new();
+        for (k, val) in opts {
+            if !matches!(k.as_str(), "type" | "device" | "o") {
+                return Err(Error::invalid(
+                    "volume option",
+                    format!("unknown option '{k}': the local driver takes type, device and o"),
+                ));
+            }
+            if map.insert(k.clone(), val.clone()).is_some() {
+                return Err(Error::invalid(
+                    "volume option",
+                    format!("'{k}' is given twice"),
+                ));
+            }
+            if val.is_empty() || val.contains('\0') {
+                return Err(Error::invalid(
+                    "volume option",
+                    format!("'{k}' needs a value (--opt {k}=VALUE)"),
+                ));
+            }
+        }
+        Ok(map)
+    }
+}
+
+impl TryFrom<BTreeMap<String, String>> for LocalMount {
+    type Error = Error;
+    fn try_from(mut m: BTreeMap<String, String>) -> Result<LocalMount> {
+        let (Some(fstype), Some(device)) = (m.remove("type"), m.remove("device")) else {
+            return Err(Error::invalid(
+                "volume option",
+                "a local volume that is a mount needs both --opt type=T and --opt device=D",
+            ));
+        };
+        let options = m.remove("o");
+        if let Some(k) = m.keys().next() {
+            return Err(Error::invalid(
+                "volume option",
+                format!("unknown option '{k}': the local driver takes type, device and o"),
+            ));
+        }
+        Ok(LocalMount {
+            fstype,
+            device,
+            options,
+        })
+    }
+}
+
+impl From<LocalMount> for BTreeMap<String, String> {
+    fn from(l: LocalMount) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::from([("type".into(), l.fstype), ("device".into(), l.device)]);
+        if let Some(o) = l.options {
+            m.insert("o".into(), o);
+        }
+        m
+    }
+}
+
+/// A local volume's mount as recorded: the map of its options, empty for
+/// a plain directory.
+mod mount_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::LocalMount;
+
+    pub fn serialize<S: Serializer>(m: &Option<LocalMount>, s: S) -> Result<S::Ok, S::Error> {
+        match m {
+            Some(m) => m.serialize(s),
+            None => BTreeMap::<String, String>::new().serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<LocalMount>, D::Error> {
+        let map = BTreeMap::<String, String>::deserialize(d)?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        LocalMount::try_from(map)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -77,9 +204,10 @@ pub struct VolumeRecord {
     /// prune` remove it.
     #[serde(default)]
     pub anonymous: bool,
-    /// `type`, `device` and `o` of a local volume that is a mount.
-    #[serde(default)]
-    pub options: BTreeMap<String, String>,
+    /// What a local volume that is a mount mounts (recorded as its
+    /// `type`, `device` and `o` options).
+    #[serde(default, rename = "options", with = "mount_map")]
+    pub mount: Option<LocalMount>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// A thin volume's size and device.
@@ -93,7 +221,7 @@ pub struct VolumeRecord {
 impl VolumeRecord {
     /// Whether the data directory is a mount point while in use.
     pub fn is_mount(&self) -> bool {
-        self.driver == VolumeDriver::Thin || !self.options.is_empty()
+        self.driver == VolumeDriver::Thin || self.mount.is_some()
     }
 }
 
@@ -117,10 +245,8 @@ pub const MIN_THIN_SIZE: Bytes = Bytes(16 << 20);
 
 const RECORD: &str = "volume.json";
 const DATA: &str = "_data";
-const TAG_PREFIX: &str = "volume:";
-
 fn tag(name: &str) -> String {
-    format!("{TAG_PREFIX}{name}")
+    ThinOwner::Volume(name.to_string()).tag()
 }
 
 /// Checks a volume name: 1 to 128 of `[A-Za-z0-9_.-]`, starting with a
@@ -145,32 +271,13 @@ pub fn validate_name(name: &str) -> Result<()> {
 }
 
 /// Checks `--driver`, `--size` and `--opt` together, before anything is
-/// made.
-pub fn check_new(v: &NewVolume) -> Result<()> {
+/// made; returns the local mount the options describe.
+pub fn check_new(v: &NewVolume) -> Result<Option<LocalMount>> {
     if let Some(n) = &v.name {
         validate_name(n)?;
     }
-    let mut seen = std::collections::BTreeSet::new();
-    for (k, val) in &v.options {
-        if !matches!(k.as_str(), "type" | "device" | "o") {
-            return Err(Error::invalid(
-                "volume option",
-                format!("unknown option '{k}': the local driver takes type, device and o"),
-            ));
-        }
-        if !seen.insert(k.as_str()) {
-            return Err(Error::invalid(
-                "volume option",
-                format!("'{k}' is given twice"),
-            ));
-        }
-        if val.is_empty() || val.contains('\0') {
-            return Err(Error::invalid(
-                "volume option",
-                format!("'{k}' needs a value (--opt {k}=VALUE)"),
-            ));
-        }
-    }
+    let opts = LocalMount::opts_map(&v.options)?;
+    let mut mount = None;
     match v.driver {
         VolumeDriver::Local => {
             if v.size.is_some() {
@@ -179,16 +286,12 @@ pub fn check_new(v: &NewVolume) -> Result<()> {
                     "--size needs --driver thin (a local volume has no size of its own; for tmpfs use --opt o=size=...)",
                 ));
             }
-            let is_mount = !v.options.is_empty();
-            if is_mount && (!seen.contains("type") || !seen.contains("device")) {
-                return Err(Error::invalid(
-                    "volume option",
-                    "a local volume that is a mount needs both --opt type=T and --opt device=D",
-                ));
+            if !opts.is_empty() {
+                mount = Some(LocalMount::try_from(opts)?);
             }
         }
         VolumeDriver::Thin => {
-            if !v.options.is_empty() {
+            if !opts.is_empty() {
                 return Err(Error::invalid(
                     "volume option",
                     "--opt is for the local driver; a thin volume takes only --size",
@@ -209,12 +312,13 @@ pub fn check_new(v: &NewVolume) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(mount)
 }
 
 /// The pool, opened only when a thin volume needs it.
 pub trait PoolAccess {
-    fn pool(&mut self) -> Result<&mut Pool>;
+    /// The open pool (the thin driver's, shared).
+    fn pool(&mut self) -> Result<PoolHandle>;
 }
 
 /// The volumes of one root. Callers hold the containers' lock.
@@ -293,7 +397,7 @@ impl Volumes {
     /// then its record: a kill before the record leaves only what
     /// [`Volumes::open`] and [`Volumes::reconcile_thin`] remove.
     pub fn create(&self, v: &NewVolume, pools: &mut dyn PoolAccess) -> Result<VolumeRecord> {
-        check_new(v)?;
+        let mount = check_new(v)?;
         let name = match &v.name {
             Some(n) => n.clone(),
             None => random_hex(32)?,
@@ -313,7 +417,7 @@ impl Volumes {
             name: name.clone(),
             driver: v.driver,
             anonymous: v.anonymous,
-            options: v.options.iter().cloned().collect(),
+            mount,
             labels: v.labels.clone(),
             size: None,
             thin_id: None,
@@ -327,7 +431,7 @@ impl Volumes {
                 .map_err(Error::io("creating", dir.join(DATA)))?;
             if v.driver == VolumeDriver::Thin {
                 let size = v.size.unwrap_or(DEFAULT_THIN_SIZE);
-                let (id, made) = make_thin(pools.pool()?, &name, size)?;
+                let (id, made) = make_thin(&mut pools.pool()?.lock(), &name, size)?;
                 rec.size = Some(size);
                 rec.thin_id = Some(id);
                 made?;
@@ -345,6 +449,7 @@ impl Volumes {
     fn undo_create(&self, rec: &VolumeRecord, pools: &mut dyn PoolAccess) -> Result<()> {
         if let Some(id) = rec.thin_id {
             let pool = pools.pool()?;
+            let mut pool = pool.lock();
             if pool.thins().contains_key(&id) {
                 pool.delete_thin(id)?;
             }
@@ -401,6 +506,7 @@ impl Volumes {
                 .create(dir.join(DATA))
                 .map_err(Error::io("creating", dir.join(DATA)))?;
             let pool = pools.pool()?;
+            let mut pool = pool.lock();
             if !pool.thins().contains_key(&origin) {
                 return Err(missing_thin(&s));
             }
@@ -431,6 +537,7 @@ impl Volumes {
         thinpool::record::remove(&dir.join(RECORD))?;
         if let Some(id) = rec.thin_id {
             let pool = pools.pool()?;
+            let mut pool = pool.lock();
             if pool.thins().contains_key(&id) {
                 pool.delete_thin(id)?;
             }
@@ -446,10 +553,11 @@ impl Volumes {
         if !rec.is_mount() || mount::is_mounted(&data)? {
             return Ok(data);
         }
-        match rec.driver {
-            VolumeDriver::Thin => {
+        match (rec.driver, &rec.mount) {
+            (VolumeDriver::Thin, _) => {
                 let id = rec.thin_id.ok_or_else(|| missing_thin(rec))?;
                 let pool = pools.pool()?;
+                let mut pool = pool.lock();
                 if !pool.thins().contains_key(&id) {
                     return Err(missing_thin(rec));
                 }
@@ -461,14 +569,9 @@ impl Volumes {
                     return Err(e);
                 }
             }
-            VolumeDriver::Local => {
-                let mut cmd = Command::new("mount");
-                cmd.arg("-t").arg(&rec.options["type"]);
-                if let Some(o) = rec.options.get("o") {
-                    cmd.arg("-o").arg(o);
-                }
-                cmd.arg(&rec.options["device"]).arg(&data);
-                run_tool(&mut cmd, "mount").map_err(|e| match e {
+            (VolumeDriver::Local, Some(m)) => {
+                let opts = m.options.as_deref().unwrap_or("");
+                tool::mount(&m.fstype, &m.device, opts, &data, None).map_err(|e| match e {
                     Error::Tool { detail, .. } => Error::Tool {
                         tool: format!("mount of volume '{}'", rec.name),
                         detail,
@@ -476,6 +579,7 @@ impl Volumes {
                     e => e,
                 })?;
             }
+            (VolumeDriver::Local, None) => {}
         }
         Ok(data)
     }
@@ -490,7 +594,8 @@ impl Volumes {
         mount::unmount(&data)?;
         if let Some(id) = rec.thin_id {
             let pool = pools.pool()?;
-            match pool.deactivate_thin(id) {
+            let r = pool.lock().deactivate_thin(id);
+            match r {
                 Ok(())
                 | Err(thinpool::Error::Busy { .. })
                 | Err(thinpool::Error::NoSuchThin(_)) => {}
@@ -502,16 +607,20 @@ impl Volumes {
 
     /// Deletes thin devices tagged as a volume's that no record names (a
     /// killed create or clone). Returns what it freed.
-    pub fn reconcile_thin(&self, pool: &mut Pool) -> Result<Vec<String>> {
+    pub fn reconcile_thin(&self, pool: &PoolHandle) -> Result<Vec<String>> {
         let owned: BTreeMap<ThinId, String> = self
             .list()?
             .into_iter()
             .filter_map(|r| r.thin_id.map(|id| (id, tag(&r.name))))
             .collect();
+        let mut pool = pool.lock();
         let orphans: Vec<(ThinId, String)> = pool
             .thins()
             .iter()
-            .filter(|(id, t)| t.tag.starts_with(TAG_PREFIX) && owned.get(id) != Some(&t.tag))
+            .filter(|(id, t)| {
+                matches!(ThinOwner::parse(&t.tag), Some(ThinOwner::Volume(_)))
+                    && owned.get(id) != Some(&t.tag)
+            })
             .map(|(id, t)| (*id, t.tag.clone()))
             .collect();
         let mut freed = vec![];
@@ -525,13 +634,13 @@ impl Volumes {
     /// Bytes a volume holds: blocks mapped for a thin volume, blocks used
     /// by the directory tree for a local one (None when it is a mount
     /// that is not mounted now).
-    pub fn usage(&self, rec: &VolumeRecord, pool: Option<&Pool>) -> Option<u64> {
+    pub fn usage(&self, rec: &VolumeRecord, pool: Option<&PoolHandle>) -> Option<u64> {
         match (rec.driver, rec.thin_id) {
             (VolumeDriver::Thin, Some(id)) => pool
-                .and_then(|p| p.usage().ok())
+                .and_then(|p| p.lock().usage().ok())
                 .and_then(|u| u.get(&id).map(|u| u.exclusive.0 + u.shared.0)),
-            (VolumeDriver::Local, _) if rec.options.is_empty() => {
-                Some(du(&self.data_path(&rec.name)))
+            (VolumeDriver::Local, _) if rec.mount.is_none() => {
+                Some(crate::util::du::du(&self.data_path(&rec.name)))
             }
             _ => None,
         }
@@ -565,7 +674,7 @@ fn make_thin(pool: &mut Pool, name: &str, size: Bytes) -> Result<(ThinId, Result
         // No reserved blocks: the size is what the volume holds. Tables and
         // journal are left as the thin device reads them, zeros, so a
         // volume costs pool blocks only for what is written.
-        run_tool(
+        tool::run(
             Command::new("mkfs.ext4")
                 .args(["-q", "-F", "-m", "0", "-E"])
                 .arg("nodiscard,lazy_itable_init=1,lazy_journal_init=1")
@@ -577,36 +686,13 @@ fn make_thin(pool: &mut Pool, name: &str, size: Bytes) -> Result<(ThinId, Result
     Ok((id, formatted.and(deactivated)))
 }
 
-/// Bytes a directory tree holds on disk.
-fn du(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut seen = std::collections::HashSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let Ok(m) = e.path().symlink_metadata() else {
-                continue;
-            };
-            if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-                continue;
-            }
-            total += m.blocks() * 512;
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    total
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     struct NoPool;
     impl PoolAccess for NoPool {
-        fn pool(&mut self) -> Result<&mut Pool> {
+        fn pool(&mut self) -> Result<PoolHandle> {
             Err(Error::invalid("pool", "none in this test"))
         }
     }

@@ -138,6 +138,57 @@ fn plain_pool_commands_without_a_pool_say_how_to_make_one() {
 }
 
 #[test]
+fn plain_layer_commands_without_a_pool_say_how_to_make_one() {
+    let t = tempfile::tempdir().unwrap();
+    fails(
+        t.path(),
+        &["layer", "ls"],
+        1,
+        &["no pool in", "thinlayer pool create"],
+    );
+    assert!(
+        !t.path().join("thin").exists(),
+        "the store was made without a pool"
+    );
+}
+
+#[test]
+fn plain_a_listing_into_a_closed_pipe_ends_quietly() {
+    let t = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    // The reader is gone before thinlayer writes: `layer ls | head -0`.
+    drop(reader);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_thinlayer"))
+        .arg("--root")
+        .arg(t.path())
+        .args(["--driver", "overlay", "layer", "ls"])
+        .env_remove("THINLAYER_ROOT")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        o.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        o.status
+    );
+}
+
+#[test]
+fn plain_overlay_options_without_the_overlay_driver_are_a_usage_error() {
+    let t = tempfile::tempdir().unwrap();
+    fails(
+        t.path(),
+        &["--overlay-opt", "metacopy=on", "layer", "ls"],
+        2,
+        &["--overlay-opt needs --driver overlay"],
+    );
+}
+
+#[test]
 fn plain_root_that_is_a_file_is_refused() {
     let t = tempfile::tempdir().unwrap();
     let f = t.path().join("file");

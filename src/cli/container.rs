@@ -8,7 +8,7 @@ use thinlayer::container::exec::{self, ExecSpec};
 use thinlayer::container::spec::Source;
 use thinlayer::container::{ContainerInfo, Containers, NewContainer};
 use thinlayer::driver::overlay::OverlayOptions;
-use thinlayer::root::DriverKind;
+use thinlayer::driver::DriverKind;
 use thinlayer::thinpool::Bytes;
 use thinlayer::Root;
 
@@ -112,7 +112,7 @@ fn print_inspect(i: &ContainerInfo) {
     for (k, v) in [
         ("id", r.id.clone()),
         ("name", r.name.clone()),
-        ("driver", r.driver.clone()),
+        ("driver", r.driver.to_string()),
         ("image", opt(&r.image_name)),
         ("parent", r.parent.to_string()),
         (
@@ -250,7 +250,7 @@ pub fn run(
                             let src = match &m.source {
                                 // Anonymous volumes' names are 64 hex digits.
                                 Source::Volume { name } if name.len() == 64 => {
-                                    name[..12].to_string()
+                                    thinlayer::util::ids::short(name).to_string()
                                 }
                                 s => show_source(s),
                             };

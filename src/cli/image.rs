@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use serde::Serialize;
+use thinlayer::store::ImageRecord;
+use thinlayer::util::ids::short;
+use thinlayer::util::time::rfc3339;
 use thinlayer::Store;
 
 use super::progress::ImportProgress;
@@ -32,6 +36,21 @@ pub enum ImageCommand {
     Rm { image: String },
 }
 
+/// An image as `--json` shows it: its record, and its time as RFC 3339.
+#[derive(Serialize)]
+struct ImageJson<'a> {
+    #[serde(flatten)]
+    record: &'a ImageRecord,
+    created: String,
+}
+
+fn to_json(i: &ImageRecord) -> ImageJson<'_> {
+    ImageJson {
+        record: i,
+        created: rfc3339(i.created_unix),
+    }
+}
+
 pub fn run(mut store: Store, cmd: ImageCommand) -> Result<()> {
     for r in store.repairs() {
         eprintln!("thinlayer: recovered: {r}");
@@ -39,8 +58,7 @@ pub fn run(mut store: Store, cmd: ImageCommand) -> Result<()> {
     match cmd {
         ImageCommand::Import { path, name } => {
             let progress = ImportProgress::new();
-            let ids = store
-                .import_image(&path, name.as_deref(), &progress)
+            let ids = thinlayer::image::import(&mut store, &path, name.as_deref(), &progress)
                 .with_context(|| format!("importing {}", path.display()))?;
             drop(progress);
             for id in ids {
@@ -51,13 +69,14 @@ pub fn run(mut store: Store, cmd: ImageCommand) -> Result<()> {
         ImageCommand::Ls { json } => {
             let images: Vec<_> = store.images().cloned().collect();
             if json {
-                println!("{}", serde_json::to_string_pretty(&images)?);
+                let out: Vec<ImageJson> = images.iter().map(to_json).collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 println!("{:<14} {:>6}  NAMES", "IMAGE", "LAYERS");
                 for i in images {
                     println!(
                         "{:<14} {:>6}  {}",
-                        &i.id[..12],
+                        short(&i.id),
                         i.layers.len(),
                         i.names.join(", ")
                     );
@@ -67,10 +86,11 @@ pub fn run(mut store: Store, cmd: ImageCommand) -> Result<()> {
         ImageCommand::Inspect { image, json } => {
             let i = store.image(&image)?.clone();
             if json {
-                println!("{}", serde_json::to_string_pretty(&i)?);
+                println!("{}", serde_json::to_string_pretty(&to_json(&i))?);
             } else {
                 println!("id        sha256:{}", i.id);
                 println!("names     {}", i.names.join(", "));
+                println!("created   {}", rfc3339(i.created_unix));
                 println!(
                     "platform  {}/{}",
                     i.os.as_deref().unwrap_or("-"),

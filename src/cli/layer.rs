@@ -10,8 +10,10 @@ use serde::Serialize;
 use thinlayer::changeset::{Compression, ExportOptions};
 use thinlayer::driver::Usage;
 use thinlayer::layer::LayerRecord;
-use thinlayer::store::{display_layer, Store};
+use thinlayer::store::Store;
 use thinlayer::thinpool::Bytes;
+use thinlayer::util::ids::short;
+use thinlayer::util::time::rfc3339;
 
 #[derive(Debug, Subcommand)]
 pub enum LayerCommand {
@@ -100,6 +102,8 @@ struct LayerJson<'a> {
     name: Option<&'a str>,
     parent: Option<&'a str>,
     created_unix: u64,
+    /// `created_unix` as RFC 3339.
+    created: String,
     diff_id: Option<&'a str>,
     chain_id: Option<&'a str>,
     exclusive_bytes: u64,
@@ -119,6 +123,7 @@ fn to_json<'a>(store: &'a Store, l: &'a LayerRecord, u: Usage) -> Result<LayerJs
         name: l.name.as_deref(),
         parent: l.parent.as_ref().map(|p| p.as_str()),
         created_unix: l.created_unix,
+        created: rfc3339(l.created_unix),
         diff_id: l.diff_id.as_deref(),
         chain_id: l.chain_id.as_deref(),
         exclusive_bytes: u.exclusive_bytes,
@@ -132,7 +137,7 @@ fn to_json<'a>(store: &'a Store, l: &'a LayerRecord, u: Usage) -> Result<LayerJs
                 i.names
                     .first()
                     .cloned()
-                    .unwrap_or_else(|| i.id[..12].to_string())
+                    .unwrap_or_else(|| short(&i.id).to_string())
             })
             .collect(),
         children: store
@@ -177,7 +182,7 @@ pub fn run(mut store: Store, cmd: LayerCommand) -> Result<()> {
                     ("id", j.id.to_string()),
                     ("name", opt(j.name)),
                     ("parent", opt(j.parent)),
-                    ("created", j.created_unix.to_string()),
+                    ("created", j.created.clone()),
                     ("diff id", opt(j.diff_id)),
                     ("chain id", opt(j.chain_id)),
                     ("exclusive", Bytes(j.exclusive_bytes).to_string()),
@@ -307,7 +312,7 @@ fn print_tree(store: &Store, layers: &[LayerRecord], usage: &[Usage]) -> Result<
             "{label:<40} {:<20} {:>10} {:>10}  {}",
             match (&l.name, &l.container) {
                 (Some(n), _) => n.clone(),
-                (None, Some(c)) => format!("(container {})", &c[..12.min(c.len())]),
+                (None, Some(c)) => format!("(container {})", short(c)),
                 (None, None) => "-".into(),
             },
             Bytes(u.exclusive_bytes).to_string(),
@@ -327,6 +332,5 @@ fn print_tree(store: &Store, layers: &[LayerRecord], usage: &[Usage]) -> Result<
     for l in layers.iter().filter(|l| l.parent.is_none()) {
         walk(store, &by_id, l, "", true, true);
     }
-    let _ = display_layer;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Command-line definitions (clap derive) and dispatch.
 
 mod container;
+pub mod hint;
 mod image;
 mod layer;
 mod pool;
@@ -11,9 +12,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use thinlayer::driver::overlay::OverlayOptions;
-use thinlayer::root::DriverKind;
+use thinlayer::driver::DriverKind;
 use thinlayer::Root;
 
 #[derive(Debug, Parser)]
@@ -78,10 +79,16 @@ enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     let root = Root::new(&cli.root)?.with_lock_timeout(Duration::from_secs(cli.lock_timeout));
-    let overlay = OverlayOptions::parse(&cli.overlay_opts)?;
     if !cli.overlay_opts.is_empty() && cli.driver != DriverKind::Overlay {
-        anyhow::bail!("--overlay-opt needs --driver overlay");
+        // A usage error, like clap's own: exit 2.
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--overlay-opt needs --driver overlay",
+            )
+            .exit();
     }
+    let overlay = OverlayOptions::parse(&cli.overlay_opts)?;
     let open = || root.open_store(cli.driver, &overlay);
     match cli.command {
         Command::Pool(cmd) => pool::run(&root, cmd),

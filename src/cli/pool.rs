@@ -89,8 +89,7 @@ pub fn run(root: &Root, cmd: PoolCommand) -> Result<()> {
                 block_size,
                 on_full: a.on_full,
             };
-            let pool = root
-                .create_pool(&opts, a.fs, a.base_size)
+            let pool = thinlayer::system::create_pool(root, &opts, a.fs, a.base_size)
                 .with_context(|| format!("creating a pool in {}", root.path().display()))?;
             let st = pool.status()?;
             println!(
@@ -149,7 +148,7 @@ pub fn run(root: &Root, cmd: PoolCommand) -> Result<()> {
             );
         }
         PoolCommand::Destroy { force } => {
-            let id = root.destroy_pool(force).context("destroying the pool")?;
+            let id = thinlayer::system::destroy_pool(root, force).context("destroying the pool")?;
             println!("destroyed pool {id}");
         }
     }

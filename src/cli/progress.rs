@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use thinlayer::store::Progress;
+use thinlayer::progress::Progress;
 
 pub struct ImportProgress {
     bar: Option<ProgressBar>,

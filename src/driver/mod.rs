@@ -1,12 +1,17 @@
 //! Storage drivers: the resource behind each layer.
 //!
 //! The [`crate::store::Store`] owns the layer graph (ids, names, parents,
-//! images, the journal); a driver owns only what one layer is made of. The
+//! images, the journal); a driver owns only what one layer is made of, and
+//! records it as an opaque [`Resource`] that only the driver reads. The
 //! thin driver's resource is a thin device holding the layer's whole
-//! filesystem (a snapshot of its parent's); the overlay driver (later) keeps
-//! a directory of the layer's own changes. Every driver is exercised by the
-//! same behavioural tests.
+//! filesystem (a snapshot of its parent's); the overlay driver's is a
+//! directory of the layer's own changes. Every driver is exercised by the
+//! same behavioural suites (`tests/conformance.rs`, `tests/containers.rs`);
+//! the in-memory [`fake`] driver lets the store's and the containers'
+//! transactions be tested without root.
 
+#[cfg(test)]
+pub mod fake;
 pub mod overlay;
 pub mod thin;
 
@@ -16,6 +21,47 @@ use std::path::Path;
 use crate::changeset::{ApplyStats, ExportOptions, ExportStats};
 use crate::error::Result;
 use crate::layer::{LayerId, LayerRecord, Resource};
+
+/// Which driver's store a command works on (`--driver`), as recorded in a
+/// container's record (`"thin"`, `"overlay"`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// Layers are thin snapshots in the pool.
+    #[default]
+    Thin,
+    /// Layers are directories stacked with overlayfs.
+    Overlay,
+}
+
+impl DriverKind {
+    /// The name `--driver` takes and records use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverKind::Thin => "thin",
+            DriverKind::Overlay => "overlay",
+        }
+    }
+}
+
+impl std::fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DriverKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "thin" => Ok(DriverKind::Thin),
+            "overlay" => Ok(DriverKind::Overlay),
+            _ => Err(format!("'{s}' is not a driver: use thin or overlay")),
+        }
+    }
+}
 
 /// Space a layer takes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -27,8 +73,9 @@ pub struct Usage {
 }
 
 /// The resource behind layers. `chain` arguments list a layer and its
-/// ancestors, the layer first.
-pub trait Driver {
+/// ancestors, the layer first. `Send`, so a store can move to the thread
+/// that serves a request.
+pub trait Driver: Send {
     /// The name users pass to `--driver`.
     fn name(&self) -> &'static str;
 
@@ -61,15 +108,14 @@ pub trait Driver {
         opts: &ExportOptions,
     ) -> Result<ExportStats>;
 
-    /// Grows the filesystem of a layer with no children to `size` (the
-    /// thin driver's `--size`). Drivers without a per-layer size refuse.
-    fn resize(&mut self, layer: &LayerRecord, size: thinpool::Bytes) -> Result<()>;
+    /// Whether a layer of this driver can be grown to `size` (the thin
+    /// driver's `--size`), checked before anything is made. Drivers without
+    /// a per-layer size refuse any size.
+    fn check_size(&self, size: thinpool::Bytes) -> Result<()>;
 
-    /// The thin pool this driver keeps its layers in, if any (thin volumes
-    /// live in the same pool and must not open it a second time).
-    fn pool_mut(&mut self) -> Option<&mut thinpool::Pool> {
-        None
-    }
+    /// Grows the filesystem of a layer with no children to `size`, after
+    /// [`Driver::check_size`].
+    fn resize(&mut self, layer: &LayerRecord, size: thinpool::Bytes) -> Result<()>;
 
     /// Frees a layer's resource. Fails while it is mounted.
     fn remove(&mut self, layer: &LayerRecord) -> Result<()>;

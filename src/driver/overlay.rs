@@ -15,23 +15,26 @@
 //! relative to `<root>/overlay`, as Docker's overlay2 does, so a chain of
 //! 500 layers (the kernel's limit) still fits in one page.
 
+use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::changeset::{self, ApplyOptions, ApplyStats, ExportOptions, ExportStats, WhiteoutMode};
 use crate::driver::{Driver, Usage};
 use crate::error::{Error, Result};
-use crate::layer::{LayerId, LayerRecord, Resource};
+use crate::layer::{DriverResource, LayerId, LayerRecord, Resource};
 use crate::mount;
+use crate::util::{ids, tool};
 
 /// overlayfs stacks at most this many lower directories (OVL_MAX_STACK).
 pub const MAX_LOWER: usize = 500;
 
-/// Mount options users may choose (shown by `layer inspect`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Mount options users may choose (shown by `layer inspect`). Recorded as
+/// the list of their `--overlay-opt` values.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
 pub struct OverlayOptions {
     /// `index=off`: no inode index (the kernel default may be on).
     pub index_off: bool,
@@ -61,6 +64,11 @@ impl OverlayOptions {
         Ok(o)
     }
 
+    /// Whether every option is off (the kernel's defaults).
+    pub fn is_default(&self) -> bool {
+        *self == OverlayOptions::default()
+    }
+
     /// The `--overlay-opt` values that make these options.
     pub fn to_args(&self) -> Vec<String> {
         let mut v = vec![];
@@ -77,26 +85,44 @@ impl OverlayOptions {
     }
 }
 
+/// What the overlay driver records as a layer's resource: the short link
+/// to its directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirResource {
+    /// `l/<link>` points at the layer's `diff` directory.
+    pub link: String,
+}
+
+impl DriverResource for DirResource {
+    const KIND: &'static str = "dir";
+}
+
+/// The overlay driver over its store directory.
+impl TryFrom<Vec<String>> for OverlayOptions {
+    type Error = Error;
+    fn try_from(args: Vec<String>) -> Result<OverlayOptions> {
+        OverlayOptions::parse(&args)
+    }
+}
+
+impl From<OverlayOptions> for Vec<String> {
+    fn from(o: OverlayOptions) -> Vec<String> {
+        o.to_args()
+    }
+}
+
 pub struct OverlayDriver {
     dir: PathBuf,
-    pub options: OverlayOptions,
+    options: OverlayOptions,
 }
 
 fn random_link() -> Result<String> {
-    let mut buf = [0u8; 4];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(Error::io("reading", "/dev/urandom"))?;
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    Ok(buf
-        .iter()
-        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-        .collect())
+    ids::random_from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", 4)
 }
 
 impl OverlayDriver {
-    /// Opens the driver in its store directory.
-    pub fn open(dir: &Path) -> Result<OverlayDriver> {
+    /// Opens the driver in its store directory, mounting with `options`.
+    pub fn open(dir: &Path, options: OverlayOptions) -> Result<OverlayDriver> {
         for sub in ["data", "l", "empty"] {
             let p = dir.join(sub);
             fs::DirBuilder::new()
@@ -107,7 +133,7 @@ impl OverlayDriver {
         }
         Ok(OverlayDriver {
             dir: dir.to_path_buf(),
-            options: OverlayOptions::default(),
+            options,
         })
     }
 
@@ -119,11 +145,8 @@ impl OverlayDriver {
         self.layer_dir(id).join("diff")
     }
 
-    fn link_of(layer: &LayerRecord) -> &str {
-        match &layer.resource {
-            Resource::Dir { link } => link,
-            Resource::Thin { .. } => unreachable!("the overlay store holds only directory layers"),
-        }
+    fn link_of(layer: &LayerRecord) -> Result<String> {
+        Ok(layer.resource.decode::<DirResource>(&layer.id)?.link)
     }
 
     /// The `-o` string for a stack of `chain` (top first): all read-only
@@ -147,8 +170,8 @@ impl OverlayDriver {
         }
         let mut lowers: Vec<String> = lower
             .iter()
-            .map(|l| format!("l/{}", Self::link_of(l)))
-            .collect();
+            .map(|l| Ok(format!("l/{}", Self::link_of(l)?)))
+            .collect::<Result<_>>()?;
         lowers.push("empty".into());
         let mut opts = vec![format!("lowerdir={}", lowers.join(":"))];
         if let Some(top) = upper {
@@ -174,27 +197,6 @@ impl OverlayDriver {
     }
 }
 
-/// Bytes a directory tree holds on disk (hard-linked files counted once).
-fn du(dir: &Path) -> u64 {
-    let mut seen = std::collections::HashSet::new();
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-                continue;
-            }
-            total += m.blocks() * 512;
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    total
-}
-
 impl Driver for OverlayDriver {
     fn name(&self) -> &'static str {
         "overlay"
@@ -211,7 +213,7 @@ impl Driver for OverlayDriver {
             let link = random_link()?;
             let target = Path::new("../data").join(id.as_str()).join("diff");
             match std::os::unix::fs::symlink(&target, self.dir.join("l").join(&link)) {
-                Ok(()) => return Ok(Resource::Dir { link }),
+                Ok(()) => return Ok(Resource::new(&DirResource { link })),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(Error::io("linking", self.dir.join("l").join(&link))(e)),
             }
@@ -267,22 +269,7 @@ impl Driver for OverlayDriver {
         }
         // mount(8) from the store directory, so the short relative links
         // resolve there; the kernel reads them relative to the caller's cwd.
-        let out = Command::new("mount")
-            .current_dir(&self.dir)
-            .args(["-t", "overlay", "overlay", "-o", &opts])
-            .arg(target)
-            .output()
-            .map_err(|e| Error::Tool {
-                tool: "mount".into(),
-                detail: e.to_string(),
-            })?;
-        if !out.status.success() {
-            return Err(Error::Tool {
-                tool: "mount -t overlay".into(),
-                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(())
+        tool::mount("overlay", "overlay", &opts, target, Some(&self.dir))
     }
 
     fn unmount(&mut self, _layer: &LayerRecord, target: &Path) -> Result<()> {
@@ -304,15 +291,19 @@ impl Driver for OverlayDriver {
         )?)
     }
 
-    fn resize(&mut self, _layer: &LayerRecord, _size: thinpool::Bytes) -> Result<()> {
+    fn check_size(&self, _size: thinpool::Bytes) -> Result<()> {
         Err(Error::invalid(
             "size",
             "the overlay driver has no per-container size limit (its layers are directories on the root's filesystem); use --driver thin for --size",
         ))
     }
 
+    fn resize(&mut self, _layer: &LayerRecord, size: thinpool::Bytes) -> Result<()> {
+        self.check_size(size)
+    }
+
     fn remove(&mut self, layer: &LayerRecord) -> Result<()> {
-        let _ = fs::remove_file(self.dir.join("l").join(Self::link_of(layer)));
+        let _ = fs::remove_file(self.dir.join("l").join(Self::link_of(layer)?));
         self.remove_orphan(&layer.id)
     }
 
@@ -338,7 +329,7 @@ impl Driver for OverlayDriver {
         Ok(layers
             .iter()
             .map(|l| Usage {
-                exclusive_bytes: du(&self.diff_dir(&l.id)),
+                exclusive_bytes: crate::util::du::du(&self.diff_dir(&l.id)),
                 shared_bytes: 0,
             })
             .collect())
@@ -360,7 +351,7 @@ impl Driver for OverlayDriver {
             }
         }
         for l in layers {
-            let link = self.dir.join("l").join(Self::link_of(l));
+            let link = self.dir.join("l").join(Self::link_of(l)?);
             if !self.diff_dir(&l.id).is_dir() || fs::metadata(&link).is_err() {
                 return Err(Error::Corrupt {
                     what: format!("layer {}", l.id),

@@ -18,15 +18,19 @@ use thinpool::{Bytes, Pool, ThinId};
 use crate::changeset::{self, ApplyOptions, ApplyStats, ExportOptions, ExportStats, WhiteoutMode};
 use crate::driver::{Driver, Usage};
 use crate::error::{Error, Result};
-use crate::layer::{LayerId, LayerRecord, Resource};
+use crate::layer::{DriverResource, LayerId, LayerRecord, Resource};
 use crate::mount;
+use crate::pool::{PoolHandle, ThinOwner};
+use crate::util::tool;
 
 /// The filesystem on the base device (and so on every layer).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FsType {
+    /// ext4 (the default).
     #[default]
     Ext4,
+    /// xfs, mounted with `nouuid` since snapshots share the uuid.
     Xfs,
 }
 
@@ -44,6 +48,7 @@ impl std::str::FromStr for FsType {
 }
 
 impl FsType {
+    /// The name `--fs` takes and mount(2) uses.
     pub fn as_str(self) -> &'static str {
         match self {
             FsType::Ext4 => "ext4",
@@ -53,7 +58,7 @@ impl FsType {
 
     /// Mount options: snapshots of one xfs share its uuid, so xfs needs
     /// `nouuid` to mount two layers at once.
-    fn mount_data(self) -> &'static str {
+    pub fn mount_data(self) -> &'static str {
         match self {
             FsType::Ext4 => "",
             FsType::Xfs => "nouuid",
@@ -80,23 +85,8 @@ impl FsType {
                 c
             }
         };
-        run_tool(cmd.arg(dev), &format!("mkfs.{}", self.as_str()))
+        tool::run(cmd.arg(dev), &format!("mkfs.{}", self.as_str()))
     }
-}
-
-/// Runs a filesystem tool, its stderr becoming the error.
-pub(crate) fn run_tool(cmd: &mut Command, name: &str) -> Result<()> {
-    let out = cmd.output().map_err(|e| Error::Tool {
-        tool: name.to_string(),
-        detail: e.to_string(),
-    })?;
-    if !out.status.success() {
-        return Err(Error::Tool {
-            tool: name.to_string(),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
 }
 
 /// Default size of the base filesystem (and so of every layer).
@@ -105,7 +95,9 @@ pub const DEFAULT_BASE_SIZE: Bytes = Bytes(10 << 30);
 /// The thin driver's own record (`<root>/thin/driver.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThinDriverRecord {
+    /// The filesystem of the base (and so of every layer).
     pub fs: FsType,
+    /// The base filesystem's size: every layer's, unless grown.
     pub base_size: Bytes,
     /// The base device, once made and formatted.
     #[serde(default)]
@@ -122,11 +114,19 @@ impl Default for ThinDriverRecord {
     }
 }
 
-/// The tag of the base device in the pool record.
-pub const BASE_TAG: &str = "base";
+/// What the thin driver records as a layer's resource: its thin device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThinResource {
+    /// The layer's thin device in the pool.
+    pub thin_id: ThinId,
+}
+
+impl DriverResource for ThinResource {
+    const KIND: &'static str = "thin";
+}
 
 fn layer_tag(id: &LayerId) -> String {
-    format!("layer:{id}")
+    ThinOwner::Layer(id.clone()).tag()
 }
 
 /// Checks a base size: room for a filesystem, whole 4K blocks.
@@ -140,19 +140,21 @@ pub fn check_base_size(size: Bytes) -> Result<()> {
     Ok(())
 }
 
+/// The thin driver over an open, active pool.
 pub struct ThinDriver {
-    pool: Pool,
+    pool: PoolHandle,
     dir: PathBuf,
     rec: ThinDriverRecord,
 }
 
 impl ThinDriver {
+    /// The driver's record file in its store directory.
     pub const RECORD: &'static str = "driver.json";
 
     /// Opens the driver over the active pool, making the base filesystem
     /// if a previous command did not finish it.
-    pub fn open(pool: Pool, dir: &Path) -> Result<ThinDriver> {
-        if !pool.is_active() {
+    pub fn open(pool: PoolHandle, dir: &Path) -> Result<ThinDriver> {
+        if !pool.lock().is_active() {
             return Err(thinpool::Error::Inactive.into());
         }
         let rec: ThinDriverRecord =
@@ -180,21 +182,18 @@ impl ThinDriver {
         Ok(())
     }
 
+    /// The base filesystem's parameters and device.
     pub fn record(&self) -> &ThinDriverRecord {
         &self.rec
     }
 
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
-    pub fn into_pool(self) -> Pool {
-        self.pool
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock()
     }
 
     fn ensure_base(&mut self) -> Result<()> {
         if let Some(id) = self.rec.base {
-            if self.pool.thins().contains_key(&id) {
+            if self.pool().thins().contains_key(&id) {
                 return Ok(());
             }
             return Err(Error::Corrupt {
@@ -204,25 +203,24 @@ impl ThinDriver {
         }
         // A base device without a record was left unformatted by a killed
         // command: make it again.
-        let stale: Vec<ThinId> = self
-            .pool
+        let mut pool = self.pool.lock();
+        let stale: Vec<ThinId> = pool
             .thins()
             .iter()
-            .filter(|(_, t)| t.tag == BASE_TAG)
+            .filter(|(_, t)| ThinOwner::parse(&t.tag) == Some(ThinOwner::Base))
             .map(|(id, _)| *id)
             .collect();
         for id in stale {
-            self.pool.delete_thin(id)?;
+            pool.delete_thin(id)?;
         }
-        let id = self.pool.create_thin(self.rec.base_size, BASE_TAG)?;
-        let made = self
-            .pool
+        let id = pool.create_thin(self.rec.base_size, &ThinOwner::Base.tag())?;
+        let made = pool
             .activate_thin(id)
             .map_err(Error::from)
             .and_then(|dev| self.rec.fs.mkfs(&dev));
-        let _ = self.pool.deactivate_thin(id);
+        let _ = pool.deactivate_thin(id);
         if let Err(e) = made {
-            let undo = self.pool.delete_thin(id).map_err(Error::from);
+            let undo = pool.delete_thin(id).map_err(Error::from);
             return Err(e.with_rollback(undo));
         }
         self.rec.base = Some(id);
@@ -230,11 +228,8 @@ impl ThinDriver {
         Ok(())
     }
 
-    fn thin_of(layer: &LayerRecord) -> ThinId {
-        match layer.resource {
-            Resource::Thin { thin_id } => thin_id,
-            Resource::Dir { .. } => unreachable!("the thin store holds only thin layers"),
-        }
+    fn thin_of(layer: &LayerRecord) -> Result<ThinId> {
+        Ok(layer.resource.decode::<ThinResource>(&layer.id)?.thin_id)
     }
 
     fn scratch(&self, name: &str) -> Result<PathBuf> {
@@ -245,10 +240,10 @@ impl ThinDriver {
 
     /// Mounts a thin device at `target`.
     fn mount_thin(&mut self, id: ThinId, target: &Path, readonly: bool) -> Result<()> {
-        let dev = self.pool.activate_thin(id)?;
+        let dev = self.pool().activate_thin(id)?;
         let fs = self.rec.fs;
         mount::mount(&dev, target, fs.as_str(), readonly, fs.mount_data()).inspect_err(|_| {
-            let _ = self.pool.deactivate_thin(id);
+            let _ = self.pool().deactivate_thin(id);
         })
     }
 
@@ -257,7 +252,7 @@ impl ThinDriver {
     fn unmount_thin(&mut self, id: ThinId, target: &Path) -> Result<()> {
         mount::unmount(target)?;
         let _ = fs::remove_dir(target);
-        match self.pool.deactivate_thin(id) {
+        match self.pool().deactivate_thin(id) {
             Ok(()) | Err(thinpool::Error::Busy { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -276,12 +271,12 @@ impl Driver for ThinDriver {
     }
 
     fn create(&mut self, id: &LayerId, chain: &[&LayerRecord]) -> Result<Resource> {
-        let origin = chain
-            .first()
-            .map(|p| Self::thin_of(p))
-            .unwrap_or_else(|| self.base());
-        let thin_id = self.pool.snapshot_thin(origin, &layer_tag(id))?;
-        Ok(Resource::Thin { thin_id })
+        let origin = match chain.first() {
+            Some(p) => Self::thin_of(p)?,
+            None => self.base(),
+        };
+        let thin_id = self.pool().snapshot_thin(origin, &layer_tag(id))?;
+        Ok(Resource::new(&ThinResource { thin_id }))
     }
 
     fn apply(
@@ -290,7 +285,7 @@ impl Driver for ThinDriver {
         _chain: &[&LayerRecord],
         changeset: &mut dyn Read,
     ) -> Result<ApplyStats> {
-        let id = Self::thin_of(layer);
+        let id = Self::thin_of(layer)?;
         let target = self.scratch(layer.id.as_str())?;
         self.mount_thin(id, &target, false)?;
         let opts = ApplyOptions::new(WhiteoutMode::Delete);
@@ -300,10 +295,10 @@ impl Driver for ThinDriver {
     }
 
     fn mount(&mut self, chain: &[&LayerRecord], target: &Path, writable: bool) -> Result<()> {
-        self.mount_thin(Self::thin_of(chain[0]), target, !writable)
+        self.mount_thin(Self::thin_of(chain[0])?, target, !writable)
     }
 
-    fn resize(&mut self, layer: &LayerRecord, size: Bytes) -> Result<()> {
+    fn check_size(&self, size: Bytes) -> Result<()> {
         check_base_size(size)?;
         if size < self.rec.base_size {
             return Err(Error::invalid(
@@ -314,28 +309,29 @@ impl Driver for ThinDriver {
                 ),
             ));
         }
-        let id = Self::thin_of(layer);
-        self.pool.grow_thin(id, size)?;
+        Ok(())
+    }
+
+    fn resize(&mut self, layer: &LayerRecord, size: Bytes) -> Result<()> {
+        self.check_size(size)?;
+        let id = Self::thin_of(layer)?;
+        self.pool().grow_thin(id, size)?;
         // Online growth: both filesystems grow while mounted, and ext4
         // needs no fsck first that way.
         let target = self.scratch(&format!("{}-resize", layer.id))?;
         self.mount_thin(id, &target, false)?;
-        let dev = self.pool.activate_thin(id)?;
-        let (tool, arg) = match self.rec.fs {
+        let dev = self.pool().activate_thin(id)?;
+        let (name, arg) = match self.rec.fs {
             FsType::Ext4 => ("resize2fs", dev.clone()),
             FsType::Xfs => ("xfs_growfs", target.clone()),
         };
-        let grown = run_tool(Command::new(tool).arg(&arg), tool);
+        let grown = tool::run(Command::new(name).arg(&arg), name);
         let unmounted = self.unmount_thin(id, &target);
         Error::after_cleanup(grown, [unmounted])
     }
 
-    fn pool_mut(&mut self) -> Option<&mut Pool> {
-        Some(&mut self.pool)
-    }
-
     fn unmount(&mut self, layer: &LayerRecord, target: &Path) -> Result<()> {
-        self.unmount_thin(Self::thin_of(layer), target)
+        self.unmount_thin(Self::thin_of(layer)?, target)
     }
 
     fn export(
@@ -345,11 +341,11 @@ impl Driver for ThinDriver {
         opts: &ExportOptions,
     ) -> Result<ExportStats> {
         let layer = chain[0];
-        let child_id = Self::thin_of(layer);
-        let parent_id = chain
-            .get(1)
-            .map(|p| Self::thin_of(p))
-            .unwrap_or_else(|| self.base());
+        let child_id = Self::thin_of(layer)?;
+        let parent_id = match chain.get(1) {
+            Some(p) => Self::thin_of(p)?,
+            None => self.base(),
+        };
         let child = self.scratch(&format!("{}-export", layer.id))?;
         let parent = self.scratch(&format!("{}-export-parent", layer.id))?;
         self.mount_thin(child_id, &child, true)?;
@@ -362,63 +358,62 @@ impl Driver for ThinDriver {
     }
 
     fn remove(&mut self, layer: &LayerRecord) -> Result<()> {
-        let id = Self::thin_of(layer);
-        if self.pool.thins().contains_key(&id) {
-            self.pool.delete_thin(id)?;
+        let id = Self::thin_of(layer)?;
+        let mut pool = self.pool();
+        if pool.thins().contains_key(&id) {
+            pool.delete_thin(id)?;
         }
         Ok(())
     }
 
     fn remove_orphan(&mut self, id: &LayerId) -> Result<()> {
         let tag = layer_tag(id);
-        let ids: Vec<ThinId> = self
-            .pool
+        let mut pool = self.pool();
+        let ids: Vec<ThinId> = pool
             .thins()
             .iter()
             .filter(|(_, t)| t.tag == tag)
             .map(|(id, _)| *id)
             .collect();
         for thin in ids {
-            self.pool.delete_thin(thin)?;
+            pool.delete_thin(thin)?;
         }
         Ok(())
     }
 
     fn usage(&mut self, layers: &[&LayerRecord]) -> Result<Vec<Usage>> {
-        let all = self.pool.usage()?;
-        let block = self.pool.record().block_size.bytes().0;
-        Ok(layers
+        let all = self.pool().usage()?;
+        layers
             .iter()
             .map(|l| {
-                let u = all.get(&Self::thin_of(l)).copied().unwrap_or_default();
-                // thin_ls counts in blocks; keep the figures in whole blocks.
-                debug_assert!(u.exclusive.0 % block == 0 || block == 0);
-                Usage {
+                let u = all.get(&Self::thin_of(l)?).copied().unwrap_or_default();
+                Ok(Usage {
                     exclusive_bytes: u.exclusive.0,
                     shared_bytes: u.shared.0,
-                }
+                })
             })
-            .collect())
+            .collect()
     }
 
     fn reconcile(&mut self, layers: &[&LayerRecord]) -> Result<Vec<String>> {
         let mut freed = vec![];
-        let owned: std::collections::BTreeSet<String> =
-            layers.iter().map(|l| layer_tag(&l.id)).collect();
-        let orphans: Vec<(ThinId, String)> = self
-            .pool
+        let owned: std::collections::BTreeSet<&LayerId> = layers.iter().map(|l| &l.id).collect();
+        let mut pool = self.pool();
+        let orphans: Vec<(ThinId, String)> = pool
             .thins()
             .iter()
-            .filter(|(_, t)| t.tag.starts_with("layer:") && !owned.contains(&t.tag))
+            .filter(|(_, t)| {
+                matches!(ThinOwner::parse(&t.tag), Some(ThinOwner::Layer(id)) if !owned.contains(&id))
+            })
             .map(|(id, t)| (*id, t.tag.clone()))
             .collect();
         for (id, tag) in orphans {
-            self.pool.delete_thin(id)?;
+            pool.delete_thin(id)?;
             freed.push(format!("thin device {id} ({tag})"));
         }
         for l in layers {
-            let id = Self::thin_of(l);
-            if !self.pool.thins().contains_key(&id) {
+            let id = Self::thin_of(l)?;
+            if !pool.thins().contains_key(&id) {
                 return Err(Error::Corrupt {
                     what: format!("layer {}", l.id),
                     reason: format!("its thin device {id} is not in the pool"),

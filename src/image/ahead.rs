@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread::Scope;
 
 use crate::changeset::decompress;
-use crate::store::Progress;
+use crate::progress::Progress;
 
 const CHUNK: usize = 256 << 10;
 const DEPTH: usize = 8;
@@ -140,7 +140,7 @@ impl Read for Ahead<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::NoProgress;
+    use crate::progress::NoProgress;
     use std::cell::Cell;
     use std::io::Write;
 

@@ -17,6 +17,7 @@
 pub(crate) mod ahead;
 mod digest;
 mod docker;
+pub mod import;
 mod oci;
 mod source;
 #[cfg(test)]
@@ -26,6 +27,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use digest::{chain_ids, sha256_digest, Digest, DigestParseError};
+pub use import::import;
 
 use source::Source;
 

@@ -10,9 +10,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use thinlayer::container::{Containers, NewContainer};
 use thinlayer::driver::overlay::OverlayOptions;
-use thinlayer::driver::thin::FsType;
-use thinlayer::layer::{LayerId, Resource};
-use thinlayer::root::DriverKind;
+use thinlayer::driver::thin::{FsType, ThinResource};
+use thinlayer::driver::DriverKind;
+use thinlayer::layer::LayerId;
 use thinlayer::{Root, Store};
 use thinpool::config::BackingRequest;
 use thinpool::{Bytes, CreateOptions};
@@ -77,7 +77,7 @@ impl Fixture {
         if work.exists() {
             // A previous run's pool, if any, goes first.
             let old = Root::new(&work.join("root"))?;
-            let _ = old.destroy_pool(true);
+            let _ = thinlayer::system::destroy_pool(&old, true);
             for m in thinlayer::mount::mount_points()?.iter().rev() {
                 if m.starts_with(work) {
                     let _ = thinlayer::mount::unmount(m);
@@ -91,7 +91,7 @@ impl Fixture {
             data: BackingRequest::File(Some(data)),
             ..CreateOptions::default()
         };
-        root.create_pool(&opts, FsType::Ext4, base)
+        thinlayer::system::create_pool(&root, &opts, FsType::Ext4, base)
             .context("creating the benchmark's pool")?;
         Ok(Fixture {
             root,
@@ -183,10 +183,8 @@ impl Fixture {
     /// The thin device behind a thin-store layer.
     pub fn thin_of(&self, layer: &LayerId) -> Result<thinpool::ThinId> {
         let store = self.store(Drv::Thin)?;
-        match store.layer(layer.as_str())?.resource {
-            Resource::Thin { thin_id } => Ok(thin_id),
-            Resource::Dir { .. } => bail!("layer {layer} is not a thin layer"),
-        }
+        let l = store.layer(layer.as_str())?;
+        Ok(l.resource.decode::<ThinResource>(&l.id)?.thin_id)
     }
 }
 

@@ -296,9 +296,7 @@ fn main() -> Result<()> {
     };
     write_outputs(&run, &args.out)?;
     // The pool's files are large sparse files: remove them with the pool.
-    fx.root
-        .destroy_pool(true)
-        .context("removing the benchmark's pool")?;
+    thinlayer::system::destroy_pool(&fx.root, true).context("removing the benchmark's pool")?;
     std::fs::remove_dir_all(&args.work)
         .with_context(|| format!("removing {}", args.work.display()))?;
     println!("wrote {}", args.out.join("report.md").display());

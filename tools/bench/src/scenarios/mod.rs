@@ -663,9 +663,15 @@ pub fn import(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario> 
         for rep in 0..plan.reps {
             for drv in Drv::interleaved(rep) {
                 let mut store = f.store(drv)?;
-                let progress = thinlayer::store::NoProgress;
-                let (t, ids) =
-                    timed(|| Ok(store.import_image(&layout, Some("bench:1"), &progress)?))?;
+                let progress = thinlayer::progress::NoProgress;
+                let (t, ids) = timed(|| {
+                    Ok(thinlayer::image::import(
+                        &mut store,
+                        &layout,
+                        Some("bench:1"),
+                        &progress,
+                    )?)
+                })?;
                 for id in ids {
                     store.remove_image(&id)?;
                 }

@@ -1,0 +1,272 @@
+//! Making a container: checked first, recorded `creating`, then its
+//! volumes and layers, then filled volumes; and undoing a partial one.
+
+use std::fs;
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use super::scoped;
+use super::spec::{self, MountSpec, Source};
+use super::{validate_name, ContainerRecord, Containers, CreatedVolume, NewContainer, State};
+use crate::changeset::{self, ApplyOptions, ExportOptions, WhiteoutMode};
+use crate::error::{Error, Result};
+use crate::util::ids::random_hex;
+use crate::util::time::now_unix;
+use crate::volume::{NewVolume, VolumeRecord};
+
+impl Containers<'_> {
+    /// Creates a container: checks everything first, then records it
+    /// (`creating`), makes its new volumes, its init and writable layers,
+    /// fills new empty volumes from the image, and marks it `created`. On
+    /// failure nothing is left.
+    pub fn create(&mut self, req: &NewContainer) -> Result<ContainerRecord> {
+        let id = random_hex(32)?;
+        let name = match &req.name {
+            Some(n) => {
+                validate_name(n)?;
+                n.clone()
+            }
+            None => id[..12].to_string(),
+        };
+        if self.records.values().any(|r| r.name == name) {
+            return Err(Error::Exists {
+                what: "container",
+                name,
+            });
+        }
+        let hostname = req.hostname.clone().unwrap_or_else(|| id[..12].to_string());
+        spec::check_hostname(&hostname)?;
+        let mut mounts = self.mount_specs(req)?;
+        let store = self.res.store(req.driver, &req.overlay)?;
+        if let Some(size) = req.size {
+            store.check_size(size)?;
+        }
+        let (image, image_name, parent) = match (&req.image, &req.layer) {
+            (Some(i), None) => {
+                let img = store.image(i)?;
+                let top =
+                    img.layers.last().cloned().ok_or_else(|| {
+                        Error::invalid("image", format!("image '{i}' has no layers"))
+                    })?;
+                (Some(img.id.clone()), Some(i.clone()), top)
+            }
+            (None, Some(l)) => (None, None, store.layer(l)?.id.clone()),
+            _ => {
+                return Err(Error::invalid(
+                    "container source",
+                    "give exactly one of --image and --layer",
+                ))
+            }
+        };
+        // Volumes to make: anonymous ones get their names now, so the
+        // record can name them before they exist.
+        let mut created_volumes = vec![];
+        for m in &mut mounts {
+            match &m.source {
+                Source::Anonymous => {
+                    let n = random_hex(32)?;
+                    created_volumes.push(CreatedVolume {
+                        name: n.clone(),
+                        anonymous: true,
+                    });
+                    m.source = Source::Volume { name: n };
+                }
+                Source::Volume { name }
+                    if self.volumes.find(name)?.is_none()
+                        && !created_volumes.iter().any(|c| &c.name == name) =>
+                {
+                    created_volumes.push(CreatedVolume {
+                        name: name.clone(),
+                        anonymous: false,
+                    });
+                }
+                _ => {}
+            }
+        }
+        let mut rec = ContainerRecord {
+            id: id.clone(),
+            name,
+            driver: req.driver,
+            state: State::Creating,
+            image,
+            image_name,
+            parent,
+            layers: vec![],
+            hostname,
+            size: req.size,
+            overlay_options: req.overlay.clone(),
+            mounts,
+            created_volumes,
+            remove_volumes: false,
+            created_unix: now_unix(),
+        };
+        self.save(&rec)?;
+        self.records.insert(id.clone(), rec.clone());
+        if let Err(e) = self.make(&mut rec) {
+            let undo = self.undo_create(&rec);
+            return Err(e.with_rollback(undo));
+        }
+        rec.state = State::Created;
+        self.save(&rec)?;
+        self.records.insert(id, rec.clone());
+        Ok(rec)
+    }
+
+    /// `-v` and `--volumes-from`, checked and merged: `-v` wins over a
+    /// volume taken from another container at the same path.
+    pub(super) fn mount_specs(&self, req: &NewContainer) -> Result<Vec<MountSpec>> {
+        let mut out: Vec<MountSpec> = vec![];
+        for v in &req.volumes {
+            let m = spec::parse_volume(v)?;
+            if out.iter().any(|o| o.destination == m.destination) {
+                return Err(Error::invalid(
+                    "volume spec",
+                    format!("'{v}': two mounts at {}", m.destination),
+                ));
+            }
+            out.push(m);
+        }
+        for vf in &req.volumes_from {
+            let (c, ro) = spec::parse_volumes_from(vf)?;
+            let other = self.get(&c).map_err(|e| match e {
+                Error::NotFound { .. } => Error::invalid(
+                    "--volumes-from",
+                    format!("no container '{c}': list them with `thinlayer container ls`"),
+                ),
+                e => e,
+            })?;
+            for m in &other.mounts {
+                if out.iter().any(|o| o.destination == m.destination) {
+                    continue;
+                }
+                let mut m = m.clone();
+                m.readonly |= ro;
+                // The data is already there: never copied again.
+                m.nocopy = true;
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn make(&mut self, rec: &mut ContainerRecord) -> Result<()> {
+        for c in rec.created_volumes.clone() {
+            self.volumes.create(
+                &NewVolume {
+                    name: Some(c.name),
+                    anonymous: c.anonymous,
+                    ..NewVolume::default()
+                },
+                &mut self.res,
+            )?;
+        }
+        let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let init = spec::init_changeset(&rec.hostname, &host_resolv, now_unix());
+        let store = self.res.open_store(rec)?;
+        let layers =
+            store.create_container_layers(&rec.parent, &rec.id, &mut init.as_slice(), rec.size)?;
+        rec.layers = layers.to_vec();
+        self.save(rec)?;
+        self.populate(rec)
+    }
+
+    /// Fills each new, empty volume from what the image has at its path
+    /// (unless `nocopy`), keeping owners, modes, times and xattrs.
+    pub(super) fn populate(&mut self, rec: &ContainerRecord) -> Result<()> {
+        let mut todo = vec![];
+        for m in &rec.mounts {
+            if let (Source::Volume { name }, false) = (&m.source, m.nocopy) {
+                todo.push((self.volumes.get(name)?, m.destination.clone()));
+            }
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let scratch = self.cdir(&rec.id).join("rootfs");
+        fs::create_dir_all(&scratch).map_err(Error::io("creating", &scratch))?;
+        let rw = rec.writable_layer()?.clone();
+        self.res.open_store(rec)?.mount_at(&rw, &scratch, false)?;
+        let mut result = Ok(());
+        for (vol, dest) in &todo {
+            result = self.populate_one(&scratch, vol, dest);
+            if result.is_err() {
+                break;
+            }
+        }
+        let released: Vec<Result<()>> = todo
+            .iter()
+            .map(|(v, _)| self.release_if_unused(v, None))
+            .collect();
+        let unmounted = self.res.open_store(rec)?.unmount_at(&rw, &scratch);
+        Error::after_cleanup(result, released.into_iter().chain([unmounted]))
+    }
+
+    pub(super) fn populate_one(
+        &mut self,
+        rootfs: &Path,
+        vol: &VolumeRecord,
+        dest: &str,
+    ) -> Result<()> {
+        let src = scoped::resolve(rootfs, dest, None).map_err(Error::io(
+            "resolving",
+            rootfs.join(dest.trim_start_matches('/')),
+        ))?;
+        let Some(src) = src else { return Ok(()) };
+        let st = crate::changeset::sys::fstat(src.as_fd()).map_err(Error::io(
+            "inspecting",
+            rootfs.join(dest.trim_start_matches('/')),
+        ))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Ok(());
+        }
+        let data = self.volumes.acquire(vol, &mut self.res)?;
+        if !self.volumes.is_empty(vol)? {
+            return Ok(());
+        }
+        copy_tree(&scoped::fd_path(&src), &data)?;
+        std::os::unix::fs::chown(&data, Some(st.st_uid), Some(st.st_gid))
+            .map_err(Error::io("changing the owner of", &data))?;
+        fs::set_permissions(&data, fs::Permissions::from_mode(st.st_mode & 0o7777))
+            .map_err(Error::io("changing the mode of", &data))
+    }
+
+    /// Removes what a `create` made; safe to run on a partly made one.
+    pub(super) fn undo_create(&mut self, rec: &ContainerRecord) -> Result<()> {
+        let mut r = self.unmount_all(rec);
+        if r.is_ok() {
+            r = self.remove_owned_layers(rec);
+        }
+        for c in &rec.created_volumes {
+            if r.is_err() {
+                break;
+            }
+            if let Some(v) = self.volumes.find(&c.name)? {
+                r = self
+                    .volumes
+                    .release(&v, &mut self.res)
+                    .and_then(|()| self.volumes.remove(&v, &mut self.res));
+            }
+        }
+        r?;
+        self.remove_record(rec)
+    }
+}
+
+/// Copies a directory tree with owners, modes, times, xattrs, links and
+/// devices: an export of `src` streamed into an apply at `dst`.
+fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    let (r, w) = std::io::pipe().map_err(Error::io("making a pipe for", dst))?;
+    let src_path = src.to_path_buf();
+    let exporter = std::thread::spawn(move || {
+        changeset::export_diff(None, &src_path, w, &ExportOptions::default())
+    });
+    let applied = changeset::apply(r, dst, &ApplyOptions::new(WhiteoutMode::Delete));
+    let exported = exporter.join().map_err(|_| Error::Corrupt {
+        what: format!("the copy into {}", dst.display()),
+        reason: "the reading thread panicked".into(),
+    })?;
+    exported?;
+    applied?;
+    Ok(())
+}

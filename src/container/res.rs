@@ -1,0 +1,105 @@
+//! The stores and the pool a containers' command needs, opened when first
+//! needed and always in the lock order of [`crate::root`]: a store's lock,
+//! then the pool's. The thin store is opened with the pool, and the same
+//! [`PoolHandle`] serves thin volumes.
+
+use std::path::PathBuf;
+
+use super::ContainerRecord;
+use crate::driver::overlay::OverlayOptions;
+use crate::driver::DriverKind;
+use crate::error::Result;
+use crate::pool::PoolHandle;
+use crate::root::Root;
+use crate::store::Store;
+use crate::volume::{PoolAccess, Volumes};
+
+pub(super) struct Res<'r> {
+    pub(super) root: &'r Root,
+    stores: Vec<(DriverKind, OverlayOptions, Store)>,
+    /// The pool of the open thin store.
+    pool: Option<PoolHandle>,
+    volumes_dir: PathBuf,
+    reconciled: bool,
+    pub(super) repairs: Vec<String>,
+}
+
+impl<'r> Res<'r> {
+    pub(super) fn new(root: &'r Root) -> Res<'r> {
+        Res {
+            root,
+            stores: vec![],
+            pool: None,
+            volumes_dir: root.volumes_dir(),
+            reconciled: false,
+            repairs: vec![],
+        }
+    }
+
+    /// The store of `kind`; overlay stores mount with `opts`.
+    pub(super) fn store(&mut self, kind: DriverKind, opts: &OverlayOptions) -> Result<&mut Store> {
+        let opts = match kind {
+            DriverKind::Thin => OverlayOptions::default(),
+            DriverKind::Overlay => opts.clone(),
+        };
+        if let Some(i) = self
+            .stores
+            .iter()
+            .position(|(k, o, _)| *k == kind && *o == opts)
+        {
+            return Ok(&mut self.stores[i].2);
+        }
+        // One store per driver at a time: each holds its store's lock.
+        self.stores.retain(|(k, _, _)| *k != kind);
+        let store = match kind {
+            DriverKind::Thin => {
+                let (store, pool) = self.root.open_thin_store()?;
+                self.pool = Some(pool);
+                store
+            }
+            DriverKind::Overlay => self.root.open_store(kind, &opts)?,
+        };
+        self.repairs.extend(store.repairs().iter().cloned());
+        self.stores.push((kind, opts, store));
+        let last = self.stores.len() - 1;
+        Ok(&mut self.stores[last].2)
+    }
+
+    /// The pool, opening the thin store (which opens it) if needed.
+    fn thin_pool(&mut self) -> Result<PoolHandle> {
+        if let Some(p) = &self.pool {
+            return Ok(p.clone());
+        }
+        let (store, pool) = self.root.open_thin_store()?;
+        self.repairs.extend(store.repairs().iter().cloned());
+        self.stores.retain(|(k, _, _)| *k != DriverKind::Thin);
+        self.stores
+            .push((DriverKind::Thin, OverlayOptions::default(), store));
+        self.pool = Some(pool.clone());
+        Ok(pool)
+    }
+
+    /// The store holding `rec`'s layers.
+    pub(super) fn open_store(&mut self, rec: &ContainerRecord) -> Result<&mut Store> {
+        self.store(rec.driver, &rec.overlay_options)
+    }
+
+    /// Closes every store and the pool (the caller takes them itself).
+    pub(super) fn release(&mut self) {
+        self.stores.clear();
+        self.pool = None;
+    }
+}
+
+impl PoolAccess for Res<'_> {
+    fn pool(&mut self) -> Result<PoolHandle> {
+        let pool = self.thin_pool()?;
+        if !self.reconciled {
+            self.reconciled = true;
+            let freed = Volumes::at(&self.volumes_dir).reconcile_thin(&pool)?;
+            self.repairs
+                .extend(freed.into_iter().map(|f| format!("freed {f}")));
+        }
+        Ok(pool)
+    }
+}

@@ -1,0 +1,134 @@
+//! Importing images into a store: every image of a `docker save` archive or
+//! an OCI layout becomes layers (reused by chain id when already there) and
+//! an image record, in one store transaction per image.
+
+use std::path::Path;
+
+use super::{ImageArchive, ImageManifest};
+use crate::error::{Error, Result};
+use crate::layer::LayerId;
+use crate::progress::Progress;
+use crate::store::{normalize_image_name, ExpectDiffId, ImageRecord, NewLayer, Store, Txn};
+use crate::util::ids::short;
+use crate::util::time::now_unix;
+
+/// Imports every image in a `docker save` archive or OCI layout (tar or
+/// directory) at `path`. Layers already in the store (same chain id) are
+/// reused. `name` replaces the archive's names (and needs an archive of one
+/// image). Returns the image ids. An image whose import fails leaves none
+/// of its new layers.
+pub fn import(
+    store: &mut Store,
+    path: &Path,
+    name: Option<&str>,
+    progress: &dyn Progress,
+) -> Result<Vec<String>> {
+    let name = name.map(normalize_image_name).transpose()?;
+    let archive = ImageArchive::open(path)?;
+    if archive.images().is_empty() {
+        return Err(Error::invalid(
+            "image archive",
+            format!("{} holds no image", path.display()),
+        ));
+    }
+    if name.is_some() && archive.images().len() > 1 {
+        return Err(Error::invalid(
+            "image name",
+            format!(
+                "{} holds {} images; --name needs exactly one",
+                path.display(),
+                archive.images().len()
+            ),
+        ));
+    }
+    let mut ids = vec![];
+    for m in archive.images() {
+        let names = match &name {
+            Some(n) => vec![n.clone()],
+            None => m
+                .names
+                .iter()
+                .map(|n| normalize_image_name(n))
+                .collect::<Result<_>>()?,
+        };
+        let id = m.config_digest.hex().to_string();
+        store.transaction(format!("import image {}", short(&id)), |txn| {
+            txn.intend_image(&id)?;
+            let layers = import_layers(txn, &archive, m, progress)?;
+            let mut rec = txn
+                .store()
+                .image(&id)
+                .ok()
+                .filter(|i| i.id == id)
+                .cloned()
+                .unwrap_or(ImageRecord {
+                    id: id.clone(),
+                    names: vec![],
+                    layers,
+                    created_unix: now_unix(),
+                    architecture: m.config.architecture.clone(),
+                    os: m.config.os.clone(),
+                });
+            for n in &names {
+                if !rec.names.contains(n) {
+                    rec.names.push(n.clone());
+                }
+            }
+            txn.put_image(rec)
+        })?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Makes the image's layers bottom to top, reusing those already present.
+fn import_layers(
+    txn: &mut Txn<'_>,
+    archive: &ImageArchive,
+    m: &ImageManifest,
+    progress: &dyn Progress,
+) -> Result<Vec<LayerId>> {
+    let mut parent: Option<LayerId> = None;
+    let mut out = vec![];
+    let count = m.layers.len();
+    for (i, lr) in m.layers.iter().enumerate() {
+        let chain_id = lr.chain_id.to_string();
+        if let Some(existing) = txn
+            .store()
+            .layers()
+            .find(|l| l.chain_id.as_deref() == Some(chain_id.as_str()))
+        {
+            let id = existing.id.clone();
+            progress.layer_done(i, true);
+            out.push(id.clone());
+            parent = Some(id);
+            continue;
+        }
+        progress.layer_start(i, count, lr.size);
+        let id = txn.reserve_layers(1)?.remove(0);
+        let blob = archive.open_layer(lr)?;
+        let diff_id = lr.diff_id.to_string();
+        // The blob is read, checked and inflated on a second core.
+        std::thread::scope(|s| {
+            let mut plain = super::ahead::decompressed(s, blob, progress);
+            txn.make_layer(
+                &id,
+                NewLayer {
+                    parent: parent.as_ref(),
+                    chain_id: Some(chain_id),
+                    changeset: Some(&mut plain),
+                    expect: Some(ExpectDiffId {
+                        diff_id: &diff_id,
+                        what: format!("layer {} of the image", i + 1),
+                    }),
+                    ..NewLayer::default()
+                },
+            )
+            .map(|_| ())
+        })?;
+        progress.layer_done(i, false);
+        out.push(id.clone());
+        parent = Some(id);
+    }
+    Ok(out)
+}

@@ -1,0 +1,163 @@
+//! Image records: which layers make an image, and its names.
+
+use serde::{Deserialize, Serialize};
+
+use super::graph::by_id_prefix;
+use super::Store;
+use crate::error::{Error, Result};
+use crate::layer::LayerId;
+use crate::util::ids::short;
+
+/// An image's record (`images/<id>.json`; the id is the config digest's hex).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The config digest's hex (64 digits).
+    pub id: String,
+    /// `name:tag`s, normalized ([`normalize_image_name`]).
+    pub names: Vec<String>,
+    /// Bottom to top.
+    pub layers: Vec<LayerId>,
+    /// When it was imported.
+    pub created_unix: u64,
+    /// The config's architecture, if it names one.
+    #[serde(default)]
+    pub architecture: Option<String>,
+    /// The config's OS, if it names one.
+    #[serde(default)]
+    pub os: Option<String>,
+}
+
+impl ImageRecord {
+    /// `first name (short id)`, or the short id: how messages name an image.
+    pub fn label(&self) -> String {
+        match self.names.first() {
+            Some(n) => format!("{n} ({})", short(&self.id)),
+            None => short(&self.id).to_string(),
+        }
+    }
+}
+
+impl Store {
+    /// Finds an image by `name[:tag]` (tag defaults to `latest`), id
+    /// (`sha256:` optional), or unique id prefix.
+    pub fn image(&self, key: &str) -> Result<&ImageRecord> {
+        let full = normalize_image_name(key).ok();
+        if let Some(i) = self
+            .images
+            .values()
+            .find(|i| full.as_ref().is_some_and(|f| i.names.contains(f)))
+        {
+            return Ok(i);
+        }
+        let hex = key.strip_prefix("sha256:").unwrap_or(key);
+        by_id_prefix("image", hex, self.images.values(), |i| i.id.as_str())
+    }
+
+    /// Removes an image and those of its layers nothing else uses (another
+    /// image, a child layer outside it, a mount). Returns the removed layers.
+    pub fn remove_image(&mut self, key: &str) -> Result<Vec<LayerId>> {
+        let img = self.image(key)?.clone();
+        let users: Vec<&str> = self
+            .layers
+            .values()
+            .filter(|l| l.parent.as_ref().is_some_and(|p| img.layers.contains(p)))
+            .filter_map(|l| l.container.as_deref())
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::InUse {
+                what: format!("image {}", img.label()),
+                reason: format!(
+                    "container {} uses it; remove the container first (`thinlayer container rm`)",
+                    users
+                        .iter()
+                        .map(|c| short(c))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        let mut remove: Vec<LayerId> = vec![];
+        for id in img.layers.iter().rev() {
+            let used_elsewhere = self
+                .images
+                .values()
+                .any(|i| i.id != img.id && i.layers.contains(id));
+            let other_kids = self.children(id).iter().any(|k| !remove.contains(&k.id));
+            if used_elsewhere || other_kids || self.is_mounted(id)? {
+                break;
+            }
+            remove.push(id.clone());
+        }
+        self.transaction(format!("remove image {}", short(&img.id)), |txn| {
+            txn.intend_removal(&remove, Some(&img.id))?;
+            txn.remove_image(&img.id)?;
+            remove.iter().try_for_each(|id| txn.remove_layer(id))
+        })?;
+        Ok(remove)
+    }
+}
+
+/// `name` or `name:tag` → `name:tag` (tag `latest` by default). Names are
+/// lowercase path components of `[a-z0-9._-]` separated by `/`, with an
+/// optional registry `host[:port]/` first; tags are up to 128 of
+/// `[A-Za-z0-9_.-]`, not starting with `.` or `-`.
+pub fn normalize_image_name(s: &str) -> Result<String> {
+    let bad = |why: &str| Error::invalid("image name", format!("'{s}' {why}"));
+    let (repo, tag) = match s.rfind(':') {
+        Some(i) if !s[i + 1..].contains('/') => (&s[..i], &s[i + 1..]),
+        _ => (s, "latest"),
+    };
+    if repo.is_empty() {
+        return Err(bad("has no name"));
+    }
+    // Docker's familiar form: `docker.io/library/alpine` is `alpine`.
+    let repo = repo
+        .strip_prefix("docker.io/")
+        .or_else(|| repo.strip_prefix("index.docker.io/"))
+        .map(|r| match r.strip_prefix("library/") {
+            Some(short) if !short.contains('/') => short,
+            _ => r,
+        })
+        .unwrap_or(repo);
+    let tag_ok = !tag.is_empty()
+        && tag.len() <= 128
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && !tag.starts_with(['.', '-']);
+    if !tag_ok {
+        return Err(bad(
+            "has a bad tag: use up to 128 letters, digits, '_', '.' or '-'",
+        ));
+    }
+    let mut parts: Vec<&str> = repo.split('/').collect();
+    let host_ok = |h: &str| {
+        let (name, port) = h.split_once(':').unwrap_or((h, "0"));
+        let labels_ok = name.split('.').all(|l| {
+            !l.is_empty()
+                && !l.starts_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+        labels_ok && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+    };
+    if parts.len() > 1
+        && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
+    {
+        if !host_ok(parts[0]) {
+            return Err(bad("has a bad registry host"));
+        }
+        parts.remove(0);
+    }
+    for p in parts {
+        let ok = !p.is_empty()
+            && p.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            })
+            && p.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && p.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+        if !ok {
+            return Err(bad("is not a valid image name: use lowercase letters, digits and '.', '_', '-' between '/'"));
+        }
+    }
+    Ok(format!("{repo}:{tag}"))
+}

@@ -1,0 +1,281 @@
+//! Layer operations: create, remove, mount, export, and a container's own
+//! layers. Each mutating one is a [`super::Txn`].
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::graph::refuse_container_layer;
+use super::{NewLayer, Store};
+use crate::changeset::{ExportOptions, ExportStats};
+use crate::driver::Usage;
+use crate::error::{Error, Result};
+use crate::layer::{LayerId, LayerRecord};
+use crate::mount;
+use crate::util::ids::short;
+
+impl Store {
+    /// The record of layer `id` (an exact id, as records name layers).
+    pub fn layer_record(&self, id: &LayerId) -> Result<&LayerRecord> {
+        self.layers.get(id).ok_or_else(|| Error::NotFound {
+            what: "layer",
+            name: id.to_string(),
+            hint: String::new(),
+        })
+    }
+
+    /// Creates a layer: a snapshot of `parent` (an empty filesystem when
+    /// `None`), with `changeset` (an OCI layer tar, plain or compressed)
+    /// applied. Returns its id. On any failure nothing is left.
+    pub fn create_layer(
+        &mut self,
+        parent: Option<&str>,
+        name: Option<&str>,
+        changeset: Option<&mut dyn Read>,
+    ) -> Result<LayerId> {
+        self.check_new_name(name)?;
+        let parent = match parent {
+            Some(p) => {
+                let l = self.layer(p)?;
+                refuse_container_layer(l, "snapshot")?;
+                Some(l.id.clone())
+            }
+            None => None,
+        };
+        self.transaction("create layer", |txn| {
+            let id = txn.reserve_layers(1)?.remove(0);
+            txn.make_layer(
+                &id,
+                NewLayer {
+                    parent: parent.as_ref(),
+                    name,
+                    changeset,
+                    ..NewLayer::default()
+                },
+            )?;
+            Ok(id)
+        })
+    }
+
+    /// Removes a layer. Refused while it has children, is mounted, or is
+    /// part of an image.
+    pub fn remove_layer(&mut self, key: &str) -> Result<LayerId> {
+        let rec = self.layer(key)?.clone();
+        refuse_container_layer(&rec, "remove")?;
+        let what = || format!("layer {}", rec.label());
+        let kids = self.children(&rec.id);
+        if !kids.is_empty() {
+            return Err(Error::InUse {
+                what: what(),
+                reason: format!(
+                    "it is the parent of {} ({}); remove {} first",
+                    if kids.len() == 1 {
+                        "1 layer".to_string()
+                    } else {
+                        format!("{} layers", kids.len())
+                    },
+                    kids.iter()
+                        .map(|k| k.label())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if kids.len() == 1 { "it" } else { "them" }
+                ),
+            });
+        }
+        let mp = self.mount_point(&rec.id);
+        if mount::is_mounted(&mp)? {
+            return Err(Error::InUse {
+                what: what(),
+                reason: format!(
+                    "it is mounted at {}; run `thinlayer layer umount {key}` first",
+                    mp.display()
+                ),
+            });
+        }
+        if let Some(img) = self.images.values().find(|i| i.layers.contains(&rec.id)) {
+            return Err(Error::InUse {
+                what: what(),
+                reason: format!(
+                    "it belongs to image {}; remove the image instead",
+                    img.label()
+                ),
+            });
+        }
+        self.transaction("remove layer", |txn| {
+            txn.intend_removal(std::slice::from_ref(&rec.id), None)?;
+            txn.remove_layer(&rec.id)
+        })?;
+        Ok(rec.id)
+    }
+
+    /// Mounts a layer read-only at its mount point; idempotent. Returns the
+    /// mount point.
+    pub fn mount_layer(&mut self, key: &str) -> Result<PathBuf> {
+        let l = self.layer(key)?;
+        refuse_container_layer(l, "mount")?;
+        let id = l.id.clone();
+        let mp = self.mount_point(&id);
+        if mount::is_mounted(&mp)? {
+            return Ok(mp);
+        }
+        fs::create_dir_all(&mp).map_err(Error::io("creating", &mp))?;
+        let chain = self.chain_owned(&id)?;
+        let refs: Vec<&LayerRecord> = chain.iter().collect();
+        self.driver.mount(&refs, &mp, false)?;
+        Ok(mp)
+    }
+
+    /// Unmounts a layer mounted by [`Store::mount_layer`]; idempotent.
+    pub fn unmount_layer(&mut self, key: &str) -> Result<PathBuf> {
+        let rec = self.layer(key)?.clone();
+        let mp = self.mount_point(&rec.id);
+        self.driver.unmount(&rec, &mp)?;
+        Ok(mp)
+    }
+
+    /// Whether `layer mount` has the layer mounted.
+    pub fn is_mounted(&self, id: &LayerId) -> Result<bool> {
+        mount::is_mounted(&self.mount_point(id))
+    }
+
+    /// Writes a layer's changes against its parent as an OCI changeset.
+    pub fn diff(
+        &mut self,
+        key: &str,
+        out: &mut dyn Write,
+        opts: &ExportOptions,
+    ) -> Result<ExportStats> {
+        let id = self.layer(key)?.id.clone();
+        let chain = self.chain_owned(&id)?;
+        let refs: Vec<&LayerRecord> = chain.iter().collect();
+        self.driver.export(&refs, out, opts)
+    }
+
+    /// Space per layer, in the order given.
+    pub fn usage(&mut self, ids: &[LayerId]) -> Result<Vec<Usage>> {
+        let recs: Vec<LayerRecord> = ids
+            .iter()
+            .filter_map(|i| self.layers.get(i).cloned())
+            .collect();
+        let refs: Vec<&LayerRecord> = recs.iter().collect();
+        self.driver.usage(&refs)
+    }
+
+    /// Whether this store's layers can be grown to `size` (checked before
+    /// anything is made for a container).
+    pub fn check_size(&self, size: thinpool::Bytes) -> Result<()> {
+        self.driver.check_size(size)
+    }
+
+    /// Creates a container's two layers in one transaction: its init layer
+    /// (`init`, a changeset over `parent`) and its writable layer over it,
+    /// grown to `size` if given. Both are owned by `container`. Returns
+    /// `[init, writable]`; on any failure neither is left.
+    pub fn create_container_layers(
+        &mut self,
+        parent: &LayerId,
+        container: &str,
+        init: &mut dyn Read,
+        size: Option<thinpool::Bytes>,
+    ) -> Result<[LayerId; 2]> {
+        let parent = self.layer(parent.as_str())?;
+        refuse_container_layer(parent, "snapshot")?;
+        let parent = parent.id.clone();
+        self.transaction(format!("create container {}", short(container)), |txn| {
+            let ids = txn.reserve_layers(2)?;
+            let (init_id, rw_id) = (ids[0].clone(), ids[1].clone());
+            txn.make_layer(
+                &init_id,
+                NewLayer {
+                    parent: Some(&parent),
+                    changeset: Some(init),
+                    container: Some(container),
+                    ..NewLayer::default()
+                },
+            )?;
+            txn.make_layer(
+                &rw_id,
+                NewLayer {
+                    parent: Some(&init_id),
+                    container: Some(container),
+                    ..NewLayer::default()
+                },
+            )?;
+            if let Some(size) = size {
+                txn.resize_layer(&rw_id, size)?;
+            }
+            Ok([init_id, rw_id])
+        })
+    }
+
+    /// Removes layers of a container, given top first; layers already gone
+    /// are skipped (so a killed removal can be finished).
+    pub fn remove_container_layers(&mut self, ids: &[LayerId]) -> Result<()> {
+        let present: Vec<LayerId> = ids
+            .iter()
+            .filter(|i| self.layers.contains_key(*i))
+            .cloned()
+            .collect();
+        if present.is_empty() {
+            return Ok(());
+        }
+        self.transaction("remove container layers", |txn| {
+            txn.intend_removal(&present, None)?;
+            present.iter().try_for_each(|id| txn.remove_layer(id))
+        })
+    }
+
+    /// Mounts layer `id` (read-only, or `writable` if it is a container's
+    /// writable layer) at `target`, an existing directory.
+    pub fn mount_at(&mut self, id: &LayerId, target: &Path, writable: bool) -> Result<()> {
+        let chain = self.chain_owned(id)?;
+        if writable && (chain[0].container.is_none() || !self.children(id).is_empty()) {
+            return Err(Error::InUse {
+                what: format!("layer {}", chain[0].label()),
+                reason: "only a container's writable layer is mounted writable".into(),
+            });
+        }
+        let refs: Vec<&LayerRecord> = chain.iter().collect();
+        self.driver.mount(&refs, target, writable)
+    }
+
+    /// Unmounts what [`Store::mount_at`] mounted at `target`.
+    pub fn unmount_at(&mut self, id: &LayerId, target: &Path) -> Result<()> {
+        let rec = self.layer_record(id)?.clone();
+        self.driver.unmount(&rec, target)
+    }
+
+    /// Makes a new layer over `parent` holding the changes of the
+    /// container layer `rw` against its own parent, leaving out `skip`
+    /// (the init layer's files). Returns the new layer's id.
+    pub fn commit(
+        &mut self,
+        rw: &LayerId,
+        parent: &LayerId,
+        name: Option<&str>,
+        skip: &'static [&'static str],
+    ) -> Result<LayerId> {
+        self.check_new_name(name)?;
+        let spool = self.dir.join("tmp").join(format!("commit-{rw}.tar"));
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&spool)
+            .map_err(Error::io("creating", &spool))?;
+        // The spool is only a buffer: unlinked now, freed on close or kill.
+        let _ = fs::remove_file(&spool);
+        let opts = ExportOptions {
+            skip,
+            ..ExportOptions::default()
+        };
+        let chain = self.chain_owned(rw)?;
+        let refs: Vec<&LayerRecord> = chain.iter().collect();
+        self.driver.export(&refs, &mut f, &opts)?;
+        use std::io::Seek;
+        f.rewind().map_err(Error::io("reading", &spool))?;
+        let mut r = std::io::BufReader::new(f);
+        self.create_layer(Some(parent.as_str()), name, Some(&mut r))
+    }
+}

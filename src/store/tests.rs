@@ -1,0 +1,217 @@
+//! The store's transactions against the in-memory driver: every kill
+//! point of every operation, replayed by reopening the store.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::time::Duration;
+
+use super::journal::FILE as JOURNAL;
+use super::*;
+use crate::driver::fake::Fake;
+
+fn open(dir: &Path, fake: &Fake) -> Result<Store> {
+    let lock = lock_store(dir, Duration::ZERO)?;
+    Store::open(dir, lock, Box::new(fake.clone()))
+}
+
+/// Runs `op` on a store whose driver panics at mutating call `k`;
+/// returns whether it ran to completion.
+fn run_killed_at(dir: &Path, fake: &Fake, k: usize, op: &dyn Fn(&mut Store)) -> bool {
+    let at = fake.state().calls + k;
+    fake.state().crash_at = Some(at);
+    let mut store = open(dir, fake).unwrap();
+    let done = catch_unwind(AssertUnwindSafe(|| op(&mut store))).is_ok();
+    fake.state().crash_at = None;
+    drop(store); // a killed process drops its lock too
+    done
+}
+
+fn assert_consistent(store: &Store, fake: &Fake) {
+    let mut want: Vec<LayerId> = store.layers().map(|l| l.id.clone()).collect();
+    want.sort();
+    assert_eq!(fake.owners(), want, "devices and layer records disagree");
+    assert!(!store.dir.join(JOURNAL).exists());
+}
+
+#[test]
+fn plain_store_create_killed_at_every_step_leaves_no_trace() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let base = open(t.path(), &fake)
+        .unwrap()
+        .create_layer(None, Some("base"), None)
+        .unwrap();
+    let mut steps = 0;
+    loop {
+        let done = run_killed_at(t.path(), &fake, steps, &|s| {
+            s.create_layer(Some("base"), Some("child"), Some(&mut &b"content"[..]))
+                .unwrap();
+        });
+        let store = open(t.path(), &fake).unwrap();
+        assert_consistent(&store, &fake);
+        if done {
+            assert!(store.layer("child").is_ok());
+            break;
+        }
+        assert!(
+            store.layer("child").is_err(),
+            "a killed create left its layer"
+        );
+        assert_eq!(store.layers().count(), 1);
+        assert_eq!(store.layer("base").unwrap().id, base);
+        steps += 1;
+    }
+    assert_eq!(steps, 2, "create and apply are the two kill points");
+}
+
+#[test]
+fn plain_store_create_killed_after_its_record_is_undone() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let id = open(t.path(), &fake)
+        .unwrap()
+        .create_layer(None, Some("x"), None)
+        .unwrap();
+    // As if killed between writing the record and removing the journal.
+    let j = Journal {
+        op: "create layer".into(),
+        create: vec![id.clone()],
+        ..Journal::default()
+    };
+    thinpool::record::write(&t.path().join(JOURNAL), &j).unwrap();
+    let store = open(t.path(), &fake).unwrap();
+    assert_eq!(store.layers().count(), 0);
+    assert_eq!(store.repairs().len(), 1, "{:?}", store.repairs());
+    assert!(store.repairs()[0].contains("undid the creation"));
+    assert_consistent(&store, &fake);
+}
+
+#[test]
+fn plain_store_remove_killed_at_every_step_is_finished() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    open(t.path(), &fake)
+        .unwrap()
+        .create_layer(None, Some("gone"), None)
+        .unwrap();
+    let done = run_killed_at(t.path(), &fake, 0, &|s| {
+        s.remove_layer("gone").unwrap();
+    });
+    assert!(!done);
+    let store = open(t.path(), &fake).unwrap();
+    assert!(
+        store.layer("gone").is_err(),
+        "a killed remove was not finished"
+    );
+    assert!(store.repairs()[0].contains("finished removing"));
+    assert_consistent(&store, &fake);
+}
+
+#[test]
+fn plain_store_failed_changeset_leaves_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let mut store = open(t.path(), &fake).unwrap();
+    let err = store
+        .create_layer(None, Some("bad"), Some(&mut &b"bad"[..]))
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid changeset"), "{err}");
+    assert_eq!(store.layers().count(), 0);
+    assert_consistent(&store, &fake);
+}
+
+#[test]
+fn plain_store_refuses_what_would_lose_layers() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let mut store = open(t.path(), &fake).unwrap();
+    let a = store.create_layer(None, Some("a"), None).unwrap();
+    store.create_layer(Some("a"), Some("b"), None).unwrap();
+    let err = store.remove_layer("a").unwrap_err().to_string();
+    assert!(
+        err.contains("is in use") && err.contains("parent of 1 layer (b"),
+        "{err}"
+    );
+    let err = store
+        .create_layer(None, Some("a"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already exists"), "{err}");
+    let err = store
+        .create_layer(Some("nope"), None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no layer 'nope'"), "{err}");
+    let err = store
+        .create_layer(None, Some("../x"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invalid layer name"), "{err}");
+    assert_eq!(store.layer(&a.as_str()[..6]).unwrap().id, a);
+    assert_eq!(store.layers().count(), 2);
+    assert_consistent(&store, &fake);
+    store.remove_layer("b").unwrap();
+    store.remove_layer("a").unwrap();
+    assert_consistent(&store, &fake);
+}
+
+#[test]
+fn plain_store_frees_orphans_and_reports_missing_resources() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let id = open(t.path(), &fake)
+        .unwrap()
+        .create_layer(None, Some("a"), None)
+        .unwrap();
+    fake.state().devices.insert(
+        99,
+        LayerId::try_from("0123456789abcdef0123456789abcdef".to_string()).unwrap(),
+    );
+    let store = open(t.path(), &fake).unwrap();
+    assert!(
+        store
+            .repairs()
+            .iter()
+            .any(|r| r.contains("no layer claimed")),
+        "{:?}",
+        store.repairs()
+    );
+    assert_consistent(&store, &fake);
+    drop(store);
+    fake.state().devices.clear();
+    let err = open(t.path(), &fake).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("layer {id}")) && err.contains("missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plain_image_names_normalize_to_name_and_tag() {
+    assert_eq!(normalize_image_name("alpine").unwrap(), "alpine:latest");
+    assert_eq!(
+        normalize_image_name("docker.io/library/alpine:3").unwrap(),
+        "alpine:3"
+    );
+    assert_eq!(
+        normalize_image_name("docker.io/example/app:1.0").unwrap(),
+        "example/app:1.0"
+    );
+    assert_eq!(
+        normalize_image_name("library/alpine:3.19").unwrap(),
+        "library/alpine:3.19"
+    );
+    assert_eq!(
+        normalize_image_name("localhost:5000/app:v1").unwrap(),
+        "localhost:5000/app:v1"
+    );
+    assert_eq!(
+        normalize_image_name("localhost:5000/app").unwrap(),
+        "localhost:5000/app:latest"
+    );
+    for bad in [
+        "", ":tag", "UPPER", "a//b", "a:", "a:-x", "a b", "../x", "-a",
+    ] {
+        assert!(normalize_image_name(bad).is_err(), "{bad:?} accepted");
+    }
+}
