@@ -1,31 +1,56 @@
-//! Hand-written SVG line plots of a scenario's series medians against `x`.
+//! Line plots of a scenario's series medians against `x`, drawn with
+//! plotters' SVG backend.
 //!
-//! Each driver becomes one polyline through the medians of its series that
+//! Each driver becomes one line through the medians of its series that
 //! carry an `x` (sorted by `x`), with a marker and a p10–p90 error bar at
-//! every point. The output never contains `NaN` or `inf`.
+//! every point, and an entry in a legend right of the plot. This module
+//! keeps the data side: which points, which colours, which axis ranges and
+//! how tick labels read (`4K`, `1M`, `0.2G`). plotters places the ticks and
+//! writes the SVG; its text stays SVG `<text>` for the viewer to set, so no
+//! font library is needed. The output starts with `<svg` and never contains
+//! `NaN` or `inf`.
 
-use crate::samples::{stats, Run, Scenario, Unit};
-use std::fmt::Write as _;
+use crate::samples::{stats, PlotSpec, Run, Scenario, Unit};
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::coord::Shift;
+use plotters::drawing::DrawingAreaErrorKind;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
 /// Total SVG width in pixels.
-pub const WIDTH: f64 = 720.0;
+pub const WIDTH: u32 = 720;
 /// Total SVG height in pixels.
-pub const HEIGHT: f64 = 440.0;
+pub const HEIGHT: u32 = 440;
 
-const PLOT_LEFT: f64 = 78.0;
-const PLOT_RIGHT: f64 = 550.0;
-const PLOT_TOP: f64 = 46.0;
-const PLOT_BOTTOM: f64 = 378.0;
-const LEGEND_LEFT: f64 = 562.0;
-/// Inset of the x axis range from the frame so edge markers stay inside.
-const X_INSET: f64 = 12.0;
+/// Width of the legend column right of the plot.
+const LEGEND_WIDTH: u32 = 160;
+/// Share of an axis' span left free at each end, so that markers and error
+/// bars at the extremes sit inside the frame.
+const PAD: f64 = 0.04;
 
-const THIN_COLOR: &str = "#1f77b4";
-const OVERLAY_COLOR: &str = "#ff7f0e";
-const OTHER_COLORS: [&str; 5] = ["#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"];
+const FONT: &str = "sans-serif";
+// plotters' SVG backend writes `font-size` as the requested size / 1.24:
+// these come out at 12, 13 and 16 px.
+const TICK_FONT: f64 = 15.0;
+const DESC_FONT: f64 = 16.0;
+const TITLE_FONT: f64 = 20.0;
+
+const THIN_COLOR: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
+const OVERLAY_COLOR: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
+const OTHER_COLORS: [RGBColor; 5] = [
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+];
+const AXIS_COLOR: RGBColor = RGBColor(0x33, 0x33, 0x33);
+const GRID_COLOR: RGBColor = RGBColor(0xe6, 0xe6, 0xe6);
+const MINOR_GRID_COLOR: RGBColor = RGBColor(0xf4, 0xf4, 0xf4);
+const LEGEND_BORDER_COLOR: RGBColor = RGBColor(0x99, 0x99, 0x99);
 
 /// One plotted point: x, median and the p10/p90 error bar.
 #[derive(Clone, Copy, Debug)]
@@ -39,7 +64,7 @@ struct Point {
 #[derive(Debug)]
 struct Line<'a> {
     driver: &'a str,
-    color: &'static str,
+    color: RGBColor,
     points: Vec<Point>,
 }
 
@@ -80,57 +105,13 @@ impl Base {
         }
         p
     }
-}
 
-#[derive(Debug)]
-struct Axis {
-    lo: f64,
-    hi: f64,
-    log: bool,
-    /// (value, label) of each tick, all within [lo, hi].
-    ticks: Vec<(f64, String)>,
-}
-
-impl Axis {
-    /// Position of `v` as a fraction of the axis length (0 at `lo`).
-    fn frac(&self, v: f64) -> f64 {
-        let f = if self.log {
-            (v.ln() - self.lo.ln()) / (self.hi.ln() - self.lo.ln())
-        } else {
-            (v - self.lo) / (self.hi - self.lo)
-        };
-        if f.is_finite() {
-            f
-        } else {
-            0.0
+    /// Radix of a log axis: octaves for byte-like values, decades otherwise.
+    fn log_radix(self) -> f64 {
+        match self {
+            Base::Si1000 => 10.0,
+            Base::Si1024 => 2.0,
         }
-    }
-
-    fn fallback(log: bool) -> Axis {
-        if log {
-            Axis {
-                lo: 1.0,
-                hi: 10.0,
-                log,
-                ticks: vec![(1.0, "1".into()), (10.0, "10".into())],
-            }
-        } else {
-            Axis {
-                lo: 0.0,
-                hi: 1.0,
-                log,
-                ticks: vec![(0.0, "0".into()), (0.5, "0.5".into()), (1.0, "1".into())],
-            }
-        }
-    }
-
-    fn is_sane(&self) -> bool {
-        self.lo.is_finite()
-            && self.hi.is_finite()
-            && self.hi > self.lo
-            && (!self.log || self.lo > 0.0)
-            && !self.ticks.is_empty()
-            && self.ticks.iter().all(|(v, _)| v.is_finite())
     }
 }
 
@@ -159,176 +140,128 @@ fn compact(v: f64, base: Base) -> String {
     )
 }
 
-/// 1, 2 or 5 times a power of ten, close to `span / target`.
-fn nice_step(span: f64, target: f64) -> f64 {
-    let raw = span / target;
-    let mag = 10f64.powf(raw.log10().floor());
-    let norm = raw / mag;
-    let nice = if norm <= 1.0 {
-        1.0
-    } else if norm <= 2.0 {
-        2.0
-    } else if norm <= 5.0 {
-        5.0
-    } else {
-        10.0
-    };
-    nice * mag
+/// One axis as handed to plotters: its range in plotted units and how its
+/// tick labels read. Which ticks there are is plotters' choice.
+#[derive(Clone, Copy, Debug)]
+struct Axis {
+    /// Range in plotted units (data divided by `base` to the `power`).
+    lo: f64,
+    hi: f64,
+    /// Radix of a log axis; `None` for a linear one.
+    log_radix: Option<f64>,
+    base: Base,
+    /// Power of `base` that data are divided by on a linear axis, so that
+    /// plotters' 1-2-5 steps fall on round `K`/`M`/`G` values (0 on log axes).
+    power: i32,
 }
 
-fn linear_axis(values: &[f64], base: Base, include_zero: bool) -> Axis {
-    let mut lo = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let mut hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if include_zero {
-        lo = lo.min(0.0);
-        hi = hi.max(0.0);
-    }
-    let scale = lo.abs().max(hi.abs());
-    if hi - lo <= scale * 1e-9 {
-        if scale == 0.0 {
-            lo = if include_zero { 0.0 } else { -1.0 };
-            hi = 1.0;
-        } else {
-            let pad = scale * 0.1;
-            lo -= pad;
-            hi += pad;
-        }
-    }
-    let span = hi - lo;
-    if !span.is_finite() || span <= 0.0 {
-        return Axis::fallback(false);
-    }
-    let power = base.power_of(lo.abs().max(hi.abs()));
-    let unit = base.factor().powi(power);
-    let step = nice_step(span / unit, 6.0) * unit;
-    let lo = (lo / step).floor() * step;
-    let hi = (hi / step).ceil() * step;
-    let count = ((hi - lo) / step).round();
-    if !(count.is_finite() && (1.0..=100.0).contains(&count)) {
-        return Axis::fallback(false);
-    }
-    let decimals = (-(step / unit).log10().floor()).clamp(0.0, 20.0) as usize;
-    let ticks = (0..=count as usize)
-        .map(|i| {
-            let mut v = lo + i as f64 * step;
-            if v.abs() < step * 1e-9 {
-                v = 0.0;
+impl Axis {
+    /// The axis for `values`: a log one from the whole power of its radix
+    /// at or below the smallest value to the one at or above the largest,
+    /// or a linear one over the values (and 0 when `include_zero`), padded
+    /// by [`PAD`] at each end. Values that fit no sane range (none finite,
+    /// spans beyond `f64`) get 0..1 or 1..10.
+    fn new(values: &[f64], log: bool, base: Base, include_zero: bool) -> Axis {
+        let finite = || values.iter().copied().filter(|v| v.is_finite());
+        let min = finite().fold(f64::INFINITY, f64::min);
+        let max = finite().fold(f64::NEG_INFINITY, f64::max);
+        let axis = if log {
+            let radix = base.log_radix();
+            let e_lo = min.log(radix).floor();
+            let mut e_hi = max.log(radix).ceil();
+            if e_hi <= e_lo {
+                e_hi = e_lo + 1.0;
             }
-            let label = if v == 0.0 {
-                "0".to_string()
-            } else {
-                format!(
-                    "{}{}",
-                    trim_decimal(format!("{:.*}", decimals, v / unit)),
-                    base.suffix(power)
-                )
-            };
-            (v, label)
-        })
-        .collect();
-    Axis {
-        lo,
-        hi,
-        log: false,
-        ticks,
-    }
-}
-
-fn log_axis(values: &[f64], base: Base) -> Axis {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if !(min > 0.0 && max.is_finite()) {
-        return Axis::fallback(true);
-    }
-    // Ticks at decades, or at powers of two for byte-like values.
-    let (radix, max_exp, strides): (f64, i32, &[i32]) = match base {
-        Base::Si1000 => (10.0, 307, &[1, 2, 3, 5, 10, 20, 50, 100]),
-        Base::Si1024 => (2.0, 1022, &[1, 2, 5, 10, 20, 30, 50, 100, 200]),
-    };
-    let exp_of = |v: f64| v.ln() / radix.ln();
-    // Tiny tolerance so exact powers are not pushed to the next exponent.
-    let mut l = (exp_of(min) + 1e-9).floor() as i32;
-    let mut h = (exp_of(max) - 1e-9).ceil() as i32;
-    if h <= l {
-        l -= 1;
-        h += 1;
-    }
-    let l = l.clamp(-max_exp, max_exp - 1);
-    let h = h.clamp(l + 1, max_exp);
-    let stride = strides
-        .iter()
-        .copied()
-        .find(|s| (h.div_euclid(*s) - (l + s - 1).div_euclid(*s)) < 10)
-        .unwrap_or(1000);
-    let first = (l + stride - 1).div_euclid(stride) * stride;
-    // Short decade ranges also get 2× and 5× ticks (1, 2, 5, 10, 20, 50, 100).
-    let multiples: &[f64] = if base == Base::Si1000 && h - l <= 2 {
-        &[1.0, 2.0, 5.0]
-    } else {
-        &[1.0]
-    };
-    let hi = radix.powi(h);
-    let ticks: Vec<(f64, String)> = (0..)
-        .map(|i| first + i * stride)
-        .take_while(|e| *e <= h)
-        .flat_map(|e| multiples.iter().map(move |m| m * radix.powi(e)))
-        .filter(|v| *v <= hi * (1.0 + 1e-9))
-        .map(|v| (v, compact(v, base)))
-        .collect();
-    let axis = Axis {
-        lo: radix.powi(l),
-        hi,
-        log: true,
-        ticks,
-    };
-    if axis.is_sane() {
-        axis
-    } else {
-        Axis::fallback(true)
-    }
-}
-
-fn build_axis(values: &[f64], log: bool, base: Base, include_zero: bool) -> Axis {
-    let axis = if log {
-        log_axis(values, base)
-    } else {
-        linear_axis(values, base, include_zero)
-    };
-    if axis.is_sane() {
-        axis
-    } else {
-        Axis::fallback(log)
-    }
-}
-
-/// Escapes `<`, `&`, `>`, `"` and `'` for SVG text and attribute values.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            _ => out.push(c),
+            let pad = (e_hi - e_lo) * PAD;
+            Axis {
+                lo: radix.powf(e_lo - pad),
+                hi: radix.powf(e_hi + pad),
+                log_radix: Some(radix),
+                base,
+                power: 0,
+            }
+        } else {
+            let (mut lo, mut hi) = (min, max);
+            let largest = lo.abs().max(hi.abs());
+            if include_zero {
+                lo = lo.min(0.0);
+                hi = hi.max(0.0);
+            }
+            if hi - lo <= largest * 1e-9 {
+                if largest == 0.0 {
+                    lo = if include_zero { 0.0 } else { -1.0 };
+                    hi = 1.0;
+                } else {
+                    lo -= largest * 0.1;
+                    hi += largest * 0.1;
+                }
+            }
+            // A range that starts or ends at zero keeps it on the frame.
+            let pad = (hi - lo) * PAD;
+            if !(include_zero && lo == 0.0) {
+                lo -= pad;
+            }
+            if !(include_zero && hi == 0.0) {
+                hi += pad;
+            }
+            let power = base.power_of(largest);
+            let unit = base.factor().powi(power);
+            Axis {
+                lo: lo / unit,
+                hi: hi / unit,
+                log_radix: None,
+                base,
+                power,
+            }
+        };
+        if axis.is_sane() {
+            axis
+        } else {
+            Axis::fallback(log, base)
         }
     }
-    out
-}
 
-/// A pixel coordinate with one decimal; never `NaN`/`inf`.
-fn px(v: f64) -> String {
-    let v = if v.is_finite() {
-        v.clamp(-1e6, 1e6)
-    } else {
-        0.0
-    };
-    let s = format!("{:.1}", v);
-    if s == "-0.0" {
-        "0.0".to_string()
-    } else {
-        s
+    fn fallback(log: bool, base: Base) -> Axis {
+        let (lo, hi) = if log { (1.0, 10.0) } else { (0.0, 1.0) };
+        Axis {
+            lo,
+            hi,
+            log_radix: log.then_some(10.0),
+            base,
+            power: 0,
+        }
+    }
+
+    fn is_sane(&self) -> bool {
+        self.lo.is_finite()
+            && self.hi.is_finite()
+            && (self.hi - self.lo).is_finite()
+            && self.hi > self.lo
+            && (self.log_radix.is_none() || self.lo > 0.0)
+    }
+
+    /// Where data value `v` is plotted. Only a value that got a fallback
+    /// range can lie outside it; it is pinned to the nearer end, since
+    /// plotters' pixel mapping overflows far outside.
+    fn plotted(&self, v: f64) -> f64 {
+        (v / self.base.factor().powi(self.power)).clamp(self.lo, self.hi)
+    }
+
+    /// The label of the tick at plotted value `v`.
+    fn label(&self, v: f64) -> String {
+        if self.log_radix.is_some() {
+            return compact(v, self.base);
+        }
+        // Two decimals below the span's magnitude: enough for plotters'
+        // steps (a tenth of it at finest), and float noise in a tick
+        // value (0.6000000000000001) rounds away.
+        let decimals = (2.0 - (self.hi - self.lo).log10().floor()).clamp(0.0, 20.0) as usize;
+        let n = trim_decimal(format!("{v:.decimals$}"));
+        if n == "0" || n == "-0" {
+            "0".to_string()
+        } else {
+            format!("{n}{}", self.base.suffix(self.power))
+        }
     }
 }
 
@@ -410,13 +343,17 @@ fn is_bytes_like(xs: &[f64]) -> bool {
         })
 }
 
-/// Renders the scenario's plot as a self-contained SVG document (ending in a
-/// newline). `None` when the scenario has no plot spec or no series with `x`.
-pub fn render(scenario: &Scenario) -> Option<String> {
-    let spec = scenario.plot.as_ref()?;
+/// Renders the scenario's plot as a self-contained SVG document that starts
+/// with `<svg` and ends in a newline. `Ok(None)` when the scenario has no
+/// plot spec or no series with `x`; an error only if plotters fails to draw,
+/// which it should not into a string.
+pub fn render(scenario: &Scenario) -> io::Result<Option<String>> {
+    let Some(spec) = scenario.plot.as_ref() else {
+        return Ok(None);
+    };
     let mut lines = collect_lines(scenario);
     if lines.is_empty() {
-        return None;
+        return Ok(None);
     }
 
     let raw_xs: Vec<f64> = lines
@@ -455,158 +392,139 @@ pub fn render(scenario: &Scenario) -> Option<String> {
         .iter()
         .flat_map(|l| l.points.iter().flat_map(|p| [p.med, p.lo, p.hi]))
         .collect();
-    let x_axis = build_axis(&xs, spec.log_x, x_base, false);
-    let y_axis = build_axis(&ys, spec.log_y, y_base, true);
-
-    let to_px =
-        |x: f64| PLOT_LEFT + X_INSET + x_axis.frac(x) * (PLOT_RIGHT - PLOT_LEFT - 2.0 * X_INSET);
-    let to_py = |y: f64| PLOT_BOTTOM - y_axis.frac(y) * (PLOT_BOTTOM - PLOT_TOP);
-    let mid_x = (PLOT_LEFT + PLOT_RIGHT) / 2.0;
-    let mid_y = (PLOT_TOP + PLOT_BOTTOM) / 2.0;
+    let x = Axis::new(&xs, spec.log_x, x_base, false);
+    let y = Axis::new(&ys, spec.log_y, y_base, true);
 
     let mut svg = String::new();
-    // Writing to a String cannot fail; results are ignored below.
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#,
-        w = WIDTH,
-        h = HEIGHT
-    );
-    let _ = writeln!(
-        svg,
-        r#"<rect x="0" y="0" width="{}" height="{}" fill="white"/>"#,
-        WIDTH, HEIGHT
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="26" text-anchor="middle" font-size="16" font-weight="bold">{}</text>"#,
-        px(mid_x),
-        escape(&spec.title)
-    );
-
-    // Grid, ticks and tick labels.
-    svg.push_str("<g class=\"x-axis\">\n");
-    for (v, label) in &x_axis.ticks {
-        let x = px(to_px(*v));
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{x}" y1="{t}" x2="{x}" y2="{b}" stroke="#e6e6e6"/><line x1="{x}" y1="{b}" x2="{x}" y2="{b5}" stroke="#333"/><text x="{x}" y="{ty}" text-anchor="middle">{l}</text>"##,
-            x = x,
-            t = px(PLOT_TOP),
-            b = px(PLOT_BOTTOM),
-            b5 = px(PLOT_BOTTOM + 5.0),
-            ty = px(PLOT_BOTTOM + 19.0),
-            l = escape(label)
-        );
-    }
-    svg.push_str("</g>\n<g class=\"y-axis\">\n");
-    for (v, label) in &y_axis.ticks {
-        let y = px(to_py(*v));
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{l}" y1="{y}" x2="{r}" y2="{y}" stroke="#e6e6e6"/><line x1="{l5}" y1="{y}" x2="{l}" y2="{y}" stroke="#333"/><text x="{tx}" y="{ty}" text-anchor="end">{s}</text>"##,
-            y = y,
-            l = px(PLOT_LEFT),
-            r = px(PLOT_RIGHT),
-            l5 = px(PLOT_LEFT - 5.0),
-            tx = px(PLOT_LEFT - 8.0),
-            ty = px(to_py(*v) + 4.0),
-            s = escape(label)
-        );
-    }
-    svg.push_str("</g>\n");
-    let _ = writeln!(
-        svg,
-        r##"<rect x="{}" y="{}" width="{}" height="{}" fill="none" stroke="#333"/>"##,
-        px(PLOT_LEFT),
-        px(PLOT_TOP),
-        px(PLOT_RIGHT - PLOT_LEFT),
-        px(PLOT_BOTTOM - PLOT_TOP)
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="{}" text-anchor="middle" font-size="13">{}</text>"#,
-        px(mid_x),
-        px(HEIGHT - 16.0),
-        escape(&spec.x_label)
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="20" y="{y}" text-anchor="middle" font-size="13" transform="rotate(-90 20 {y})">{}</text>"#,
-        escape(&spec.y_label),
-        y = px(mid_y)
-    );
-
-    // Data.
-    for line in &lines {
-        let _ = writeln!(
-            svg,
-            r#"<g class="series" data-driver="{}" stroke="{c}" fill="{c}">"#,
-            escape(line.driver),
-            c = line.color
-        );
-        for p in &line.points {
-            let (x, lo, hi) = (to_px(p.x), to_py(p.lo), to_py(p.hi));
-            if (lo - hi).abs() >= 0.5 {
-                let _ = writeln!(
-                    svg,
-                    r#"<path d="M{xl} {lo}H{xr}M{x} {lo}V{hi}M{xl} {hi}H{xr}" fill="none" stroke-width="1.2"/>"#,
-                    x = px(x),
-                    xl = px(x - 4.0),
-                    xr = px(x + 4.0),
-                    lo = px(lo),
-                    hi = px(hi)
-                );
-            }
+    let plot = Plot {
+        spec,
+        lines: &lines,
+        x,
+        y,
+    };
+    // plotters' log and linear coordinates are different types.
+    let (xr, yr) = (x.lo..x.hi, y.lo..y.hi);
+    let drawn = match (x.log_radix, y.log_radix) {
+        (None, None) => plot.draw(&mut svg, xr, yr),
+        (Some(rx), None) => plot.draw(&mut svg, xr.log_scale().base(rx), yr),
+        (None, Some(ry)) => plot.draw(&mut svg, xr, yr.log_scale().base(ry)),
+        (Some(rx), Some(ry)) => {
+            plot.draw(&mut svg, xr.log_scale().base(rx), yr.log_scale().base(ry))
         }
-        let points: Vec<String> = line
-            .points
-            .iter()
-            .map(|p| format!("{},{}", px(to_px(p.x)), px(to_py(p.med))))
-            .collect();
-        let _ = writeln!(
-            svg,
-            r#"<polyline fill="none" stroke-width="2" points="{}"/>"#,
-            points.join(" ")
-        );
-        for p in &line.points {
-            let _ = writeln!(
-                svg,
-                r#"<circle cx="{}" cy="{}" r="3.5"/>"#,
-                px(to_px(p.x)),
-                px(to_py(p.med))
-            );
+    };
+    drawn.map_err(|e| io::Error::other(format!("drawing plot {}: {e}", spec.file)))?;
+    Ok(Some(svg))
+}
+
+/// What one plot shows, ready for plotters.
+struct Plot<'a> {
+    spec: &'a PlotSpec,
+    lines: &'a [Line<'a>],
+    x: Axis,
+    y: Axis,
+}
+
+impl Plot<'_> {
+    /// Draws the plot as SVG into `svg`, on coordinates `xc` × `yc`.
+    fn draw<X, Y>(&self, svg: &mut String, xc: X, yc: Y) -> Result<(), Box<dyn std::error::Error>>
+    where
+        X: AsRangedCoord<Value = f64>,
+        Y: AsRangedCoord<Value = f64>,
+        X::CoordDescType: ValueFormatter<f64>,
+        Y::CoordDescType: ValueFormatter<f64>,
+    {
+        let (x, y) = (self.x, self.y);
+        let root = SVGBackend::with_string(svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (chart_area, legend_area) = root.split_horizontally(WIDTH - LEGEND_WIDTH);
+        let mut chart = ChartBuilder::on(&chart_area)
+            .caption(
+                &self.spec.title,
+                (FONT, TITLE_FONT).into_font().style(FontStyle::Bold),
+            )
+            .margin(12)
+            .x_label_area_size(46)
+            .y_label_area_size(66)
+            .build_cartesian_2d(xc, yc)?;
+
+        let x_label = |v: &f64| x.label(*v);
+        let y_label = |v: &f64| y.label(*v);
+        chart
+            .configure_mesh()
+            .x_labels(10)
+            .y_labels(8)
+            .x_label_formatter(&x_label)
+            .y_label_formatter(&y_label)
+            .x_desc(self.spec.x_label.as_str())
+            .y_desc(self.spec.y_label.as_str())
+            .label_style((FONT, TICK_FONT))
+            .axis_desc_style((FONT, DESC_FONT))
+            .axis_style(AXIS_COLOR)
+            .bold_line_style(GRID_COLOR)
+            .light_line_style(MINOR_GRID_COLOR)
+            .max_light_lines(2)
+            .draw()?;
+        // plotters draws the left and bottom axes; close the frame.
+        let frame = chart.plotting_area().strip_coord_spec();
+        let (w, h) = frame.dim_in_pixel();
+        frame.draw(&Rectangle::new(
+            [(0, 0), (w as i32 - 1, h as i32 - 1)],
+            AXIS_COLOR,
+        ))?;
+
+        for line in self.lines {
+            let color = line.color;
+            let medians = line
+                .points
+                .iter()
+                .map(|p| (x.plotted(p.x), y.plotted(p.med)));
+            chart.draw_series(LineSeries::new(medians, color.stroke_width(2)))?;
+            chart.draw_series(line.points.iter().map(|p| {
+                ErrorBar::new_vertical(
+                    x.plotted(p.x),
+                    y.plotted(p.lo),
+                    y.plotted(p.med),
+                    y.plotted(p.hi),
+                    color.filled(),
+                    8,
+                )
+            }))?;
         }
-        svg.push_str("</g>\n");
+
+        let top = chart.plotting_area().get_pixel_range().1.start;
+        self.draw_legend(&legend_area, top)?;
+        root.present()?;
+        Ok(())
     }
 
-    // Legend.
-    let entry_h = 20.0;
-    let _ = writeln!(
-        svg,
-        r##"<g class="legend"><rect x="{}" y="{}" width="{}" height="{}" fill="white" stroke="#999"/>"##,
-        px(LEGEND_LEFT),
-        px(PLOT_TOP),
-        px(WIDTH - LEGEND_LEFT - 6.0),
-        px(lines.len() as f64 * entry_h + 10.0)
-    );
-    for (i, line) in lines.iter().enumerate() {
-        let y = PLOT_TOP + 15.0 + i as f64 * entry_h;
-        let _ = writeln!(
-            svg,
-            r#"<line x1="{}" y1="{y}" x2="{}" y2="{y}" stroke="{c}" stroke-width="2"/><circle cx="{}" cy="{y}" r="3.5" fill="{c}"/><text x="{}" y="{}">{}</text>"#,
-            px(LEGEND_LEFT + 8.0),
-            px(LEGEND_LEFT + 30.0),
-            px(LEGEND_LEFT + 19.0),
-            px(LEGEND_LEFT + 36.0),
-            px(y + 4.0),
-            escape(line.driver),
-            y = px(y),
-            c = line.color
-        );
+    /// The legend, in `area` right of the plot, its top at pixel row `top`:
+    /// a line and marker in each driver's colour, and its name. plotters'
+    /// own legend (`configure_series_labels`) is clipped to the plotting
+    /// area, where it would hide data.
+    fn draw_legend<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+        top: i32,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+        const ROW: i32 = 20;
+        let (w, _) = area.dim_in_pixel();
+        let bottom = top + 10 + ROW * self.lines.len() as i32;
+        let outline = [(0, top), (w as i32 - 6, bottom)];
+        area.draw(&Rectangle::new(outline, WHITE.filled()))?;
+        area.draw(&Rectangle::new(outline, LEGEND_BORDER_COLOR))?;
+        let name_style =
+            TextStyle::from((FONT, TICK_FONT).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+        for (i, line) in self.lines.iter().enumerate() {
+            let y = top + 15 + ROW * i as i32;
+            area.draw(&Rectangle::new(
+                [(8, y - 1), (30, y + 1)],
+                line.color.filled(),
+            ))?;
+            area.draw(&Circle::new((19, y), 4, line.color.filled()))?;
+            area.draw(&Text::new(line.driver, (36, y), name_style.clone()))?;
+        }
+        Ok(())
     }
-    svg.push_str("</g>\n</svg>\n");
-    Some(svg)
 }
 
 /// Writes every scenario's plot to `dir/<plot.file>` (creating directories)
@@ -631,7 +549,7 @@ pub fn write_all(run: &Run, dir: &Path) -> io::Result<Vec<PathBuf>> {
                 ),
             ));
         }
-        let Some(svg) = render(scenario) else {
+        let Some(svg) = render(scenario)? else {
             continue;
         };
         let path = dir.join(rel);
@@ -701,6 +619,10 @@ mod tests {
         scenario(true, false, s)
     }
 
+    fn svg_of(s: &Scenario) -> String {
+        render(s).unwrap().unwrap()
+    }
+
     fn assert_clean(svg: &str) {
         assert!(svg.starts_with("<svg"), "{svg}");
         assert!(svg.ends_with("</svg>\n"), "{svg}");
@@ -712,34 +634,204 @@ mod tests {
         assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
     }
 
+    /// The value of attribute `name` in a tag's attribute text `tag`.
+    fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+        let key = format!("{name}=\"");
+        let start = if tag.starts_with(&key) {
+            key.len()
+        } else {
+            tag.find(&format!(" {key}"))? + key.len() + 1
+        };
+        Some(&tag[start..start + tag[start..].find('"')?])
+    }
+
+    /// Every `<el …>` tag's attribute text, in document order.
+    fn tags<'a>(svg: &'a str, el: &str) -> Vec<&'a str> {
+        svg.split(&format!("<{el} "))
+            .skip(1)
+            .map(|t| &t[..t.find('>').unwrap()])
+            .collect()
+    }
+
+    /// (text-anchor, x, content) of every `<text>`, content trimmed (plotters
+    /// puts it on a line of its own) and unescaped.
+    fn texts(svg: &str) -> Vec<(String, i32, String)> {
+        svg.split("<text ")
+            .skip(1)
+            .map(|t| {
+                let open = &t[..t.find('>').unwrap()];
+                let body = &t[open.len() + 1..t.find("</text>").unwrap()];
+                (
+                    attr(open, "text-anchor").unwrap().to_string(),
+                    attr(open, "x").unwrap().parse().unwrap(),
+                    body.trim()
+                        .replace("&lt;", "<")
+                        .replace("&gt;", ">")
+                        .replace("&quot;", "\"")
+                        .replace("&apos;", "'")
+                        .replace("&amp;", "&"),
+                )
+            })
+            .collect()
+    }
+
+    fn has_text(svg: &str, content: &str) -> bool {
+        texts(svg).iter().any(|(_, _, c)| c == content)
+    }
+
+    /// Tick labels of the y axis (right-aligned, left of the plot).
+    fn y_ticks(svg: &str) -> Vec<String> {
+        texts(svg)
+            .into_iter()
+            .filter(|(anchor, _, _)| anchor == "end")
+            .map(|(_, _, c)| c)
+            .collect()
+    }
+
+    /// Tick labels of the x axis: centred text other than the title and
+    /// the axis names.
+    fn x_ticks(s: &Scenario, svg: &str) -> Vec<String> {
+        let spec = s.plot.as_ref().unwrap();
+        let names = [&spec.title, &spec.x_label, &spec.y_label];
+        texts(svg)
+            .into_iter()
+            .filter(|(anchor, _, c)| anchor == "middle" && !names.contains(&c))
+            .map(|(_, _, c)| c)
+            .collect()
+    }
+
+    /// The data lines: polylines in a colour other than the axes', as
+    /// (colour, pixel points).
+    fn series_lines(svg: &str) -> Vec<(String, Vec<(i32, i32)>)> {
+        let axis = format!(
+            "#{:02X}{:02X}{:02X}",
+            AXIS_COLOR.0, AXIS_COLOR.1, AXIS_COLOR.2
+        );
+        tags(svg, "polyline")
+            .into_iter()
+            .filter(|t| attr(t, "stroke") != Some(axis.as_str()))
+            .map(|t| {
+                let points = attr(t, "points")
+                    .unwrap()
+                    .split_whitespace()
+                    .map(|p| {
+                        let (x, y) = p.split_once(',').unwrap();
+                        (x.parse().unwrap(), y.parse().unwrap())
+                    })
+                    .collect();
+                (attr(t, "stroke").unwrap().to_string(), points)
+            })
+            .collect()
+    }
+
     #[test]
     fn plain_svg_structure() {
-        let svg = render(&sizes_scenario()).unwrap();
+        let svg = svg_of(&sizes_scenario());
         assert_clean(&svg);
         assert!(svg.contains(r#"width="720" height="440""#));
         assert!(svg.contains(r#"font-family="sans-serif""#));
-        assert!(svg.contains(r#"fill="white""#));
-        assert_eq!(svg.matches("<polyline").count(), 3);
-        assert!(svg.contains(">thin</text>"));
-        assert!(svg.contains(">overlay</text>"));
-        assert!(svg.contains(">dmsetup</text>"));
+        // A white background under everything.
+        assert!(svg.contains(r##"width="720" height="440" opacity="1" fill="#FFFFFF""##));
+        let lines = series_lines(&svg);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        // One line per driver through its points, left to right.
+        let counts: Vec<usize> = lines.iter().map(|(_, p)| p.len()).collect();
+        assert_eq!(counts, [6, 6, 2]);
+        for (_, points) in &lines {
+            assert!(points.windows(2).all(|w| w[0].0 < w[1].0), "{points:?}");
+        }
+        assert!(has_text(&svg, "thin"));
+        assert!(has_text(&svg, "overlay"));
+        assert!(has_text(&svg, "dmsetup"));
         assert!(!svg.contains("gnu-tar"));
-        assert!(svg.contains("#1f77b4") && svg.contains("#ff7f0e") && svg.contains("#2ca02c"));
-        assert!(svg.contains(">file size</text>") && svg.contains(">time (ms)</text>"));
+        let lower = svg.to_lowercase();
+        assert!(
+            lower.contains("#1f77b4") && lower.contains("#ff7f0e") && lower.contains("#2ca02c")
+        );
+        assert!(has_text(&svg, "file size") && has_text(&svg, "time (ms)"));
         assert!(svg.contains("First write &lt;cost&gt; &amp; &quot;copy-up&quot;"));
+        // A marker at every point and one in each legend entry.
         assert_eq!(svg.matches("<circle").count(), 6 + 6 + 2 + 3);
     }
 
     #[test]
+    fn plain_legend_names_every_driver_right_of_the_plot() {
+        let svg = svg_of(&sizes_scenario());
+        let legend_left = (WIDTH - LEGEND_WIDTH) as i32;
+        for driver in ["thin", "overlay", "dmsetup"] {
+            let at: Vec<i32> = texts(&svg)
+                .into_iter()
+                .filter(|(_, _, c)| c == driver)
+                .map(|(_, x, _)| x)
+                .collect();
+            assert_eq!(at.len(), 1, "{driver}: {svg}");
+            assert!(at[0] > legend_left, "{driver} at x {}", at[0]);
+        }
+        // The frame, and every data line, ends left of the legend.
+        for (_, points) in series_lines(&svg) {
+            assert!(points.iter().all(|(x, _)| *x < legend_left), "{points:?}");
+        }
+    }
+
+    #[test]
+    fn plain_error_bars_span_p10_p90() {
+        let samples: Vec<f64> = (1..=9).map(|i| i as f64 * 10.0).collect();
+        let s = scenario(
+            false,
+            false,
+            vec![
+                series("thin", Some(1.0), &samples),
+                series("thin", Some(2.0), &[50.0, 50.0]),
+            ],
+        );
+        let st = stats(&samples).unwrap();
+        assert!(st.p10 < st.median && st.median < st.p90);
+        let svg = svg_of(&s);
+        let thin = "#1F77B4";
+        let circles: Vec<(i32, i32)> = tags(&svg, "circle")
+            .into_iter()
+            .filter(|t| attr(t, "fill") == Some(thin))
+            .map(|t| {
+                let n = |a| attr(t, a).unwrap().parse::<i32>().unwrap();
+                (n("cx"), n("cy"))
+            })
+            .collect();
+        // Vertical strokes of the bars: (x, top, bottom).
+        let bars: Vec<(i32, i32, i32)> = tags(&svg, "line")
+            .into_iter()
+            .filter(|t| attr(t, "stroke") == Some(thin) && attr(t, "x1") == attr(t, "x2"))
+            .map(|t| {
+                let n = |a| attr(t, a).unwrap().parse::<i32>().unwrap();
+                (n("x1"), n("y1").min(n("y2")), n("y1").max(n("y2")))
+            })
+            .collect();
+        assert_eq!(bars.len(), 2, "{svg}");
+        let (spread, flat) = (bars[0], bars[1]);
+        let (cx, cy) = circles[0];
+        assert_eq!(spread.0, cx);
+        // Symmetric samples: the bar reaches as far above the median as below.
+        assert!(spread.1 < cy && cy < spread.2, "{spread:?} {cy}");
+        assert!(
+            ((cy - spread.1) - (spread.2 - cy)).abs() <= 2,
+            "{spread:?} {cy}"
+        );
+        // Equal samples: no spread to show.
+        assert_eq!(flat.1, flat.2);
+        assert_eq!(flat.1, circles[1].1);
+    }
+
+    #[test]
     fn plain_log_x_bytes_ticks() {
-        let svg = render(&sizes_scenario()).unwrap();
+        let s = sizes_scenario();
+        let svg = svg_of(&s);
+        let ticks = x_ticks(&s, &svg);
         for label in ["4K", "64K", "1M", "64M", "1G"] {
             assert!(
-                svg.contains(&format!(">{label}</text>")),
-                "missing {label}: {svg}"
+                ticks.iter().any(|t| t == label),
+                "missing {label}: {ticks:?}"
             );
         }
-        assert!(!svg.contains(">1k</text>"));
+        assert!(!has_text(&svg, "1k"));
     }
 
     #[test]
@@ -753,39 +845,70 @@ mod tests {
                 series("overlay", Some(10.0), &[3.0]),
             ],
         );
-        let svg = render(&s).unwrap();
+        let svg = svg_of(&s);
         assert_clean(&svg);
         for label in ["1", "10", "100", "1k", "0.1", "10k"] {
-            assert!(
-                svg.contains(&format!(">{label}</text>")),
-                "missing {label}: {svg}"
-            );
+            assert!(has_text(&svg, label), "missing {label}: {svg}");
         }
+        assert_eq!(x_ticks(&s, &svg), ["1", "10", "100", "1k"]);
+        assert_eq!(y_ticks(&svg), ["0.1", "1", "10", "100", "1k", "10k"]);
     }
 
     #[test]
     fn plain_linear_ticks() {
-        let axis = build_axis(&[0.0, 7.3], false, Base::Si1000, true);
-        let labels: Vec<&str> = axis.ticks.iter().map(|(_, l)| l.as_str()).collect();
-        assert_eq!(labels, ["0", "2", "4", "6", "8"]);
-        let axis = build_axis(&[0.1, 0.3], false, Base::Si1000, false);
-        assert!(axis.ticks.iter().any(|(_, l)| l == "0.2"));
-        assert!(axis.ticks.iter().all(|(_, l)| l.len() <= 4), "{axis:?}");
-        let axis = build_axis(&[0.0, 2.5e6], false, Base::Si1000, true);
-        assert!(axis.ticks.iter().any(|(_, l)| l == "1M"), "{axis:?}");
-        let axis = build_axis(&[0.0, 3.0 * 1048576.0], false, Base::Si1024, true);
-        assert!(axis.ticks.iter().any(|(_, l)| l == "1M"), "{axis:?}");
-        assert!(
-            axis.ticks.iter().any(|(_, l)| l == "2.5M" || l == "2M"),
-            "{axis:?}"
+        // Small values: whole, evenly spaced ticks from 0.
+        let s = scenario(false, false, vec![series("thin", Some(1.0), &[0.0, 7.3])]);
+        let ticks: Vec<f64> = y_ticks(&svg_of(&s))
+            .iter()
+            .map(|t| t.parse().unwrap())
+            .collect();
+        assert_eq!(ticks[0], 0.0, "{ticks:?}");
+        assert!(*ticks.last().unwrap() >= 6.0, "{ticks:?}");
+        let step = ticks[1] - ticks[0];
+        assert!([1.0, 2.0].contains(&step), "{ticks:?}");
+        assert!(ticks.windows(2).all(|w| w[1] - w[0] == step), "{ticks:?}");
+
+        // Fractions on x read short.
+        let s = scenario(
+            false,
+            false,
+            vec![
+                series("thin", Some(0.1), &[1.0]),
+                series("thin", Some(0.3), &[1.0]),
+            ],
         );
+        let ticks = x_ticks(&s, &svg_of(&s));
+        assert!(ticks.iter().any(|t| t == "0.2"), "{ticks:?}");
+        assert!(ticks.iter().all(|t| t.len() <= 4), "{ticks:?}");
+
+        // Large counts in powers of 1000, bytes in powers of 1024.
+        let mut s = scenario(false, false, vec![series("thin", Some(1.0), &[2.5e6])]);
+        s.unit = Unit::Count;
+        let ticks = y_ticks(&svg_of(&s));
+        assert!(ticks.iter().any(|t| t == "1M"), "{ticks:?}");
+        let mut s = scenario(
+            false,
+            false,
+            vec![series("thin", Some(1.0), &[3.0 * 1048576.0])],
+        );
+        s.unit = Unit::Bytes;
+        let ticks = y_ticks(&svg_of(&s));
+        assert!(ticks.iter().any(|t| t == "1M"), "{ticks:?}");
+        assert!(ticks.iter().any(|t| t == "2.5M" || t == "2M"), "{ticks:?}");
     }
 
     #[test]
-    fn plain_short_log_range_gets_2_5_ticks() {
-        let axis = build_axis(&[1.0, 64.0], true, Base::Si1000, false);
-        let labels: Vec<&str> = axis.ticks.iter().map(|(_, l)| l.as_str()).collect();
-        assert_eq!(labels, ["1", "2", "5", "10", "20", "50", "100"]);
+    fn plain_short_log_range_ticks() {
+        let s = scenario(
+            true,
+            false,
+            vec![
+                series("thin", Some(1.0), &[1.0]),
+                series("thin", Some(64.0), &[2.0]),
+            ],
+        );
+        // The range widens to whole decades, each labelled.
+        assert_eq!(x_ticks(&s, &svg_of(&s)), ["1", "10", "100"]);
     }
 
     #[test]
@@ -803,14 +926,14 @@ mod tests {
     #[test]
     fn plain_none_without_x() {
         let s = scenario(false, false, vec![series("thin", None, &[1.0])]);
-        assert!(render(&s).is_none());
+        assert!(render(&s).unwrap().is_none());
         assert!(!has_points(&s));
         let s = scenario(false, false, vec![series("thin", Some(1.0), &[])]);
-        assert!(render(&s).is_none());
+        assert!(render(&s).unwrap().is_none());
         let mut s = scenario(false, false, vec![series("thin", Some(1.0), &[1.0])]);
         assert!(has_points(&s));
         s.plot = None;
-        assert!(render(&s).is_none());
+        assert!(render(&s).unwrap().is_none());
     }
 
     #[test]
@@ -875,10 +998,10 @@ mod tests {
             ),
         ];
         for s in &cases {
-            let svg = render(s).unwrap();
+            let svg = svg_of(s);
             assert_clean(&svg);
             let drivers = collect_lines(s).len();
-            assert_eq!(svg.matches("<polyline").count(), drivers);
+            assert_eq!(series_lines(&svg).len(), drivers);
         }
     }
 
