@@ -14,12 +14,15 @@ use crate::error::{Error, Result};
 pub struct LayerId(String);
 
 impl LayerId {
+    /// Digits in an id.
     pub const LEN: usize = 32;
 
+    /// A new random id.
     pub fn generate() -> Result<LayerId> {
         Ok(LayerId(crate::util::ids::random_hex(16)?))
     }
 
+    /// The whole id.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -29,6 +32,7 @@ impl LayerId {
         &self.0[..12]
     }
 
+    /// Whether `s` has the form of a full id.
     pub fn is_id(s: &str) -> bool {
         s.len() == Self::LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     }
@@ -135,11 +139,15 @@ impl Resource {
 /// A layer's record (`layers/<id>.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerRecord {
+    /// The layer's id.
     pub id: LayerId,
     #[serde(default)]
+    /// Its name, if given.
     pub name: Option<String>,
     #[serde(default)]
+    /// Its parent; `None` for a layer made from the empty base.
     pub parent: Option<LayerId>,
+    /// When it was made (seconds since the epoch).
     pub created_unix: u64,
     /// sha256 of the uncompressed changeset applied to make this layer.
     #[serde(default)]
@@ -147,6 +155,7 @@ pub struct LayerRecord {
     /// The OCI chain id, for layers made by an image import.
     #[serde(default)]
     pub chain_id: Option<String>,
+    /// What the driver keeps it in; opaque to the store.
     pub resource: Resource,
     /// The container whose init or writable layer this is: such layers are
     /// made and removed only with their container.

@@ -26,6 +26,8 @@
 //! [`container::Containers`] makes containers from images and mounts their
 //! [`volume`]s in them; it holds the lock taken before any store's.
 
+#![warn(missing_docs)]
+
 pub mod changeset;
 pub mod container;
 pub mod driver;

@@ -66,6 +66,7 @@ pub fn options_of(target: &Path) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// Whether something is mounted exactly at `target`.
 pub fn is_mounted(target: &Path) -> Result<bool> {
     Ok(mount_points()?.iter().any(|m| m == target))
 }

@@ -198,7 +198,9 @@ mod mount_map {
 /// A volume's record (`volumes/<name>/volume.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeRecord {
+    /// The volume's name (`[A-Za-z0-9][A-Za-z0-9_.-]*`, or 64 hex digits).
     pub name: String,
+    /// Where its data lives.
     pub driver: VolumeDriver,
     /// Made for one container's `-v /path`; `container rm -v` and `volume
     /// prune` remove it.
@@ -209,12 +211,15 @@ pub struct VolumeRecord {
     #[serde(default, rename = "options", with = "mount_map")]
     pub mount: Option<LocalMount>,
     #[serde(default)]
+    /// `--label KEY=VALUE`s.
     pub labels: BTreeMap<String, String>,
     /// A thin volume's size and device.
     #[serde(default)]
     pub size: Option<Bytes>,
     #[serde(default)]
+    /// A thin volume's size.
     pub thin_id: Option<ThinId>,
+    /// A thin volume's device in the pool.
     pub created_unix: u64,
 }
 
@@ -230,11 +235,15 @@ impl VolumeRecord {
 pub struct NewVolume {
     /// None: a generated name (64 hex digits, as Docker's).
     pub name: Option<String>,
+    /// `--driver`.
     pub driver: VolumeDriver,
+    /// `--size` (thin volumes; 10G by default).
     pub size: Option<Bytes>,
     /// `key=value` pairs of `--opt`.
     pub options: Vec<(String, String)>,
+    /// `--label`s.
     pub labels: BTreeMap<String, String>,
+    /// Made for one container's `-v /path`.
     pub anonymous: bool,
 }
 
@@ -365,6 +374,7 @@ impl Volumes {
         self.vol_dir(name).join(DATA)
     }
 
+    /// Every volume, by name.
     pub fn list(&self) -> Result<Vec<VolumeRecord>> {
         let mut out = vec![];
         let rd = fs::read_dir(&self.dir).map_err(Error::io("listing", &self.dir))?;
@@ -378,6 +388,7 @@ impl Volumes {
         Ok(out)
     }
 
+    /// A volume by name; an error naming the command to list them if missing.
     pub fn get(&self, name: &str) -> Result<VolumeRecord> {
         self.find(name)?.ok_or_else(|| Error::NotFound {
             what: "volume",
@@ -386,6 +397,7 @@ impl Volumes {
         })
     }
 
+    /// A volume by name, or `None`.
     pub fn find(&self, name: &str) -> Result<Option<VolumeRecord>> {
         if validate_name(name).is_err() {
             return Ok(None);

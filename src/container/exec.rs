@@ -30,7 +30,9 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct ExecSpec {
+    /// The container's mounted rootfs, which becomes the process's root.
     pub rootfs: PathBuf,
+    /// The hostname of its UTS namespace.
     pub hostname: String,
     /// Program and arguments; the program is looked up in the container's
     /// PATH.

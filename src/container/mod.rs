@@ -190,10 +190,12 @@ impl<'r> Containers<'r> {
         by_id_prefix("container", key, self.records.values(), |r| r.id.as_str())
     }
 
+    /// Whether the container's rootfs is mounted.
     pub fn is_mounted(&self, rec: &ContainerRecord) -> Result<bool> {
         mount::is_mounted(&self.rootfs(rec))
     }
 
+    /// Every container, oldest first.
     pub fn list(&self) -> Result<Vec<ContainerInfo>> {
         let mut out: Vec<ContainerInfo> = self
             .records
@@ -216,6 +218,7 @@ impl<'r> Containers<'r> {
         Ok(out)
     }
 
+    /// One container, by name, id or unique id prefix.
     pub fn inspect(&self, key: &str) -> Result<ContainerInfo> {
         let r = self.get(key)?;
         Ok(ContainerInfo {

@@ -19,6 +19,7 @@ use crate::volume::VolumeRecord;
 pub enum State {
     /// Being made; undone if found by a later command.
     Creating,
+    /// Made and usable.
     Created,
     /// Being removed; finished if found by a later command.
     Removing,
@@ -29,14 +30,17 @@ pub enum State {
 pub struct ContainerRecord {
     /// 64 hex digits.
     pub id: String,
+    /// Its name (unique; the short id when none was given).
     pub name: String,
     /// The driver whose store holds its layers.
     pub driver: DriverKind,
+    /// Where it is in its life.
     pub state: State,
     /// The image it was made from (id and the name given).
     #[serde(default)]
     pub image: Option<String>,
     #[serde(default)]
+    /// The name it was created from (`--image`), as given.
     pub image_name: Option<String>,
     /// The layer under the init layer: the image's top layer, or the
     /// layer given with `--layer`. Commits are made over it.
@@ -44,14 +48,17 @@ pub struct ContainerRecord {
     /// `[init, writable]`, once made.
     #[serde(default)]
     pub layers: Vec<LayerId>,
+    /// Its `--hostname` (the short id by default).
     pub hostname: String,
     #[serde(default)]
+    /// `--size`: the writable layer's filesystem size, thin driver only.
     pub size: Option<Bytes>,
     /// Mount options of its overlay layers (recorded as their
     /// `--overlay-opt` values).
     #[serde(default)]
     pub overlay_options: OverlayOptions,
     #[serde(default)]
+    /// Its mounts: volumes and bind mounts, with `--volumes-from` merged.
     pub mounts: Vec<MountSpec>,
     /// Volumes this container's `create` makes (undone with it).
     #[serde(default)]
@@ -59,6 +66,7 @@ pub struct ContainerRecord {
     /// `rm -v`: remove its anonymous volumes too.
     #[serde(default)]
     pub remove_volumes: bool,
+    /// When it was created (seconds since the epoch).
     pub created_unix: u64,
 }
 
@@ -87,6 +95,7 @@ impl ContainerRecord {
 /// A volume made by `container create`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatedVolume {
+    /// The volume's name.
     pub name: String,
     /// From `-v /path`, rather than a named volume that did not exist.
     pub anonymous: bool,
@@ -95,16 +104,21 @@ pub struct CreatedVolume {
 /// What `container create` asks for.
 #[derive(Clone, Debug, Default)]
 pub struct NewContainer {
+    /// `--name`; the short id when `None`.
     pub name: Option<String>,
     /// `--image NAME[:TAG]` or `--layer L` (exactly one).
     pub image: Option<String>,
+    /// `--layer L`: a layer instead of an image.
     pub layer: Option<String>,
+    /// The driver whose store gets its layers.
     pub driver: DriverKind,
+    /// Mount options for overlay layers.
     pub overlay: OverlayOptions,
     /// `-v` specs, as typed.
     pub volumes: Vec<String>,
     /// `--volumes-from C[:ro|:rw]`, as typed.
     pub volumes_from: Vec<String>,
+    /// `--hostname`; the short id when `None`.
     pub hostname: Option<String>,
     /// Thin driver: grow the writable layer's filesystem to this size.
     pub size: Option<Bytes>,
@@ -114,11 +128,13 @@ pub struct NewContainer {
 #[derive(Clone, Debug, Serialize)]
 pub struct ContainerInfo {
     #[serde(flatten)]
+    /// The container's record.
     pub record: ContainerRecord,
     /// When it was created, RFC 3339.
     pub created: String,
     /// Whether its rootfs is mounted.
     pub mounted: bool,
+    /// Where its rootfs is mounted while it is.
     pub rootfs: PathBuf,
 }
 
@@ -126,6 +142,7 @@ pub struct ContainerInfo {
 #[derive(Clone, Debug, Serialize)]
 pub struct VolumeInfo {
     #[serde(flatten)]
+    /// The volume's record.
     pub record: VolumeRecord,
     /// When it was created, RFC 3339.
     pub created: String,

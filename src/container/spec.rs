@@ -11,9 +11,15 @@ use crate::volume;
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Source {
     /// A volume, by name.
-    Volume { name: String },
+    Volume {
+        /// The volume's name.
+        name: String,
+    },
     /// A host path, bind-mounted.
-    Bind { path: String },
+    Bind {
+        /// The host path (absolute).
+        path: String,
+    },
     /// A new anonymous volume (only in a parsed spec; creating the
     /// container names it).
     Anonymous,
@@ -23,10 +29,12 @@ pub enum Source {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountSpec {
     #[serde(flatten)]
+    /// Where the data comes from.
     pub source: Source,
     /// Absolute path inside the container, normalized.
     pub destination: String,
     #[serde(default)]
+    /// Mounted read-only (`:ro`).
     pub readonly: bool,
     /// Do not fill a new, empty volume from the image's content.
     #[serde(default)]

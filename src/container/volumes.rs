@@ -20,10 +20,12 @@ impl Containers<'_> {
         users
     }
 
+    /// Creates a volume (`volume create`).
     pub fn volume_create(&mut self, v: &NewVolume) -> Result<VolumeRecord> {
         self.volumes.create(v, &mut self.res)
     }
 
+    /// A thin volume `new` sharing every block of thin volume `src` (O(1)).
     pub fn volume_clone(
         &mut self,
         src: &str,
@@ -62,6 +64,7 @@ impl Containers<'_> {
         Ok(out)
     }
 
+    /// One volume, by name.
     pub fn volume_inspect(&mut self, name: &str) -> Result<VolumeInfo> {
         let v = self.volumes.get(name)?;
         Ok(self.volume_info(v))

@@ -97,7 +97,6 @@ impl DriverResource for DirResource {
     const KIND: &'static str = "dir";
 }
 
-/// The overlay driver over its store directory.
 impl TryFrom<Vec<String>> for OverlayOptions {
     type Error = Error;
     fn try_from(args: Vec<String>) -> Result<OverlayOptions> {
@@ -111,6 +110,7 @@ impl From<OverlayOptions> for Vec<String> {
     }
 }
 
+/// The overlay driver over its store directory.
 pub struct OverlayDriver {
     dir: PathBuf,
     options: OverlayOptions,
