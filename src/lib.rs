@@ -33,6 +33,7 @@ pub mod container;
 pub mod driver;
 pub mod error;
 pub mod image;
+pub mod import;
 pub mod layer;
 pub mod mount;
 pub mod pool;

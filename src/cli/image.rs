@@ -58,8 +58,9 @@ pub fn run(mut store: Store, cmd: ImageCommand) -> Result<()> {
     match cmd {
         ImageCommand::Import { path, name } => {
             let progress = ImportProgress::new();
-            let ids = thinlayer::image::import(&mut store, &path, name.as_deref(), &progress)
-                .with_context(|| format!("importing {}", path.display()))?;
+            let ids =
+                thinlayer::import::import_image(&mut store, &path, name.as_deref(), &progress)
+                    .with_context(|| format!("importing {}", path.display()))?;
             drop(progress);
             for id in ids {
                 let img = store.image(&id)?;

@@ -14,10 +14,8 @@
 //! Applying a layer is not done here: the caller decompresses the blob (see [`Compression`])
 //! and checks the result against [`LayerRef::diff_id`].
 
-pub(crate) mod ahead;
 mod digest;
 mod docker;
-pub mod import;
 mod oci;
 mod source;
 #[cfg(test)]
@@ -27,7 +25,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use digest::{chain_ids, sha256_digest, Digest, DigestParseError};
-pub use import::import;
 
 use source::Source;
 

@@ -665,7 +665,7 @@ pub fn import(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario> 
                 let mut store = f.store(drv)?;
                 let progress = thinlayer::progress::NoProgress;
                 let (t, ids) = timed(|| {
-                    Ok(thinlayer::image::import(
+                    Ok(thinlayer::import::import_image(
                         &mut store,
                         &layout,
                         Some("bench:1"),

@@ -1,11 +1,15 @@
 //! Importing images into a store: every image of a `docker save` archive or
 //! an OCI layout becomes layers (reused by chain id when already there) and
-//! an image record, in one store transaction per image.
+//! an image record, in one store transaction per image. This room stands on
+//! the image formats ([`crate::image`]) and the store, which know nothing
+//! of each other.
+
+mod ahead;
 
 use std::path::Path;
 
-use super::{ImageArchive, ImageManifest};
 use crate::error::{Error, Result};
+use crate::image::{ImageArchive, ImageManifest};
 use crate::layer::LayerId;
 use crate::progress::Progress;
 use crate::store::{normalize_image_name, ExpectDiffId, ImageRecord, NewLayer, Store, Txn};
@@ -17,7 +21,7 @@ use crate::util::time::now_unix;
 /// reused. `name` replaces the archive's names (and needs an archive of one
 /// image). Returns the image ids. An image whose import fails leaves none
 /// of its new layers.
-pub fn import(
+pub fn import_image(
     store: &mut Store,
     path: &Path,
     name: Option<&str>,
@@ -110,7 +114,7 @@ fn import_layers(
         let diff_id = lr.diff_id.to_string();
         // The blob is read, checked and inflated on a second core.
         std::thread::scope(|s| {
-            let mut plain = super::ahead::decompressed(s, blob, progress);
+            let mut plain = ahead::decompressed(s, blob, progress);
             txn.make_layer(
                 &id,
                 NewLayer {
