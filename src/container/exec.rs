@@ -188,11 +188,17 @@ pub fn run(spec: &ExecSpec) -> Result<i32> {
     // Like a shell: ^C goes to the command; this process waits to clean up.
     let old: Vec<_> = [Signal::SIGINT, Signal::SIGQUIT]
         .iter()
-        .map(|s| (*s, unsafe { signal(*s, SigHandler::SigIgn) }))
+        .map(|s| {
+            // SAFETY: SIG_IGN installs no handler: no code of ours runs in
+            // signal context.
+            (*s, unsafe { signal(*s, SigHandler::SigIgn) })
+        })
         .collect();
     let status = cmd.status();
     for (s, h) in old {
         if let Ok(h) = h {
+            // SAFETY: restores the disposition signal(2) reported before
+            // (the default or a handler the runtime installed), unchanged.
             unsafe {
                 let _ = signal(s, h);
             }
