@@ -18,7 +18,9 @@ pub struct Digest(String);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid digest '{input}': {reason}")]
 pub struct DigestParseError {
+    /// The refused string (its first 100 characters).
     pub input: String,
+    /// Why it was refused.
     pub reason: String,
 }
 
@@ -33,7 +35,11 @@ impl Digest {
         &self.0
     }
 
-    /// Builds a digest from a bare hex string (64 lowercase hex characters).
+    /// Builds a digest from a bare hex string.
+    ///
+    /// # Errors
+    ///
+    /// [`DigestParseError`] unless `hex` is exactly 64 lowercase hex characters.
     pub fn from_hex(hex: &str) -> Result<Digest, DigestParseError> {
         if is_sha256_hex(hex) {
             Ok(Digest(format!("sha256:{hex}")))
