@@ -85,6 +85,16 @@ impl FromStr for Digest {
     }
 }
 
+/// oci-spec's digest, which may name any algorithm, as a sha256 [`Digest`]: refused with the
+/// same message as [`str::parse`] unless it is `sha256:<64 lowercase hex>`.
+impl TryFrom<&oci_spec::image::Digest> for Digest {
+    type Error = DigestParseError;
+
+    fn try_from(d: &oci_spec::image::Digest) -> Result<Digest, DigestParseError> {
+        d.as_ref().parse()
+    }
+}
+
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

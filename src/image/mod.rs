@@ -13,6 +13,11 @@
 //!
 //! Applying a layer is not done here: the caller decompresses the blob (see [`Compression`])
 //! and checks the result against [`LayerRef::diff_id`].
+//!
+//! The OCI documents (index, manifest, image config, `oci-layout`) are read with the `oci-spec`
+//! crate's types; the image config, parsed, is in [`ImageConfig::full`]. docker's own
+//! `manifest.json` has its serde struct in `docker.rs`. Where oci-spec is stricter than the
+//! images real tools write, `oci.rs` prepares the document first (its module doc lists how).
 
 pub(crate) mod ahead;
 mod digest;
@@ -26,6 +31,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use digest::{chain_ids, sha256_digest, Digest, DigestParseError};
+/// The parsed image config, as in [`ImageConfig::full`].
+pub use oci_spec::image::ImageConfiguration;
 
 use source::Source;
 
@@ -161,7 +168,11 @@ pub struct ImageManifest {
     pub manifest_raw: Option<Vec<u8>>,
 }
 
-/// The parsed subset of an image config, with the raw bytes for storing.
+/// An image config (OCI, or docker's, which has the same shape), with the raw bytes for
+/// storing.
+///
+/// The fields beside [`ImageConfig::full`] are what the import needs, checked: `rootfs.type`
+/// is `layers` and every diff_id a sha256 digest.
 #[derive(Debug, Clone)]
 pub struct ImageConfig {
     /// The config blob as stored; it hashes to [`ImageManifest::config_digest`].
@@ -178,6 +189,14 @@ pub struct ImageConfig {
     pub variant: Option<String>,
     /// `created`, as written (RFC 3339 by the spec; not checked).
     pub created: Option<String>,
+    /// The whole config as oci-spec parses it: entrypoint, cmd, env, volumes, labels, history.
+    ///
+    /// Where the document leaves out what oci-spec requires, `architecture` and `os` are
+    /// empty here (the fields above say None) and `rootfs.diff_ids` is empty. An optional
+    /// part oci-spec cannot read (`config`, `history`, `author`, `os.version`, `os.features`
+    /// of the wrong shape) is left out rather than refusing the image; [`ImageConfig::raw`]
+    /// still has it.
+    pub full: ImageConfiguration,
 }
 
 /// A layer of an image, with where to find its blob.
@@ -248,10 +267,7 @@ impl ImageArchive {
         arch: &str,
     ) -> Result<ImageArchive, ImageError> {
         let source = Source::open(path)?;
-        let platform = oci::Platform {
-            os: os.to_string(),
-            arch: arch.to_string(),
-        };
+        let platform = oci::wanted_platform(os, arch);
         let has_oci = source.is_file("oci-layout")?;
         let has_docker = source.is_file("manifest.json")?;
         let (format, images) = if has_oci {
@@ -389,43 +405,6 @@ pub(crate) fn build_layers(
             locator: b.locator,
         })
         .collect())
-}
-
-/// Parses an image config (already read and verified).
-pub(crate) fn parse_config(what: &str, raw: Vec<u8>) -> Result<ImageConfig, ImageError> {
-    #[derive(serde::Deserialize)]
-    struct RootFs {
-        #[serde(rename = "type")]
-        kind: String,
-        #[serde(default)]
-        diff_ids: Option<Vec<Digest>>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Raw {
-        architecture: Option<String>,
-        os: Option<String>,
-        variant: Option<String>,
-        created: Option<String>,
-        rootfs: Option<RootFs>,
-    }
-    let parsed: Raw = parse_json(what, &raw)?;
-    let rootfs = parsed
-        .rootfs
-        .ok_or_else(|| ImageError::malformed(what, "config has no rootfs"))?;
-    if rootfs.kind != "layers" {
-        return Err(ImageError::malformed(
-            what,
-            format!("rootfs.type is '{}', expected 'layers'", rootfs.kind),
-        ));
-    }
-    Ok(ImageConfig {
-        diff_ids: rootfs.diff_ids.unwrap_or_default(),
-        architecture: parsed.architecture,
-        os: parsed.os,
-        variant: parsed.variant,
-        created: parsed.created,
-        raw,
-    })
 }
 
 /// Parses a whole JSON document; errors say `invalid JSON` with serde's reason.

@@ -1,7 +1,7 @@
 //! Tests: fixtures are built here (OCI layouts as directories and tars, docker-save archives in
 //! the legacy and blob layouts), plus one image built with the real `umoci` tool.
 
-use super::oci::{DOCKER_LIST, OCI_INDEX, OCI_MANIFEST};
+use super::oci::DOCKER_LIST;
 use super::*;
 
 use std::fs;
@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MT_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const MT_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
