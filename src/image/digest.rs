@@ -18,7 +18,9 @@ pub struct Digest(String);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid digest '{input}': {reason}")]
 pub struct DigestParseError {
+    /// The refused string (its first 100 characters).
     pub input: String,
+    /// Why it was refused.
     pub reason: String,
 }
 
@@ -33,7 +35,11 @@ impl Digest {
         &self.0
     }
 
-    /// Builds a digest from a bare hex string (64 lowercase hex characters).
+    /// Builds a digest from a bare hex string.
+    ///
+    /// # Errors
+    ///
+    /// [`DigestParseError`] unless `hex` is exactly 64 lowercase hex characters.
     pub fn from_hex(hex: &str) -> Result<Digest, DigestParseError> {
         if is_sha256_hex(hex) {
             Ok(Digest(format!("sha256:{hex}")))
@@ -76,6 +82,16 @@ impl FromStr for Digest {
             ));
         }
         Ok(Digest(s.to_string()))
+    }
+}
+
+/// oci-spec's digest, which may name any algorithm, as a sha256 [`Digest`]: refused with the
+/// same message as [`str::parse`] unless it is `sha256:<64 lowercase hex>`.
+impl TryFrom<&oci_spec::image::Digest> for Digest {
+    type Error = DigestParseError;
+
+    fn try_from(d: &oci_spec::image::Digest) -> Result<Digest, DigestParseError> {
+        d.as_ref().parse()
     }
 }
 

@@ -7,19 +7,26 @@
 //! written by containers/image and go-containerregistry). A legacy `<id>/layer.tar` has none;
 //! its reader checks the diff_id instead when the blob is an uncompressed tar (as docker
 //! writes it).
+//!
+//! `manifest.json` is docker's own format, not an OCI document, so it has its serde struct
+//! here; the image config it names is parsed like an OCI one ([`parse_config`], with oci-spec).
+//! The legacy per-layer `<id>/json` and `<id>/VERSION` and the `repositories` file are not
+//! read: `manifest.json` says everything they say (names in `RepoTags`, layers in order), and
+//! docker itself ignores them when loading an archive that has it.
 
 use std::collections::BTreeMap;
 
+use oci_spec::image::MediaType;
 use serde::Deserialize;
 
 use super::digest::{is_sha256_hex, sha256_digest, Digest};
-use super::oci::layer_compression;
+use super::oci::{layer_compression, parse_config};
 use super::source::{check_member_path, Source};
 use super::{
-    build_layers, check_layer_count, parse_config, parse_json, Compression, ImageError,
-    ImageManifest, LayerBlob,
+    build_layers, check_layer_count, parse_json, Compression, ImageError, ImageManifest, LayerBlob,
 };
 
+/// One image of `manifest.json`.
 #[derive(Deserialize)]
 struct Entry {
     #[serde(rename = "Config")]
@@ -32,6 +39,10 @@ struct Entry {
     layer_sources: Option<BTreeMap<Digest, LayerSource>>,
 }
 
+/// A value of `LayerSources` (by diff_id): docker's `distribution.Descriptor`, whose every
+/// field is optional (Go's `omitempty`). Not oci-spec's `Descriptor`, which requires
+/// `mediaType`, `digest` and `size` and would refuse entries docker may write; only the media
+/// type and URLs are used.
 #[derive(Deserialize)]
 struct LayerSource {
     #[serde(rename = "mediaType")]
@@ -71,6 +82,7 @@ fn digest_from_name(path: &str, suffixes: &[&str]) -> Option<Digest> {
 const CONFIG_SUFFIXES: &[&str] = &[".json"];
 const LAYER_SUFFIXES: &[&str] = &[".tar.gz", ".tar"];
 
+/// Reads the images of a docker-save archive (no OCI layout beside it).
 pub(crate) fn load(source: &Source) -> Result<Vec<ImageManifest>, ImageError> {
     let entries = read_entries(source)?;
     let mut images = Vec::with_capacity(entries.len());
@@ -99,7 +111,7 @@ pub(crate) fn load(source: &Source) -> Result<Vec<ImageManifest>, ImageError> {
                     urls,
                 }) => (
                     Some(mt.clone()),
-                    layer_compression(&lwhat, mt, urls.as_deref())?,
+                    layer_compression(&lwhat, &MediaType::from(mt.as_str()), urls.as_deref())?,
                 ),
                 _ => (None, Compression::Unknown),
             };

@@ -13,6 +13,11 @@
 //!
 //! Applying a layer is not done here: the caller decompresses the blob (see [`Compression`])
 //! and checks the result against [`LayerRef::diff_id`].
+//!
+//! The OCI documents (index, manifest, image config, `oci-layout`) are read with the `oci-spec`
+//! crate's types; the image config, parsed, is in [`ImageConfig::full`]. docker's own
+//! `manifest.json` has its serde struct in `docker.rs`. Where oci-spec is stricter than the
+//! images real tools write, `oci.rs` prepares the document first (its module doc lists how).
 
 mod digest;
 mod docker;
@@ -25,6 +30,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use digest::{chain_ids, sha256_digest, Digest, DigestParseError};
+/// The parsed image config, as in [`ImageConfig::full`].
+pub use oci_spec::image::ImageConfiguration;
 
 use source::Source;
 
@@ -37,30 +44,56 @@ pub const MAX_JSON_SIZE: u64 = 16 * 1024 * 1024;
 pub enum ImageError {
     /// Neither an OCI layout nor a docker-save archive: the user gave the wrong file.
     #[error("{}: not a container image archive: {reason}", path.display())]
-    NotAnImage { path: PathBuf, reason: String },
+    NotAnImage {
+        /// The path given to [`ImageArchive::open`].
+        path: PathBuf,
+        /// What was found instead.
+        reason: String,
+    },
     /// The archive is recognized but broken or unsupported (bad JSON, missing field, layer
     /// count mismatch, unsupported media type, missing blob, no usable platform).
     #[error("{what}: {reason}")]
-    Malformed { what: String, reason: String },
+    Malformed {
+        /// The document or member at fault (`index.json`, `manifest sha256:…`, …).
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The archive tries to reach outside itself (`..`, absolute paths, symlinks leaving the
     /// layout, odd blob paths, conflicting duplicate members).
     #[error("{what}: refused as hostile: {reason}")]
-    Hostile { what: String, reason: String },
+    Hostile {
+        /// The document, member or archive at fault.
+        what: String,
+        /// The path or link that was refused, and why.
+        reason: String,
+    },
     /// A document read at open does not hash to its digest.
     #[error("{what}: digest mismatch: expected {expected}, actual {actual}")]
     DigestMismatch {
+        /// The document (`manifest sha256:…`, `config …`).
         what: String,
+        /// The digest that names it.
         expected: Digest,
+        /// The digest of the bytes read.
         actual: Digest,
     },
     /// A JSON document is over [`MAX_JSON_SIZE`]; refused before reading.
     #[error("{what}: too large: {size} bytes (limit {limit} bytes)", limit = MAX_JSON_SIZE)]
-    TooLarge { what: String, size: u64 },
+    TooLarge {
+        /// The document.
+        what: String,
+        /// Its size in bytes.
+        size: u64,
+    },
     /// An I/O error on the archive itself.
     #[error("{op} {}: {source}", path.display())]
     Io {
+        /// What was being done (`open`, `read`, `stat`, …).
         op: &'static str,
+        /// The file (for a tar member: the archive joined with the member path).
         path: PathBuf,
+        /// The error.
         #[source]
         source: std::io::Error,
     },
@@ -105,8 +138,11 @@ pub enum ArchiveFormat {
 /// How a layer blob is compressed, from its media type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
+    /// A plain tar (`…layer.v1.tar`, `…rootfs.diff.tar`).
     None,
+    /// gzip (`+gzip`, `.tar.gzip`).
     Gzip,
+    /// zstd (`+zstd`, `.tar.zstd`).
     Zstd,
     /// Not declared (docker archives): sniff the magic bytes.
     Unknown,
@@ -115,7 +151,9 @@ pub enum Compression {
 /// One image in the archive.
 #[derive(Debug, Clone)]
 pub struct ImageManifest {
+    /// Digest of the config blob: the image id.
     pub config_digest: Digest,
+    /// The image config.
     pub config: ImageConfig,
     /// `repo:tag` from docker `RepoTags`, or for OCI the `io.containerd.image.name`
     /// annotation when present, else `org.opencontainers.image.ref.name` (may be just a tag).
@@ -129,15 +167,35 @@ pub struct ImageManifest {
     pub manifest_raw: Option<Vec<u8>>,
 }
 
-/// The parsed subset of an image config, with the raw bytes for storing.
+/// An image config (OCI, or docker's, which has the same shape), with the raw bytes for
+/// storing.
+///
+/// The fields beside [`ImageConfig::full`] are what the import needs, checked: `rootfs.type`
+/// is `layers` and every diff_id a sha256 digest.
 #[derive(Debug, Clone)]
 pub struct ImageConfig {
+    /// The config blob as stored; it hashes to [`ImageManifest::config_digest`].
     pub raw: Vec<u8>,
+    /// `rootfs.diff_ids`: digests of the uncompressed layer tars, bottom to top (empty when
+    /// the config has none, as docker writes an image without layers).
     pub diff_ids: Vec<Digest>,
+    /// `architecture` as the document spells it (OCI names: `amd64`, `arm64`, …); None if
+    /// absent or null.
     pub architecture: Option<String>,
+    /// `os` (`linux`, …); None if absent or null.
     pub os: Option<String>,
+    /// `variant` (`v8`, …), if any.
     pub variant: Option<String>,
+    /// `created`, as written (RFC 3339 by the spec; not checked).
     pub created: Option<String>,
+    /// The whole config as oci-spec parses it: entrypoint, cmd, env, volumes, labels, history.
+    ///
+    /// Where the document leaves out what oci-spec requires, `architecture` and `os` are
+    /// empty here (the fields above say None) and `rootfs.diff_ids` is empty. An optional
+    /// part oci-spec cannot read (`config`, `history`, `author`, `os.version`, `os.features`
+    /// of the wrong shape) is left out rather than refusing the image; [`ImageConfig::raw`]
+    /// still has it.
+    pub full: ImageConfiguration,
 }
 
 /// A layer of an image, with where to find its blob.
@@ -148,11 +206,16 @@ pub struct LayerRef {
     /// Digest of the blob as stored; None only for a legacy docker `<id>/layer.tar`, whose
     /// reader then checks the diff_id instead when the blob is an uncompressed tar.
     pub blob_digest: Option<Digest>,
+    /// The media type the manifest (or docker's `LayerSources`) declares; None in a plain
+    /// docker-save archive.
     pub media_type: Option<String>,
     /// Expected blob size (descriptor size, or the member size in a docker archive).
     pub size: Option<u64>,
+    /// How the blob is compressed.
     pub compression: Compression,
+    /// Digest of the uncompressed layer tar, from the config.
     pub diff_id: Digest,
+    /// Chain id of the stack up to and including this layer (see [`chain_ids`]).
     pub chain_id: Digest,
     locator: source::Locator,
 }
@@ -172,22 +235,38 @@ impl ImageArchive {
     ///
     /// Where an index offers several platforms, the one for linux and the host architecture
     /// is chosen (amd64 on x86_64), or the only one; see [`ImageArchive::open_for_platform`].
+    ///
+    /// Every JSON document is read (at most [`MAX_JSON_SIZE`] each), verified against its
+    /// digest and parsed; layer blobs are located, not read.
+    ///
+    /// # Errors
+    ///
+    /// [`ImageError::NotAnImage`] for something that is not an image archive,
+    /// [`ImageError::Io`] if `path` cannot be read, and the other [`ImageError`] kinds for a
+    /// broken, oversized or hostile archive.
     pub fn open(path: &Path) -> Result<ImageArchive, ImageError> {
         ImageArchive::open_for_platform(path, "linux", oci::host_arch())
     }
 
     /// Like [`ImageArchive::open`], choosing `os`/`arch` (OCI names: `amd64`, `arm64`, …) from
     /// multi-platform indexes.
+    ///
+    /// An index entry matches when its platform names exactly this os and architecture; of
+    /// several matches with different manifests, the one without a variant is taken. An index
+    /// with a single image entry gives it whatever its platform; attestation entries
+    /// (buildkit) are never chosen.
+    ///
+    /// # Errors
+    ///
+    /// As [`ImageArchive::open`]; [`ImageError::Malformed`] when no entry matches or several
+    /// match with nothing to choose between them.
     pub fn open_for_platform(
         path: &Path,
         os: &str,
         arch: &str,
     ) -> Result<ImageArchive, ImageError> {
         let source = Source::open(path)?;
-        let platform = oci::Platform {
-            os: os.to_string(),
-            arch: arch.to_string(),
-        };
+        let platform = oci::wanted_platform(os, arch);
         let has_oci = source.is_file("oci-layout")?;
         let has_docker = source.is_file("manifest.json")?;
         let (format, images) = if has_oci {
@@ -227,14 +306,18 @@ impl ImageArchive {
         })
     }
 
+    /// The images of the archive, in the order of `index.json` or `manifest.json` (at least
+    /// one).
     pub fn images(&self) -> &[ImageManifest] {
         &self.images
     }
 
+    /// How the archive was recognized.
     pub fn format(&self) -> ArchiveFormat {
         self.format
     }
 
+    /// The path the archive was opened from.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -244,6 +327,13 @@ impl ImageArchive {
     /// expected/actual digest) if the digest or size differ, and a read past the expected
     /// size fails at once. Tar members are read in place with positioned reads, so several
     /// readers can be used at once from different threads.
+    ///
+    /// `layer` must come from [`ImageArchive::images`] of this archive.
+    ///
+    /// # Errors
+    ///
+    /// [`ImageError::Io`] if the blob of a directory layout cannot be opened,
+    /// [`ImageError::Malformed`] for a layer of another archive.
     pub fn open_layer(&self, layer: &LayerRef) -> Result<Box<dyn Read + Send + '_>, ImageError> {
         let what = match &layer.blob_digest {
             Some(d) => format!("layer {} blob {d}", layer.index),
@@ -264,7 +354,7 @@ impl ImageArchive {
     }
 }
 
-/// Builds the layer list of an image from located blobs, checking the diff_id count.
+/// A located layer blob, before the config gives its diff_id.
 pub(crate) struct LayerBlob {
     pub blob_digest: Option<Digest>,
     pub media_type: Option<String>,
@@ -273,6 +363,7 @@ pub(crate) struct LayerBlob {
     pub locator: source::Locator,
 }
 
+/// Checks that the image lists as many layers as its config has diff_ids.
 pub(crate) fn check_layer_count(
     what: &str,
     layers: usize,
@@ -290,6 +381,7 @@ pub(crate) fn check_layer_count(
     Ok(())
 }
 
+/// Builds the layer list of an image from located blobs, checking the diff_id count.
 pub(crate) fn build_layers(
     what: &str,
     blobs: Vec<LayerBlob>,
@@ -314,43 +406,7 @@ pub(crate) fn build_layers(
         .collect())
 }
 
-/// Parses an image config (already read and verified).
-pub(crate) fn parse_config(what: &str, raw: Vec<u8>) -> Result<ImageConfig, ImageError> {
-    #[derive(serde::Deserialize)]
-    struct RootFs {
-        #[serde(rename = "type")]
-        kind: String,
-        #[serde(default)]
-        diff_ids: Option<Vec<Digest>>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Raw {
-        architecture: Option<String>,
-        os: Option<String>,
-        variant: Option<String>,
-        created: Option<String>,
-        rootfs: Option<RootFs>,
-    }
-    let parsed: Raw = parse_json(what, &raw)?;
-    let rootfs = parsed
-        .rootfs
-        .ok_or_else(|| ImageError::malformed(what, "config has no rootfs"))?;
-    if rootfs.kind != "layers" {
-        return Err(ImageError::malformed(
-            what,
-            format!("rootfs.type is '{}', expected 'layers'", rootfs.kind),
-        ));
-    }
-    Ok(ImageConfig {
-        diff_ids: rootfs.diff_ids.unwrap_or_default(),
-        architecture: parsed.architecture,
-        os: parsed.os,
-        variant: parsed.variant,
-        created: parsed.created,
-        raw,
-    })
-}
-
+/// Parses a whole JSON document; errors say `invalid JSON` with serde's reason.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     what: &str,
     bytes: &[u8],

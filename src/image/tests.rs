@@ -1,7 +1,7 @@
 //! Tests: fixtures are built here (OCI layouts as directories and tars, docker-save archives in
 //! the legacy and blob layouts), plus one image built with the real `umoci` tool.
 
-use super::oci::{DOCKER_LIST, OCI_INDEX, OCI_MANIFEST};
+use super::oci::DOCKER_LIST;
 use super::*;
 
 use std::fs;
@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MT_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const MT_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -129,7 +131,12 @@ impl Oci {
     }
 
     fn image(&mut self, layers: &[Layer], arch: &str) -> Value {
-        let m = self.manifest(layers, &config_value(layers, arch));
+        self.image_with_config(layers, &config_value(layers, arch))
+    }
+
+    /// A stored manifest of `layers` with `config`; its descriptor.
+    fn image_with_config(&mut self, layers: &[Layer], config: &Value) -> Value {
+        let m = self.manifest(layers, config);
         self.store_manifest(&m)
     }
 
@@ -1314,5 +1321,387 @@ fn plain_umoci_real_image() {
                 "{names:?}"
             );
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// documents the reader accepts although oci-spec's types are stricter (and what it still refuses)
+
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// A one-image layout (named "v1") of `layers` with `config`, in a fresh dir.
+fn layout_with_config(layers: &[Layer], config: &Value) -> TempDir {
+    let t = TempDir::new().unwrap();
+    let mut o = Oci::default();
+    let m = o.image_with_config(layers, config);
+    o.write(t.path(), &index(vec![named(m, "v1")]));
+    t
+}
+
+#[test]
+fn plain_config_without_architecture_os_or_diff_ids_is_accepted() {
+    // docker omits an empty diff_ids list; nothing requires architecture or os to import.
+    for config in [
+        json!({"rootfs": {"type": "layers"}}),
+        json!({"architecture": null, "os": null, "variant": null,
+               "rootfs": {"type": "layers", "diff_ids": null}}),
+    ] {
+        let t = layout_with_config(&[], &config);
+        let a = open(t.path());
+        let im = &a.images()[0];
+        assert_eq!(im.config.architecture, None);
+        assert_eq!(im.config.os, None);
+        assert_eq!(im.config.variant, None);
+        assert!(im.config.diff_ids.is_empty());
+        assert!(im.layers.is_empty());
+        // oci-spec requires them: empty in the parsed config.
+        assert_eq!(im.config.full.architecture().to_string(), "");
+        assert_eq!(im.config.full.os().to_string(), "");
+        assert!(im.config.full.rootfs().diff_ids().is_empty());
+    }
+}
+
+#[test]
+fn plain_config_parts_never_read_do_not_refuse_the_image() {
+    let layers = three_layers();
+    let mut c = config_value(&layers, "amd64");
+    c["config"] = json!({"Env": "PATH=/bin", "Cmd": 5});
+    c["history"] = json!({"not": "a list"});
+    c["author"] = json!(["x"]);
+    c["os.features"] = json!("x");
+    c["os.version"] = json!(10);
+    let t = layout_with_config(&layers, &c);
+    let a = open(t.path());
+    check_three_layer_image(&a, &a.images()[0], &layers);
+    // Left out of the parsed config; still in the stored bytes.
+    let full = &a.images()[0].config.full;
+    assert!(full.config().is_none());
+    assert!(full.history().is_none());
+    assert!(full.author().is_none());
+    assert!(full.os_features().is_none());
+    assert!(full.os_version().is_none());
+    let raw: Value = serde_json::from_slice(&a.images()[0].config.raw).unwrap();
+    assert_eq!(raw["config"]["Env"], json!("PATH=/bin"));
+}
+
+/// A config as docker writes it: Go's nil slices and maps as null, sets as `{"k": {}}`.
+fn docker_style_config(layers: &[Layer]) -> Value {
+    let mut c = config_value(layers, "amd64");
+    c["config"] = json!({
+        "Hostname": "", "User": "", "Env": ["PATH=/usr/bin:/bin"], "Cmd": null,
+        "Entrypoint": null, "Volumes": {"/data": {}}, "ExposedPorts": {"80/tcp": {}},
+        "Labels": null, "OnBuild": null, "WorkingDir": "", "ArgsEscaped": true,
+    });
+    c["container_config"] = json!({"Cmd": ["/bin/sh", "-c", "#(nop) CMD"], "Env": null});
+    c["docker_version"] = json!("24.0.7");
+    c["variant"] = Value::Null;
+    c["history"] = json!([
+        {"created": "2024-01-01T00:00:00Z", "created_by": "/bin/sh -c #(nop) ADD file:x in /"},
+        {"created": "2024-01-01T00:00:01Z", "created_by": "/bin/sh -c #(nop) ENV A=1",
+         "empty_layer": true},
+        {"created": "2024-01-01T00:00:02Z", "created_by": "RUN x", "comment": "buildkit"},
+        {"created": "2024-01-01T00:00:03Z", "created_by": "RUN y", "empty_layer": null},
+    ]);
+    c
+}
+
+#[test]
+fn plain_config_as_docker_writes_it_is_accepted() {
+    let layers = three_layers();
+    let t = layout_with_config(&layers, &docker_style_config(&layers));
+    let a = open(t.path());
+    check_three_layer_image(&a, &a.images()[0], &layers);
+    let full = &a.images()[0].config.full;
+    let config = full.config().as_ref().unwrap();
+    assert_eq!(
+        config.env().as_deref(),
+        Some(&["PATH=/usr/bin:/bin".to_string()][..])
+    );
+    assert_eq!(config.cmd(), &None);
+    assert_eq!(config.entrypoint(), &None);
+    assert_eq!(
+        config.volumes().as_deref(),
+        Some(&["/data".to_string()][..])
+    );
+    assert_eq!(
+        config.exposed_ports().as_deref(),
+        Some(&["80/tcp".to_string()][..])
+    );
+    assert_eq!(config.labels(), &None);
+    let history = full.history().as_ref().unwrap();
+    assert_eq!(history.len(), 4);
+    assert_eq!(history[1].empty_layer(), Some(true));
+    assert_eq!(history[2].comment().as_deref(), Some("buildkit"));
+    assert_eq!(full.created().as_deref(), Some("2024-01-01T00:00:00Z"));
+}
+
+#[test]
+fn plain_config_is_parsed_in_full() {
+    let t = TempDir::new().unwrap();
+    let layers = oci_three_layer_dir(t.path());
+    let a = open(t.path());
+    let c = &a.images()[0].config;
+    let config = c.full.config().as_ref().unwrap();
+    assert_eq!(config.cmd().as_deref(), Some(&["/bin/sh".to_string()][..]));
+    assert_eq!(c.full.architecture().to_string(), "amd64");
+    assert_eq!(c.full.os().to_string(), "linux");
+    let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.to_string()).collect();
+    assert_eq!(c.full.rootfs().diff_ids(), &diff_ids);
+    assert_eq!(c.full.rootfs().typ(), "layers");
+}
+
+#[test]
+fn plain_config_keeps_refusing_what_it_refused() {
+    let layers = three_layers();
+    let sha512 = format!("sha512:{}", "ab".repeat(64));
+    type Edit = fn(&mut Value, &str);
+    let cases: &[(&str, Edit)] = &[
+        ("only sha256 is supported", |c, d| {
+            c["rootfs"]["diff_ids"][1] = json!(d)
+        }),
+        ("invalid JSON", |c, _| c["rootfs"]["diff_ids"][1] = json!(7)),
+        ("invalid JSON", |c, _| c["architecture"] = json!(64)),
+        ("invalid JSON", |c, _| c["variant"] = json!(["v8"])),
+        ("invalid JSON", |c, _| c["created"] = json!(1)),
+        ("invalid JSON", |c, _| c["rootfs"]["type"] = Value::Null),
+        ("invalid JSON", |c, _| c["rootfs"] = json!("layers")),
+        ("config has no rootfs", |c, _| c["rootfs"] = Value::Null),
+        ("invalid JSON", |c, _| *c = json!([1])),
+    ];
+    for (needle, edit) in cases {
+        let mut c = config_value(&layers, "amd64");
+        edit(&mut c, &sha512);
+        let t = layout_with_config(&layers, &c);
+        expect_err(t.path(), "Malformed", needle);
+    }
+}
+
+#[test]
+fn plain_config_architecture_is_kept_as_spelled() {
+    let layers = three_layers();
+    for arch in ["armbe", "arm64be", "sparc64", "my-arch", ""] {
+        let t = layout_with_config(&layers, &config_value(&layers, arch));
+        let a = open(t.path());
+        assert_eq!(a.images()[0].config.architecture.as_deref(), Some(arch));
+        assert_eq!(a.images()[0].config.os.as_deref(), Some("linux"));
+        // oci-spec 0.10 reads "armbe" as arm64be; the parsed config is corrected.
+        assert_eq!(a.images()[0].config.full.architecture().to_string(), arch);
+    }
+}
+
+#[test]
+fn plain_index_entries_without_media_type_are_classified_by_content() {
+    let layers = three_layers();
+    let mut o = Oci::default();
+    let amd = with_platform(o.image(&layers, "amd64"), "linux", "amd64");
+    let arm = with_platform(o.image(&layers[..2], "arm64"), "linux", "arm64");
+
+    // Flat: entries without mediaType or with null.
+    let mut bare = amd.clone();
+    bare.as_object_mut().unwrap().remove("mediaType");
+    let mut null_mt = arm.clone();
+    null_mt["mediaType"] = Value::Null;
+    let t = TempDir::new().unwrap();
+    o.write(t.path(), &index(vec![null_mt, bare.clone()]));
+    let a = open(t.path());
+    assert_eq!(a.images()[0].layers.len(), 3);
+
+    // Nested: neither the descriptor nor the nested index says it is one; nor does the
+    // manifest below it.
+    let mut m = o.manifest(&layers[..1], &config_value(&layers[..1], "amd64"));
+    m.as_object_mut().unwrap().remove("mediaType");
+    let mut md = o.desc(OCI_MANIFEST, serde_json::to_vec(&m).unwrap());
+    md.as_object_mut().unwrap().remove("mediaType");
+    md["platform"] = json!({"os": "linux", "architecture": "amd64"});
+    let nested = json!({"schemaVersion": 2, "manifests": [arm, md]});
+    let mut nd = o.desc(OCI_INDEX, serde_json::to_vec(&nested).unwrap());
+    nd.as_object_mut().unwrap().remove("mediaType");
+    let t = TempDir::new().unwrap();
+    o.write(t.path(), &index(vec![named(nd, "nested")]));
+    let a = open(t.path());
+    assert_eq!(a.images()[0].names, vec!["nested"]);
+    assert_eq!(a.images()[0].layers.len(), 1);
+
+    // A declared media type still has to agree with the document.
+    let mut wrong = bare;
+    wrong["mediaType"] = json!(OCI_INDEX);
+    let t = TempDir::new().unwrap();
+    o.write(t.path(), &index(vec![wrong]));
+    expect_err(
+        t.path(),
+        "Malformed",
+        "descriptor says mediaType 'application/vnd.oci.image.index.v1+json' but the document \
+         says 'application/vnd.oci.image.manifest.v1+json'",
+    );
+
+    // An index whose manifests list is null has none.
+    fs::write(
+        t.path().join("index.json"),
+        br#"{"schemaVersion":2,"manifests":null}"#,
+    )
+    .unwrap();
+    expect_err(t.path(), "Malformed", "index.json: no manifests list");
+}
+
+#[test]
+fn plain_index_partial_platforms_match_nothing() {
+    let layers = three_layers();
+    let mut o = Oci::default();
+    let arm = with_platform(o.image(&layers, "arm64"), "linux", "arm64");
+    let mut no_os = o.image(&layers[..1], "amd64");
+    no_os["platform"] = json!({"architecture": "amd64"});
+    let mut no_arch = o.image(&layers[..2], "amd64");
+    no_arch["platform"] = json!({"os": "linux", "architecture": null});
+    let mut empty = o.image(&layers[..1], "amd64");
+    empty["platform"] = json!({});
+    let t = TempDir::new().unwrap();
+    o.write(t.path(), &index(vec![no_os, no_arch, empty, arm.clone()]));
+    expect_err(
+        t.path(),
+        "Malformed",
+        "no manifest for linux/amd64 among ?/amd64, linux/?, ?/?, linux/arm64",
+    );
+    let a = ImageArchive::open_for_platform(t.path(), "linux", "arm64").unwrap();
+    assert_eq!(a.images()[0].layers.len(), 3);
+}
+
+#[test]
+fn plain_fields_never_read_do_not_refuse_an_index_or_manifest() {
+    let layers = three_layers();
+    let mut o = Oci::default();
+    let mut m = o.manifest(&layers, &config_value(&layers, "amd64"));
+    m["annotations"] = json!({"a": [1]});
+    m["subject"] = json!({"digest": "nope"});
+    m["artifactType"] = json!(5);
+    m["layers"][0]["data"] = json!(false);
+    m["layers"][1]["artifactType"] = json!({});
+    m["config"]["platform"] = json!({"os": "linux", "architecture": "amd64",
+                                     "os.features": "x", "features": 3, "os.version": 1});
+    let md = o.desc(OCI_MANIFEST, serde_json::to_vec(&m).unwrap());
+    let mut md = with_platform(md, "linux", "amd64");
+    md["data"] = json!(5);
+    md["artifactType"] = json!(7);
+    md["platform"]["os.features"] = json!("x");
+    md["annotations"] = json!({"org.opencontainers.image.ref.name": "v1"});
+    let mut ix = index(vec![md]);
+    ix["annotations"] = json!({"n": 1});
+    ix["subject"] = json!("x");
+    ix["artifactType"] = json!(5);
+    let t = TempDir::new().unwrap();
+    o.write(t.path(), &ix);
+    let a = open(t.path());
+    assert_eq!(a.images()[0].names, vec!["v1"]);
+    check_three_layer_image(&a, &a.images()[0], &layers);
+}
+
+#[test]
+fn plain_descriptors_keep_being_refused_as_before() {
+    let layers = three_layers();
+    let sha512 = format!("sha512:{}", "ab".repeat(64));
+
+    // A non-sha256 digest anywhere in index.json, even in an entry that is never used.
+    let mut o = Oci::default();
+    let amd = o.image(&layers, "amd64");
+    let att = json!({"mediaType": OCI_MANIFEST, "digest": sha512, "size": 1,
+                     "platform": {"os": "unknown", "architecture": "unknown"}});
+    let t = TempDir::new().unwrap();
+    o.write(t.path(), &index(vec![amd, att]));
+    expect_err(t.path(), "Malformed", "only sha256 is supported");
+
+    // ... or among the layers of a manifest.
+    let t = oci_edited(
+        |_, m, _| *m = json!({"layers": [{"mediaType": MT_TAR, "digest": format!("sha512:{}", "cd".repeat(64)), "size": 1}]}),
+    );
+    expect_err(t.path(), "Malformed", "only sha256 is supported");
+
+    // Config and layers must say what they are.
+    let t = oci_edited(|o, m, c| {
+        let mut d = o.desc(OCI_CONFIG, serde_json::to_vec(c).unwrap());
+        d.as_object_mut().unwrap().remove("mediaType");
+        *m = json!({"config": d});
+    });
+    expect_err(t.path(), "Malformed", "config descriptor has no mediaType");
+    let t = oci_edited(|o, m, _| {
+        let ls: Vec<Value> = three_layers()
+            .iter()
+            .map(|l| {
+                let mut d = o.desc(&l.mt, l.blob.clone());
+                d["mediaType"] = Value::Null;
+                d
+            })
+            .collect();
+        *m = json!({"layers": ls});
+    });
+    expect_err(t.path(), "Malformed", "layer 0 (sha256:");
+    expect_err(t.path(), "Malformed", "layer has no mediaType");
+
+    // Descriptors oci-spec cannot read either.
+    let t = oci_edited(|_, m, _| *m = json!({"config": {"mediaType": OCI_CONFIG, "size": 2}}));
+    expect_err(t.path(), "Malformed", "invalid JSON");
+    let t = oci_edited(|_, m, _| *m = json!({"layers": [7]}));
+    expect_err(t.path(), "Malformed", "invalid JSON");
+    let t = oci_edited(|o, m, c| {
+        let mut d = o.desc(OCI_CONFIG, serde_json::to_vec(c).unwrap());
+        d["platform"] = json!({"os": 1, "architecture": "amd64"});
+        *m = json!({"config": d});
+    });
+    expect_err(t.path(), "Malformed", "invalid JSON");
+    let t = oci_edited(|o, m, c| {
+        let mut d = o.desc(OCI_CONFIG, serde_json::to_vec(c).unwrap());
+        d["annotations"] = json!({"a": 1});
+        *m = json!({"config": d});
+    });
+    expect_err(t.path(), "Malformed", "invalid JSON");
+    let t = oci_edited(|_, m, _| *m = json!({"mediaType": 5}));
+    expect_err(t.path(), "Malformed", "invalid JSON");
+}
+
+#[test]
+fn plain_docker_v2_manifest_and_media_types() {
+    let mut o = Oci::default();
+    let t0 = layer_tar(&[("a.txt", b"hello")]);
+    let t1 = layer_tar(&[("b.txt", b"world")]);
+    let layers = vec![
+        Layer {
+            mt: "application/vnd.docker.image.rootfs.diff.tar.gzip".into(),
+            blob: gzip(&t0),
+            diff_id: sha256_digest(&t0),
+        },
+        Layer {
+            mt: "application/vnd.docker.image.rootfs.diff.tar".into(),
+            diff_id: sha256_digest(&t1),
+            blob: t1,
+        },
+    ];
+    let config = docker_style_config(&layers);
+    let cdesc = o.desc(
+        "application/vnd.docker.container.image.v1+json",
+        serde_json::to_vec(&config).unwrap(),
+    );
+    let ldescs: Vec<Value> = layers
+        .iter()
+        .map(|l| o.desc(&l.mt, l.blob.clone()))
+        .collect();
+    let m = json!({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+                   "config": cdesc, "layers": ldescs});
+    let md = with_platform(
+        o.desc(DOCKER_MANIFEST, serde_json::to_vec(&m).unwrap()),
+        "linux",
+        "amd64",
+    );
+    let list = json!({"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": [md]});
+    let ld = o.desc(DOCKER_LIST, serde_json::to_vec(&list).unwrap());
+    let t = TempDir::new().unwrap();
+    o.write(t.path(), &index(vec![named(ld, "d")]));
+    let a = open(t.path());
+    let im = &a.images()[0];
+    assert_eq!(im.names, vec!["d"]);
+    assert_eq!(im.config.architecture.as_deref(), Some("amd64"));
+    assert_eq!(im.layers[0].compression, Compression::Gzip);
+    assert_eq!(im.layers[1].compression, Compression::None);
+    for (l, want) in im.layers.iter().zip(&layers) {
+        assert_eq!(l.media_type.as_deref(), Some(want.mt.as_str()));
+        assert_eq!(l.diff_id, want.diff_id);
+        assert_eq!(read_all(&a, l).unwrap(), want.blob);
     }
 }
