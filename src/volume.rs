@@ -414,18 +414,7 @@ impl Volumes {
             Some(n) => n.clone(),
             None => random_hex(32)?,
         };
-        if self.find(&name)?.is_some() {
-            return Err(Error::Exists {
-                what: "volume",
-                name,
-            });
-        }
-        let dir = self.vol_dir(&name);
-        // A directory without a record is what a killed create left.
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(Error::io("removing", &dir))?;
-        }
-        let mut rec = VolumeRecord {
+        let rec = VolumeRecord {
             name: name.clone(),
             driver: v.driver,
             anonymous: v.anonymous,
@@ -435,19 +424,47 @@ impl Volumes {
             thin_id: None,
             created_unix: now_unix(),
         };
+        let thin_size =
+            (v.driver == VolumeDriver::Thin).then(|| v.size.unwrap_or(DEFAULT_THIN_SIZE));
+        self.make(rec, pools, |rec, pools| {
+            if let Some(size) = thin_size {
+                let (id, made) = make_thin(&mut pools.pool()?.lock(), &rec.name, size)?;
+                rec.size = Some(size);
+                rec.thin_id = Some(id);
+                made?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Makes a new volume `rec` (refused if its name is taken): its data
+    /// directory, then `fill` (which makes its thin device, if any, and
+    /// records it in `rec`), then its record. On failure what was made is
+    /// undone.
+    fn make(
+        &self,
+        mut rec: VolumeRecord,
+        pools: &mut dyn PoolAccess,
+        fill: impl FnOnce(&mut VolumeRecord, &mut dyn PoolAccess) -> Result<()>,
+    ) -> Result<VolumeRecord> {
+        if self.find(&rec.name)?.is_some() {
+            return Err(Error::Exists {
+                what: "volume",
+                name: rec.name,
+            });
+        }
+        let dir = self.vol_dir(&rec.name);
+        // A directory without a record is what a killed create left.
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(Error::io("removing", &dir))?;
+        }
         let made = (|| -> Result<()> {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o755)
                 .create(dir.join(DATA))
                 .map_err(Error::io("creating", dir.join(DATA)))?;
-            if v.driver == VolumeDriver::Thin {
-                let size = v.size.unwrap_or(DEFAULT_THIN_SIZE);
-                let (id, made) = make_thin(&mut pools.pool()?.lock(), &name, size)?;
-                rec.size = Some(size);
-                rec.thin_id = Some(id);
-                made?;
-            }
+            fill(&mut rec, pools)?;
             thinpool::record::write(&dir.join(RECORD), &rec)?;
             Ok(())
         })();
@@ -493,17 +510,7 @@ impl Volumes {
                 format!("volume '{src}' is a local directory; only thin volumes clone (copy a local one with cp -a)"),
             ));
         };
-        if self.find(new)?.is_some() {
-            return Err(Error::Exists {
-                what: "volume",
-                name: new.to_string(),
-            });
-        }
-        let dir = self.vol_dir(new);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(Error::io("removing", &dir))?;
-        }
-        let mut rec = VolumeRecord {
+        let rec = VolumeRecord {
             name: new.to_string(),
             labels,
             anonymous: false,
@@ -511,26 +518,15 @@ impl Volumes {
             thin_id: None,
             ..s.clone()
         };
-        let made = (|| -> Result<()> {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir.join(DATA))
-                .map_err(Error::io("creating", dir.join(DATA)))?;
+        self.make(rec, pools, |rec, pools| {
             let pool = pools.pool()?;
             let mut pool = pool.lock();
             if !pool.thins().contains_key(&origin) {
                 return Err(missing_thin(&s));
             }
             rec.thin_id = Some(pool.snapshot_thin(origin, &tag(new))?);
-            thinpool::record::write(&dir.join(RECORD), &rec)?;
             Ok(())
-        })();
-        if let Err(e) = made {
-            let undo = self.undo_create(&rec, pools);
-            return Err(e.with_rollback(undo));
-        }
-        Ok(rec)
+        })
     }
 
     /// Removes a volume and its data. The caller has checked references;
