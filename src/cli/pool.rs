@@ -78,7 +78,7 @@ pub fn run(root: &Root, cmd: PoolCommand) -> Result<()> {
     match cmd {
         PoolCommand::Create(a) => {
             let block_size = BlockSize::new(a.block_size)
-                .map_err(|reason| thinlayer::thinpool::Error::invalid("block size", reason))?;
+                .map_err(|reason| anyhow::anyhow!("invalid block size: {reason}"))?;
             let backing = |dev: Option<PathBuf>, size| match dev {
                 Some(d) => BackingRequest::Device(d, size),
                 None => BackingRequest::File(size),
