@@ -30,6 +30,7 @@ pub mod changeset;
 pub mod container;
 pub mod driver;
 pub mod error;
+pub mod fsys;
 mod ids;
 pub mod image;
 pub mod layer;

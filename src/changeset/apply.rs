@@ -17,11 +17,11 @@ use xattr::FileExt as _;
 use super::error::{io_err, show, ChangesetError};
 use super::path::{self, check_path, child_key, join, Lookup, Resolver};
 use super::stream::{parse_member, InputTap, Monitor, RawMember, Shared};
-use super::sys::{self, Stat};
 use super::{
     decompress, is_overlay_xattr, ApplyOptions, ApplyStats, WhiteoutMode, WH_META_PREFIX,
     WH_OPAQUE, WH_PREFIX,
 };
+use crate::fsys::sys::{self, FileType, OFlags, Stat};
 
 type Result<T, E = ChangesetError> = std::result::Result<T, E>;
 
@@ -402,18 +402,12 @@ impl Applier<'_> {
         if self.dirs.contains_key(&key) || self.mine.contains(&key) {
             return Ok(());
         }
-        // SAFETY: fstat fills a stat buffer we own.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstat(std::os::fd::AsRawFd::as_raw_fd(fd), &mut st) } != 0 {
-            return Err(io_err("inspecting the parent of", entry)(
-                io::Error::last_os_error(),
-            ));
-        }
+        let st = sys::fstat(fd.as_fd()).map_err(io_err("inspecting the parent of", entry))?;
         self.dirs.insert(
             key,
             DirMeta {
-                mode: st.st_mode & 0o7777,
-                mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+                mode: st.perm(),
+                mtime: st.mtime(),
             },
         );
         Ok(())
@@ -470,10 +464,10 @@ impl Applier<'_> {
     /// Removes whatever is at `t` (a tree, if a directory).
     fn remove(&mut self, parent: BorrowedFd, t: &Target, st: &Stat) -> Result<()> {
         self.res.invalidate();
-        if sys::is_dir(st) {
+        if st.is_dir() {
             remove_tree(parent, &t.name)
         } else {
-            sys::unlinkat(parent, &t.name, 0)
+            sys::unlinkat(parent, &t.name)
         }
         .map_err(io_err("removing", &t.key))
     }
@@ -499,7 +493,7 @@ impl Applier<'_> {
         let fd = sys::openat(
             parent.as_fd(),
             &t.name,
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW,
             0o600,
         )
         .map_err(io_err("creating", &t.key))?;
@@ -523,7 +517,7 @@ impl Applier<'_> {
         let mut merged = false;
         let mut make_opaque = false;
         match existing {
-            Some(st) if sys::is_dir(&st) => merged = true,
+            Some(st) if st.is_dir() => merged = true,
             Some(st) => {
                 self.remove(parent.as_fd(), t, &st)?;
                 // In a layer directory, what replaced a lower entry (e.g.
@@ -630,13 +624,13 @@ impl Applier<'_> {
         header: &tar::Header,
     ) -> Result<()> {
         let kind = if etype.is_fifo() {
-            libc::S_IFIFO
+            FileType::Fifo
         } else if etype.is_character_special() {
-            libc::S_IFCHR
+            FileType::CharacterDevice
         } else {
-            libc::S_IFBLK
+            FileType::BlockDevice
         };
-        let dev = if kind == libc::S_IFIFO {
+        let dev = if kind == FileType::Fifo {
             0
         } else {
             let num = |r: io::Result<Option<u32>>| -> Result<u32> {
@@ -648,7 +642,7 @@ impl Applier<'_> {
                 })
             };
             let (major, minor) = (num(header.device_major())?, num(header.device_minor())?);
-            if self.overlay && kind == libc::S_IFCHR && major == 0 && minor == 0 {
+            if self.overlay && kind == FileType::CharacterDevice && major == 0 && minor == 0 {
                 return Err(ChangesetError::unsupported(
                     t.entry,
                     "a character device 0/0 in an overlay layer would be a whiteout",
@@ -658,16 +652,11 @@ impl Applier<'_> {
         };
         let parent = self.parent(t)?;
         self.clear(parent.as_fd(), t)?;
-        sys::mknodat(parent.as_fd(), &t.name, kind, dev).map_err(io_err("creating", &t.key))?;
-        let fd = sys::openat(
-            parent.as_fd(),
-            &t.name,
-            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            0,
-        )
-        .map_err(io_err("opening", &t.key))?;
+        // Permission bits 0 until finish_node sets them (past the umask).
+        sys::mknodat(parent.as_fd(), &t.name, kind, 0, dev).map_err(io_err("creating", &t.key))?;
+        let fd = sys::open_node_path(parent.as_fd(), &t.name).map_err(io_err("opening", &t.key))?;
         let st = sys::fstat(fd.as_fd()).map_err(io_err("inspecting", &t.key))?;
-        if sys::file_type(&st) != kind {
+        if st.file_type() != kind {
             return Err(ChangesetError::io(
                 "creating",
                 &t.key,
@@ -709,18 +698,13 @@ impl Applier<'_> {
             .dir_at(entry, tdir, false, Some(&what))?
             .ok_or_else(missing)?;
         let tname = sys::cstring(tlast).map_err(io_err("naming", entry))?;
-        let tfd = match sys::openat(
-            tparent.as_fd(),
-            &tname,
-            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            0,
-        ) {
+        let tfd = match sys::open_node_path(tparent.as_fd(), &tname) {
             Ok(fd) => fd,
             Err(e) if sys::is_enoent(&e) => return Err(missing()),
             Err(e) => return Err(ChangesetError::io("opening", raw_target, e)),
         };
         let tst = sys::fstat(tfd.as_fd()).map_err(io_err("inspecting", raw_target))?;
-        if sys::file_type(&tst) != libc::S_IFREG {
+        if tst.file_type() != FileType::RegularFile {
             return Err(ChangesetError::unsupported(
                 entry,
                 format!("{what} is not a regular file"),
@@ -730,7 +714,7 @@ impl Applier<'_> {
         if let Some(st) =
             sys::lstatat(parent.as_fd(), &t.name).map_err(io_err("inspecting", &t.key))?
         {
-            if st.st_ino == tst.st_ino && st.st_dev == tst.st_dev {
+            if st.same_inode(&tst) {
                 self.claim(&t.key);
                 return Ok(());
             }
@@ -738,21 +722,15 @@ impl Applier<'_> {
         }
         // Link exactly the inode checked above; without CAP_DAC_READ_SEARCH
         // (ENOENT) link by name, never following, and check the result.
-        match sys::linkat(
-            tfd.as_fd(),
-            c"",
-            parent.as_fd(),
-            &t.name,
-            libc::AT_EMPTY_PATH,
-        ) {
+        match sys::link_fd(tfd.as_fd(), parent.as_fd(), &t.name) {
             Ok(()) => {}
             Err(e) if sys::is_enoent(&e) => {
-                sys::linkat(tparent.as_fd(), &tname, parent.as_fd(), &t.name, 0)
+                sys::linkat(tparent.as_fd(), &tname, parent.as_fd(), &t.name)
                     .map_err(io_err("linking", &t.key))?;
                 let st =
                     sys::lstatat(parent.as_fd(), &t.name).map_err(io_err("inspecting", &t.key))?;
-                if st.map(|s| (s.st_ino, s.st_dev)) != Some((tst.st_ino, tst.st_dev)) {
-                    let _ = sys::unlinkat(parent.as_fd(), &t.name, 0);
+                if !st.is_some_and(|s| s.same_inode(&tst)) {
+                    let _ = sys::unlinkat(parent.as_fd(), &t.name);
                     return Err(ChangesetError::io(
                         "linking",
                         &t.key,
@@ -779,7 +757,7 @@ impl Applier<'_> {
         if self.overlay {
             let name = sys::cstring(victim).map_err(io_err("naming", path))?;
             match sys::lstatat(parent.as_fd(), &name).map_err(io_err("inspecting", &key))? {
-                Some(st) if sys::is_dir(&st) => {
+                Some(st) if st.is_dir() => {
                     let f = sys::open_dir_file(parent.as_fd(), &name)
                         .map_err(io_err("opening", &key))?;
                     f.set_xattr(OPAQUE_XATTR, b"y")
@@ -787,7 +765,7 @@ impl Applier<'_> {
                 }
                 // This archive's own entry hides the lower one already.
                 Some(_) => {}
-                None => sys::mknodat(parent.as_fd(), &name, libc::S_IFCHR, 0)
+                None => sys::mknodat(parent.as_fd(), &name, FileType::CharacterDevice, 0, 0)
                     .map_err(io_err("creating whiteout", &key))?,
             }
         }
@@ -820,9 +798,8 @@ impl Applier<'_> {
             return Ok(());
         };
         let is_mine = self.mine.contains(key);
-        if sys::is_dir(&st) && (is_mine || self.mine_anc.contains(key)) {
-            let sub =
-                sys::openat(parent, &c, sys::O_PATH_DIR, 0).map_err(io_err("opening", key))?;
+        if st.is_dir() && (is_mine || self.mine_anc.contains(key)) {
+            let sub = sys::open_dir_path(parent, &c).map_err(io_err("opening", key))?;
             for child in sys::list_dir(sub.as_fd()).map_err(io_err("reading directory", key))? {
                 let ckey = child_key(key, &child);
                 self.remove_lower(sub.as_fd(), &child, &ckey)?;
@@ -833,10 +810,10 @@ impl Applier<'_> {
             return Ok(());
         }
         self.res.invalidate();
-        if sys::is_dir(&st) {
+        if st.is_dir() {
             remove_tree(parent, &c)
         } else {
-            sys::unlinkat(parent, &c, 0)
+            sys::unlinkat(parent, &c)
         }
         .map_err(io_err("removing", key))
     }
@@ -1001,22 +978,22 @@ fn set_xattrs_fd(f: &File, xattrs: &[(Vec<u8>, Vec<u8>)], exact: bool, key: &[u8
 /// Removes `dir/name` and, if it is a directory, everything in it; never
 /// follows a symlink.
 fn remove_tree(dir: BorrowedFd, name: &CStr) -> io::Result<()> {
-    match sys::unlinkat(dir, name, libc::AT_REMOVEDIR) {
+    match sys::rmdirat(dir, name) {
         Ok(()) => return Ok(()),
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {}
-        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return sys::unlinkat(dir, name, 0),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return sys::unlinkat(dir, name),
         Err(e) => return Err(e),
     }
-    let sub = sys::openat(dir, name, sys::O_PATH_DIR, 0)?;
+    let sub = sys::open_dir_path(dir, name)?;
     for child in sys::list_dir(sub.as_fd())? {
         let c = sys::cstring(&child)?;
         match sys::lstatat(sub.as_fd(), &c)? {
-            Some(st) if sys::is_dir(&st) => remove_tree(sub.as_fd(), &c)?,
-            Some(_) => sys::unlinkat(sub.as_fd(), &c, 0)?,
+            Some(st) if st.is_dir() => remove_tree(sub.as_fd(), &c)?,
+            Some(_) => sys::unlinkat(sub.as_fd(), &c)?,
             None => {}
         }
     }
-    sys::unlinkat(dir, name, libc::AT_REMOVEDIR)
+    sys::rmdirat(dir, name)
 }
 
 fn type_name(t: EntryType) -> String {

@@ -16,9 +16,9 @@ use tar::{EntryType, Header};
 use super::compress::{Encoder, HashWriter};
 use super::error::{io_err, show, ChangesetError};
 use super::path::child_key;
-use super::sys;
 use super::tree::{list, open_sub, same_meta, Kind, Node};
 use super::{ExportOptions, ExportStats, WH_OPAQUE, WH_PREFIX};
+use crate::fsys::sys::{self, FileType, OFlags};
 
 type Result<T, E = ChangesetError> = std::result::Result<T, E>;
 
@@ -463,18 +463,13 @@ impl<W: Write> Emitter<W> {
 
     fn file(&mut self, dir: BorrowedFd, key: &[u8], node: &Node) -> Result<()> {
         let c = sys::cstring(&node.name).map_err(io_err("naming", key))?;
-        let fd = sys::openat(
-            dir,
-            &c,
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            0,
-        )
-        .map_err(io_err("opening", key))?;
+        let fd = sys::openat(dir, &c, OFlags::RDONLY | OFlags::NOFOLLOW, 0)
+            .map_err(io_err("opening", key))?;
         let file = File::from(fd);
         let st = sys::fstat(file.as_fd()).map_err(io_err("inspecting", key))?;
-        if sys::file_type(&st) != libc::S_IFREG
+        if st.file_type() != FileType::RegularFile
             || st.st_ino != node.ino
-            || st.st_size as u64 != node.size
+            || st.st_size != node.size
         {
             return Err(ChangesetError::io(
                 "reading",

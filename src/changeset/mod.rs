@@ -127,7 +127,6 @@ mod error;
 mod export;
 mod path;
 mod stream;
-pub(crate) mod sys;
 mod tree;
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::error::{show, ChangesetError};
-use super::sys;
+use crate::fsys::sys::{self, FileType};
 
 /// Longest name of one path component (Linux's NAME_MAX).
 const NAME_MAX: usize = 255;
@@ -155,7 +155,7 @@ impl Resolver {
         };
         for (i, comp) in comps.iter().enumerate().skip(start) {
             let c = sys::cstring(comp)?;
-            let next = match sys::openat(cur.as_fd(), &c, sys::O_PATH_DIR, 0) {
+            let next = match sys::open_dir_path(cur.as_fd(), &c) {
                 Ok(fd) => fd,
                 Err(e) if sys::is_enoent(&e) => {
                     if !create {
@@ -166,7 +166,7 @@ impl Resolver {
                             // The umask may have taken bits away, a setgid
                             // parent may have given its group.
                             let f = sys::open_dir_file(cur.as_fd(), &c)?;
-                            if unsafe { libc::geteuid() } == 0 {
+                            if sys::geteuid() == 0 {
                                 sys::fchown(f.as_fd(), 0, 0)?;
                             }
                             sys::fchmod(f.as_fd(), 0o755)?;
@@ -175,7 +175,7 @@ impl Resolver {
                         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                         Err(e) => return Err(e),
                     }
-                    match sys::openat(cur.as_fd(), &c, sys::O_PATH_DIR, 0) {
+                    match sys::open_dir_path(cur.as_fd(), &c) {
                         Ok(fd) => fd,
                         Err(e) => return classify(cur.as_fd(), &c, i, e),
                     }
@@ -193,8 +193,8 @@ impl Resolver {
 fn classify(dir: BorrowedFd, c: &std::ffi::CStr, i: usize, e: io::Error) -> io::Result<Lookup> {
     match e.raw_os_error() {
         Some(libc::ENOTDIR | libc::ELOOP | libc::ENOENT) => match sys::lstatat(dir, c)? {
-            Some(st) if sys::file_type(&st) == libc::S_IFLNK => Ok(Lookup::Symlink(i)),
-            Some(st) if !sys::is_dir(&st) => Ok(Lookup::NotDir(i)),
+            Some(st) if st.file_type() == FileType::Symlink => Ok(Lookup::Symlink(i)),
+            Some(st) if !st.is_dir() => Ok(Lookup::NotDir(i)),
             Some(_) => Err(e),
             None => Ok(Lookup::Missing),
         },

@@ -8,8 +8,8 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::error::{io_err, ChangesetError};
 use super::path::child_key;
-use super::sys;
 use super::{is_exported_xattr, is_overlay_xattr};
+use crate::fsys::sys::{self, FileType};
 
 type Result<T, E = ChangesetError> = std::result::Result<T, E>;
 
@@ -80,14 +80,14 @@ pub(crate) fn scan(dir: BorrowedFd, name: &[u8], key: &[u8]) -> Result<Option<No
     let Some(st) = sys::lstatat(dir, &c).map_err(io_err("inspecting", key))? else {
         return Ok(None);
     };
-    let kind = match sys::file_type(&st) {
-        libc::S_IFREG => Kind::File,
-        libc::S_IFDIR => Kind::Dir,
-        libc::S_IFLNK => Kind::Symlink,
-        libc::S_IFCHR => Kind::Char,
-        libc::S_IFBLK => Kind::Block,
-        libc::S_IFIFO => Kind::Fifo,
-        _ => Kind::Socket,
+    let kind = match st.file_type() {
+        FileType::RegularFile => Kind::File,
+        FileType::Directory => Kind::Dir,
+        FileType::Symlink => Kind::Symlink,
+        FileType::CharacterDevice => Kind::Char,
+        FileType::BlockDevice => Kind::Block,
+        FileType::Fifo => Kind::Fifo,
+        FileType::Socket | FileType::Unknown => Kind::Socket,
     };
     let target = if kind == Kind::Symlink {
         sys::readlinkat(dir, &c).map_err(io_err("reading the symlink", key))?
@@ -125,11 +125,11 @@ pub(crate) fn scan(dir: BorrowedFd, name: &[u8], key: &[u8]) -> Result<Option<No
     Ok(Some(Node {
         name: name.to_vec(),
         kind,
-        mode: st.st_mode & 0o7777,
+        mode: st.perm(),
         uid: st.st_uid,
         gid: st.st_gid,
-        size: st.st_size as u64,
-        mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+        size: st.st_size,
+        mtime: st.mtime(),
         rdev: st.st_rdev,
         dev: st.st_dev,
         ino: st.st_ino,
@@ -172,6 +172,5 @@ pub(crate) fn list(
 /// Opens subdirectory `name` of `dir` (`O_PATH`, never following).
 pub(crate) fn open_sub(dir: BorrowedFd, name: &[u8], key: &[u8]) -> Result<std::os::fd::OwnedFd> {
     let c = sys::cstring(name).map_err(io_err("naming", key))?;
-    sys::openat(dir, &c, sys::O_PATH_DIR, 0)
-        .map_err(|e: io::Error| ChangesetError::io("opening", key, e))
+    sys::open_dir_path(dir, &c).map_err(|e: io::Error| ChangesetError::io("opening", key, e))
 }

@@ -626,7 +626,7 @@ impl<'r> Containers<'r> {
             rootfs.join(dest.trim_start_matches('/')),
         ))?;
         let Some(src) = src else { return Ok(()) };
-        let st = crate::changeset::sys::fstat(src.as_fd()).map_err(Error::io(
+        let st = crate::fsys::sys::fstat(src.as_fd()).map_err(Error::io(
             "inspecting",
             rootfs.join(dest.trim_start_matches('/')),
         ))?;
@@ -742,8 +742,8 @@ impl<'r> Containers<'r> {
             let target = scoped::resolve(rootfs, &m.destination, Some(make))
                 .map_err(Error::io("making the mount point", &at))?
                 .expect("made when missing");
-            let st = crate::changeset::sys::fstat(target.as_fd())
-                .map_err(Error::io("inspecting", &at))?;
+            let st =
+                crate::fsys::sys::fstat(target.as_fd()).map_err(Error::io("inspecting", &at))?;
             let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
             if is_dir != (make == Make::Dir) {
                 return Err(Error::invalid(

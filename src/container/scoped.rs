@@ -8,7 +8,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use crate::changeset::sys;
+use crate::fsys::sys::{self, FileType, OFlags};
 
 /// What to make when the last component is missing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,11 +54,7 @@ pub fn resolve(root: &Path, path: &str, make: Option<Make>) -> io::Result<Option
                     let fd = sys::openat(
                         cur,
                         &name,
-                        libc::O_CREAT
-                            | libc::O_EXCL
-                            | libc::O_WRONLY
-                            | libc::O_NOFOLLOW
-                            | libc::O_CLOEXEC,
+                        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW,
                         0o644,
                     )?;
                     drop(fd);
@@ -68,8 +64,8 @@ pub fn resolve(root: &Path, path: &str, make: Option<Make>) -> io::Result<Option
             todo.push_front(c);
             continue;
         };
-        match sys::file_type(&st) {
-            libc::S_IFLNK => {
+        match st.file_type() {
+            FileType::Symlink => {
                 hops += 1;
                 if hops > MAX_HOPS {
                     return Err(io::Error::from_raw_os_error(libc::ELOOP));
@@ -83,17 +79,12 @@ pub fn resolve(root: &Path, path: &str, make: Option<Make>) -> io::Result<Option
                     todo.push_front(comp);
                 }
             }
-            libc::S_IFDIR => {
-                let fd = sys::openat(cur, &name, sys::O_PATH_DIR | libc::O_NOFOLLOW, 0)?;
+            FileType::Directory => {
+                let fd = sys::open_dir_path(cur, &name)?;
                 stack.push(fd);
             }
             _ if last => {
-                let fd = sys::openat(
-                    cur,
-                    &name,
-                    libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                    0,
-                )?;
+                let fd = sys::open_node_path(cur, &name)?;
                 return Ok(Some(fd));
             }
             _ => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
