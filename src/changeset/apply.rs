@@ -15,13 +15,14 @@ use tar::EntryType;
 use xattr::FileExt as _;
 
 use super::error::{io_err, show, ChangesetError};
-use super::path::{self, check_path, child_key, join, Lookup, Resolver};
+use super::path::{self, check_path, child_key, join, Resolver};
 use super::stream::{parse_member, InputTap, Monitor, RawMember, Shared};
 use super::{
     decompress, is_overlay_xattr, ApplyOptions, ApplyStats, WhiteoutMode, WH_META_PREFIX,
     WH_OPAQUE, WH_PREFIX,
 };
 use crate::fsys::sys::{self, FileType, OFlags, Stat};
+use crate::fsys::walk::Walked;
 
 type Result<T, E = ChangesetError> = std::result::Result<T, E>;
 
@@ -373,23 +374,23 @@ impl Applier<'_> {
         let prefix = |i: usize| show(&join(&dir[..=i]));
         let subject = what.map(|w| format!("{w} ")).unwrap_or_default();
         match r {
-            Lookup::Found(fd) => {
+            Walked::Found(fd) => {
                 if create && !self.overlay {
                     self.keep_mtime(dir, &fd, entry)?;
                 }
                 Ok(Some(fd))
             }
-            Lookup::Missing => Ok(None),
-            Lookup::Symlink(i) => Err(ChangesetError::hostile(
+            Walked::Missing(_) => Ok(None),
+            Walked::Symlink(i) => Err(ChangesetError::hostile(
                 entry,
                 format!("{subject}passes through symlink {:?}", prefix(i)),
             )),
-            Lookup::NotDir(i) if create => Err(ChangesetError::malformed(format!(
+            Walked::NotDir(i) if create => Err(ChangesetError::malformed(format!(
                 "entry {:?}: {subject}parent {:?} is not a directory",
                 show(entry),
                 prefix(i)
             ))),
-            Lookup::NotDir(_) => Ok(None),
+            Walked::NotDir(_) => Ok(None),
         }
     }
 
@@ -434,7 +435,7 @@ impl Applier<'_> {
         use std::os::unix::fs::MetadataExt;
         let comps: Vec<Vec<u8>> = key.split(|b| *b == b'/').map(<[u8]>::to_vec).collect();
         let (last, dir) = comps.split_last().expect("a made directory has a name");
-        if let Ok(Lookup::Found(p)) = self.res.walk(dir, false, &mut |_| {}) {
+        if let Ok(Walked::Found(p)) = self.res.walk(dir, false, &mut |_| {}) {
             let name = sys::cstring(last).map_err(io_err("naming", key))?;
             let f = sys::open_dir_file(p.as_fd(), &name).map_err(io_err("opening", key))?;
             sys::fchown(f.as_fd(), md.uid(), md.gid())
@@ -828,7 +829,7 @@ impl Applier<'_> {
                 let comps: Vec<Vec<u8>> = key.split(|b| *b == b'/').map(<[u8]>::to_vec).collect();
                 let (last, dir) = comps.split_last().expect("not the root");
                 // Gone or moved behind a symlink since: nothing to set.
-                let Ok(Lookup::Found(p)) = self.res.walk(dir, false, &mut |_| {}) else {
+                let Ok(Walked::Found(p)) = self.res.walk(dir, false, &mut |_| {}) else {
                     continue;
                 };
                 let name = sys::cstring(last).map_err(io_err("naming", key))?;

@@ -5,7 +5,8 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::error::{show, ChangesetError};
-use crate::fsys::sys::{self, FileType};
+use crate::fsys::sys::{self, OFlags};
+use crate::fsys::walk::{Links, Missing, Walked, Walker};
 
 /// Longest name of one path component (Linux's NAME_MAX).
 const NAME_MAX: usize = 255;
@@ -105,22 +106,11 @@ pub(crate) fn ancestors(key: &[u8]) -> impl Iterator<Item = &[u8]> {
     )
 }
 
-/// What walking a directory path found.
-pub(crate) enum Lookup {
-    /// The directory, as an `O_PATH` descriptor.
-    Found(OwnedFd),
-    /// A component does not exist (only when not creating).
-    Missing,
-    /// Component `.0` exists and is not a directory (nor a symlink).
-    NotDir(usize),
-    /// Component `.0` is a symlink.
-    Symlink(usize),
-}
-
-/// Resolves directories under the root, one component at a time with
-/// `openat(O_PATH|O_DIRECTORY|O_NOFOLLOW)`. Keeps the last directory it
-/// resolved, since archive entries come grouped by directory; anything that
-/// removes from the tree must call [`Resolver::invalidate`].
+/// Resolves directories under the root with the shared walker
+/// ([`Links::Refuse`]: a symlink anywhere on the way is reported, never
+/// followed). Keeps the last directory it resolved, since archive entries
+/// come grouped by directory; anything that removes from the tree must call
+/// [`Resolver::invalidate`].
 pub(crate) struct Resolver {
     root: OwnedFd,
     cache: Option<(Vec<u8>, OwnedFd)>,
@@ -139,66 +129,53 @@ impl Resolver {
         self.cache = None;
     }
 
-    /// Walks to directory `comps`. With `create`, missing components are
-    /// made (mode 0755, owned by the caller) and each new one's key is passed
-    /// to `created`.
+    /// Walks to directory `comps` (an `O_PATH` descriptor). With `create`,
+    /// missing components are made (mode 0755, owned by root when running
+    /// as root) and each new one's key is passed to `created`. Indices in
+    /// the answer are positions in `comps`.
     pub(crate) fn walk(
         &mut self,
         comps: &[Vec<u8>],
         create: bool,
         created: &mut dyn FnMut(&[u8]),
-    ) -> io::Result<Lookup> {
+    ) -> io::Result<Walked> {
         let key = join(comps);
-        let (mut cur, start) = match &self.cache {
-            Some((k, fd)) if is_prefix(k, &key) => (fd.try_clone()?, n_comps(k)),
-            _ => (self.root.try_clone()?, 0),
+        let (start, skip) = match &self.cache {
+            Some((k, fd)) if is_prefix(k, &key) => (fd.as_fd(), n_comps(k)),
+            _ => (self.root.as_fd(), 0),
         };
-        for (i, comp) in comps.iter().enumerate().skip(start) {
-            let c = sys::cstring(comp)?;
-            let next = match sys::open_dir_path(cur.as_fd(), &c) {
-                Ok(fd) => fd,
-                Err(e) if sys::is_enoent(&e) => {
-                    if !create {
-                        return Ok(Lookup::Missing);
+        let mut make = |m: &Missing| -> io::Result<()> {
+            match sys::mkdirat(m.dir, m.name, 0o755) {
+                Ok(()) => {
+                    // The umask may have taken bits away, a setgid parent
+                    // may have given its group.
+                    let f = sys::open_dir_file(m.dir, m.name)?;
+                    if sys::geteuid() == 0 {
+                        sys::fchown(f.as_fd(), 0, 0)?;
                     }
-                    match sys::mkdirat(cur.as_fd(), &c, 0o755) {
-                        Ok(()) => {
-                            // The umask may have taken bits away, a setgid
-                            // parent may have given its group.
-                            let f = sys::open_dir_file(cur.as_fd(), &c)?;
-                            if sys::geteuid() == 0 {
-                                sys::fchown(f.as_fd(), 0, 0)?;
-                            }
-                            sys::fchmod(f.as_fd(), 0o755)?;
-                            created(&join(&comps[..=i]));
-                        }
-                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                        Err(e) => return Err(e),
-                    }
-                    match sys::open_dir_path(cur.as_fd(), &c) {
-                        Ok(fd) => fd,
-                        Err(e) => return classify(cur.as_fd(), &c, i, e),
-                    }
+                    sys::fchmod(f.as_fd(), 0o755)?;
+                    created(&join(&comps[..=skip + m.index]));
+                    Ok(())
                 }
-                Err(e) => return classify(cur.as_fd(), &c, i, e),
-            };
-            cur = next;
-        }
-        self.cache = Some((key, cur.try_clone()?));
-        Ok(Lookup::Found(cur))
-    }
-}
-
-/// Why opening component `c` as a directory failed.
-fn classify(dir: BorrowedFd, c: &std::ffi::CStr, i: usize, e: io::Error) -> io::Result<Lookup> {
-    match e.raw_os_error() {
-        Some(libc::ENOTDIR | libc::ELOOP | libc::ENOENT) => match sys::lstatat(dir, c)? {
-            Some(st) if st.file_type() == FileType::Symlink => Ok(Lookup::Symlink(i)),
-            Some(st) if !st.is_dir() => Ok(Lookup::NotDir(i)),
-            Some(_) => Err(e),
-            None => Ok(Lookup::Missing),
-        },
-        _ => Err(e),
+                // Made by someone else meanwhile: looked up again.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        let walked = Walker::new(start, Links::Refuse).walk(
+            &comps[skip..],
+            OFlags::PATH | OFlags::DIRECTORY,
+            if create { Some(&mut make) } else { None },
+        )?;
+        Ok(match walked {
+            Walked::Found(fd) => {
+                self.cache = Some((key, fd.try_clone()?));
+                Walked::Found(fd)
+            }
+            Walked::Missing(i) => Walked::Missing(skip + i),
+            Walked::NotDir(i) => Walked::NotDir(skip + i),
+            Walked::Symlink(i) => Walked::Symlink(skip + i),
+        })
     }
 }
 

@@ -5,18 +5,26 @@ use std::os::unix::fs::symlink;
 
 use super::*;
 
-/// Applies `bytes` in both modes in fresh sandboxes; each must fail with
-/// `want` / `text` and leave the outside untouched. `prep` plants things in
-/// the root first.
+/// Applies `bytes` in both modes in fresh sandboxes, resolving with
+/// `openat2` where the kernel has it and then with the component walk alone
+/// (as on an older kernel); each must fail with `want` / `text` and leave
+/// the outside untouched. `prep` plants things in the root first.
 #[track_caller]
 fn refused(bytes: &[u8], want: &str, text: &str, prep: &dyn Fn(&Sandbox)) -> String {
     let mut msg = String::new();
-    for mode in [WhiteoutMode::Delete, WhiteoutMode::Overlay] {
-        let mut sb = Sandbox::new();
-        prep(&sb);
-        sb.rebase();
-        msg = expect_err(apply(bytes, &sb.root, &opts(mode)), want, text);
-        sb.assert_untouched();
+    for fallback in [false, true] {
+        for mode in [WhiteoutMode::Delete, WhiteoutMode::Overlay] {
+            let mut sb = Sandbox::new();
+            prep(&sb);
+            sb.rebase();
+            let r = if fallback {
+                crate::fsys::walk::with_fallback_only(|| apply(bytes, &sb.root, &opts(mode)))
+            } else {
+                apply(bytes, &sb.root, &opts(mode))
+            };
+            msg = expect_err(r, want, text);
+            sb.assert_untouched();
+        }
     }
     msg
 }
