@@ -1,6 +1,7 @@
 //! The changeset error type, grouped by what the caller does next.
 
 use std::io;
+use std::path::Path;
 
 /// What went wrong applying or exporting a changeset.
 ///
@@ -113,6 +114,19 @@ fn entry_label(entry: &str) -> String {
         String::new()
     } else {
         format!("entry {entry:?}: ")
+    }
+}
+
+/// Shorthand: `io_host("opening tree", path)` as a `map_err` closure, for
+/// a host path (a tree's root) rather than a path inside the tree.
+pub(crate) fn io_host<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> ChangesetError + 'a {
+    move |e| ChangesetError::Io {
+        op,
+        path: path.display().to_string(),
+        source: e,
     }
 }
 

@@ -14,10 +14,10 @@ use std::rc::Rc;
 use tar::{EntryType, Header};
 
 use super::compress::{Encoder, HashWriter};
-use super::error::{io_err, show, ChangesetError};
+use super::error::{io_err, io_host, show, ChangesetError};
 use super::path::child_key;
-use super::tree::{list, open_sub, same_meta, Kind, Node};
-use super::{ExportOptions, ExportStats, WH_OPAQUE, WH_PREFIX};
+use super::tree::{list, open_sub, same_meta, Node};
+use super::{overlay_xattr_names, ExportOptions, ExportStats, WH_OPAQUE, WH_PREFIX};
 use crate::fsys::sys::{self, FileType, OFlags};
 
 type Result<T, E = ChangesetError> = std::result::Result<T, E>;
@@ -91,21 +91,13 @@ pub fn export_overlay_layer(
 }
 
 fn open_tree(p: &Path) -> Result<std::os::fd::OwnedFd> {
-    sys::open_root(p).map_err(|e| ChangesetError::Io {
-        op: "opening tree",
-        path: p.display().to_string(),
-        source: e,
-    })
+    sys::open_root(p).map_err(io_host("opening tree", p))
 }
 
 fn tree_dev(fd: &std::os::fd::OwnedFd, p: &Path) -> Result<u64> {
     sys::fstat(fd.as_fd())
         .map(|st| st.st_dev)
-        .map_err(|e| ChangesetError::Io {
-            op: "inspecting tree",
-            path: p.display().to_string(),
-            source: e,
-        })
+        .map_err(io_host("inspecting tree", p))
 }
 
 /// Names the tar format reserves for whiteouts cannot be exported.
@@ -157,7 +149,7 @@ impl<W: Write> DiffWalk<W> {
             let ckey = child_key(key, &c.name);
             check_name(&ckey, &c.name)?;
             match pnodes.get(&c.name) {
-                Some(p) if p.kind == Kind::Dir && c.kind == Kind::Dir => {
+                Some(p) if p.kind == FileType::Directory && c.kind == FileType::Directory => {
                     if p.ino != c.ino {
                         // Removed and made again: hide all the lower content.
                         self.added(cdir, ckey, c, true)?;
@@ -184,7 +176,7 @@ impl<W: Write> DiffWalk<W> {
 
     /// A node that is new in the child, with everything below it.
     fn added(&mut self, dir: BorrowedFd, key: Vec<u8>, node: Node, opaque: bool) -> Result<()> {
-        if node.kind != Kind::Dir {
+        if node.kind != FileType::Directory {
             return self.em.node(dir, &key, &node);
         }
         let sub = open_sub(dir, &node.name, &key)?;
@@ -212,7 +204,7 @@ impl<W: Write> OverlayWalk<W> {
         let nodes = list(dir, key, self.dev, false)?;
         let (whiteouts, others): (Vec<Node>, Vec<Node>) = nodes
             .into_iter()
-            .partition(|n| n.kind == Kind::Char && n.rdev == 0);
+            .partition(|n| n.kind == FileType::CharacterDevice && n.rdev == 0);
         for w in &whiteouts {
             check_name(&child_key(key, &w.name), &w.name)?;
             self.em.whiteout(key, &w.name)?;
@@ -232,7 +224,7 @@ impl<W: Write> OverlayWalk<W> {
                     "a metadata-only copy-up (metacopy xattr) has no data in the layer",
                 ));
             }
-            if n.kind != Kind::Dir {
+            if n.kind != FileType::Directory {
                 self.em.node(dir, &nkey, &n)?;
                 continue;
             }
@@ -265,13 +257,9 @@ impl<W: Write> OverlayWalk<W> {
 /// Whether the layer root is opaque.
 fn root_is_opaque(root: BorrowedFd, p: &Path) -> Result<bool> {
     use xattr::FileExt as _;
-    let f = sys::open_dir_file(root, c".").map_err(|e| ChangesetError::Io {
-        op: "opening tree",
-        path: p.display().to_string(),
-        source: e,
-    })?;
-    for name in ["trusted.overlay.opaque", "user.overlay.opaque"] {
-        match f.get_xattr(name) {
+    let f = sys::open_dir_file(root, c".").map_err(io_host("opening tree", p))?;
+    for name in overlay_xattr_names("opaque") {
+        match f.get_xattr(&name) {
             Ok(Some(v)) if v == b"y" => return Ok(true),
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {}
@@ -420,9 +408,9 @@ impl<W: Write> Emitter<W> {
         }
         self.flush()?;
         match node.kind {
-            Kind::Dir => unreachable!("directories go through push_dir"),
-            Kind::Socket => unreachable!("sockets are not listed"),
-            Kind::File => {
+            FileType::Directory => unreachable!("directories go through push_dir"),
+            FileType::Socket | FileType::Unknown => unreachable!("sockets are not listed"),
+            FileType::RegularFile => {
                 if node.nlink > 1 {
                     if let Some(first) = self.links.get(&(node.dev, node.ino)).cloned() {
                         let mut h = Self::base_header(node, EntryType::Link);
@@ -433,14 +421,14 @@ impl<W: Write> Emitter<W> {
                 }
                 self.file(dir, key, node)
             }
-            Kind::Symlink => {
+            FileType::Symlink => {
                 let mut h = Self::base_header(node, EntryType::Symlink);
                 self.pax(key, node)?;
                 self.link_name(&mut h, &node.target)?;
                 self.append(&mut h, key, io::empty())
             }
-            Kind::Char | Kind::Block => {
-                let ty = if node.kind == Kind::Char {
+            FileType::CharacterDevice | FileType::BlockDevice => {
+                let ty = if node.kind == FileType::CharacterDevice {
                     EntryType::Char
                 } else {
                     EntryType::Block
@@ -453,7 +441,7 @@ impl<W: Write> Emitter<W> {
                 self.pax(key, node)?;
                 self.append(&mut h, key, io::empty())
             }
-            Kind::Fifo => {
+            FileType::Fifo => {
                 let mut h = Self::base_header(node, EntryType::Fifo);
                 self.pax(key, node)?;
                 self.append(&mut h, key, io::empty())

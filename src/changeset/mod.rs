@@ -246,10 +246,25 @@ pub(crate) const WH_PREFIX: &[u8] = b".wh.";
 pub(crate) const WH_META_PREFIX: &[u8] = b".wh..wh.";
 pub(crate) const WH_OPAQUE: &[u8] = b".wh..wh..opq";
 
+/// The namespaces of overlayfs's own xattrs: `trusted.overlay.`, and
+/// `user.overlay.` for an unprivileged mount (`userxattr`).
+const OVERLAY_XATTR_PREFIXES: [&str; 2] = ["trusted.overlay.", "user.overlay."];
+
+/// The xattr that makes an overlayfs directory opaque (value `y`), as
+/// apply sets it.
+pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
 /// Xattrs that belong to overlayfs and are never taken from or put into a
 /// changeset.
 pub(crate) fn is_overlay_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+    OVERLAY_XATTR_PREFIXES
+        .iter()
+        .any(|p| name.starts_with(p.as_bytes()))
+}
+
+/// The names overlayfs xattr `NAME` has, in each of its namespaces.
+pub(crate) fn overlay_xattr_names(name: &str) -> [String; 2] {
+    OVERLAY_XATTR_PREFIXES.map(|p| format!("{p}{name}"))
 }
 
 /// Xattrs an export writes (and a tree comparison looks at).

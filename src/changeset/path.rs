@@ -74,6 +74,12 @@ pub(crate) fn check_path(
     Ok(comps)
 }
 
+/// The components of a key made by [`join`] (not the root's, which has
+/// none: the key is empty).
+pub(crate) fn split(key: &[u8]) -> Vec<Vec<u8>> {
+    key.split(|b| *b == b'/').map(<[u8]>::to_vec).collect()
+}
+
 /// `a/b/c` from its components.
 pub(crate) fn join(comps: &[Vec<u8>]) -> Vec<u8> {
     comps.join(&b'/')

@@ -8,27 +8,16 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::error::{io_err, ChangesetError};
 use super::path::child_key;
-use super::{is_exported_xattr, is_overlay_xattr};
+use super::{is_exported_xattr, is_overlay_xattr, overlay_xattr_names};
 use crate::fsys::sys::{self, FileType};
 
 type Result<T, E = ChangesetError> = std::result::Result<T, E>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    File,
-    Dir,
-    Symlink,
-    Char,
-    Block,
-    Fifo,
-    Socket,
-}
 
 /// One file's metadata, as an export compares and writes it.
 #[derive(Debug, Clone)]
 pub(crate) struct Node {
     pub(crate) name: Vec<u8>,
-    pub(crate) kind: Kind,
+    pub(crate) kind: FileType,
     /// Permission bits with setuid/setgid/sticky.
     pub(crate) mode: u32,
     pub(crate) uid: u32,
@@ -51,12 +40,9 @@ impl Node {
     /// The value of overlayfs xattr `trusted.overlay.NAME` (or the
     /// `user.overlay.` one of an unprivileged overlay).
     pub(crate) fn overlay_attr(&self, name: &str) -> Option<&[u8]> {
-        [
-            format!("trusted.overlay.{name}"),
-            format!("user.overlay.{name}"),
-        ]
-        .iter()
-        .find_map(|k| self.overlay.get(k.as_bytes()).map(Vec::as_slice))
+        overlay_xattr_names(name)
+            .iter()
+            .find_map(|k| self.overlay.get(k.as_bytes()).map(Vec::as_slice))
     }
 }
 
@@ -70,7 +56,14 @@ pub(crate) fn same_meta(a: &Node, b: &Node) -> bool {
         && a.gid == b.gid
         && a.mtime == b.mtime
         && a.xattrs == b.xattrs
-        && (a.kind == Kind::Dir || (a.size == b.size && a.rdev == b.rdev && a.target == b.target))
+        && (a.kind == FileType::Directory
+            || (a.size == b.size && a.rdev == b.rdev && a.target == b.target))
+}
+
+/// Sockets (and types unknown to us), which tar cannot hold: exports skip
+/// them.
+pub(crate) fn untarrable(kind: FileType) -> bool {
+    matches!(kind, FileType::Socket | FileType::Unknown)
 }
 
 /// The node `dir/name`; `None` if it vanished. `key` is its path (for
@@ -80,23 +73,15 @@ pub(crate) fn scan(dir: BorrowedFd, name: &[u8], key: &[u8]) -> Result<Option<No
     let Some(st) = sys::lstatat(dir, &c).map_err(io_err("inspecting", key))? else {
         return Ok(None);
     };
-    let kind = match st.file_type() {
-        FileType::RegularFile => Kind::File,
-        FileType::Directory => Kind::Dir,
-        FileType::Symlink => Kind::Symlink,
-        FileType::CharacterDevice => Kind::Char,
-        FileType::BlockDevice => Kind::Block,
-        FileType::Fifo => Kind::Fifo,
-        FileType::Socket | FileType::Unknown => Kind::Socket,
-    };
-    let target = if kind == Kind::Symlink {
+    let kind = st.file_type();
+    let target = if kind == FileType::Symlink {
         sys::readlinkat(dir, &c).map_err(io_err("reading the symlink", key))?
     } else {
         Vec::new()
     };
     let mut xattrs = BTreeMap::new();
     let mut overlay = BTreeMap::new();
-    if kind != Kind::Socket {
+    if !untarrable(kind) {
         let p = sys::proc_path(dir, name);
         // l* calls: the last component is not followed.
         let names: Vec<std::ffi::OsString> = match xattr::list(&p) {
@@ -161,7 +146,7 @@ pub(crate) fn list(
         }
         let ckey = child_key(key, &name);
         if let Some(n) = scan(dir, &name, &ckey)? {
-            if n.kind != Kind::Socket {
+            if !untarrable(n.kind) {
                 nodes.push(n);
             }
         }

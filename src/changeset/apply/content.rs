@@ -2,12 +2,11 @@
 //! holes.
 
 use std::fs::File;
-use std::io;
 use std::os::unix::fs::FileExt as _;
 
-use super::entry::ReadEntry;
+use super::entry::{in_entry, ReadEntry};
 use super::{Result, Target};
-use crate::changeset::error::{io_err, show};
+use crate::changeset::error::io_err;
 use crate::changeset::stream::Shared;
 
 const HOLE_BLOCK: usize = 4096;
@@ -35,11 +34,9 @@ pub(super) fn write_content(
         let want = (buf.len() as u64).min(size - off) as usize;
         let mut got = 0;
         while got < want {
-            match r.read(&mut buf[got..want]) {
-                Ok(0) => return Err(shared.short_entry(t.entry, off + got as u64, size)),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(shared.classify(e, &format!("in entry {:?}", show(t.entry)))),
+            match shared.read_some(r, &mut buf[got..want], || in_entry(t.entry))? {
+                0 => return Err(shared.short_entry(t.entry, off + got as u64, size)),
+                n => got += n,
             }
         }
         let chunk = &buf[..want];

@@ -1,7 +1,7 @@
 //! One archive member: the checks every member passes, then dispatch by
 //! type (whiteouts and opaque markers included).
 
-use std::io::{self, Read};
+use std::io::Read;
 
 use tar::EntryType;
 
@@ -167,17 +167,20 @@ pub(super) fn drain(r: &mut dyn ReadEntry, size: u64, path: &[u8], shared: &Shar
     let mut buf = [0u8; 16 * 1024];
     let mut got = 0u64;
     loop {
-        match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got += n as u64,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(shared.classify(e, &format!("in entry {:?}", show(path)))),
+        match shared.read_some(r, &mut buf, || in_entry(path))? {
+            0 => break,
+            n => got += n as u64,
         }
     }
     if got < size {
         return Err(shared.short_entry(path, got, size));
     }
     Ok(())
+}
+
+/// Where a read failed, for messages.
+pub(super) fn in_entry(path: &[u8]) -> String {
+    format!("in entry {:?}", show(path))
 }
 
 pub(super) fn type_name(t: EntryType) -> String {

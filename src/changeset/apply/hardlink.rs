@@ -60,7 +60,7 @@ impl Applier<'_> {
                 self.claim(&t.key);
                 return Ok(());
             }
-            self.remove(parent.as_fd(), t, &st)?;
+            self.remove(parent.as_fd(), &t.name, &t.key, &st)?;
         }
         // Link exactly the inode checked above; without CAP_DAC_READ_SEARCH
         // (ENOENT) link by name, never following, and check the result.

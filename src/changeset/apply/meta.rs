@@ -12,9 +12,9 @@ use xattr::FileExt as _;
 
 use super::{Applier, DirMeta, Meta, Result, Target};
 use crate::changeset::error::{io_err, show, ChangesetError};
-use crate::changeset::is_overlay_xattr;
-use crate::changeset::path::join;
+use crate::changeset::path::{join, split};
 use crate::changeset::stream::RawMember;
+use crate::changeset::{is_exported_xattr, is_overlay_xattr};
 use crate::fsys::sys;
 use crate::fsys::walk::Walked;
 
@@ -135,7 +135,7 @@ impl Applier<'_> {
             return Ok(());
         }
         use std::os::unix::fs::MetadataExt;
-        let comps: Vec<Vec<u8>> = key.split(|b| *b == b'/').map(<[u8]>::to_vec).collect();
+        let comps = split(key);
         let (last, dir) = comps.split_last().expect("a made directory has a name");
         if let Ok(Walked::Found(p)) = self.res.walk(dir, false, &mut |_| {}) {
             let name = sys::cstring(last).map_err(io_err("naming", key))?;
@@ -160,7 +160,7 @@ impl Applier<'_> {
             let f = if key.is_empty() {
                 sys::open_dir_file(self.res.root(), c".").map_err(io_err("opening", key))?
             } else {
-                let comps: Vec<Vec<u8>> = key.split(|b| *b == b'/').map(<[u8]>::to_vec).collect();
+                let comps = split(key);
                 let (last, dir) = comps.split_last().expect("not the root");
                 // Gone or moved behind a symlink since: nothing to set.
                 let Ok(Walked::Found(p)) = self.res.walk(dir, false, &mut |_| {}) else {
@@ -199,8 +199,8 @@ pub(super) fn set_xattrs_fd(
         let existing = f.list_xattr().map_err(io_err("listing xattrs of", key))?;
         for name in existing {
             let n = name.as_bytes();
-            if is_overlay_xattr(n) || n == b"security.selinux" || xattrs.iter().any(|(x, _)| x == n)
-            {
+            // Those a changeset never carries stay.
+            if !is_exported_xattr(n) || xattrs.iter().any(|(x, _)| x == n) {
                 continue;
             }
             f.remove_xattr(&name)

@@ -24,7 +24,7 @@ use std::io::Read;
 use std::path::Path;
 use std::rc::Rc;
 
-use super::error::{io_err, show, ChangesetError};
+use super::error::{io_err, io_host, show, ChangesetError};
 use super::path::{self, join};
 use super::stream::{parse_member, InputTap, Monitor, Shared};
 use super::{decompress, ApplyOptions, ApplyStats, WhiteoutMode};
@@ -39,11 +39,7 @@ type Result<T, E = ChangesetError> = std::result::Result<T, E>;
 /// discards the half-made layer); nothing outside `root` has been written.
 /// See the module documentation for the rules.
 pub fn apply(input: impl Read, root: &Path, opts: &ApplyOptions) -> Result<ApplyStats> {
-    let root_fd = sys::open_root(root).map_err(|e| ChangesetError::Io {
-        op: "opening layer root",
-        path: root.display().to_string(),
-        source: e,
-    })?;
+    let root_fd = sys::open_root(root).map_err(io_host("opening layer root", root))?;
     let input_error = Rc::new(RefCell::new(None));
     let tap = InputTap {
         inner: input,

@@ -7,12 +7,11 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use tar::EntryType;
-use xattr::FileExt as _;
 
 use super::content::write_content;
 use super::entry::ReadEntry;
 use super::meta::set_xattrs_fd;
-use super::whiteout::OPAQUE_XATTR;
+use super::whiteout::set_opaque;
 use super::{Applier, DirMeta, Meta, Result, Target};
 use crate::changeset::error::{io_err, show, ChangesetError};
 use crate::changeset::stream::Shared;
@@ -22,20 +21,26 @@ impl Applier<'_> {
     /// Makes room for a new non-directory at `t`.
     pub(super) fn clear(&mut self, parent: BorrowedFd, t: &Target) -> Result<()> {
         if let Some(st) = sys::lstatat(parent, &t.name).map_err(io_err("inspecting", &t.key))? {
-            self.remove(parent, t, &st)?;
+            self.remove(parent, &t.name, &t.key, &st)?;
         }
         Ok(())
     }
 
     /// Removes whatever is at `t` (a tree, if a directory).
-    pub(super) fn remove(&mut self, parent: BorrowedFd, t: &Target, st: &Stat) -> Result<()> {
+    pub(super) fn remove(
+        &mut self,
+        parent: BorrowedFd,
+        name: &CStr,
+        key: &[u8],
+        st: &Stat,
+    ) -> Result<()> {
         self.res.invalidate();
         if st.is_dir() {
-            remove_tree(parent, &t.name)
+            remove_tree(parent, name)
         } else {
-            sys::unlinkat(parent, &t.name)
+            sys::unlinkat(parent, name)
         }
-        .map_err(io_err("removing", &t.key))
+        .map_err(io_err("removing", key))
     }
 
     pub(super) fn file(
@@ -77,7 +82,7 @@ impl Applier<'_> {
         match existing {
             Some(st) if st.is_dir() => merged = true,
             Some(st) => {
-                self.remove(parent.as_fd(), t, &st)?;
+                self.remove(parent.as_fd(), &t.name, &t.key, &st)?;
                 // In a layer directory, what replaced a lower entry (e.g.
                 // its whiteout) must keep hiding it: the directory is opaque.
                 make_opaque = self.overlay;
@@ -92,8 +97,7 @@ impl Applier<'_> {
             .map_err(io_err("setting the owner of", &t.key))?;
         set_xattrs_fd(&f, &meta.xattrs, merged, &t.key)?;
         if make_opaque {
-            f.set_xattr(OPAQUE_XATTR, b"y")
-                .map_err(io_err("setting the opaque xattr on", &t.key))?;
+            set_opaque(&f, &t.key)?;
         }
         self.dirs.insert(
             t.key.clone(),

@@ -1,18 +1,22 @@
 //! Whiteouts (`.wh.NAME`) and opaque markers (`.wh..wh..opq`): what they
 //! remove, and how an overlay layer records them.
 
+use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use xattr::FileExt as _;
 
-use super::nodes::remove_tree;
 use super::{Applier, Result};
 use crate::changeset::error::io_err;
 use crate::changeset::path::{child_key, join};
+use crate::changeset::OPAQUE_XATTR;
 use crate::fsys::sys::{self, FileType};
 
-/// The xattr that makes an overlayfs directory opaque (value `y`).
-pub(super) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// Marks the directory `f` holds opaque, the way overlayfs reads it.
+pub(super) fn set_opaque(f: &File, key: &[u8]) -> Result<()> {
+    f.set_xattr(OPAQUE_XATTR, b"y")
+        .map_err(io_err("setting the opaque xattr on", key))
+}
 
 impl Applier<'_> {
     /// `DIR/.wh.NAME`: removes the lower NAME; in overlay mode also leaves a
@@ -31,8 +35,7 @@ impl Applier<'_> {
                 Some(st) if st.is_dir() => {
                     let f = sys::open_dir_file(parent.as_fd(), &name)
                         .map_err(io_err("opening", &key))?;
-                    f.set_xattr(OPAQUE_XATTR, b"y")
-                        .map_err(io_err("setting the opaque xattr on", &key))?;
+                    set_opaque(&f, &key)?;
                 }
                 // This archive's own entry hides the lower one already.
                 Some(_) => {}
@@ -56,8 +59,7 @@ impl Applier<'_> {
         }
         if self.overlay {
             let f = sys::open_dir_file(dfd.as_fd(), c".").map_err(io_err("opening", &key))?;
-            f.set_xattr(OPAQUE_XATTR, b"y")
-                .map_err(io_err("setting the opaque xattr on", &key))?;
+            set_opaque(&f, &key)?;
         }
         Ok(())
     }
@@ -85,12 +87,6 @@ impl Applier<'_> {
         if is_mine {
             return Ok(());
         }
-        self.res.invalidate();
-        if st.is_dir() {
-            remove_tree(parent, &c)
-        } else {
-            sys::unlinkat(parent, &c)
-        }
-        .map_err(io_err("removing", key))
+        self.remove(parent, &c, key, &st)
     }
 }
