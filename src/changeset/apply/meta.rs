@@ -15,8 +15,8 @@ use crate::changeset::error::{io_err, show, ChangesetError};
 use crate::changeset::path::{join, split};
 use crate::changeset::stream::RawMember;
 use crate::changeset::{is_exported_xattr, is_overlay_xattr};
-use crate::fsys::sys;
-use crate::fsys::walk::Walked;
+use crate::fsys::sys::{self, FileType, OFlags};
+use crate::fsys::walk::{Links, Walked, Walker};
 
 impl Applier<'_> {
     pub(super) fn meta(&self, raw: &RawMember, path: &[u8], etype: EntryType) -> Result<Meta> {
@@ -118,35 +118,45 @@ impl Applier<'_> {
 
     /// Gives a parent directory this archive had to make the metadata it has
     /// in the lower layers, and refuses one that is a symlink there.
+    ///
+    /// The lower tree is read beneath its root, never through a symlink: a
+    /// parent of `key` that is a symlink there was refused when this archive
+    /// made that parent, or was replaced by a directory of this archive,
+    /// which hides everything below it; either way there is nothing to copy.
     pub(super) fn like_lower(&mut self, entry: &[u8], key: &[u8]) -> Result<()> {
-        let Some(lower) = &self.opts.lower else {
+        let Some(lower) = &self.lower else {
             return Ok(());
         };
-        let Ok(md) = std::fs::symlink_metadata(lower.join(OsStr::from_bytes(key))) else {
+        let comps = split(key);
+        let (last, dir) = comps.split_last().expect("a made directory has a name");
+        let dir_path = OFlags::PATH | OFlags::DIRECTORY;
+        let Ok(Walked::Found(ldir)) =
+            Walker::new(lower.as_fd(), Links::Refuse).walk(dir, dir_path, None)
+        else {
             return Ok(());
         };
-        if md.file_type().is_symlink() {
+        let name = sys::cstring(last).map_err(io_err("naming", key))?;
+        let Ok(Some(st)) = sys::lstatat(ldir.as_fd(), &name) else {
+            return Ok(());
+        };
+        if st.file_type() == FileType::Symlink {
             return Err(ChangesetError::hostile(
                 entry,
                 format!("passes through symlink {:?} of a lower layer", show(key)),
             ));
         }
-        if !md.is_dir() {
+        if !st.is_dir() {
             return Ok(());
         }
-        use std::os::unix::fs::MetadataExt;
-        let comps = split(key);
-        let (last, dir) = comps.split_last().expect("a made directory has a name");
         if let Ok(Walked::Found(p)) = self.res.walk(dir, false, &mut |_| {}) {
-            let name = sys::cstring(last).map_err(io_err("naming", key))?;
             let f = sys::open_dir_file(p.as_fd(), &name).map_err(io_err("opening", key))?;
-            sys::fchown(f.as_fd(), md.uid(), md.gid())
+            sys::fchown(f.as_fd(), st.st_uid, st.st_gid)
                 .map_err(io_err("setting the owner of", key))?;
             self.dirs.insert(
                 key.to_vec(),
                 DirMeta {
-                    mode: md.mode() & 0o7777,
-                    mtime: (md.mtime(), md.mtime_nsec() as u32),
+                    mode: st.perm(),
+                    mtime: st.mtime(),
                 },
             );
         }

@@ -21,6 +21,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -52,6 +53,8 @@ pub fn apply(input: impl Read, root: &Path, opts: &ApplyOptions) -> Result<Apply
         opts,
         overlay: opts.whiteouts == WhiteoutMode::Overlay,
         res: Resolver::new(root_fd),
+        // Absent or unreadable: nothing to copy from it, as before.
+        lower: opts.lower.as_deref().and_then(|l| sys::open_root(l).ok()),
         mine: HashSet::new(),
         mine_anc: HashSet::new(),
         dirs: BTreeMap::new(),
@@ -134,6 +137,9 @@ struct Applier<'o> {
     opts: &'o ApplyOptions,
     overlay: bool,
     res: Resolver,
+    /// The merged tree of the lower layers ([`ApplyOptions::lower`]), if
+    /// given and there.
+    lower: Option<OwnedFd>,
     /// Paths this archive created or claimed (explicit entries and the
     /// parents it had to make): whiteouts never remove them.
     mine: HashSet<Vec<u8>>,
