@@ -35,6 +35,15 @@ type Result<T, E = ChangesetError> = std::result::Result<T, E>;
 /// with `.wh..wh..opq` and all its content. Every written entry's ancestors
 /// are written too, with the child's metadata. See the module documentation
 /// for the byte format.
+///
+/// Neither tree may change during the export (a file that does is an
+/// error, not a torn entry).
+///
+/// # Errors
+/// [`ChangesetError::Io`] when a tree cannot be read, a file changes while
+/// it is read, or `out` fails; [`ChangesetError::Unsupported`] for a name
+/// tar cannot carry as such (one with the whiteout prefix `.wh.`) or an
+/// xattr name that is not UTF-8.
 pub fn export_diff(
     parent: Option<&Path>,
     child: &Path,
@@ -71,6 +80,10 @@ pub fn export_diff(
 /// directory copied up but not changed, a whiteout for a name no lower layer
 /// has, or an opaque directory where `export_diff` (which sees only inode
 /// numbers) would write whiteouts for the deleted entries.
+///
+/// # Errors
+/// Those of [`export_diff`]; [`ChangesetError::Unsupported`] also for a
+/// `redirect` or `metacopy` directory and an opaque xattr other than `y`.
 pub fn export_overlay_layer(
     layer_dir: &Path,
     out: impl Write,

@@ -2,7 +2,7 @@
 //! with the shared walker, [`crate::fsys::walk`], which never follows a symlink on the way) or
 //! a plain tar file (indexed once, members read in place).
 //!
-//! Both resolve member paths the same way ([`resolve`]): component by component, following
+//! Both resolve member paths the same way ([`Source::resolve`]): component by component, following
 //! symlinks (and, in a tar, hard links) *within* the archive only, with a link limit. An
 //! absolute symlink target or a `..` that climbs above the archive root is refused as hostile.
 

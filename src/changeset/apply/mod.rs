@@ -36,9 +36,16 @@ type Result<T, E = ChangesetError> = std::result::Result<T, E>;
 
 /// Applies a (possibly compressed) changeset to the directory `root`.
 ///
-/// On failure the error is returned and `root` is left as it is (the caller
-/// discards the half-made layer); nothing outside `root` has been written.
-/// See the module documentation for the rules.
+/// `root` is trusted (symlinks in its own path are followed); nothing below
+/// it is. On failure the error is returned and `root` is left as it is (the
+/// caller discards the half-made layer); nothing outside `root` has been
+/// written. See the [module documentation](crate::changeset) for the rules.
+///
+/// # Errors
+/// [`ChangesetError::Io`] when `root` cannot be opened or a system call
+/// fails; the input kinds ([`ChangesetError::is_bad_input`]) when the
+/// changeset is hostile, malformed, truncated, unsupported or over a limit
+/// of `opts`.
 pub fn apply(input: impl Read, root: &Path, opts: &ApplyOptions) -> Result<ApplyStats> {
     let root_fd = sys::open_root(root).map_err(io_host("opening layer root", root))?;
     let input_error = Rc::new(RefCell::new(None));
