@@ -138,8 +138,9 @@ impl<'r> Walker<'r> {
         }
     }
 
-    /// Resolves `comps` (path components: no `/`, no nul byte; empty and `.`
-    /// components are skipped, `..` goes up as [`Links`] says) and opens
+    /// Resolves `comps` (path components, no nul byte; empty and `.`
+    /// components are skipped, `..` goes up as [`Links`] says, a `/` inside
+    /// one separates as in a path) and opens
     /// what they name with `flags` (`O_CLOEXEC` is added; `O_CREAT` is not
     /// allowed: `make` creates). An empty path names the start itself.
     ///
@@ -229,7 +230,12 @@ impl<'r> Walker<'r> {
         let mut stack: Vec<OwnedFd> = Vec::new();
         let mut todo: VecDeque<(Vec<u8>, usize)> = VecDeque::new();
         for (i, c) in comps.iter().enumerate() {
-            push_back(&mut todo, c.as_ref(), i);
+            // A `/` inside a component separates, as it does for openat2
+            // (never a multi-component name for openat, which would follow
+            // the symlinks inside it).
+            for piece in c.as_ref().split(|b| *b == b'/') {
+                push_back(&mut todo, piece, i);
+            }
         }
         let mut links = 0;
         while let Some((c, i)) = todo.pop_front() {
@@ -404,6 +410,18 @@ mod tests {
             both(&root, Links::Refuse, "in", link),
             format!("found {}", root.join("in").display())
         );
+        // A `/` inside a component separates: the symlink is still seen.
+        let fd = sys::open_root(&root).unwrap();
+        for w in [
+            Walker::new(fd.as_fd(), Links::Refuse),
+            Walker::new(fd.as_fd(), Links::Refuse).fallback_only(),
+        ] {
+            assert_eq!(show(w.walk(&["d", "out/x"], dir, None)), "symlink 1");
+            assert_eq!(
+                show(w.walk(&["d/e"], dir, None)),
+                format!("found {}", root.join("d/e").display())
+            );
+        }
         // A file opened for reading.
         let fd = sys::open_root(&root).unwrap();
         let f = Walker::new(fd.as_fd(), Links::Refuse)
