@@ -32,6 +32,7 @@ pub mod changeset;
 pub mod container;
 pub mod driver;
 pub mod error;
+pub mod fsys;
 pub mod image;
 pub mod import;
 pub mod layer;

@@ -18,6 +18,13 @@ const BZIP2_BLOCK_MAGIC: &[u8] = &[0x31, 0x41, 0x59, 0x26, 0x53, 0x59];
 /// returns a decompressing reader. Concatenated gzip members and zstd frames
 /// are read as one stream, as other OCI tools do. xz and bzip2 are
 /// recognized and refused as unsupported.
+///
+/// Reads the first ten bytes of `r` before returning.
+///
+/// # Errors
+/// [`ChangesetError::Unsupported`] for xz and bzip2;
+/// [`ChangesetError::Io`] when reading `r` fails or zstd cannot start. A
+/// corrupt compressed stream shows up later, as errors of the reader.
 pub fn decompress<'a, R: Read + 'a>(
     r: R,
 ) -> Result<(Compression, Box<dyn Read + 'a>), ChangesetError> {

@@ -1,6 +1,7 @@
 //! The changeset error type, grouped by what the caller does next.
 
 use std::io;
+use std::path::Path;
 
 /// What went wrong applying or exporting a changeset.
 ///
@@ -18,32 +19,56 @@ pub enum ChangesetError {
     /// The changeset tries to reach outside the layer root (absolute path,
     /// `..`, a path or hard link through a symlink, ...). Reject the image.
     #[error("hostile changeset: entry {entry:?} {reason}")]
-    Hostile { entry: String, reason: String },
+    Hostile {
+        /// The entry's path as the archive gives it (lossy UTF-8).
+        entry: String,
+        /// What it tried, e.g. `passes through symlink "a"`.
+        reason: String,
+    },
 
     /// The stream is not a valid (or not an unambiguous) tar archive.
     #[error("malformed changeset: {reason}")]
-    Malformed { reason: String },
+    Malformed {
+        /// What is wrong, naming the entry where there is one.
+        reason: String,
+    },
 
     /// The stream ends early: mid-header, mid-entry, without end-of-archive
     /// marker, or inside the compressed stream.
     #[error("truncated changeset: {reason}")]
-    Truncated { reason: String },
+    Truncated {
+        /// Where the stream ended.
+        reason: String,
+    },
 
     /// A valid archive (or tree, when exporting) uses something this module
     /// does not implement or cannot represent.
     #[error("unsupported: {}{reason}", entry_label(.entry))]
-    Unsupported { entry: String, reason: String },
+    Unsupported {
+        /// The entry's path (in an export: in the tree), or empty when the
+        /// stream as a whole is concerned (e.g. its compression).
+        entry: String,
+        /// What is not supported.
+        reason: String,
+    },
 
     /// The input exceeds a limit of [`super::ApplyOptions`].
     #[error("changeset exceeds a limit: {reason}")]
-    Limit { reason: String },
+    Limit {
+        /// Which limit, and by what.
+        reason: String,
+    },
 
     /// A system call failed on `path` (relative to the layer root), or on the
     /// input or output stream.
     #[error("io error {op} {path:?}: {source}")]
     Io {
+        /// What was being done, e.g. `"creating"`.
         op: &'static str,
+        /// On what: a path relative to the root, a tree's host path, or
+        /// `changeset input` / `changeset output`.
         path: String,
+        /// The system call's error.
         #[source]
         source: io::Error,
     },
@@ -113,6 +138,19 @@ fn entry_label(entry: &str) -> String {
         String::new()
     } else {
         format!("entry {entry:?}: ")
+    }
+}
+
+/// Shorthand: `io_host("opening tree", path)` as a `map_err` closure, for
+/// a host path (a tree's root) rather than a path inside the tree.
+pub(crate) fn io_host<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> ChangesetError + 'a {
+    move |e| ChangesetError::Io {
+        op,
+        path: path.display().to_string(),
+        source: e,
     }
 }
 

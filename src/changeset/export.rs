@@ -14,11 +14,11 @@ use std::rc::Rc;
 use tar::{EntryType, Header};
 
 use super::compress::{Encoder, HashWriter};
-use super::error::{io_err, show, ChangesetError};
+use super::error::{io_err, io_host, show, ChangesetError};
 use super::path::child_key;
-use super::sys;
-use super::tree::{list, open_sub, same_meta, Kind, Node};
-use super::{ExportOptions, ExportStats, WH_OPAQUE, WH_PREFIX};
+use super::tree::{list, open_sub, same_meta, Node};
+use super::{overlay_xattr_names, ExportOptions, ExportStats, WH_OPAQUE, WH_PREFIX};
+use crate::fsys::sys::{self, FileType, OFlags};
 
 type Result<T, E = ChangesetError> = std::result::Result<T, E>;
 
@@ -35,6 +35,15 @@ type Result<T, E = ChangesetError> = std::result::Result<T, E>;
 /// with `.wh..wh..opq` and all its content. Every written entry's ancestors
 /// are written too, with the child's metadata. See the module documentation
 /// for the byte format.
+///
+/// Neither tree may change during the export (a file that does is an
+/// error, not a torn entry).
+///
+/// # Errors
+/// [`ChangesetError::Io`] when a tree cannot be read, a file changes while
+/// it is read, or `out` fails; [`ChangesetError::Unsupported`] for a name
+/// tar cannot carry as such (one with the whiteout prefix `.wh.`) or an
+/// xattr name that is not UTF-8.
 pub fn export_diff(
     parent: Option<&Path>,
     child: &Path,
@@ -71,6 +80,10 @@ pub fn export_diff(
 /// directory copied up but not changed, a whiteout for a name no lower layer
 /// has, or an opaque directory where `export_diff` (which sees only inode
 /// numbers) would write whiteouts for the deleted entries.
+///
+/// # Errors
+/// Those of [`export_diff`]; [`ChangesetError::Unsupported`] also for a
+/// `redirect` or `metacopy` directory and an opaque xattr other than `y`.
 pub fn export_overlay_layer(
     layer_dir: &Path,
     out: impl Write,
@@ -91,21 +104,13 @@ pub fn export_overlay_layer(
 }
 
 fn open_tree(p: &Path) -> Result<std::os::fd::OwnedFd> {
-    sys::open_root(p).map_err(|e| ChangesetError::Io {
-        op: "opening tree",
-        path: p.display().to_string(),
-        source: e,
-    })
+    sys::open_root(p).map_err(io_host("opening tree", p))
 }
 
 fn tree_dev(fd: &std::os::fd::OwnedFd, p: &Path) -> Result<u64> {
     sys::fstat(fd.as_fd())
         .map(|st| st.st_dev)
-        .map_err(|e| ChangesetError::Io {
-            op: "inspecting tree",
-            path: p.display().to_string(),
-            source: e,
-        })
+        .map_err(io_host("inspecting tree", p))
 }
 
 /// Names the tar format reserves for whiteouts cannot be exported.
@@ -157,7 +162,7 @@ impl<W: Write> DiffWalk<W> {
             let ckey = child_key(key, &c.name);
             check_name(&ckey, &c.name)?;
             match pnodes.get(&c.name) {
-                Some(p) if p.kind == Kind::Dir && c.kind == Kind::Dir => {
+                Some(p) if p.kind == FileType::Directory && c.kind == FileType::Directory => {
                     if p.ino != c.ino {
                         // Removed and made again: hide all the lower content.
                         self.added(cdir, ckey, c, true)?;
@@ -184,7 +189,7 @@ impl<W: Write> DiffWalk<W> {
 
     /// A node that is new in the child, with everything below it.
     fn added(&mut self, dir: BorrowedFd, key: Vec<u8>, node: Node, opaque: bool) -> Result<()> {
-        if node.kind != Kind::Dir {
+        if node.kind != FileType::Directory {
             return self.em.node(dir, &key, &node);
         }
         let sub = open_sub(dir, &node.name, &key)?;
@@ -212,7 +217,7 @@ impl<W: Write> OverlayWalk<W> {
         let nodes = list(dir, key, self.dev, false)?;
         let (whiteouts, others): (Vec<Node>, Vec<Node>) = nodes
             .into_iter()
-            .partition(|n| n.kind == Kind::Char && n.rdev == 0);
+            .partition(|n| n.kind == FileType::CharacterDevice && n.rdev == 0);
         for w in &whiteouts {
             check_name(&child_key(key, &w.name), &w.name)?;
             self.em.whiteout(key, &w.name)?;
@@ -232,7 +237,7 @@ impl<W: Write> OverlayWalk<W> {
                     "a metadata-only copy-up (metacopy xattr) has no data in the layer",
                 ));
             }
-            if n.kind != Kind::Dir {
+            if n.kind != FileType::Directory {
                 self.em.node(dir, &nkey, &n)?;
                 continue;
             }
@@ -265,13 +270,9 @@ impl<W: Write> OverlayWalk<W> {
 /// Whether the layer root is opaque.
 fn root_is_opaque(root: BorrowedFd, p: &Path) -> Result<bool> {
     use xattr::FileExt as _;
-    let f = sys::open_dir_file(root, c".").map_err(|e| ChangesetError::Io {
-        op: "opening tree",
-        path: p.display().to_string(),
-        source: e,
-    })?;
-    for name in ["trusted.overlay.opaque", "user.overlay.opaque"] {
-        match f.get_xattr(name) {
+    let f = sys::open_dir_file(root, c".").map_err(io_host("opening tree", p))?;
+    for name in overlay_xattr_names("opaque") {
+        match f.get_xattr(&name) {
             Ok(Some(v)) if v == b"y" => return Ok(true),
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {}
@@ -420,9 +421,9 @@ impl<W: Write> Emitter<W> {
         }
         self.flush()?;
         match node.kind {
-            Kind::Dir => unreachable!("directories go through push_dir"),
-            Kind::Socket => unreachable!("sockets are not listed"),
-            Kind::File => {
+            FileType::Directory => unreachable!("directories go through push_dir"),
+            FileType::Socket | FileType::Unknown => unreachable!("sockets are not listed"),
+            FileType::RegularFile => {
                 if node.nlink > 1 {
                     if let Some(first) = self.links.get(&(node.dev, node.ino)).cloned() {
                         let mut h = Self::base_header(node, EntryType::Link);
@@ -433,14 +434,14 @@ impl<W: Write> Emitter<W> {
                 }
                 self.file(dir, key, node)
             }
-            Kind::Symlink => {
+            FileType::Symlink => {
                 let mut h = Self::base_header(node, EntryType::Symlink);
                 self.pax(key, node)?;
                 self.link_name(&mut h, &node.target)?;
                 self.append(&mut h, key, io::empty())
             }
-            Kind::Char | Kind::Block => {
-                let ty = if node.kind == Kind::Char {
+            FileType::CharacterDevice | FileType::BlockDevice => {
+                let ty = if node.kind == FileType::CharacterDevice {
                     EntryType::Char
                 } else {
                     EntryType::Block
@@ -453,7 +454,7 @@ impl<W: Write> Emitter<W> {
                 self.pax(key, node)?;
                 self.append(&mut h, key, io::empty())
             }
-            Kind::Fifo => {
+            FileType::Fifo => {
                 let mut h = Self::base_header(node, EntryType::Fifo);
                 self.pax(key, node)?;
                 self.append(&mut h, key, io::empty())
@@ -463,18 +464,13 @@ impl<W: Write> Emitter<W> {
 
     fn file(&mut self, dir: BorrowedFd, key: &[u8], node: &Node) -> Result<()> {
         let c = sys::cstring(&node.name).map_err(io_err("naming", key))?;
-        let fd = sys::openat(
-            dir,
-            &c,
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            0,
-        )
-        .map_err(io_err("opening", key))?;
+        let fd = sys::openat(dir, &c, OFlags::RDONLY | OFlags::NOFOLLOW, 0)
+            .map_err(io_err("opening", key))?;
         let file = File::from(fd);
         let st = sys::fstat(file.as_fd()).map_err(io_err("inspecting", key))?;
-        if sys::file_type(&st) != libc::S_IFREG
+        if st.file_type() != FileType::RegularFile
             || st.st_ino != node.ino
-            || st.st_size as u64 != node.size
+            || st.st_size != node.size
         {
             return Err(ChangesetError::io(
                 "reading",

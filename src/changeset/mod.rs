@@ -5,7 +5,7 @@
 //! *opaque markers* (`DIR/.wh..wh..opq`: DIR's lower content is hidden), as
 //! the OCI image spec's `layer.md` describes.
 //!
-//! * [`apply`] writes a changeset into a directory: a merged tree
+//! * [`apply()`] writes a changeset into a directory: a merged tree
 //!   ([`WhiteoutMode::Delete`], the thin driver) or an overlayfs layer
 //!   directory ([`WhiteoutMode::Overlay`]).
 //! * [`export_diff`] writes the changeset between two merged trees;
@@ -18,9 +18,12 @@
 //!
 //! * entry paths and hard-link targets are checked before anything happens:
 //!   absolute paths and `..` components are refused (not sanitized);
-//! * every path is resolved from an `O_PATH` descriptor of the root, one
-//!   component at a time with `openat(O_NOFOLLOW)`; a symlink in the middle
-//!   of a path (made by this archive or already in the tree) is refused;
+//! * every path is resolved from an `O_PATH` descriptor of the root by the
+//!   shared walker ([`crate::fsys::walk`]): `openat2` with
+//!   `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` where the kernel has it, one
+//!   component at a time with `openat(O_NOFOLLOW)` otherwise; a symlink in
+//!   the middle of a path (made by this archive or already in the tree, or
+//!   in overlay mode in the lower layers) is refused;
 //! * the last component is always handled relative to its parent's
 //!   descriptor with calls that never follow it (`O_CREAT|O_EXCL|O_NOFOLLOW`,
 //!   `mkdirat`, `mknodat`, `symlinkat`, `linkat` without `AT_SYMLINK_FOLLOW`,
@@ -127,7 +130,6 @@ mod error;
 mod export;
 mod path;
 mod stream;
-pub(crate) mod sys;
 mod tree;
 
 #[cfg(test)]
@@ -141,9 +143,12 @@ pub use export::{export_diff, export_overlay_layer};
 /// How a changeset stream is (or is to be) compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Compression {
+    /// A plain tar stream.
     #[default]
     None,
+    /// gzip (`application/vnd.oci.image.layer.v1.tar+gzip`).
     Gzip,
+    /// zstd (`application/vnd.oci.image.layer.v1.tar+zstd`).
     Zstd,
 }
 
@@ -161,9 +166,11 @@ pub enum WhiteoutMode {
     Overlay,
 }
 
-/// How [`apply`] treats whiteouts, and its limits against absurd input.
+/// How [`apply()`] treats whiteouts, and its limits against absurd input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyOptions {
+    /// What whiteouts and opaque markers become: the target is a merged
+    /// tree or an overlayfs layer directory.
     pub whiteouts: WhiteoutMode,
     /// Largest (logical) size of one file entry. Default 64 GiB.
     pub max_entry_size: u64,
@@ -207,7 +214,7 @@ impl Default for ApplyOptions {
     }
 }
 
-/// What [`apply`] did.
+/// What [`apply()`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyStats {
     /// Archive members (after extension headers), whiteouts included.
@@ -218,12 +225,14 @@ pub struct ApplyStats {
     /// diff_id): every byte read, through the end-of-archive blocks and any
     /// padding after them.
     pub diff_id: String,
+    /// The compression the input had (sniffed from its first bytes).
     pub compression: Compression,
 }
 
 /// How [`export_diff`] and [`export_overlay_layer`] write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ExportOptions {
+    /// How the output is compressed.
     pub compression: Compression,
     /// Non-directory paths (relative, like `etc/hosts`) left out of the
     /// export, whether changed or deleted: a container's commit skips the
@@ -247,10 +256,25 @@ pub(crate) const WH_PREFIX: &[u8] = b".wh.";
 pub(crate) const WH_META_PREFIX: &[u8] = b".wh..wh.";
 pub(crate) const WH_OPAQUE: &[u8] = b".wh..wh..opq";
 
+/// The namespaces of overlayfs's own xattrs: `trusted.overlay.`, and
+/// `user.overlay.` for an unprivileged mount (`userxattr`).
+const OVERLAY_XATTR_PREFIXES: [&str; 2] = ["trusted.overlay.", "user.overlay."];
+
+/// The xattr that makes an overlayfs directory opaque (value `y`), as
+/// apply sets it.
+pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
 /// Xattrs that belong to overlayfs and are never taken from or put into a
 /// changeset.
 pub(crate) fn is_overlay_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+    OVERLAY_XATTR_PREFIXES
+        .iter()
+        .any(|p| name.starts_with(p.as_bytes()))
+}
+
+/// The names overlayfs xattr `NAME` has, in each of its namespaces.
+pub(crate) fn overlay_xattr_names(name: &str) -> [String; 2] {
+    OVERLAY_XATTR_PREFIXES.map(|p| format!("{p}{name}"))
 }
 
 /// Xattrs an export writes (and a tree comparison looks at).

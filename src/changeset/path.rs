@@ -1,11 +1,6 @@
-//! Entry paths: checking them, and resolving them under the root without
-//! ever following a symlink.
-
-use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+//! Entry paths as bytes: checking them, splitting and joining them.
 
 use super::error::{show, ChangesetError};
-use super::sys;
 
 /// Longest name of one path component (Linux's NAME_MAX).
 const NAME_MAX: usize = 255;
@@ -79,6 +74,12 @@ pub(crate) fn check_path(
     Ok(comps)
 }
 
+/// The components of a key made by [`join`] (not the root's, which has
+/// none: the key is empty).
+pub(crate) fn split(key: &[u8]) -> Vec<Vec<u8>> {
+    key.split(|b| *b == b'/').map(<[u8]>::to_vec).collect()
+}
+
 /// `a/b/c` from its components.
 pub(crate) fn join(comps: &[Vec<u8>]) -> Vec<u8> {
     comps.join(&b'/')
@@ -103,113 +104,4 @@ pub(crate) fn ancestors(key: &[u8]) -> impl Iterator<Item = &[u8]> {
             .filter(|(_, b)| **b == b'/')
             .map(move |(i, _)| &key[..i]),
     )
-}
-
-/// What walking a directory path found.
-pub(crate) enum Lookup {
-    /// The directory, as an `O_PATH` descriptor.
-    Found(OwnedFd),
-    /// A component does not exist (only when not creating).
-    Missing,
-    /// Component `.0` exists and is not a directory (nor a symlink).
-    NotDir(usize),
-    /// Component `.0` is a symlink.
-    Symlink(usize),
-}
-
-/// Resolves directories under the root, one component at a time with
-/// `openat(O_PATH|O_DIRECTORY|O_NOFOLLOW)`. Keeps the last directory it
-/// resolved, since archive entries come grouped by directory; anything that
-/// removes from the tree must call [`Resolver::invalidate`].
-pub(crate) struct Resolver {
-    root: OwnedFd,
-    cache: Option<(Vec<u8>, OwnedFd)>,
-}
-
-impl Resolver {
-    pub(crate) fn new(root: OwnedFd) -> Self {
-        Resolver { root, cache: None }
-    }
-
-    pub(crate) fn root(&self) -> BorrowedFd<'_> {
-        self.root.as_fd()
-    }
-
-    pub(crate) fn invalidate(&mut self) {
-        self.cache = None;
-    }
-
-    /// Walks to directory `comps`. With `create`, missing components are
-    /// made (mode 0755, owned by the caller) and each new one's key is passed
-    /// to `created`.
-    pub(crate) fn walk(
-        &mut self,
-        comps: &[Vec<u8>],
-        create: bool,
-        created: &mut dyn FnMut(&[u8]),
-    ) -> io::Result<Lookup> {
-        let key = join(comps);
-        let (mut cur, start) = match &self.cache {
-            Some((k, fd)) if is_prefix(k, &key) => (fd.try_clone()?, n_comps(k)),
-            _ => (self.root.try_clone()?, 0),
-        };
-        for (i, comp) in comps.iter().enumerate().skip(start) {
-            let c = sys::cstring(comp)?;
-            let next = match sys::openat(cur.as_fd(), &c, sys::O_PATH_DIR, 0) {
-                Ok(fd) => fd,
-                Err(e) if sys::is_enoent(&e) => {
-                    if !create {
-                        return Ok(Lookup::Missing);
-                    }
-                    match sys::mkdirat(cur.as_fd(), &c, 0o755) {
-                        Ok(()) => {
-                            // The umask may have taken bits away, a setgid
-                            // parent may have given its group.
-                            let f = sys::open_dir_file(cur.as_fd(), &c)?;
-                            if unsafe { libc::geteuid() } == 0 {
-                                sys::fchown(f.as_fd(), 0, 0)?;
-                            }
-                            sys::fchmod(f.as_fd(), 0o755)?;
-                            created(&join(&comps[..=i]));
-                        }
-                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                        Err(e) => return Err(e),
-                    }
-                    match sys::openat(cur.as_fd(), &c, sys::O_PATH_DIR, 0) {
-                        Ok(fd) => fd,
-                        Err(e) => return classify(cur.as_fd(), &c, i, e),
-                    }
-                }
-                Err(e) => return classify(cur.as_fd(), &c, i, e),
-            };
-            cur = next;
-        }
-        self.cache = Some((key, cur.try_clone()?));
-        Ok(Lookup::Found(cur))
-    }
-}
-
-/// Why opening component `c` as a directory failed.
-fn classify(dir: BorrowedFd, c: &std::ffi::CStr, i: usize, e: io::Error) -> io::Result<Lookup> {
-    match e.raw_os_error() {
-        Some(libc::ENOTDIR | libc::ELOOP | libc::ENOENT) => match sys::lstatat(dir, c)? {
-            Some(st) if sys::file_type(&st) == libc::S_IFLNK => Ok(Lookup::Symlink(i)),
-            Some(st) if !sys::is_dir(&st) => Ok(Lookup::NotDir(i)),
-            Some(_) => Err(e),
-            None => Ok(Lookup::Missing),
-        },
-        _ => Err(e),
-    }
-}
-
-fn is_prefix(k: &[u8], key: &[u8]) -> bool {
-    k.is_empty() || key == k || (key.starts_with(k) && key[k.len()] == b'/')
-}
-
-fn n_comps(k: &[u8]) -> usize {
-    if k.is_empty() {
-        0
-    } else {
-        k.iter().filter(|b| **b == b'/').count() + 1
-    }
 }

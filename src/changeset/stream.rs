@@ -94,6 +94,24 @@ impl Shared {
     }
 
     /// The error for a member whose data ends before its size.
+    /// One `read` of `r` for the archive's reader: retried when a signal
+    /// interrupts it, a failure classified (`ctx` says where, for
+    /// messages). `Ok(0)` is the end of `r`.
+    pub(crate) fn read_some(
+        &self,
+        r: &mut dyn Read,
+        buf: &mut [u8],
+        ctx: impl FnOnce() -> String,
+    ) -> Result<usize, ChangesetError> {
+        loop {
+            match r.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.classify(e, &ctx())),
+                Ok(n) => return Ok(n),
+            }
+        }
+    }
+
     pub(crate) fn short_entry(&self, entry: &[u8], got: u64, size: u64) -> ChangesetError {
         ChangesetError::truncated(format!(
             "unexpected end of archive in entry {:?} ({got} of {size} bytes)",
@@ -145,12 +163,11 @@ impl<'a> Monitor<'a> {
     /// hash; it must be zeros.
     pub(crate) fn drain_trailer(&mut self, ctx: &str) -> Result<(), ChangesetError> {
         let mut buf = vec![0u8; 64 * 1024];
+        let shared = self.shared.clone();
         loop {
-            let n = match self.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.shared.classify(e, ctx)),
+            let n = match shared.read_some(self, &mut buf, || ctx.to_string())? {
+                0 => return Ok(()),
+                n => n,
             };
             if buf[..n].iter().any(|b| *b != 0) {
                 return Err(ChangesetError::malformed(format!(

@@ -8,27 +8,16 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::error::{io_err, ChangesetError};
 use super::path::child_key;
-use super::sys;
-use super::{is_exported_xattr, is_overlay_xattr};
+use super::{is_exported_xattr, is_overlay_xattr, overlay_xattr_names};
+use crate::fsys::sys::{self, FileType};
 
 type Result<T, E = ChangesetError> = std::result::Result<T, E>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    File,
-    Dir,
-    Symlink,
-    Char,
-    Block,
-    Fifo,
-    Socket,
-}
 
 /// One file's metadata, as an export compares and writes it.
 #[derive(Debug, Clone)]
 pub(crate) struct Node {
     pub(crate) name: Vec<u8>,
-    pub(crate) kind: Kind,
+    pub(crate) kind: FileType,
     /// Permission bits with setuid/setgid/sticky.
     pub(crate) mode: u32,
     pub(crate) uid: u32,
@@ -51,12 +40,9 @@ impl Node {
     /// The value of overlayfs xattr `trusted.overlay.NAME` (or the
     /// `user.overlay.` one of an unprivileged overlay).
     pub(crate) fn overlay_attr(&self, name: &str) -> Option<&[u8]> {
-        [
-            format!("trusted.overlay.{name}"),
-            format!("user.overlay.{name}"),
-        ]
-        .iter()
-        .find_map(|k| self.overlay.get(k.as_bytes()).map(Vec::as_slice))
+        overlay_xattr_names(name)
+            .iter()
+            .find_map(|k| self.overlay.get(k.as_bytes()).map(Vec::as_slice))
     }
 }
 
@@ -70,7 +56,14 @@ pub(crate) fn same_meta(a: &Node, b: &Node) -> bool {
         && a.gid == b.gid
         && a.mtime == b.mtime
         && a.xattrs == b.xattrs
-        && (a.kind == Kind::Dir || (a.size == b.size && a.rdev == b.rdev && a.target == b.target))
+        && (a.kind == FileType::Directory
+            || (a.size == b.size && a.rdev == b.rdev && a.target == b.target))
+}
+
+/// Sockets (and types unknown to us), which tar cannot hold: exports skip
+/// them.
+pub(crate) fn untarrable(kind: FileType) -> bool {
+    matches!(kind, FileType::Socket | FileType::Unknown)
 }
 
 /// The node `dir/name`; `None` if it vanished. `key` is its path (for
@@ -80,23 +73,15 @@ pub(crate) fn scan(dir: BorrowedFd, name: &[u8], key: &[u8]) -> Result<Option<No
     let Some(st) = sys::lstatat(dir, &c).map_err(io_err("inspecting", key))? else {
         return Ok(None);
     };
-    let kind = match sys::file_type(&st) {
-        libc::S_IFREG => Kind::File,
-        libc::S_IFDIR => Kind::Dir,
-        libc::S_IFLNK => Kind::Symlink,
-        libc::S_IFCHR => Kind::Char,
-        libc::S_IFBLK => Kind::Block,
-        libc::S_IFIFO => Kind::Fifo,
-        _ => Kind::Socket,
-    };
-    let target = if kind == Kind::Symlink {
+    let kind = st.file_type();
+    let target = if kind == FileType::Symlink {
         sys::readlinkat(dir, &c).map_err(io_err("reading the symlink", key))?
     } else {
         Vec::new()
     };
     let mut xattrs = BTreeMap::new();
     let mut overlay = BTreeMap::new();
-    if kind != Kind::Socket {
+    if !untarrable(kind) {
         let p = sys::proc_path(dir, name);
         // l* calls: the last component is not followed.
         let names: Vec<std::ffi::OsString> = match xattr::list(&p) {
@@ -125,11 +110,11 @@ pub(crate) fn scan(dir: BorrowedFd, name: &[u8], key: &[u8]) -> Result<Option<No
     Ok(Some(Node {
         name: name.to_vec(),
         kind,
-        mode: st.st_mode & 0o7777,
+        mode: st.perm(),
         uid: st.st_uid,
         gid: st.st_gid,
-        size: st.st_size as u64,
-        mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+        size: st.st_size,
+        mtime: st.mtime(),
         rdev: st.st_rdev,
         dev: st.st_dev,
         ino: st.st_ino,
@@ -161,7 +146,7 @@ pub(crate) fn list(
         }
         let ckey = child_key(key, &name);
         if let Some(n) = scan(dir, &name, &ckey)? {
-            if n.kind != Kind::Socket {
+            if !untarrable(n.kind) {
                 nodes.push(n);
             }
         }
@@ -172,6 +157,5 @@ pub(crate) fn list(
 /// Opens subdirectory `name` of `dir` (`O_PATH`, never following).
 pub(crate) fn open_sub(dir: BorrowedFd, name: &[u8], key: &[u8]) -> Result<std::os::fd::OwnedFd> {
     let c = sys::cstring(name).map_err(io_err("naming", key))?;
-    sys::openat(dir, &c, sys::O_PATH_DIR, 0)
-        .map_err(|e: io::Error| ChangesetError::io("opening", key, e))
+    sys::open_dir_path(dir, &c).map_err(|e: io::Error| ChangesetError::io("opening", key, e))
 }

@@ -213,7 +213,7 @@ impl Containers<'_> {
             rootfs.join(dest.trim_start_matches('/')),
         ))?;
         let Some(src) = src else { return Ok(()) };
-        let st = crate::changeset::sys::fstat(src.as_fd()).map_err(Error::io(
+        let st = crate::fsys::sys::fstat(src.as_fd()).map_err(Error::io(
             "inspecting",
             rootfs.join(dest.trim_start_matches('/')),
         ))?;

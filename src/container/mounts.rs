@@ -63,7 +63,7 @@ impl Containers<'_> {
             let target = scoped::resolve(rootfs, &m.destination, Some(make))
                 .map_err(Error::io("making the mount point", &at))?
                 .expect("made when missing");
-            let st = crate::changeset::sys::fstat(target.as_fd())
+            let st = crate::fsys::sys::fstat(target.as_fd())
                 .map_err(Error::io("inspecting", &at))?;
             let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
             if is_dir != (make == Make::Dir) {

@@ -1,21 +1,23 @@
-//! Where archive members come from: a directory (opened beneath its root without following
-//! symlinks out of it) or a plain tar file (indexed once, members read in place).
+//! Where archive members come from: a directory (every lookup and open made beneath its root
+//! with the shared walker, [`crate::fsys::walk`], which never follows a symlink on the way) or
+//! a plain tar file (indexed once, members read in place).
 //!
-//! Both resolve member paths the same way ([`resolve`]): component by component, following
+//! Both resolve member paths the same way ([`Source::resolve`]): component by component, following
 //! symlinks (and, in a tar, hard links) *within* the archive only, with a link limit. An
 //! absolute symlink target or a `..` that climbs above the archive root is refused as hostile.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::CString;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 
 use super::digest::{is_sha256_hex, looks_compressed, sha256_digest, Digest};
 use super::{ImageError, MAX_JSON_SIZE};
+use crate::fsys::sys::{self, FileType, OFlags};
+use crate::fsys::walk::{Links, Walked, Walker};
 
 /// Symlinks/hard links followed while resolving one path.
 const MAX_LINKS: usize = 32;
@@ -46,7 +48,7 @@ impl Locator {
 pub(crate) enum Source {
     Dir {
         root: PathBuf,
-        root_fd: File,
+        root_fd: OwnedFd,
     },
     Tar {
         path: PathBuf,
@@ -97,11 +99,8 @@ impl Source {
     pub(crate) fn open(path: &Path) -> Result<Source, ImageError> {
         let meta = std::fs::metadata(path).map_err(|e| ImageError::io("stat", path, e))?;
         if meta.is_dir() {
-            let root_fd = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-                .open(path)
-                .map_err(|e| ImageError::io("open directory", path, e))?;
+            let root_fd =
+                sys::open_root(path).map_err(|e| ImageError::io("open directory", path, e))?;
             return Ok(Source::Dir {
                 root: path.to_path_buf(),
                 root_fd,
@@ -156,32 +155,36 @@ impl Source {
                 None if index.dirs.contains(path) => Node::Dir,
                 None => Node::Missing,
             }),
-            Source::Dir { root, .. } => {
+            Source::Dir { root, root_fd } => {
                 let full = root.join(path);
-                let meta = match full.symlink_metadata() {
-                    Ok(m) => m,
-                    Err(e)
-                        if e.kind() == io::ErrorKind::NotFound
-                            || e.raw_os_error() == Some(libc::ENOTDIR) =>
-                    {
-                        return Ok(Node::Missing)
-                    }
-                    Err(e) => return Err(ImageError::io("stat", &full, e)),
+                let stat_err = |e| ImageError::io("stat", &full, e);
+                // The components before the last are directories `resolve` looked up; one
+                // swapped for a symlink since is not followed.
+                let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+                let parent: Vec<&str> = parent.split('/').collect();
+                let walker = Walker::new(root_fd.as_fd(), Links::Refuse);
+                let dir = match walker.walk(&parent, OFlags::PATH | OFlags::DIRECTORY, None) {
+                    Ok(Walked::Found(fd)) => fd,
+                    Ok(Walked::Missing(_) | Walked::NotDir(_)) => return Ok(Node::Missing),
+                    Ok(Walked::Symlink(_)) => return Err(stat_err(sys::errno(libc::ELOOP))),
+                    Err(e) => return Err(stat_err(e)),
                 };
-                let ft = meta.file_type();
-                Ok(if ft.is_symlink() {
-                    let target = std::fs::read_link(&full)
-                        .map_err(|e| ImageError::io("readlink", &full, e))?;
-                    match target.to_str() {
-                        Some(t) => Node::Symlink(t.to_string()),
-                        None => Node::Other,
+                let name = sys::cstring(name.as_bytes()).map_err(stat_err)?;
+                let Some(st) = sys::lstatat(dir.as_fd(), &name).map_err(stat_err)? else {
+                    return Ok(Node::Missing);
+                };
+                Ok(match st.file_type() {
+                    FileType::Symlink => {
+                        let target = sys::readlinkat(dir.as_fd(), &name)
+                            .map_err(|e| ImageError::io("readlink", &full, e))?;
+                        match String::from_utf8(target) {
+                            Ok(t) => Node::Symlink(t),
+                            Err(_) => Node::Other,
+                        }
                     }
-                } else if ft.is_dir() {
-                    Node::Dir
-                } else if ft.is_file() {
-                    Node::File
-                } else {
-                    Node::Other
+                    FileType::Directory => Node::Dir,
+                    FileType::RegularFile => Node::File,
+                    _ => Node::Other,
                 })
             }
         }
@@ -329,7 +332,8 @@ impl Source {
         let Source::Dir { root_fd, .. } = self else {
             unreachable!("directory sources only")
         };
-        open_beneath(root_fd, rel).map_err(|e| ImageError::io("open", &self.full_path(rel), e))
+        open_beneath(root_fd.as_fd(), rel)
+            .map_err(|e| ImageError::io("open", &self.full_path(rel), e))
     }
 
     /// Reads a whole JSON document (at most [`MAX_JSON_SIZE`]) and checks its digest.
@@ -417,52 +421,22 @@ pub(crate) fn check_member_path(what: &str, path: &str) -> Result<String, ImageE
     Ok(comps.join("/"))
 }
 
-/// Opens `rel` (symlink-free, relative) beneath `root` with `O_NOFOLLOW` on every component,
-/// so a component swapped for a symlink after resolution fails instead of being followed.
-/// The result must be a regular file (`O_NONBLOCK` keeps a FIFO from blocking the open).
-fn open_beneath(root: &File, rel: &str) -> io::Result<File> {
+/// Opens `rel` (symlink-free, relative) beneath `root` with the shared walker, refusing any
+/// symlink on the way, so a component swapped for a symlink after resolution fails instead of
+/// being followed. The result must be a regular file (`O_NONBLOCK` keeps a FIFO from blocking
+/// the open).
+fn open_beneath(root: BorrowedFd, rel: &str) -> io::Result<File> {
     let comps: Vec<&str> = rel.split('/').collect();
-    let mut dir: Option<OwnedFd> = None;
-    for (i, comp) in comps.iter().enumerate() {
-        let name =
-            CString::new(*comp).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let last = i + 1 == comps.len();
-        let base = dir.as_ref().map_or(root.as_raw_fd(), |d| d.as_raw_fd());
-        let flags = libc::O_RDONLY
-            | libc::O_CLOEXEC
-            | libc::O_NOFOLLOW
-            | if last {
-                libc::O_NONBLOCK | libc::O_NOCTTY
-            } else {
-                libc::O_DIRECTORY
-            };
-        // SAFETY: `base` is a valid open descriptor and `name` a NUL-terminated string.
-        let fd = unsafe { libc::openat(base, name.as_ptr(), flags) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by openat and is owned by nobody else.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        if last {
-            let file = File::from(owned);
-            if !file.metadata()?.is_file() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "not a regular file",
-                ));
-            }
-            // SAFETY: plain fcntl calls on a descriptor we own.
-            unsafe {
-                let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-                if fl >= 0 {
-                    libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
-                }
-            }
-            return Ok(file);
-        }
-        dir = Some(owned);
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let file = File::from(Walker::new(root, Links::Refuse).open(&comps, flags)?);
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
     }
-    Err(io::Error::new(io::ErrorKind::InvalidInput, "empty path"))
+    sys::clear_nonblock(file.as_fd())?;
+    Ok(file)
 }
 
 /// A tar member read in place with positioned reads (no shared file offset).
@@ -659,4 +633,65 @@ fn same_bytes(file: &File, a: u64, b: u64, size: u64) -> io::Result<bool> {
         done += n as u64;
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn kind(n: Node) -> String {
+        match n {
+            Node::File => "file".into(),
+            Node::Dir => "dir".into(),
+            Node::Symlink(t) => format!("symlink {t}"),
+            Node::HardLink(t) => format!("hardlink {t}"),
+            Node::Other => "other".into(),
+            Node::Missing => "missing".into(),
+        }
+    }
+
+    /// A directory source looks up and opens beneath its root, never through
+    /// a symlink, with `openat2` and with the component walk alone alike.
+    #[test]
+    fn plain_dir_source_never_opens_through_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("layout");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/b/f"), b"data").unwrap();
+        symlink("a", root.join("link")).unwrap();
+        symlink("b/f", root.join("a/flink")).unwrap();
+        nix::unistd::mkfifo(&root.join("a/fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let src = Source::open(&root).unwrap();
+        let Source::Dir { root_fd, .. } = &src else {
+            panic!("a directory source")
+        };
+        for fallback in [false, true] {
+            let check = || {
+                let look = |p: &str| kind(src.lookup(p).unwrap());
+                assert_eq!(look("a/b/f"), "file");
+                assert_eq!(look("a/b"), "dir");
+                assert_eq!(look("link"), "symlink a");
+                assert_eq!(look("a/flink"), "symlink b/f");
+                assert_eq!(look("a/fifo"), "other");
+                assert_eq!(look("a/nope/f"), "missing");
+                assert_eq!(look("a/b/f/x"), "missing");
+                let mut data = String::new();
+                let mut f = open_beneath(root_fd.as_fd(), "a/b/f").unwrap();
+                f.read_to_string(&mut data).unwrap();
+                assert_eq!(data, "data");
+                for through_link in ["link/b/f", "a/flink"] {
+                    let e = open_beneath(root_fd.as_fd(), through_link).unwrap_err();
+                    assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{through_link}");
+                }
+                let e = open_beneath(root_fd.as_fd(), "a/fifo").unwrap_err();
+                assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            };
+            if fallback {
+                crate::fsys::walk::with_fallback_only(check);
+            } else {
+                check();
+            }
+        }
+    }
 }

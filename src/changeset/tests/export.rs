@@ -1,7 +1,6 @@
 //! Exports: format, order, determinism, change detection, hard links,
 //! sparse files, overlay layer directories, the inode rule.
 
-use std::os::fd::FromRawFd;
 use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
 
 use super::*;
@@ -292,10 +291,8 @@ fn plain_names_a_changeset_cannot_hold_are_refused() {
     assert_eq!(paths(&export_bytes(None, &root2).0), vec!["f"]);
 }
 
-fn pipe() -> (fs::File, fs::File) {
-    let mut fds = [0; 2];
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    unsafe { (fs::File::from_raw_fd(fds[0]), fs::File::from_raw_fd(fds[1])) }
+fn pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
+    std::io::pipe().unwrap()
 }
 
 #[test]
@@ -349,8 +346,11 @@ fn root_overlay_layer_directory_export() {
     fs::create_dir_all(l.join("a")).unwrap();
     fs::write(l.join("a/f"), b"f").unwrap();
     let wh = |p: &Path| {
-        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-        assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) }, 0);
+        let (cwd, chr) = (rustix::fs::CWD, rustix::fs::FileType::CharacterDevice);
+        assert_eq!(
+            rustix::fs::mknodat(cwd, p, chr, rustix::fs::Mode::empty(), 0),
+            Ok(())
+        );
     };
     wh(&l.join("a/gone"));
     wh(&l.join("gonetop"));

@@ -1,22 +1,30 @@
 //! Archives that try to write outside the root: each one fails with the
 //! right kind of error, and nothing outside the root changes.
 
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, PermissionsExt};
 
 use super::*;
 
-/// Applies `bytes` in both modes in fresh sandboxes; each must fail with
-/// `want` / `text` and leave the outside untouched. `prep` plants things in
-/// the root first.
+/// Applies `bytes` in both modes in fresh sandboxes, resolving with
+/// `openat2` where the kernel has it and then with the component walk alone
+/// (as on an older kernel); each must fail with `want` / `text` and leave
+/// the outside untouched. `prep` plants things in the root first.
 #[track_caller]
 fn refused(bytes: &[u8], want: &str, text: &str, prep: &dyn Fn(&Sandbox)) -> String {
     let mut msg = String::new();
-    for mode in [WhiteoutMode::Delete, WhiteoutMode::Overlay] {
-        let mut sb = Sandbox::new();
-        prep(&sb);
-        sb.rebase();
-        msg = expect_err(apply(bytes, &sb.root, &opts(mode)), want, text);
-        sb.assert_untouched();
+    for fallback in [false, true] {
+        for mode in [WhiteoutMode::Delete, WhiteoutMode::Overlay] {
+            let mut sb = Sandbox::new();
+            prep(&sb);
+            sb.rebase();
+            let r = if fallback {
+                crate::fsys::walk::with_fallback_only(|| apply(bytes, &sb.root, &opts(mode)))
+            } else {
+                apply(bytes, &sb.root, &opts(mode))
+            };
+            msg = expect_err(r, want, text);
+            sb.assert_untouched();
+        }
     }
     msg
 }
@@ -377,4 +385,51 @@ fn plain_file_under_a_file_is_malformed() {
         "parent \"f\" is not a directory",
         &nothing,
     );
+}
+
+#[test]
+fn plain_lower_layer_is_read_beneath_its_root() {
+    // The lower tree's `a` is a symlink out of it, to a directory with its
+    // own metadata; this archive replaces `a` with a directory, which hides
+    // the lower `a` and all below it: the parent `a/ssl` it implies gets
+    // the defaults, as in Delete mode, not the metadata found through the
+    // link.
+    let sb = Sandbox::new();
+    let lower = sb.dir.path().join("lower");
+    fs::create_dir(&lower).unwrap();
+    let host = sb.dir.path().join("hostish");
+    fs::create_dir_all(host.join("ssl")).unwrap();
+    fs::set_permissions(host.join("ssl"), fs::Permissions::from_mode(0o700)).unwrap();
+    symlink(&host, lower.join("a")).unwrap();
+    let mut ar = Ar::new();
+    ar.dir("a", 0o755).file("a/ssl/x", b"x", 0o644);
+    let bytes = ar.finish();
+    for fallback in [false, true] {
+        let layer = sb.dir.path().join(format!("layer{fallback}"));
+        fs::create_dir(&layer).unwrap();
+        let mut o = opts(WhiteoutMode::Overlay);
+        o.lower = Some(lower.clone());
+        let go = || apply(bytes.as_slice(), &layer, &o).unwrap();
+        if fallback {
+            crate::fsys::walk::with_fallback_only(go);
+        } else {
+            go();
+        }
+        let md = fs::metadata(layer.join("a/ssl")).unwrap();
+        assert_eq!(md.permissions().mode() & 0o7777, 0o755);
+        assert!(layer.join("a/ssl/x").is_file());
+    }
+    // Where the lower parent is a real directory, its metadata is copied.
+    fs::remove_file(lower.join("a")).unwrap();
+    fs::create_dir_all(lower.join("b/ssl")).unwrap();
+    fs::set_permissions(lower.join("b/ssl"), fs::Permissions::from_mode(0o700)).unwrap();
+    let mut ar = Ar::new();
+    ar.file("b/ssl/x", b"x", 0o644);
+    let layer = sb.dir.path().join("layer-b");
+    fs::create_dir(&layer).unwrap();
+    let mut o = opts(WhiteoutMode::Overlay);
+    o.lower = Some(lower.clone());
+    apply(ar.finish().as_slice(), &layer, &o).unwrap();
+    let md = fs::metadata(layer.join("b/ssl")).unwrap();
+    assert_eq!(md.permissions().mode() & 0o7777, 0o700);
 }

@@ -26,8 +26,8 @@ pub(super) const T0: u64 = 1_600_000_000;
 
 pub(super) fn me() -> (u64, u64) {
     (
-        unsafe { libc::geteuid() } as u64,
-        unsafe { libc::getegid() } as u64,
+        crate::fsys::sys::geteuid() as u64,
+        crate::fsys::sys::getegid() as u64,
     )
 }
 

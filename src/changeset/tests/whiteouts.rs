@@ -264,3 +264,58 @@ fn root_overlayfs_mount_of_overlay_layers_equals_delete_mode_tree() {
     assert_same_tree(&mnt, &merged_delete, &o);
     assert!(!tree(&mnt, &o).is_empty());
 }
+
+/// The component walk alone (as on a kernel without `openat2`) makes the
+/// same trees, in both modes, implied parents included.
+#[test]
+fn plain_component_walk_makes_the_same_trees() {
+    let mut implied = Ar::new();
+    implied
+        .file("p/q/r/f", b"f", 0o644)
+        .file("p/q/g", b"g", 0o600)
+        .hardlink("p/h", "p/q/g")
+        .marker("p/q/.wh.r");
+    let mut layers = layers();
+    layers.push(implied.finish());
+    let d = tempfile::tempdir().unwrap();
+    let apply_all = |name: &str, mode: WhiteoutMode, fallback: bool| -> Vec<PathBuf> {
+        let mut roots = Vec::new();
+        for (i, l) in layers.iter().enumerate() {
+            // Delete mode merges into one tree, overlay mode makes a layer
+            // directory each.
+            let root = match mode {
+                WhiteoutMode::Delete => d.path().join(name),
+                WhiteoutMode::Overlay => d.path().join(format!("{name}{i}")),
+            };
+            fs::create_dir_all(&root).unwrap();
+            let go = || apply(l.as_slice(), &root, &opts(mode)).unwrap();
+            if fallback {
+                crate::fsys::walk::with_fallback_only(go);
+            } else {
+                go();
+            }
+            roots.push(root);
+        }
+        roots
+    };
+    // Implied parents get the current time: compare directory mtimes only
+    // where every parent is in the archive.
+    let exact = CompareOpts::exact();
+    let no_dir_mtimes = CompareOpts {
+        dir_mtimes: false,
+        ..CompareOpts::exact()
+    };
+    for mode in [WhiteoutMode::Delete, WhiteoutMode::Overlay] {
+        let kernel = apply_all(&format!("{mode:?}-k"), mode, false);
+        let fallback = apply_all(&format!("{mode:?}-f"), mode, true);
+        for (i, (k, f)) in kernel.iter().zip(&fallback).enumerate() {
+            let implied_parents = mode == WhiteoutMode::Delete || i == 3;
+            let o = if implied_parents {
+                &no_dir_mtimes
+            } else {
+                &exact
+            };
+            assert_same_tree(k, f, o);
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! A regular file's content: written from the archive, zero blocks left as
+//! holes.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+
+use super::entry::{in_entry, ReadEntry};
+use super::{Result, Target};
+use crate::changeset::error::io_err;
+use crate::changeset::stream::Shared;
+
+const HOLE_BLOCK: usize = 4096;
+
+static ZEROS: [u8; HOLE_BLOCK] = [0; HOLE_BLOCK];
+
+/// Writes `size` bytes of `r` to `file`, leaving aligned zero blocks as
+/// holes when `holes`.
+pub(super) fn write_content(
+    file: &File,
+    r: &mut dyn ReadEntry,
+    size: u64,
+    holes: bool,
+    t: &Target,
+    shared: &Shared,
+) -> Result<()> {
+    let mut buf = vec![
+        0u8;
+        (256 * 1024)
+            .min(size.max(1) as usize)
+            .next_multiple_of(HOLE_BLOCK)
+    ];
+    let mut off = 0u64;
+    while off < size {
+        let want = (buf.len() as u64).min(size - off) as usize;
+        let mut got = 0;
+        while got < want {
+            match shared.read_some(r, &mut buf[got..want], || in_entry(t.entry))? {
+                0 => return Err(shared.short_entry(t.entry, off + got as u64, size)),
+                n => got += n,
+            }
+        }
+        let chunk = &buf[..want];
+        let write = |from: usize, to: usize| -> Result<()> {
+            file.write_all_at(&chunk[from..to], off + from as u64)
+                .map_err(io_err("writing", &t.key))
+        };
+        if holes {
+            // `off` is a multiple of the buffer length, so blocks are aligned.
+            let is_zero = |i: usize| {
+                let end = (i + HOLE_BLOCK).min(want);
+                chunk[i..end] == ZEROS[..end - i]
+            };
+            let mut i = 0;
+            while i < want {
+                if is_zero(i) {
+                    i += HOLE_BLOCK;
+                    continue;
+                }
+                let mut j = i + HOLE_BLOCK;
+                while j < want && !is_zero(j) {
+                    j += HOLE_BLOCK;
+                }
+                write(i, j.min(want))?;
+                i = j;
+            }
+        } else {
+            write(0, want)?;
+        }
+        off += want as u64;
+    }
+    file.set_len(size)
+        .map_err(io_err("setting the size of", &t.key))
+}
