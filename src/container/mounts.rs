@@ -62,9 +62,11 @@ impl Containers<'_> {
             let at = rootfs.join(m.destination.trim_start_matches('/'));
             let target = scoped::resolve(rootfs, &m.destination, Some(make))
                 .map_err(Error::io("making the mount point", &at))?
-                .expect("made when missing");
-            let st = crate::fsys::sys::fstat(target.as_fd())
-                .map_err(Error::io("inspecting", &at))?;
+                .ok_or_else(|| {
+                    Error::io("making the mount point", &at)(std::io::ErrorKind::NotFound.into())
+                })?;
+            let st =
+                crate::fsys::sys::fstat(target.as_fd()).map_err(Error::io("inspecting", &at))?;
             let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
             if is_dir != (make == Make::Dir) {
                 return Err(Error::invalid(
@@ -91,7 +93,9 @@ impl Containers<'_> {
                 // new mount is reached by resolving again.
                 let top = scoped::resolve(rootfs, &m.destination, None)
                     .map_err(Error::io("resolving", &at))?
-                    .expect("just mounted");
+                    .ok_or_else(|| {
+                        Error::io("resolving", &at)(std::io::ErrorKind::NotFound.into())
+                    })?;
                 nix::mount::mount(
                     None::<&str>,
                     &scoped::fd_path(&top),
