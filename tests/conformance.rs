@@ -47,6 +47,10 @@ fn snapshot_writes_never_reach_the_parent_or_a_sibling(d: Drv) {
     e.with_mounted("base", |m| {
         assert_eq!(read(&m.join("etc/a")).as_deref(), Some("base a"));
         assert!(!m.join("c").exists());
+        assert!(
+            !m.join("lost+found").exists(),
+            "a layer has a directory its changeset does not"
+        );
     });
     e.with_mounted("one", |m| {
         assert_eq!(read(&m.join("etc/a")).as_deref(), Some("child one"));

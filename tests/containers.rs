@@ -238,6 +238,10 @@ fn exec_runs_the_image_s_shell_with_volumes_at_their_paths(d: Drv) {
     assert_eq!(e.list("container")[0]["mounted"], false);
     // A pinned mount stays, with the volumes inside it.
     let rootfs = PathBuf::from(e.ok(&["container", "mount", "c"]).trim());
+    assert!(
+        !rootfs.join("lost+found").exists(),
+        "the container's root has a directory its image does not"
+    );
     assert_eq!(read(&rootfs.join("var/lib/vol/f")).as_deref(), Some("v\n"));
     assert_eq!(
         read(&rootfs.join("mnt/host/from-host")).as_deref(),

@@ -87,6 +87,27 @@ impl FsType {
         };
         tool::run(cmd.arg(dev), &format!("mkfs.{}", self.as_str()))
     }
+
+    /// Removes what mkfs put in the root directory that no image has:
+    /// ext4's `lost+found`. Every layer is a snapshot of the base, so a
+    /// layer's tree is then exactly its image's (containerd's devmapper
+    /// snapshotter does the same); e2fsck makes it again should it ever
+    /// need to reconnect an orphan. `mnt` is an empty scratch directory.
+    fn remove_lost_found(self, dev: &Path, mnt: &Path) -> Result<()> {
+        if self != FsType::Ext4 {
+            return Ok(());
+        }
+        mount::mount(dev, mnt, self.as_str(), false, self.mount_data())?;
+        let lf = mnt.join("lost+found");
+        let removed = match fs::remove_dir(&lf) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("removing", &lf)(e))
+            }
+            _ => Ok(()),
+        };
+        let unmounted = mount::unmount(mnt);
+        Error::after_cleanup(removed, [unmounted])
+    }
 }
 
 /// Default size of the base filesystem (and so of every layer).
@@ -203,6 +224,7 @@ impl ThinDriver {
         }
         // A base device without a record was left unformatted by a killed
         // command: make it again.
+        let scratch = self.scratch("base")?;
         let mut pool = self.pool.lock();
         let stale: Vec<ThinId> = pool
             .thins()
@@ -214,10 +236,12 @@ impl ThinDriver {
             pool.delete_thin(id)?;
         }
         let id = pool.create_thin(self.rec.base_size, &ThinOwner::Base.tag())?;
-        let made = pool
-            .activate_thin(id)
-            .map_err(Error::from)
-            .and_then(|dev| self.rec.fs.mkfs(&dev));
+        let fs = self.rec.fs;
+        let made = pool.activate_thin(id).map_err(Error::from).and_then(|dev| {
+            fs.mkfs(&dev)?;
+            fs.remove_lost_found(&dev, &scratch)
+        });
+        let _ = fs::remove_dir(&scratch);
         let _ = pool.deactivate_thin(id);
         if let Err(e) = made {
             let undo = pool.delete_thin(id).map_err(Error::from);

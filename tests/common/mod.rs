@@ -167,9 +167,6 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<String, Node> {
         entries.sort();
         for p in entries {
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            if rel == "lost+found" {
-                continue;
-            }
             let m = std::fs::symlink_metadata(&p).unwrap();
             let t = m.file_type();
             let (kind, content) = if t.is_symlink() {
