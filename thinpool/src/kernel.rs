@@ -78,15 +78,23 @@ fn has_thin_pool(dm: &DM) -> Result<bool> {
         .any(|t| t.0 == "thin-pool"))
 }
 
-/// Size of a block device, from BLKGETSIZE64.
+/// The block-device ioctl issued here.
+mod sys {
+    use linux_raw_sys::ioctl::BLKGETSIZE64;
+
+    // The kernel declares it `_IOR(0x12, 114, size_t)` but always writes a
+    // u64, on 32-bit machines too.
+    nix::ioctl_read_bad!(blkgetsize64, BLKGETSIZE64, u64);
+}
+
+/// Size of the block device open as `file`, from `BLKGETSIZE64`.
+///
+/// Errors: `ENOTTY` when `file` is not a block device.
 pub fn blockdev_size(file: &File) -> io::Result<Bytes> {
-    const BLKGETSIZE64: libc::c_ulong = 0x80081272;
     let mut size: u64 = 0;
-    // SAFETY: the ioctl writes one u64 we own.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size) };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: `file` stays open for the call, and BLKGETSIZE64 writes one
+    // u64 through its argument, which points at one we own.
+    unsafe { sys::blkgetsize64(file.as_raw_fd(), &mut size) }.map_err(io::Error::from)?;
     Ok(Bytes(size))
 }
 
