@@ -25,7 +25,7 @@ pub enum LockError {
         #[source]
         source: io::Error,
     },
-    #[error("another thinlayer process{} holds the lock {} and did not release it within {}s; wait for it to finish and retry",
+    #[error("another process{} holds the lock {} and did not release it within {}s; wait for it to finish and retry",
         holder.map(|p| format!(" (pid {p})")).unwrap_or_default(), path.display(), waited.as_secs())]
     Busy {
         path: PathBuf,

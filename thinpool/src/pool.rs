@@ -388,7 +388,7 @@ impl Pool {
                 PoolState::Ready => {
                     return Err(Error::PoolExists {
                         dir: dir.to_path_buf(),
-                        id: existing.id.to_string(),
+                        id: existing.id,
                     })
                 }
                 PoolState::Creating => rollback_create(&dm, dir, &existing)?,
@@ -397,10 +397,9 @@ impl Pool {
         }
         for b in [&data, &meta] {
             if b.kind == BackingKind::File && b.path.exists() {
-                return Err(Error::Precondition(format!(
-                    "{} exists but no pool record refers to it; move it away (it may hold data) and retry",
-                    b.path.display()
-                )));
+                return Err(Error::StrayBacking {
+                    path: b.path.clone(),
+                });
             }
         }
         let record = PoolRecord {
@@ -472,11 +471,7 @@ impl Pool {
         if self.record.metadata.kind == BackingKind::Device {
             let path = &self.record.metadata.path;
             if Superblock::read(path)?.is_some() {
-                return Err(Error::Precondition(format!(
-                    "{} already holds thin-pool metadata; if it is no longer needed, zero its first 4K (dd if=/dev/zero of={} bs=4k count=1) and retry",
-                    path.display(),
-                    path.display()
-                )));
+                return Err(Error::MetadataInUse { path: path.clone() });
             }
             let mut f = OpenOptions::new()
                 .write(true)
@@ -776,10 +771,7 @@ impl Pool {
     fn kernel_transaction(&self) -> Result<TransactionId> {
         match self.kernel_status()? {
             ThinPoolStatus::Working(w) => Ok(TransactionId(w.transaction_id)),
-            _ => Err(Error::Precondition(
-                "the pool has failed (the kernel reports Fail): check its metadata with thin_check"
-                    .into(),
-            )),
+            _ => Err(Error::Failed),
         }
     }
 
@@ -889,11 +881,9 @@ impl Pool {
         match self.kernel_status()? {
             ThinPoolStatus::Working(w) => match w.summary {
                 ThinPoolStatusSummary::Good | ThinPoolStatusSummary::OutOfSpace => Ok(()),
-                ThinPoolStatusSummary::ReadOnly => Err(Error::Precondition(
-                    "the pool is read-only (its metadata is full or damaged): grow the metadata with `thinlayer pool grow --metadata-size`, or check it with thin_check".into(),
-                )),
+                ThinPoolStatusSummary::ReadOnly => Err(Error::ReadOnly),
             },
-            _ => Err(Error::Precondition("the pool has failed: check its metadata with thin_check".into())),
+            _ => Err(Error::Failed),
         }
     }
 
@@ -938,9 +928,7 @@ impl Pool {
     fn next_id(&mut self) -> Result<ThinId> {
         let id = self.record.next_thin_id;
         if id > ThinId::MAX {
-            return Err(Error::Precondition(
-                "the pool has used all 2^24 thin device ids".into(),
-            ));
+            return Err(Error::ThinIdsExhausted);
         }
         self.record.next_thin_id = ThinId(id.0 + 1);
         Ok(id)
@@ -1109,10 +1097,9 @@ impl Pool {
         if new_meta != self.record.metadata.size || new_data != self.record.data.size {
             config::check_metadata_size(new_meta, new_data, self.record.block_size).map_err(
                 |e| match e {
-                    Error::Invalid { reason, .. } if metadata.is_none() => Error::invalid(
-                        "data size",
-                        format!("{reason}: grow the metadata too with --metadata-size"),
-                    ),
+                    Error::Invalid { reason, .. } if metadata.is_none() => {
+                        Error::GrowNeedsMetadata { reason }
+                    }
                     e => e,
                 },
             )?;
@@ -1140,10 +1127,11 @@ impl Pool {
                     let f = fs::File::open(&b.path).map_err(io_err("opening", &b.path))?;
                     let have = kernel::blockdev_size(&f).map_err(io_err("sizing", &b.path))?;
                     if have < new {
-                        return Err(Error::invalid(
-                            "size",
-                            format!("{} holds only {have}; grow the device first (e.g. lvextend), then run pool grow", b.path.display()),
-                        ));
+                        return Err(Error::DeviceTooSmall {
+                            path: b.path.clone(),
+                            have,
+                            want: new,
+                        });
                     }
                 }
             }
@@ -1158,14 +1146,9 @@ impl Pool {
     /// Deactivates the pool and removes its files and record. Refused while
     /// thin devices exist unless `force`; always refused while one is in use.
     pub fn destroy(mut self, force: bool) -> Result<()> {
-        let n = self.record.thins.len();
-        if n > 0 && !force {
-            return Err(Error::Precondition(format!(
-                "the pool still has {n} thin device{}; remove {} first, or pass --force to destroy {} with the pool",
-                if n == 1 { "" } else { "s" },
-                if n == 1 { "it" } else { "them" },
-                if n == 1 { "it" } else { "them" },
-            )));
+        let count = self.record.thins.len();
+        if count > 0 && !force {
+            return Err(Error::ThinDevicesRemain { count });
         }
         self.deactivate()?;
         self.record.state = PoolState::Destroying;
