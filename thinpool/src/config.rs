@@ -67,6 +67,16 @@ pub enum BackingRequest {
     Device(PathBuf, Option<Bytes>),
 }
 
+impl BackingRequest {
+    /// The size asked for; `None` for the default (a file) or the whole
+    /// device.
+    pub fn size(&self) -> Option<Bytes> {
+        match self {
+            BackingRequest::File(s) | BackingRequest::Device(_, s) => *s,
+        }
+    }
+}
+
 /// What `pool create` was asked for.
 #[derive(Clone, Debug)]
 pub struct CreateOptions {

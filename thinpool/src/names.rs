@@ -84,6 +84,20 @@ pub enum Role {
     Thin(ThinId),
 }
 
+impl Role {
+    /// Where a device of this role comes in a pool's teardown: thin
+    /// devices first (they hold the pool open), then the pool, then the
+    /// linear devices it holds open.
+    pub fn removal_order(self) -> u8 {
+        match self {
+            Role::Thin(_) => 0,
+            Role::Pool => 1,
+            Role::Data => 2,
+            Role::Meta => 3,
+        }
+    }
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -38,6 +38,17 @@ pub enum PendingOp {
     },
 }
 
+impl PendingOp {
+    /// The thin device the operation makes or deletes.
+    pub fn thin_id(&self) -> ThinId {
+        match self {
+            PendingOp::Create { id, .. }
+            | PendingOp::Snapshot { id, .. }
+            | PendingOp::Delete { id } => *id,
+        }
+    }
+}
+
 /// What recovery does with a pending operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Recovery {
