@@ -17,6 +17,8 @@ pub const DM_CONTROL: &str = "/dev/mapper/control";
 
 /// Opens the device-mapper control device and checks that the thin-pool
 /// target is available, loading its module if the kernel allows that.
+///
+/// Errors: [`Error::NoDeviceMapper`]; [`Error::NoThinTarget`].
 pub fn open_dm() -> Result<DM> {
     dm_available(Path::new(DM_CONTROL))?;
     let dm = DM::new().map_err(|e| Error::NoDeviceMapper {
@@ -100,6 +102,10 @@ pub fn blockdev_size(file: &File) -> io::Result<Bytes> {
 
 /// Opens a block device the user named for exclusive use: it must exist,
 /// be a block device, and not be mounted or held by another device.
+/// Returns the open device, which holds it until dropped, and its size.
+///
+/// Errors: [`Error::Invalid`] (as argument `what`) when it is missing or
+/// not a block device; [`Error::Busy`] when someone holds it.
 pub fn open_exclusive_blockdev(path: &Path, what: &'static str) -> Result<(File, Bytes)> {
     let meta = std::fs::metadata(path).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
@@ -138,11 +144,14 @@ pub fn open_exclusive_blockdev(path: &Path, what: &'static str) -> Result<(File,
 /// dm-thin-metadata.c).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Superblock {
+    /// The last transaction id the kernel committed.
     pub transaction_id: TransactionId,
+    /// The pool's block size.
     pub data_block_size: Bytes,
 }
 
 const THIN_SUPERBLOCK_MAGIC: u64 = 27022010;
+/// The superblock's size: the first block of the metadata device.
 pub const SUPERBLOCK_BYTES: usize = 4096;
 
 impl Superblock {
@@ -160,6 +169,11 @@ impl Superblock {
         })
     }
 
+    /// Reads and parses the superblock of the metadata device or file at
+    /// `path`; `None` when it holds none.
+    ///
+    /// Errors: [`Error::Io`] when it cannot be opened or is shorter than a
+    /// superblock.
     pub fn read(path: &Path) -> Result<Option<Superblock>> {
         let mut f = File::open(path).map_err(Error::io("opening", path))?;
         let mut buf = vec![0u8; SUPERBLOCK_BYTES];

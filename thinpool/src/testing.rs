@@ -39,6 +39,10 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// Makes a fresh directory named after `label` under
+    /// `$THINLAYER_TEST_DIR` (or the system's temp directory).
+    ///
+    /// Panics when the directory cannot be made.
     pub fn new(label: &str) -> Scratch {
         let base = std::env::var_os("THINLAYER_TEST_DIR")
             .map(PathBuf::from)
@@ -51,12 +55,13 @@ impl Scratch {
         Scratch { dir }
     }
 
+    /// The scratch directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    /// A sparse file of `size` bytes bound to a loop device; returns the
-    /// loop device's path.
+    /// A sparse file `name` of `size` bytes bound to a loop device; returns
+    /// the loop device's path. Panics when either cannot be made.
     pub fn loop_device(&self, name: &str, size: u64) -> PathBuf {
         let file = self.path().join(name);
         let f = fs::File::create(&file).expect("creating a loop backing file");

@@ -12,11 +12,10 @@
 //! lock        flock'ed by every command for its whole run; never removed
 //! ```
 //!
-//! In the kernel a pool is three dm devices, all named by
-//! [`PoolNames`](crate::names::PoolNames): a linear device over the
-//! metadata backing, one over the data backing, and the `thin-pool` target
-//! over those two. Thin devices are activated on demand, as `thin` targets
-//! named after their id.
+//! In the kernel a pool is three dm devices, all named by [`PoolNames`]:
+//! a linear device over the metadata backing, one over the data backing,
+//! and the `thin-pool` target over those two. Thin devices are activated
+//! on demand, as `thin` targets named after their id.
 //!
 //! # Crash safety
 //!
@@ -66,8 +65,7 @@ use devicemapper::{ThinPoolDev, DM};
 use crate::error::{Error, Result};
 use crate::kernel;
 use crate::lock::LockGuard;
-use crate::names::PoolNames;
-use crate::names::Role;
+use crate::names::{PoolNames, Role};
 use crate::record;
 use crate::units::ThinId;
 
