@@ -67,12 +67,26 @@ pub enum BackingRequest {
     Device(PathBuf, Option<Bytes>),
 }
 
-/// What `pool create` was asked for.
+impl BackingRequest {
+    /// The size asked for; `None` for the default (a file) or the whole
+    /// device.
+    pub fn size(&self) -> Option<Bytes> {
+        match self {
+            BackingRequest::File(s) | BackingRequest::Device(_, s) => *s,
+        }
+    }
+}
+
+/// What a pool create is asked for.
 #[derive(Clone, Debug)]
 pub struct CreateOptions {
+    /// Where the data lives.
     pub data: BackingRequest,
+    /// Where the metadata lives; its default size follows the data's.
     pub metadata: BackingRequest,
+    /// The pool's allocation unit.
     pub block_size: BlockSize,
+    /// What a write to the full pool does.
     pub on_full: OnFull,
 }
 
@@ -93,7 +107,7 @@ pub fn guided_metadata(data: Bytes, block: BlockSize) -> Bytes {
     round_up(Bytes(48 * blocks), METADATA_BLOCK)
 }
 
-/// The metadata size `pool create` uses when none is given.
+/// The metadata size a create uses when none is given.
 pub fn default_metadata(data: Bytes, block: BlockSize) -> Bytes {
     round_up(
         guided_metadata(data, block).max(DEFAULT_MIN_METADATA),
@@ -107,6 +121,9 @@ fn round_up(b: Bytes, unit: Bytes) -> Bytes {
 }
 
 /// Checks a data size against the block size.
+///
+/// Errors: [`Error::Invalid`] for zero, a size that is not a whole number
+/// of blocks (naming the nearest ones that are), or fewer than 2 blocks.
 pub fn check_data_size(data: Bytes, block: BlockSize) -> Result<()> {
     if data.0 == 0 {
         return Err(Error::invalid("data size", "it must be greater than 0"));
@@ -135,6 +152,10 @@ pub fn check_data_size(data: Bytes, block: BlockSize) -> Result<()> {
 }
 
 /// Checks a metadata size against the data it must map.
+///
+/// Errors: [`Error::Invalid`] for zero, a size not a multiple of 4K, one
+/// below the kernel's guidance for `data` (naming the minimum), or one
+/// above what the thin-pool target uses.
 pub fn check_metadata_size(meta: Bytes, data: Bytes, block: BlockSize) -> Result<()> {
     if meta.0 == 0 {
         return Err(Error::invalid("metadata size", "it must be greater than 0"));

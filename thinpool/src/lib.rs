@@ -18,6 +18,12 @@
 //!
 //! Every mutating operation either completes or leaves a state the next
 //! [`Pool::open`] repairs; see the crash-safety notes on [`pool`].
+//!
+//! Errors ([`Error`]) say what is wrong and carry the data a front end
+//! needs to say what to do about it; they name no command of any front
+//! end.
+
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod error;

@@ -18,18 +18,26 @@ use nix::fcntl::{Flock, FlockArg};
 /// Why the lock could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
+    /// The lock file could not be opened, locked or written.
     #[error("{op} lock file {}: {source}", path.display())]
     Io {
+        /// What was being done, e.g. `opening`.
         op: &'static str,
+        /// The lock file.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
-    #[error("another thinlayer process{} holds the lock {} and did not release it within {}s; wait for it to finish and retry",
+    /// Another process held the lock for the whole wait.
+    #[error("another process{} holds the lock {} and did not release it within {}s; wait for it to finish and retry",
         holder.map(|p| format!(" (pid {p})")).unwrap_or_default(), path.display(), waited.as_secs())]
     Busy {
+        /// The lock file.
         path: PathBuf,
+        /// The holder's pid, as it wrote it into the file.
         holder: Option<u32>,
+        /// How long this process waited.
         waited: Duration,
     },
 }
@@ -42,7 +50,10 @@ pub struct LockGuard {
 }
 
 impl LockGuard {
-    /// Takes the lock at `path`, waiting up to `timeout` for another holder.
+    /// Takes the lock at `path` (made if missing), waiting up to `timeout`
+    /// for another holder.
+    ///
+    /// Errors: [`LockError::Busy`] after `timeout`; [`LockError::Io`].
     pub fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard, LockError> {
         let io_err = |op| {
             let path = path.to_path_buf();
@@ -83,6 +94,7 @@ impl LockGuard {
         })
     }
 
+    /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
     }

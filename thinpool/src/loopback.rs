@@ -13,26 +13,41 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use linux_raw_sys::loop_device::loop_info64;
+
 use crate::units::Bytes;
 
-const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
+/// The one loop ioctl issued here; attaching, detaching and resizing go
+/// through loopdev-3, which has no call for reading a device's status.
+mod sys {
+    use linux_raw_sys::loop_device::{loop_info64, LOOP_GET_STATUS64};
 
-/// The kernel's `struct loop_info64`.
-#[repr(C)]
-struct LoopInfo64 {
-    lo_device: u64,
-    lo_inode: u64,
-    lo_rdevice: u64,
-    lo_offset: u64,
-    lo_sizelimit: u64,
-    lo_number: u32,
-    lo_encrypt_type: u32,
-    lo_encrypt_key_size: u32,
-    lo_flags: u32,
-    lo_file_name: [u8; 64],
-    lo_crypt_name: [u8; 64],
-    lo_encrypt_key: [u8; 32],
-    lo_init: [u64; 2],
+    nix::ioctl_read_bad!(loop_get_status64, LOOP_GET_STATUS64, loop_info64);
+}
+
+/// What the loop device open as `dev` is bound to (`LOOP_GET_STATUS64`).
+fn status(dev: &File) -> io::Result<loop_info64> {
+    let mut info = loop_info64 {
+        lo_device: 0,
+        lo_inode: 0,
+        lo_rdevice: 0,
+        lo_offset: 0,
+        lo_sizelimit: 0,
+        lo_number: 0,
+        lo_encrypt_type: 0,
+        lo_encrypt_key_size: 0,
+        lo_flags: 0,
+        lo_file_name: [0; 64],
+        lo_crypt_name: [0; 64],
+        lo_encrypt_key: [0; 32],
+        lo_init: [0; 2],
+    };
+    // SAFETY: `dev` stays open for the call, and LOOP_GET_STATUS64 writes
+    // one `struct loop_info64` through its argument, which points at one we
+    // own; the type is linux-raw-sys's binding of the kernel's own header,
+    // so its size and layout are the ones the kernel writes.
+    unsafe { sys::loop_get_status64(dev.as_raw_fd(), &mut info) }.map_err(io::Error::from)?;
+    Ok(info)
 }
 
 /// A loop device bound to a backing file.
@@ -45,6 +60,15 @@ pub struct LoopDev {
 }
 
 impl LoopDev {
+    /// The loop device at `path` (`/dev/loopN`); its name is the file name.
+    pub fn from_path(path: PathBuf) -> LoopDev {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        LoopDev { path, name }
+    }
+
     /// The device's current size as the kernel sees it.
     pub fn size(&self) -> io::Result<Bytes> {
         let s = fs::read_to_string(format!("/sys/block/{}/size", self.name))?;
@@ -88,12 +112,9 @@ pub fn find(file: &Path) -> io::Result<Option<LoopDev>> {
         }
         let path = PathBuf::from(format!("/dev/{name}"));
         let Ok(dev) = File::open(&path) else { continue };
-        // SAFETY: the kernel fills a loop_info64 we own.
-        let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
-        let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_GET_STATUS64 as _, &mut info) };
-        if r != 0 {
+        let Ok(info) = status(&dev) else {
             continue; // detached meanwhile
-        }
+        };
         let (major, minor) = decode_dev(info.lo_device);
         if (major, minor, info.lo_inode) == want {
             if found.is_some() {
@@ -130,11 +151,7 @@ pub fn attach(file: &Path) -> io::Result<LoopDev> {
                 // benchmark's page-cache scenario measured 2x). A backing
                 // filesystem without O_DIRECT (tmpfs) refuses: stay buffered.
                 let _ = dev.set_direct_io(true);
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                return Ok(LoopDev { path, name });
+                return Ok(LoopDev::from_path(path));
             }
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => continue,
             Err(e) => return Err(e),

@@ -1,4 +1,4 @@
-//! Every device-mapper name and uuid thinlayer uses is built here.
+//! Every device-mapper name and uuid a pool uses is built here.
 //!
 //! A name is `thinlayer-<format>-<pool id>-<role>`: the prefix says the
 //! device is ours, the format version lets a later layout coexist, and the
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::units::ThinId;
 
-/// The prefix of every dm name thinlayer makes.
+/// The prefix of every dm name this crate makes.
 pub const PREFIX: &str = "thinlayer";
 /// Bumped when the naming scheme changes.
 pub const FORMAT: u32 = 1;
@@ -35,6 +35,7 @@ impl PoolId {
         Ok(PoolId(buf.iter().map(|b| format!("{b:02x}")).collect()))
     }
 
+    /// The id's 16 hex digits.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -84,6 +85,20 @@ pub enum Role {
     Thin(ThinId),
 }
 
+impl Role {
+    /// Where a device of this role comes in a pool's teardown: thin
+    /// devices first (they hold the pool open), then the pool, then the
+    /// linear devices it holds open.
+    pub fn removal_order(self) -> u8 {
+        match self {
+            Role::Thin(_) => 0,
+            Role::Pool => 1,
+            Role::Data => 2,
+            Role::Meta => 3,
+        }
+    }
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -102,6 +117,7 @@ pub struct PoolNames {
 }
 
 impl PoolNames {
+    /// The names of the devices of pool `id`.
     pub fn new(id: PoolId) -> PoolNames {
         PoolNames { id }
     }
@@ -111,10 +127,12 @@ impl PoolNames {
         format!("{PREFIX}-{FORMAT}-{}-", self.id)
     }
 
+    /// The dm name of the device of `role`, as a string.
     pub fn name_string(&self, role: Role) -> String {
         format!("{}{role}", self.prefix())
     }
 
+    /// The dm name of the device of `role`.
     pub fn name(&self, role: Role) -> DmNameBuf {
         let s = self.name_string(role);
         // The longest role is `thin-16777215`: the name is at most 43 bytes,
@@ -123,6 +141,7 @@ impl PoolNames {
         DmNameBuf::new(s).expect("dm names built here are short and plain ascii")
     }
 
+    /// The dm uuid of the device of `role`.
     pub fn uuid(&self, role: Role) -> DmUuidBuf {
         let s = format!("{}-{FORMAT}-{}-{role}", PREFIX.to_uppercase(), self.id);
         DmUuidBuf::new(s).expect("dm uuids built here are short and plain ascii")

@@ -27,15 +27,25 @@ const VERSION: u32 = 1;
 /// Why a record could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
+    /// The file could not be read, written, renamed or synced.
     #[error("{op} {}: {source}", path.display())]
     Io {
+        /// What was being done, e.g. `reading`.
         op: &'static str,
+        /// The record, its temp file or its directory.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
+    /// The file is not a record this version writes, or is damaged.
     #[error("record {} is corrupt: {reason}", path.display())]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        /// The record.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Encodes a value as a record: header line plus JSON.
@@ -53,6 +63,8 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Decodes bytes written by [`encode`], checking header, length and checksum.
+///
+/// Errors: [`RecordError::Corrupt`], naming `path` and what is wrong.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], path: &Path) -> Result<T, RecordError> {
     let corrupt = |reason: String| RecordError::Corrupt {
         path: path.to_path_buf(),
@@ -100,6 +112,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], path: &Path) -> Result<T, Recor
 }
 
 /// Reads a record; `Ok(None)` when the file does not exist.
+///
+/// Errors: [`RecordError::Io`]; [`RecordError::Corrupt`].
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, RecordError> {
     match fs::read(path) {
         Ok(bytes) => decode(&bytes, path).map(Some),
@@ -113,6 +127,8 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, RecordError> 
 }
 
 /// Replaces the record at `path` atomically and durably.
+///
+/// Errors: [`RecordError::Io`], after which the old record is intact.
 pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), RecordError> {
     let io_err = |op: &'static str, p: &Path| {
         let p = p.to_path_buf();

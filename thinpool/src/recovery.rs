@@ -22,20 +22,42 @@ use crate::units::{Bytes, ThinId, TransactionId};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum PendingOp {
+    /// `create_thin`: a new empty thin device.
     Create {
+        /// The new device's id.
         id: ThinId,
+        /// Its virtual size.
         size: Bytes,
+        /// Its owner's label.
         tag: String,
     },
+    /// `create_snap`: a new thin device sharing `origin`'s blocks.
     Snapshot {
+        /// The new device's id.
         id: ThinId,
+        /// The device it is a snapshot of.
         origin: ThinId,
+        /// Its virtual size (the origin's).
         size: Bytes,
+        /// Its owner's label.
         tag: String,
     },
+    /// `delete`: a thin device and the blocks only it maps.
     Delete {
+        /// The device's id.
         id: ThinId,
     },
+}
+
+impl PendingOp {
+    /// The thin device the operation makes or deletes.
+    pub fn thin_id(&self) -> ThinId {
+        match self {
+            PendingOp::Create { id, .. }
+            | PendingOp::Snapshot { id, .. }
+            | PendingOp::Delete { id } => *id,
+        }
+    }
 }
 
 /// What recovery does with a pending operation.
@@ -51,7 +73,9 @@ pub enum Recovery {
     Redo,
     /// The kernel is at a transaction the protocol cannot reach.
     Inconsistent {
+        /// The record's committed transaction id.
         record: TransactionId,
+        /// The kernel's.
         kernel: TransactionId,
     },
 }

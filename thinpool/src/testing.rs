@@ -11,8 +11,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::loopback;
-use crate::names::{PoolNames, PREFIX};
+use devicemapper::{DevId, DmNameBuf, DmOptions, DM};
+
+use crate::loopback::{self, LoopDev};
+use crate::names::{PoolNames, Role, PREFIX};
 use crate::pool::{PoolRecord, RECORD_FILE};
 use crate::record;
 
@@ -37,6 +39,10 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// Makes a fresh directory named after `label` under
+    /// `$THINLAYER_TEST_DIR` (or the system's temp directory).
+    ///
+    /// Panics when the directory cannot be made.
     pub fn new(label: &str) -> Scratch {
         let base = std::env::var_os("THINLAYER_TEST_DIR")
             .map(PathBuf::from)
@@ -49,12 +55,13 @@ impl Scratch {
         Scratch { dir }
     }
 
+    /// The scratch directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    /// A sparse file of `size` bytes bound to a loop device; returns the
-    /// loop device's path.
+    /// A sparse file `name` of `size` bytes bound to a loop device; returns
+    /// the loop device's path. Panics when either cannot be made.
     pub fn loop_device(&self, name: &str, size: u64) -> PathBuf {
         let file = self.path().join(name);
         let f = fs::File::create(&file).expect("creating a loop backing file");
@@ -66,7 +73,7 @@ impl Scratch {
 
     /// Names of every dm device the kernel has whose name starts with ours.
     pub fn our_dm_devices() -> Vec<String> {
-        let Ok(dm) = devicemapper::DM::new() else {
+        let Ok(dm) = DM::new() else {
             return vec![];
         };
         dm.list_devices()
@@ -88,17 +95,35 @@ impl Scratch {
         out
     }
 
-    /// Dm devices of every pool recorded under this directory.
+    /// Dm devices of every pool recorded under this directory: every name
+    /// with one of their prefixes.
     pub fn dm_devices_under(&self) -> Vec<String> {
-        let prefixes: Vec<String> = walk(self.path())
+        self.devices_under()
+            .into_iter()
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
+    /// The dm devices of every pool recorded under this directory, with
+    /// the role each plays in its pool (`None` for a name with a pool's
+    /// prefix that no role of it has).
+    fn devices_under(&self) -> Vec<(DmNameBuf, Option<Role>)> {
+        let pools: Vec<PoolNames> = walk(self.path())
             .into_iter()
             .filter(|p| p.file_name().is_some_and(|n| n == RECORD_FILE))
             .filter_map(|p| record::read::<PoolRecord>(&p).ok().flatten())
-            .map(|r| PoolNames::new(r.id).prefix())
+            .map(|r| PoolNames::new(r.id))
             .collect();
-        Self::our_dm_devices()
+        let Ok(dm) = DM::new() else { return vec![] };
+        dm.list_devices()
+            .unwrap_or_default()
             .into_iter()
-            .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
+            .filter_map(|(name, _, _)| {
+                let pool = pools
+                    .iter()
+                    .find(|p| name.to_string().starts_with(&p.prefix()))?;
+                Some((name.clone(), pool.role_of(&name)))
+            })
             .collect()
     }
 }
@@ -134,33 +159,15 @@ impl Drop for Scratch {
                 let _ = Command::new("umount").arg("-l").arg(m).status();
             }
         }
-        if let Ok(dm) = devicemapper::DM::new() {
-            let mut devs = self.dm_devices_under();
-            // Thin devices first, then pools, then their linear devices.
-            devs.sort_by_key(|n| {
-                if n.contains("-thin-") {
-                    0
-                } else if n.ends_with("-pool") {
-                    1
-                } else {
-                    2
-                }
-            });
-            for n in devs {
-                if let Ok(name) = devicemapper::DmNameBuf::new(n) {
-                    let _ = dm.device_remove(
-                        &devicemapper::DevId::Name(&name),
-                        devicemapper::DmOptions::default(),
-                    );
-                }
+        if let Ok(dm) = DM::new() {
+            let mut devs = self.devices_under();
+            devs.sort_by_key(|(_, role)| role.map_or(u8::MAX, Role::removal_order));
+            for (name, _) in devs {
+                let _ = dm.device_remove(&DevId::Name(&name), DmOptions::default());
             }
         }
         for l in self.loops_under() {
-            let _ = loopback::LoopDev {
-                name: l.file_name().unwrap().to_string_lossy().into_owned(),
-                path: l,
-            }
-            .detach();
+            let _ = LoopDev::from_path(l).detach();
         }
     }
 }

@@ -20,8 +20,11 @@ pub const SECTOR: u64 = 512;
 pub struct Bytes(pub u64);
 
 impl Bytes {
+    /// One KiB.
     pub const KIB: Bytes = Bytes(1 << 10);
+    /// One MiB.
     pub const MIB: Bytes = Bytes(1 << 20);
+    /// One GiB.
     pub const GIB: Bytes = Bytes(1 << 30);
 
     /// The size in whole 512-byte sectors, rounded down.
@@ -29,10 +32,13 @@ impl Bytes {
         self.0 / SECTOR
     }
 
+    /// The size of `sectors` 512-byte sectors.
     pub fn from_sectors(sectors: u64) -> Bytes {
         Bytes(sectors * SECTOR)
     }
 
+    /// Whether the size is a whole number of `unit`s (never for a zero
+    /// unit).
     pub fn is_multiple_of(self, unit: Bytes) -> bool {
         unit.0 != 0 && self.0.is_multiple_of(unit.0)
     }
@@ -65,10 +71,13 @@ impl fmt::Display for Bytes {
 /// Why a size string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SizeParseError {
+    /// Nothing but blanks.
     #[error("empty size")]
     Empty,
+    /// Not a whole number with an optional binary unit.
     #[error("'{0}' is not a size: use a whole number with an optional unit K, M, G, T or P (powers of 1024), e.g. 512M or 20G")]
     Malformed(String),
+    /// More than 2^64 - 1 bytes.
     #[error("'{0}' is too large")]
     Overflow(String),
 }
@@ -117,7 +126,9 @@ impl FromStr for Bytes {
 /// size (`+5G`), as `pool grow` takes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SizeChange {
+    /// Make it this size.
     To(Bytes),
+    /// Make it this much larger.
     By(Bytes),
 }
 
@@ -148,11 +159,16 @@ impl FromStr for SizeChange {
 pub struct BlockSize(Bytes);
 
 impl BlockSize {
+    /// The smallest block size, and the unit of every other.
     pub const MIN: Bytes = Bytes(64 << 10);
+    /// The largest block size.
     pub const MAX: Bytes = Bytes(1 << 30);
+    /// The block size a create uses when none is given (64 KiB).
     pub const DEFAULT: BlockSize = BlockSize(Self::MIN);
 
     /// Checks the kernel's rule for a thin-pool block size.
+    ///
+    /// Errors: a sentence saying the rule, for a size that breaks it.
     pub fn new(size: Bytes) -> Result<BlockSize, String> {
         if size < Self::MIN || size > Self::MAX || !size.is_multiple_of(Self::MIN) {
             return Err(format!(
@@ -162,10 +178,12 @@ impl BlockSize {
         Ok(BlockSize(size))
     }
 
+    /// The block size in bytes.
     pub fn bytes(self) -> Bytes {
         self.0
     }
 
+    /// The block size in 512-byte sectors.
     pub fn sectors(self) -> u64 {
         self.0.sectors()
     }
@@ -216,6 +234,7 @@ impl fmt::Display for ThinId {
 pub struct TransactionId(pub u64);
 
 impl TransactionId {
+    /// The id after this one.
     pub fn next(self) -> TransactionId {
         TransactionId(self.0 + 1)
     }

@@ -350,10 +350,12 @@ fn dm_full_pool_with_error_policy_fails_writes_with_enospc() {
         .custom_flags(libc::O_DIRECT)
         .open(&dev)
         .unwrap();
-    let layout = std::alloc::Layout::from_size_align(1 << 20, 4096).unwrap();
-    // SAFETY: a non-zero-sized layout; the buffer is freed below.
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-    let chunk = unsafe { std::slice::from_raw_parts(ptr, 1 << 20) };
+    // O_DIRECT wants a 4K-aligned buffer: a 4K-aligned megabyte inside a
+    // slightly larger one.
+    let buf = vec![0u8; (1 << 20) + 4096];
+    let addr = buf.as_ptr() as usize;
+    let start = addr.next_multiple_of(4096) - addr;
+    let chunk = &buf[start..start + (1 << 20)];
     let mut err = None;
     for _ in 0..16 {
         if let Err(e) = f.write_all(chunk) {
@@ -361,7 +363,6 @@ fn dm_full_pool_with_error_policy_fails_writes_with_enospc() {
             break;
         }
     }
-    unsafe { std::alloc::dealloc(ptr, layout) };
     let err = err.expect("writing 16M into an 8M pool succeeded");
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
     drop(f);

@@ -1,0 +1,238 @@
+//! Starting and stopping a pool's dm devices.
+//!
+//! Starting is `setup` in devicemapper's sense: a device that exists is
+//! adopted after its table is checked against the record, one that does
+//! not is created. So the same code activates a pool after a reboot, takes
+//! over an active one on open, and finishes a create.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use devicemapper::{
+    DataBlocks, Device, LinearDev, LinearDevTargetParams, LinearTargetParams, Sectors, TargetLine,
+    ThinPoolDev,
+};
+
+use super::devices::{detach_loops, remove_devices};
+use super::{Backing, BackingKind, Pool};
+use crate::config::OnFull;
+use crate::error::{Error, Result};
+use crate::kernel::{self, Superblock};
+use crate::loopback;
+use crate::names::Role;
+use crate::units::{Bytes, TransactionId};
+
+/// The table of a linear device over the whole of `size` of `device`.
+fn linear_table(device: Device, size: Bytes) -> Vec<TargetLine<LinearDevTargetParams>> {
+    vec![TargetLine::new(
+        Sectors(0),
+        Sectors(size.sectors()),
+        LinearDevTargetParams::Linear(LinearTargetParams::new(device, Sectors(0))),
+    )]
+}
+
+/// The device number of the block device at `path`.
+fn device_of(path: &Path) -> Result<Device> {
+    let meta = fs::metadata(path).map_err(Error::io("inspecting", path))?;
+    if !meta.file_type().is_block_device() {
+        return Err(Error::invalid(
+            "device",
+            format!("{} is not a block device", path.display()),
+        ));
+    }
+    Ok(Device::from(meta.rdev()))
+}
+
+/// The thin-pool target's feature arguments for a full-pool policy.
+fn pool_features(on_full: OnFull) -> Vec<String> {
+    match on_full {
+        OnFull::Error => vec!["error_if_no_space".to_string()],
+        OnFull::Queue => vec![],
+    }
+}
+
+/// Checks that a backing is there and, for a file, at least as large as
+/// the record says (a smaller one would cut off data the pool mapped).
+fn check_backing(b: &Backing) -> Result<()> {
+    let meta = fs::metadata(&b.path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::Mismatch {
+                what: "backing".into(),
+                reason: format!("{} is missing", b.path.display()),
+            }
+        } else {
+            Error::io("inspecting", b.path.clone())(e)
+        }
+    })?;
+    if b.kind == BackingKind::File && meta.len() < b.size.0 {
+        return Err(Error::Mismatch {
+            what: "backing file".into(),
+            reason: format!(
+                "{} holds {} but the record says {}",
+                b.path.display(),
+                Bytes(meta.len()),
+                b.size
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl Pool {
+    /// Attaches loops and creates (or adopts) the linear and pool devices.
+    pub(super) fn start_devices(&mut self) -> Result<()> {
+        let meta_dev = self.backing_device(&self.record.metadata)?;
+        let data_dev = self.backing_device(&self.record.data)?;
+        let meta = LinearDev::setup(
+            &self.dm,
+            &self.names.name(Role::Meta),
+            Some(&self.names.uuid(Role::Meta)),
+            linear_table(meta_dev, self.record.metadata.size),
+        )
+        .map_err(Error::dm("creating the metadata linear device"))?;
+        let data = LinearDev::setup(
+            &self.dm,
+            &self.names.name(Role::Data),
+            Some(&self.names.uuid(Role::Data)),
+            linear_table(data_dev, self.record.data.size),
+        )
+        .map_err(Error::dm("creating the data linear device"))?;
+        let dev = ThinPoolDev::setup(
+            &self.dm,
+            &self.names.name(Role::Pool),
+            Some(&self.names.uuid(Role::Pool)),
+            meta,
+            data,
+            Sectors(self.record.block_size.sectors()),
+            DataBlocks(0),
+            pool_features(self.record.on_full),
+        )
+        .map_err(Error::dm("creating the thin-pool device"))?;
+        self.dev = Some(dev);
+        Ok(())
+    }
+
+    /// The block device under a backing: its loop device for a file
+    /// (attached if needed, capacity refreshed if the file grew), or the
+    /// device itself.
+    fn backing_device(&self, b: &Backing) -> Result<Device> {
+        match b.kind {
+            BackingKind::File => {
+                let lo = loopback::attach(&b.path)
+                    .map_err(Error::io("attaching a loop device to", &b.path))?;
+                if lo.size().map_err(Error::io("sizing", &lo.path))? < b.size {
+                    lo.refresh_capacity()
+                        .map_err(Error::io("refreshing the capacity of", &lo.path))?;
+                }
+                device_of(&lo.path)
+            }
+            BackingKind::Device => device_of(&b.path),
+        }
+    }
+
+    /// Takes over an active pool, rolling forward a grow that was killed
+    /// between recording the new size and reloading the tables.
+    pub(super) fn adopt(&mut self) -> Result<()> {
+        for (role, b) in [
+            (Role::Meta, &self.record.metadata),
+            (Role::Data, &self.record.data),
+        ] {
+            let want = self.backing_device(b)?;
+            let mismatch = |reason: String| Error::Mismatch {
+                what: format!("device {}", self.names.name_string(role)),
+                reason,
+            };
+            let Some(table) = self.kernel_table(role)? else {
+                return Err(mismatch(
+                    "the pool is active but this device is missing".into(),
+                ));
+            };
+            let want_params = format!("{want} 0");
+            if table.target != "linear" || table.params != want_params {
+                return Err(mismatch(format!(
+                    "its table is '{} {}', expected 'linear {want_params}'",
+                    table.target, table.params
+                )));
+            }
+            match table.sectors.cmp(&b.size.sectors()) {
+                std::cmp::Ordering::Less => self.reload_length(role, b.size.sectors(), &table)?,
+                std::cmp::Ordering::Equal => {}
+                std::cmp::Ordering::Greater => {
+                    return Err(mismatch(format!(
+                        "it maps {} but the record says {}",
+                        Bytes::from_sectors(table.sectors),
+                        b.size
+                    )))
+                }
+            }
+        }
+        if let Some(table) = self.kernel_table(Role::Pool)? {
+            if table.sectors < self.record.data.size.sectors() {
+                self.reload_length(Role::Pool, self.record.data.size.sectors(), &table)?;
+            }
+        }
+        self.start_devices()
+    }
+
+    /// Activates an inactive pool after checking its backings and metadata
+    /// against the record, then finishes whatever a killed command left in
+    /// flight; idempotent.
+    ///
+    /// Errors: [`Error::Mismatch`] (nothing started) when a backing is
+    /// missing or short, or the metadata's block size or transaction id
+    /// is not the record's; [`Error::Dm`] when the kernel refuses a
+    /// device, after stopping what was started ([`Error::Rollback`] if
+    /// that failed too).
+    pub fn activate(&mut self) -> Result<()> {
+        if self.dev.is_some() {
+            return Ok(());
+        }
+        for b in [&self.record.data, &self.record.metadata] {
+            check_backing(b)?;
+        }
+        let sb = Superblock::read(&self.record.metadata.path)?;
+        let r = self.record.transaction_id;
+        let allowed: Vec<TransactionId> = match self.record.pending {
+            Some(_) => vec![r, r.next()],
+            None => vec![r],
+        };
+        kernel::check_superblock(sb.as_ref(), self.record.block_size, &allowed).map_err(
+            |reason| Error::Mismatch {
+                what: format!("metadata {}", self.record.metadata.path.display()),
+                reason,
+            },
+        )?;
+        if let Err(causal) = self.start_devices() {
+            self.dev = None;
+            return match self.stop_devices() {
+                Ok(()) => Err(causal),
+                Err(rollback) => Err(Error::Rollback {
+                    causal: Box::new(causal),
+                    rollback: Box::new(rollback),
+                }),
+            };
+        }
+        self.recover()
+    }
+
+    /// Removes every dm device of this pool (thin devices first) and
+    /// detaches the loop devices it owns; idempotent.
+    ///
+    /// Errors: [`Error::Busy`], without removing the pool, while a thin
+    /// device is mounted or open.
+    pub fn deactivate(&mut self) -> Result<()> {
+        let result = self.stop_devices();
+        if result.is_ok() || !self.kernel_has(Role::Pool).unwrap_or(true) {
+            self.dev = None;
+        }
+        result
+    }
+
+    /// Removes the dm devices, then the loops under them.
+    pub(super) fn stop_devices(&mut self) -> Result<()> {
+        remove_devices(&self.dm, &self.names, &self.record)?;
+        detach_loops(&self.record)
+    }
+}

@@ -1,0 +1,148 @@
+//! This pool's dm devices as the kernel has them: whether they exist,
+//! their tables and status, messages to the pool, and their removal.
+
+use devicemapper::{DevId, DmFlags, DmOptions, ThinPoolDev, ThinPoolStatus, DM};
+
+use super::{BackingKind, Pool, PoolRecord};
+use crate::error::{Error, Result};
+use crate::loopback;
+use crate::names::{PoolNames, Role};
+
+/// The live table of a device with a single target line starting at 0.
+pub(super) struct LiveTable {
+    /// Its length in 512-byte sectors.
+    pub(super) sectors: u64,
+    /// The target type, e.g. `linear`.
+    pub(super) target: String,
+    /// The target's parameters, as the kernel prints them.
+    pub(super) params: String,
+}
+
+impl Pool {
+    /// Whether the kernel has our device of `role`.
+    pub(super) fn kernel_has(&self, role: Role) -> Result<bool> {
+        devicemapper::device_exists(&self.dm, &self.names.name(role))
+            .map_err(Error::dm("looking up devices"))
+    }
+
+    /// The kernel's live table of one of our devices, if it exists.
+    pub(super) fn kernel_table(&self, role: Role) -> Result<Option<LiveTable>> {
+        if !self.kernel_has(role)? {
+            return Ok(None);
+        }
+        let name = self.names.name(role);
+        let (_, lines) = self
+            .dm
+            .table_status(
+                &DevId::Name(&name),
+                DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+            )
+            .map_err(Error::dm(format!("reading the table of {}", &*name)))?;
+        match lines.as_slice() {
+            [(0, sectors, target, params)] => Ok(Some(LiveTable {
+                sectors: *sectors,
+                target: target.clone(),
+                params: params.clone(),
+            })),
+            _ => Err(Error::Mismatch {
+                what: format!("device {}", &*name),
+                reason: format!("it has {} table lines, expected one", lines.len()),
+            }),
+        }
+    }
+
+    /// Reloads a device's single-line table with a new length (same target
+    /// and parameters) and resumes it.
+    pub(super) fn reload_length(&self, role: Role, sectors: u64, table: &LiveTable) -> Result<()> {
+        let name = self.names.name(role);
+        let id = DevId::Name(&name);
+        self.dm
+            .table_load(
+                &id,
+                &[(0, sectors, table.target.clone(), table.params.clone())],
+                DmOptions::default(),
+            )
+            .map_err(Error::dm(format!("reloading {}", &*name)))?;
+        self.dm
+            .device_suspend(&id, DmOptions::default())
+            .map_err(Error::dm(format!("resuming {}", &*name)))?;
+        Ok(())
+    }
+
+    /// The kernel's pool device; [`Error::Inactive`] while there is none.
+    pub(super) fn pool_dev(&self) -> Result<&ThinPoolDev> {
+        self.dev.as_ref().ok_or(Error::Inactive)
+    }
+
+    /// The thin-pool target's status line, parsed.
+    pub(super) fn kernel_status(&self) -> Result<ThinPoolStatus> {
+        self.pool_dev()?
+            .status(&self.dm, DmOptions::default())
+            .map_err(Error::dm("reading the pool status"))
+    }
+
+    /// Sends a message to the thin-pool target.
+    pub(super) fn message(&self, msg: &str) -> Result<()> {
+        devicemapper::message(&self.dm, self.pool_dev()?, msg)
+            .map_err(Error::dm(format!("message '{msg}'")))
+    }
+}
+
+/// Removes one of our devices if the kernel has it.
+///
+/// Errors: [`Error::Busy`] while it is mounted or open.
+pub(super) fn remove_device(
+    dm: &DM,
+    names: &PoolNames,
+    role: Role,
+    record: &PoolRecord,
+) -> Result<()> {
+    let name = names.name(role);
+    if !devicemapper::device_exists(dm, &name).map_err(Error::dm("looking up devices"))? {
+        return Ok(());
+    }
+    dm.device_remove(&DevId::Name(&name), DmOptions::default())
+        .map(|_| ())
+        .map_err(|e| {
+            let err = Error::dm(format!("removing {}", &*name))(e);
+            if err.errno() == Some(libc::EBUSY) {
+                let what = match role {
+                    Role::Thin(id) => record.describe_thin(id),
+                    _ => format!("pool device {}", &*name),
+                };
+                Error::Busy {
+                    what,
+                    hint: "it is mounted or open; unmount or close it first".into(),
+                }
+            } else {
+                err
+            }
+        })
+}
+
+/// Removes every device named with this pool's prefix, in
+/// [`Role::removal_order`].
+pub(super) fn remove_devices(dm: &DM, names: &PoolNames, record: &PoolRecord) -> Result<()> {
+    let mut ours: Vec<Role> = dm
+        .list_devices()
+        .map_err(Error::dm("listing devices"))?
+        .iter()
+        .filter_map(|(name, _, _)| names.role_of(name))
+        .collect();
+    ours.sort_by_key(|r| r.removal_order());
+    for role in ours {
+        remove_device(dm, names, role, record)?;
+    }
+    Ok(())
+}
+
+/// Detaches the loop devices over the pool's backing files, if attached.
+pub(super) fn detach_loops(record: &PoolRecord) -> Result<()> {
+    for b in [&record.data, &record.metadata] {
+        if b.kind == BackingKind::File {
+            loopback::detach_file(&b.path)
+                .map_err(Error::io("detaching the loop device of", &b.path))?;
+        }
+    }
+    Ok(())
+}

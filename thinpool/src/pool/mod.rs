@@ -1,0 +1,212 @@
+//! A thin pool and its thin devices.
+//!
+//! # Layout
+//!
+//! A pool lives in one directory (the caller chooses it; thinlayer uses
+//! `<root>/pool`):
+//!
+//! ```text
+//! pool.json   the record: parameters, thin devices, transaction id, state
+//! data        sparse data file (loop-backed pools only)
+//! metadata    sparse metadata file (loop-backed pools only)
+//! lock        flock'ed by every command for its whole run; never removed
+//! ```
+//!
+//! In the kernel a pool is three dm devices, all named by [`PoolNames`]:
+//! a linear device over the metadata backing, one over the data backing,
+//! and the `thin-pool` target over those two. Thin devices are activated
+//! on demand, as `thin` targets named after their id.
+//!
+//! # Crash safety
+//!
+//! * A create writes the record in state `creating` before it makes
+//!   anything, and `ready` when all is made. Any later open that finds
+//!   `creating` removes whatever a killed create made (dm devices by name
+//!   prefix, loop devices by backing file, the files) and the record.
+//! * A destroy deactivates first (so a mounted device stops it before
+//!   anything is lost), then records `destroying`; any later open that
+//!   finds that state finishes the job.
+//! * A grow extends the backing first, then records the new size, then
+//!   reloads the tables; activation rolls a half-done grow forward.
+//! * Thin device changes follow the transaction protocol in
+//!   [`crate::recovery`].
+//!
+//! # Where each job lives
+//!
+//! * this file: the [`Pool`] handle, opening a pool and its accessors;
+//! * `on_disk`: the record (`pool.json`) and the pure changes made to it;
+//! * `create`: checking create options and making a new pool;
+//! * `activate`: starting the dm devices (after a reboot, or adopting
+//!   active ones), stopping them;
+//! * `devices`: this pool's dm devices as the kernel has them: tables,
+//!   status, messages, removal;
+//! * `transaction`: the pool's side of the recovery protocol;
+//! * `thin`: thin devices: create, snapshot, delete, activate, grow;
+//! * `grow`: growing the pool's data and metadata online;
+//! * `destroy`: taking a pool apart, and undoing a killed create;
+//! * `status`: the pool's status and the space each thin device takes.
+
+mod activate;
+mod create;
+mod destroy;
+mod devices;
+mod grow;
+mod on_disk;
+mod status;
+mod thin;
+mod transaction;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use devicemapper::{ThinPoolDev, DM};
+
+use crate::error::{Error, Result};
+use crate::kernel;
+use crate::lock::LockGuard;
+use crate::names::{PoolNames, Role};
+use crate::record;
+use crate::units::ThinId;
+
+pub use create::check_create_options;
+pub use on_disk::{Backing, BackingKind, PoolRecord, PoolState, ThinRecord};
+pub use status::{parse_thin_ls, PoolMode, PoolStatus, SpaceStatus, ThinUsage};
+
+/// The pool's record, in its directory.
+pub const RECORD_FILE: &str = "pool.json";
+/// The sparse data file of a loop-backed pool, in its directory.
+pub const DATA_FILE: &str = "data";
+/// The sparse metadata file of a loop-backed pool, in its directory.
+pub const METADATA_FILE: &str = "metadata";
+/// The lock file every open holds, in the pool's directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// How long a command waits for another one holding the pool's lock.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An open pool, holding its lock until dropped.
+///
+/// Every method that changes the pool or its thin devices goes through
+/// this handle, so the lock serializes them across processes.
+pub struct Pool {
+    dir: PathBuf,
+    _lock: LockGuard,
+    record: PoolRecord,
+    names: PoolNames,
+    dm: DM,
+    /// The kernel's pool device, when the pool is active.
+    dev: Option<ThinPoolDev>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("dir", &self.dir)
+            .field("id", &self.record.id)
+            .field("active", &self.dev.is_some())
+            .finish()
+    }
+}
+
+/// Options for opening (or creating) a pool directory.
+#[derive(Clone, Debug)]
+pub struct PoolOpenOptions {
+    /// How long to wait for another process holding the pool's lock
+    /// before failing with [`Error::Lock`].
+    pub lock_timeout: Duration,
+}
+
+impl Default for PoolOpenOptions {
+    fn default() -> Self {
+        PoolOpenOptions {
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+        }
+    }
+}
+
+/// Takes the lock of the pool directory `dir`.
+fn lock_dir(dir: &Path, timeout: Duration) -> Result<LockGuard> {
+    Ok(LockGuard::acquire(&dir.join(LOCK_FILE), timeout)?)
+}
+
+impl Pool {
+    /// A handle on the pool of `record`, not yet adopted from the kernel.
+    fn with_record(dir: &Path, lock: LockGuard, record: PoolRecord, dm: DM) -> Pool {
+        Pool {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            names: PoolNames::new(record.id.clone()),
+            record,
+            dm,
+            dev: None,
+        }
+    }
+
+    /// Opens the pool in `dir`, finishing or undoing whatever a killed
+    /// command left in flight. Does not activate an inactive pool.
+    ///
+    /// Errors: [`Error::NoPool`] when `dir` holds no pool (or held one a
+    /// killed create or destroy left, now cleaned up); [`Error::Lock`]
+    /// after [`DEFAULT_LOCK_TIMEOUT`]; [`Error::NoDeviceMapper`] and
+    /// [`Error::NoThinTarget`] on a kernel without dm-thin;
+    /// [`Error::Mismatch`] when an active pool contradicts its record.
+    pub fn open(dir: &Path) -> Result<Pool> {
+        Self::open_with(dir, &PoolOpenOptions::default())
+    }
+
+    /// [`Pool::open`] with explicit options.
+    pub fn open_with(dir: &Path, open: &PoolOpenOptions) -> Result<Pool> {
+        let no_pool = || Error::NoPool {
+            dir: dir.to_path_buf(),
+        };
+        if !dir.join(RECORD_FILE).exists() {
+            return Err(no_pool());
+        }
+        let lock = lock_dir(dir, open.lock_timeout)?;
+        let record: PoolRecord = record::read(&dir.join(RECORD_FILE))?.ok_or_else(no_pool)?;
+        let dm = kernel::open_dm()?;
+        match record.state {
+            PoolState::Creating => {
+                destroy::rollback_create(&dm, dir, &record)?;
+                return Err(no_pool());
+            }
+            PoolState::Destroying => {
+                destroy::finish_destroy(&dm, dir, &record)?;
+                return Err(no_pool());
+            }
+            PoolState::Ready => {}
+        }
+        let mut pool = Pool::with_record(dir, lock, record, dm);
+        if pool.kernel_has(Role::Pool)? {
+            pool.adopt()?;
+            pool.recover()?;
+        }
+        Ok(pool)
+    }
+
+    /// The pool's record as last written.
+    pub fn record(&self) -> &PoolRecord {
+        &self.record
+    }
+
+    /// The pool's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether the pool's dm devices are up.
+    pub fn is_active(&self) -> bool {
+        self.dev.is_some()
+    }
+
+    /// The pool's thin devices, by id.
+    pub fn thins(&self) -> &BTreeMap<ThinId, ThinRecord> {
+        &self.record.thins
+    }
+
+    /// Writes the record, atomically and durably.
+    fn save(&self) -> Result<()> {
+        Ok(record::write(&self.dir.join(RECORD_FILE), &self.record)?)
+    }
+}

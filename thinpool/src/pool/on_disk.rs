@@ -1,0 +1,228 @@
+//! The pool's record (`pool.json`) and the changes made to it.
+//!
+//! These types are the on-disk format: new fields get `#[serde(default)]`
+//! so records written before them still read. The changes here are pure
+//! (no kernel, no file), so the transaction bookkeeping is tested in the
+//! plain tier.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::OnFull;
+use crate::error::{Error, Result};
+use crate::names::PoolId;
+use crate::recovery::PendingOp;
+use crate::units::{BlockSize, Bytes, ThinId, TransactionId};
+
+/// The persistent record of a pool (`pool.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    /// The pool's identity, part of every dm name it uses.
+    pub id: PoolId,
+    /// Where the pool is in its lifecycle.
+    pub state: PoolState,
+    /// When the pool was created, in seconds since the Unix epoch.
+    pub created_unix: u64,
+    /// The pool's allocation unit.
+    pub block_size: BlockSize,
+    /// What a write to the full pool does.
+    pub on_full: OnFull,
+    /// The data backing.
+    pub data: Backing,
+    /// The metadata backing.
+    pub metadata: Backing,
+    /// The last transaction id this record and the kernel agree on.
+    pub transaction_id: TransactionId,
+    /// Ids are handed out in order and never reused.
+    pub next_thin_id: ThinId,
+    /// The thin devices the kernel has committed.
+    #[serde(default)]
+    pub thins: BTreeMap<ThinId, ThinRecord>,
+    /// A thin-device change recorded before its dm messages were sent;
+    /// `None` between operations.
+    #[serde(default)]
+    pub pending: Option<PendingOp>,
+}
+
+/// Where a pool is in its lifecycle; anything but `Ready` is finished or
+/// undone by the next open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolState {
+    /// A create is making the pool; a killed one is undone.
+    Creating,
+    /// The pool is usable.
+    Ready,
+    /// A destroy is taking the pool apart; a killed one is finished.
+    Destroying,
+}
+
+/// Where the data or metadata lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backing {
+    /// A file of ours or a device of the user's.
+    pub kind: BackingKind,
+    /// The file (under the pool directory) or the device node.
+    pub path: PathBuf,
+    /// How much of it the pool uses.
+    pub size: Bytes,
+}
+
+/// What a [`Backing`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackingKind {
+    /// A sparse file of ours behind a loop device.
+    File,
+    /// A block device the user gave us.
+    Device,
+}
+
+/// A thin device known to the pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThinRecord {
+    /// The device's virtual size.
+    pub size: Bytes,
+    /// The owner's label for the device (opaque to this crate; thinlayer
+    /// stores what the device holds).
+    pub tag: String,
+    /// The device it is a snapshot of, if any.
+    #[serde(default)]
+    pub origin: Option<ThinId>,
+    /// The transaction that created it.
+    pub created_tx: TransactionId,
+}
+
+impl PoolRecord {
+    /// Hands out the next thin device id. Ids are never reused, so the
+    /// record is the only place that knows which ones the kernel may have.
+    ///
+    /// Errors: [`Error::ThinIdsExhausted`] after 2^24 ids.
+    pub fn allocate_thin_id(&mut self) -> Result<ThinId> {
+        let id = self.next_thin_id;
+        if id > ThinId::MAX {
+            return Err(Error::ThinIdsExhausted);
+        }
+        self.next_thin_id = ThinId(id.0 + 1);
+        Ok(id)
+    }
+
+    /// Applies a thin-device change the kernel has committed: the record
+    /// moves to the next transaction id and has nothing pending.
+    pub fn commit(&mut self, op: PendingOp) {
+        let tx = self.transaction_id.next();
+        match op {
+            PendingOp::Create { id, size, tag } => {
+                self.insert_thin(id, size, tag, None, tx);
+            }
+            PendingOp::Snapshot {
+                id,
+                origin,
+                size,
+                tag,
+            } => {
+                self.insert_thin(id, size, tag, Some(origin), tx);
+            }
+            PendingOp::Delete { id } => {
+                self.thins.remove(&id);
+            }
+        }
+        self.transaction_id = tx;
+        self.pending = None;
+    }
+
+    fn insert_thin(
+        &mut self,
+        id: ThinId,
+        size: Bytes,
+        tag: String,
+        origin: Option<ThinId>,
+        created_tx: TransactionId,
+    ) {
+        self.thins.insert(
+            id,
+            ThinRecord {
+                size,
+                tag,
+                origin,
+                created_tx,
+            },
+        );
+    }
+
+    /// How a thin device is named to a user: its id and its tag.
+    pub fn describe_thin(&self, id: ThinId) -> String {
+        match self.thins.get(&id) {
+            Some(t) => format!("thin device {id} ({})", t.tag),
+            None => format!("thin device {id}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> PoolRecord {
+        let backing = |p: &str| Backing {
+            kind: BackingKind::File,
+            path: PathBuf::from(p),
+            size: Bytes::GIB,
+        };
+        PoolRecord {
+            id: PoolId::try_from("0123456789abcdef".to_string()).unwrap(),
+            state: PoolState::Ready,
+            created_unix: 0,
+            block_size: BlockSize::DEFAULT,
+            on_full: OnFull::Error,
+            data: backing("data"),
+            metadata: backing("metadata"),
+            transaction_id: TransactionId(4),
+            next_thin_id: ThinId(0),
+            thins: BTreeMap::new(),
+            pending: None,
+        }
+    }
+
+    #[test]
+    fn plain_commit_applies_the_change_and_moves_to_the_next_transaction() {
+        let mut r = record();
+        let id = r.allocate_thin_id().unwrap();
+        r.pending = Some(PendingOp::Create {
+            id,
+            size: Bytes::MIB,
+            tag: "base".into(),
+        });
+        r.commit(r.pending.clone().unwrap());
+        assert_eq!(r.transaction_id, TransactionId(5));
+        assert_eq!(r.pending, None);
+        assert_eq!(r.thins[&id].created_tx, TransactionId(5));
+        assert_eq!(r.thins[&id].origin, None);
+
+        let snap = r.allocate_thin_id().unwrap();
+        assert_ne!(snap, id, "an id was handed out twice");
+        r.commit(PendingOp::Snapshot {
+            id: snap,
+            origin: id,
+            size: Bytes::MIB,
+            tag: "child".into(),
+        });
+        assert_eq!(r.thins[&snap].origin, Some(id));
+        assert_eq!(r.describe_thin(snap), "thin device 1 (child)");
+
+        r.commit(PendingOp::Delete { id });
+        assert_eq!(r.thins.keys().copied().collect::<Vec<_>>(), vec![snap]);
+        assert_eq!(r.transaction_id, TransactionId(7));
+        assert_eq!(r.describe_thin(id), "thin device 0");
+    }
+
+    #[test]
+    fn plain_thin_ids_run_out_after_the_kernels_24_bits() {
+        let mut r = record();
+        r.next_thin_id = ThinId::MAX;
+        assert_eq!(r.allocate_thin_id().unwrap(), ThinId::MAX);
+        assert!(matches!(r.allocate_thin_id(), Err(Error::ThinIdsExhausted)));
+    }
+}

@@ -1,0 +1,175 @@
+//! Thin devices: create, snapshot, delete, activate, deactivate, grow.
+
+use std::path::PathBuf;
+
+use devicemapper::{DevId, DmDevice, DmFlags, DmOptions, Sectors, ThinDev, ThinDevId};
+
+use super::devices::remove_device;
+use super::Pool;
+use crate::error::{Error, Result};
+use crate::names::Role;
+use crate::recovery::PendingOp;
+use crate::units::{Bytes, ThinId};
+
+/// The kernel's form of a thin id.
+fn thin_dev_id(id: ThinId) -> ThinDevId {
+    ThinDevId::new_u64(u64::from(id.0)).expect("thin ids are checked against ThinId::MAX")
+}
+
+impl Pool {
+    /// Creates an empty thin device of `size` (a whole number of 512-byte
+    /// sectors), labelled with `tag`. The pool must be active.
+    ///
+    /// Errors: [`Error::Invalid`] for a bad size; [`Error::Inactive`];
+    /// [`Error::ReadOnly`] or [`Error::Failed`] when the kernel stopped
+    /// writing to the pool; [`Error::ThinIdsExhausted`].
+    pub fn create_thin(&mut self, size: Bytes, tag: &str) -> Result<ThinId> {
+        if size.0 == 0 || !size.is_multiple_of(Bytes(512)) {
+            return Err(Error::invalid(
+                "thin device size",
+                format!("{size} is not a positive multiple of 512 bytes"),
+            ));
+        }
+        self.pool_dev()?;
+        let id = self.record.allocate_thin_id()?;
+        let op = PendingOp::Create {
+            id,
+            size,
+            tag: tag.to_string(),
+        };
+        self.transact(op, &format!("create_thin {id}"), |_| Ok(()), |_| {})?;
+        Ok(id)
+    }
+
+    /// Creates a thin device sharing all of `origin`'s blocks (O(1), copy
+    /// on write per pool block). An active origin is suspended, with its
+    /// filesystem frozen and flushed, while the snapshot is taken.
+    ///
+    /// Errors: [`Error::NoSuchThin`] for an unknown origin; otherwise as
+    /// [`Pool::create_thin`].
+    pub fn snapshot_thin(&mut self, origin: ThinId, tag: &str) -> Result<ThinId> {
+        let size = self
+            .record
+            .thins
+            .get(&origin)
+            .ok_or(Error::NoSuchThin(origin))?
+            .size;
+        self.pool_dev()?;
+        let id = self.record.allocate_thin_id()?;
+        let op = PendingOp::Snapshot {
+            id,
+            origin,
+            size,
+            tag: tag.to_string(),
+        };
+        let origin_name = self.names.name(Role::Thin(origin));
+        let active = self.kernel_has(Role::Thin(origin))?;
+        let suspend = |p: &Self| -> Result<()> {
+            if active {
+                p.dm.device_suspend(
+                    &DevId::Name(&origin_name),
+                    DmOptions::default().set_flags(DmFlags::DM_SUSPEND),
+                )
+                .map_err(Error::dm(format!("suspending {}", &*origin_name)))?;
+            }
+            Ok(())
+        };
+        let resume = |p: &Self| {
+            if active {
+                let _ =
+                    p.dm.device_suspend(&DevId::Name(&origin_name), DmOptions::default());
+            }
+        };
+        self.transact(op, &format!("create_snap {id} {origin}"), suspend, resume)?;
+        Ok(id)
+    }
+
+    /// Deactivates and deletes a thin device, freeing the blocks only it
+    /// maps.
+    ///
+    /// Errors: [`Error::NoSuchThin`]; [`Error::Inactive`]; [`Error::Busy`]
+    /// while it is mounted or open; [`Error::ReadOnly`] or
+    /// [`Error::Failed`].
+    pub fn delete_thin(&mut self, id: ThinId) -> Result<()> {
+        if !self.record.thins.contains_key(&id) {
+            return Err(Error::NoSuchThin(id));
+        }
+        self.pool_dev()?;
+        self.remove_thin_dev(id)?;
+        self.transact(
+            PendingOp::Delete { id },
+            &format!("delete {id}"),
+            |_| Ok(()),
+            |_| {},
+        )
+    }
+
+    /// Activates a thin device and returns its device node (`/dev/dm-N`,
+    /// which exists with or without udev); idempotent.
+    ///
+    /// Errors: [`Error::NoSuchThin`]; [`Error::Inactive`]; [`Error::Dm`].
+    pub fn activate_thin(&mut self, id: ThinId) -> Result<PathBuf> {
+        let rec = self.record.thins.get(&id).ok_or(Error::NoSuchThin(id))?;
+        let dev = ThinDev::setup(
+            &self.dm,
+            &self.names.name(Role::Thin(id)),
+            Some(&self.names.uuid(Role::Thin(id))),
+            Sectors(rec.size.sectors()),
+            self.pool_dev()?,
+            thin_dev_id(id),
+        )
+        .map_err(Error::dm(format!("activating thin device {id}")))?;
+        Ok(dev.devnode())
+    }
+
+    /// Grows a thin device's virtual size to `size` (a multiple of 512
+    /// bytes); the same size is a no-op, a smaller one is refused. Blocks
+    /// are still allocated only when written. The record is written first:
+    /// the pool's metadata holds no size, so a kill before an active
+    /// device's table is reloaded leaves nothing wrong (the next activation
+    /// uses the new size).
+    ///
+    /// Errors: [`Error::NoSuchThin`]; [`Error::Invalid`] for a smaller or
+    /// unaligned size.
+    pub fn grow_thin(&mut self, id: ThinId, size: Bytes) -> Result<()> {
+        let cur = self
+            .record
+            .thins
+            .get(&id)
+            .ok_or(Error::NoSuchThin(id))?
+            .size;
+        if size < cur || !size.is_multiple_of(Bytes(512)) {
+            return Err(Error::invalid(
+                "thin device size",
+                format!("{size} must be a multiple of 512 bytes and at least its size now, {cur}"),
+            ));
+        }
+        if size == cur {
+            return Ok(());
+        }
+        if let Some(t) = self.record.thins.get_mut(&id) {
+            t.size = size;
+        }
+        self.save()?;
+        if let Some(table) = self.kernel_table(Role::Thin(id))? {
+            self.reload_length(Role::Thin(id), size.sectors(), &table)?;
+        }
+        Ok(())
+    }
+
+    /// Deactivates a thin device; idempotent.
+    ///
+    /// Errors: [`Error::NoSuchThin`]; [`Error::Busy`] while it is mounted
+    /// or open.
+    pub fn deactivate_thin(&mut self, id: ThinId) -> Result<()> {
+        if !self.record.thins.contains_key(&id) {
+            return Err(Error::NoSuchThin(id));
+        }
+        self.remove_thin_dev(id)
+    }
+
+    /// Removes a thin device's dm device, if the kernel has it.
+    pub(super) fn remove_thin_dev(&self, id: ThinId) -> Result<()> {
+        remove_device(&self.dm, &self.names, Role::Thin(id), &self.record)
+    }
+}

@@ -1,0 +1,124 @@
+//! The pool's side of the thin-device transaction protocol
+//! ([`crate::recovery`]): running one change through it, and recovering
+//! one a killed process left in flight.
+
+use devicemapper::{ThinPoolStatus, ThinPoolStatusSummary, ThinPoolWorkingStatus};
+
+use super::Pool;
+use crate::error::{Error, Result};
+use crate::names::Role;
+use crate::recovery::{self, PendingOp, Recovery};
+use crate::units::TransactionId;
+
+impl Pool {
+    /// The kernel's status of a working pool; [`Error::Failed`] when the
+    /// kernel has failed it.
+    fn working_status(&self) -> Result<ThinPoolWorkingStatus> {
+        match self.kernel_status()? {
+            ThinPoolStatus::Working(w) => Ok(*w),
+            ThinPoolStatus::Error | ThinPoolStatus::Fail => Err(Error::Failed),
+        }
+    }
+
+    /// Refuses new devices on a pool the kernel has stopped writing to.
+    fn check_writable(&self) -> Result<()> {
+        match self.working_status()?.summary {
+            ThinPoolStatusSummary::Good | ThinPoolStatusSummary::OutOfSpace => Ok(()),
+            ThinPoolStatusSummary::ReadOnly => Err(Error::ReadOnly),
+        }
+    }
+
+    fn set_transaction(&self, from: TransactionId) -> Result<()> {
+        self.message(&format!("set_transaction_id {from} {}", from.next()))
+    }
+
+    /// Finishes or undoes a pending thin operation and removes thin dm
+    /// devices whose id the record does not know.
+    pub(super) fn recover(&mut self) -> Result<()> {
+        let kernel = TransactionId(self.working_status()?.transaction_id);
+        let record = self.record.transaction_id;
+        if let Some(op) = self.record.pending.clone() {
+            match recovery::decide(&op, record, kernel) {
+                Recovery::Commit => self.record.commit(op),
+                Recovery::Undo => {
+                    let id = op.thin_id();
+                    self.remove_thin_dev(id)?;
+                    let _ = self.message(&format!("delete {id}"));
+                    self.record.pending = None;
+                }
+                Recovery::Redo => {
+                    if let PendingOp::Delete { id } = op {
+                        self.remove_thin_dev(id)?;
+                        let _ = self.message(&format!("delete {id}"));
+                        self.set_transaction(record)?;
+                        self.record.commit(op);
+                    }
+                }
+                Recovery::Inconsistent { record, kernel } => {
+                    return Err(Error::Mismatch {
+                        what: "transaction id".into(),
+                        reason: format!("the kernel is at {kernel}, the record at {record} with an operation in flight"),
+                    })
+                }
+            }
+            self.save()?;
+        } else if kernel != record {
+            return Err(Error::Mismatch {
+                what: "transaction id".into(),
+                reason: format!("the kernel is at {kernel}, the record at {record}"),
+            });
+        }
+        for (name, _, _) in self
+            .dm
+            .list_devices()
+            .map_err(Error::dm("listing devices"))?
+        {
+            if let Some(Role::Thin(id)) = self.names.role_of(&name) {
+                if !self.record.thins.contains_key(&id) {
+                    self.remove_thin_dev(id)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one thin-device change through the transaction protocol
+    /// ([`crate::recovery`]): record it as pending, send `msg` and
+    /// `set_transaction_id`, then commit it to the record. `before` runs
+    /// just before `msg` is sent, `after` just after (to suspend and
+    /// resume an origin around a snapshot).
+    pub(super) fn transact(
+        &mut self,
+        op: PendingOp,
+        msg: &str,
+        before: impl FnOnce(&Self) -> Result<()>,
+        after: impl FnOnce(&Self),
+    ) -> Result<()> {
+        self.check_writable()?;
+        let r = self.record.transaction_id;
+        self.record.pending = Some(op.clone());
+        self.save()?;
+        let sent = before(self).and_then(|()| {
+            let sent = self.message(msg);
+            after(self);
+            sent
+        });
+        let result = sent.and_then(|()| self.set_transaction(r));
+        match result {
+            Ok(()) => {
+                self.record.commit(op);
+                self.save()
+            }
+            Err(causal) => {
+                // Undo what the kernel may have done; a delete is left
+                // pending and finished by the next open.
+                if let PendingOp::Create { id, .. } | PendingOp::Snapshot { id, .. } = op {
+                    let _ = self.message(&format!("delete {id}"));
+                    self.record.pending = None;
+                    self.save()?;
+                }
+                Err(causal)
+            }
+        }
+    }
+}
