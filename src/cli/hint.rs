@@ -1,9 +1,10 @@
 //! What to type next: the libraries say what is wrong; the command line
-//! adds the thinlayer command that helps, from the error's type.
+//! adds the command or step that helps, from the error's type. Each hint
+//! is appended to the whole message (`thinlayer: <context>: <cause><hint>`).
 
 use thinpool::Error as PoolError;
 
-/// A `: do this` suffix for the error, or nothing.
+/// A suffix saying what to do about `e`, or nothing.
 pub fn hint(e: &anyhow::Error) -> String {
     for cause in e.chain() {
         if let Some(h) = cause.downcast_ref::<thinlayer::Error>().and_then(for_error) {
@@ -16,18 +17,76 @@ pub fn hint(e: &anyhow::Error) -> String {
     String::new()
 }
 
+const CREATE: &str = ": create one with `thinlayer pool create`";
+const IN_THE_VM: &str = "run thinlayer in the VM with `vm-tests/run.sh -- thinlayer ...`";
+
 fn for_error(e: &thinlayer::Error) -> Option<String> {
     match e {
-        thinlayer::Error::NoPool { .. } => Some(": create one with `thinlayer pool create`".into()),
+        thinlayer::Error::NoPool { .. } => Some(CREATE.into()),
         thinlayer::Error::Pool(p) => for_pool(p),
+        thinlayer::Error::Rollback { causal, .. } => for_error(causal),
         _ => None,
     }
 }
 
 fn for_pool(e: &PoolError) -> Option<String> {
-    let h = match e {
-        PoolError::NoPool { .. } => ": create one with `thinlayer pool create`",
+    Some(match e {
+        PoolError::NoPool { .. } => CREATE.into(),
+        PoolError::PoolExists { .. } => {
+            ": use it, remove it with `thinlayer pool destroy`, or choose another --root".into()
+        }
+        PoolError::Inactive => ": run `thinlayer pool activate`".into(),
+        PoolError::NoDeviceMapper { .. } => format!(
+            "; thinlayer needs the dm-thin target: on this machine {}",
+            IN_THE_VM.replacen("run thinlayer", "run it", 1)
+        ),
+        PoolError::NoThinTarget { .. } => {
+            format!("; load it with `modprobe dm-thin-pool`, or {IN_THE_VM}")
+        }
+        PoolError::Mismatch { .. } => {
+            " (inspect with `thin_check`, and restore the record or the devices)".into()
+        }
+        PoolError::ThinDevicesRemain { count } => format!(
+            ", or pass --force to destroy {} with the pool",
+            if *count == 1 { "it" } else { "them" }
+        ),
+        PoolError::ReadOnly => {
+            ": grow the metadata with `thinlayer pool grow --metadata-size`, or check it with thin_check".into()
+        }
+        PoolError::Failed => ": check its metadata with thin_check".into(),
+        PoolError::MetadataInUse { path } => format!(
+            "; if it is no longer needed, zero its first 4K (dd if=/dev/zero of={} bs=4k count=1) and retry",
+            path.display()
+        ),
+        PoolError::DeviceTooSmall { .. } => " (e.g. lvextend), then run pool grow".into(),
+        PoolError::GrowNeedsMetadata { .. } => " with --metadata-size".into(),
+        PoolError::Rollback { causal, .. } => return for_pool(causal),
         _ => return None,
-    };
-    Some(h.into())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(e: impl Into<anyhow::Error>) -> String {
+        hint(&e.into().context("doing something"))
+    }
+
+    #[test]
+    fn plain_pool_errors_get_the_command_that_helps() {
+        assert_eq!(of(PoolError::Inactive), ": run `thinlayer pool activate`");
+        assert!(of(thinlayer::Error::Pool(PoolError::Inactive)).contains("pool activate"));
+        assert_eq!(
+            of(thinlayer::Error::NoPool { dir: "/x".into() }),
+            ": create one with `thinlayer pool create`"
+        );
+        assert!(
+            of(PoolError::ThinDevicesRemain { count: 2 }).ends_with("destroy them with the pool")
+        );
+        assert!(of(PoolError::ThinDevicesRemain { count: 1 }).ends_with("destroy it with the pool"));
+        assert!(of(PoolError::ReadOnly).contains("pool grow --metadata-size"));
+        // Errors that need no hint get none.
+        assert_eq!(of(thinlayer::Error::invalid("size", "too small")), "");
+    }
 }

@@ -175,9 +175,7 @@ impl ThinDriver {
     /// Opens the driver over the active pool, making the base filesystem
     /// if a previous command did not finish it.
     pub fn open(pool: PoolHandle, dir: &Path) -> Result<ThinDriver> {
-        if !pool.lock().is_active() {
-            return Err(thinpool::Error::Inactive.into());
-        }
+        pool.lock().require_active()?;
         let rec: ThinDriverRecord =
             thinpool::record::read(&dir.join(Self::RECORD))?.unwrap_or_default();
         let mut d = ThinDriver {

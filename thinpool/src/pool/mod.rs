@@ -200,6 +200,16 @@ impl Pool {
         self.dev.is_some()
     }
 
+    /// Fails with [`Error::Inactive`] unless the pool's devices exist:
+    /// for callers that need an active pool before they start.
+    pub fn require_active(&self) -> Result<()> {
+        if self.is_active() {
+            Ok(())
+        } else {
+            Err(Error::Inactive)
+        }
+    }
+
     /// The pool's thin devices, by id.
     pub fn thins(&self) -> &BTreeMap<ThinId, ThinRecord> {
         &self.record.thins
