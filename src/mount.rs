@@ -50,6 +50,22 @@ pub fn mount_points() -> Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// Unmounts everything mounted under `dir` (not `dir` itself), deepest
+/// first: the scratch mounts a killed command left. Returns what it
+/// unmounted. The caller holds the lock of whatever owns `dir`.
+pub fn unmount_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut under: Vec<PathBuf> = mount_points()?
+        .into_iter()
+        .filter(|m| m.starts_with(dir) && m != dir)
+        .collect();
+    under.sort();
+    under.dedup();
+    for m in under.iter().rev() {
+        unmount(m)?;
+    }
+    Ok(under)
+}
+
 /// The filesystem type and superblock options of the mount at `target`.
 pub fn options_of(target: &Path) -> Result<Option<String>> {
     let info = fs::read_to_string("/proc/self/mountinfo")

@@ -88,6 +88,8 @@ pub fn destroy_pool(root: &Root, force: bool) -> Result<String> {
     }
     containers.release_pool();
     let _lock = lock_store(&dir, root.lock_timeout())?;
+    // Scratch mounts of a killed command hold devices open.
+    crate::mount::unmount_under(&dir.join("tmp"))?;
     let pool = root.open_pool()?;
     let id = pool.record().id.to_string();
     let n = pool

@@ -176,6 +176,10 @@ impl ThinDriver {
     /// if a previous command did not finish it.
     pub fn open(pool: PoolHandle, dir: &Path) -> Result<ThinDriver> {
         pool.lock().require_active()?;
+        // A command killed while it had a device mounted for scratch work
+        // (the base while it is made) left it mounted: nothing can be
+        // deleted or remade while it is. The caller holds the store's lock.
+        mount::unmount_under(&dir.join("tmp"))?;
         let rec: ThinDriverRecord =
             thinpool::record::read(&dir.join(Self::RECORD))?.unwrap_or_default();
         let mut d = ThinDriver {

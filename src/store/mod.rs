@@ -175,12 +175,8 @@ impl Store {
 
     fn recover(&mut self) -> Result<()> {
         // Scratch mounts of a killed command.
-        let tmp = self.dir.join("tmp");
-        for m in mount::mount_points()? {
-            if m.starts_with(&tmp) {
-                mount::unmount(&m)?;
-                self.repairs.push(format!("unmounted {}", m.display()));
-            }
+        for m in mount::unmount_under(&self.dir.join("tmp"))? {
+            self.repairs.push(format!("unmounted {}", m.display()));
         }
         if let Some(j) = thinpool::record::read::<Journal>(&self.journal_path())? {
             let done = journal::recover(
