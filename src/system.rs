@@ -44,9 +44,10 @@ pub fn create_pool(
     match ThinDriver::open(handle.clone(), &dir) {
         Ok(driver) => {
             drop(driver);
-            Ok(handle
-                .into_inner()
-                .expect("the driver, the only other holder, is gone"))
+            handle.into_inner().ok_or_else(|| Error::InUse {
+                what: "the new pool".into(),
+                reason: "another holder of its handle is still open".into(),
+            })
         }
         Err(e) => {
             drop(handle);

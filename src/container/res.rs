@@ -49,34 +49,41 @@ impl<'r> Res<'r> {
         {
             return Ok(&mut self.stores[i].2);
         }
-        // One store per driver at a time: each holds its store's lock.
-        self.stores.retain(|(k, _, _)| *k != kind);
-        let store = match kind {
+        match kind {
             DriverKind::Thin => {
-                let (store, pool) = self.root.open_thin_store()?;
-                self.pool = Some(pool);
-                store
+                self.open_thin()?;
             }
-            DriverKind::Overlay => self.root.open_store(kind, &opts)?,
-        };
-        self.repairs.extend(store.repairs().iter().cloned());
-        self.stores.push((kind, opts, store));
+            DriverKind::Overlay => {
+                let store = self.root.open_store(kind, &opts)?;
+                self.keep(kind, opts, store);
+            }
+        }
         let last = self.stores.len() - 1;
         Ok(&mut self.stores[last].2)
     }
 
-    /// The pool, opening the thin store (which opens it) if needed.
-    fn thin_pool(&mut self) -> Result<PoolHandle> {
-        if let Some(p) = &self.pool {
-            return Ok(p.clone());
-        }
+    /// Opens the thin store and, with it, the pool; returns the pool.
+    fn open_thin(&mut self) -> Result<PoolHandle> {
         let (store, pool) = self.root.open_thin_store()?;
-        self.repairs.extend(store.repairs().iter().cloned());
-        self.stores.retain(|(k, _, _)| *k != DriverKind::Thin);
-        self.stores
-            .push((DriverKind::Thin, OverlayOptions::default(), store));
+        self.keep(DriverKind::Thin, OverlayOptions::default(), store);
         self.pool = Some(pool.clone());
         Ok(pool)
+    }
+
+    /// Keeps a newly opened store, closing the one of the same driver
+    /// (each holds its store's lock), and reports its repairs.
+    fn keep(&mut self, kind: DriverKind, opts: OverlayOptions, store: Store) {
+        self.stores.retain(|(k, _, _)| *k != kind);
+        self.repairs.extend(store.repairs().iter().cloned());
+        self.stores.push((kind, opts, store));
+    }
+
+    /// The pool, opening the thin store (which opens it) if needed.
+    fn thin_pool(&mut self) -> Result<PoolHandle> {
+        match &self.pool {
+            Some(p) => Ok(p.clone()),
+            None => self.open_thin(),
+        }
     }
 
     /// The store holding `rec`'s layers.
