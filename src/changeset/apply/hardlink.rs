@@ -57,7 +57,7 @@ impl Applier<'_> {
             sys::lstatat(parent.as_fd(), &t.name).map_err(io_err("inspecting", &t.key))?
         {
             if st.same_inode(&tst) {
-                self.claim(&t.key);
+                self.claim_leaf(&t.key);
                 return Ok(());
             }
             self.remove(parent.as_fd(), &t.name, &t.key, &st)?;
@@ -82,7 +82,7 @@ impl Applier<'_> {
             }
             Err(e) => return Err(ChangesetError::io("linking", &t.key, e)),
         }
-        self.claim(&t.key);
+        self.claim_leaf(&t.key);
         Ok(())
     }
 }

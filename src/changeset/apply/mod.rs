@@ -64,6 +64,7 @@ pub fn apply(input: impl Read, root: &Path, opts: &ApplyOptions) -> Result<Apply
         lower: opts.lower.as_deref().and_then(|l| sys::open_root(l).ok()),
         mine: HashSet::new(),
         mine_anc: HashSet::new(),
+        leaves: HashSet::new(),
         dirs: BTreeMap::new(),
     };
     let mut last: Option<Vec<u8>> = None;
@@ -152,6 +153,9 @@ struct Applier<'o> {
     mine: HashSet<Vec<u8>>,
     /// Every ancestor of a path in `mine`.
     mine_anc: HashSet<Vec<u8>>,
+    /// The paths in `mine` that are not directories (files, links,
+    /// devices): a whiteout below one of them is redundant.
+    leaves: HashSet<Vec<u8>>,
     dirs: BTreeMap<Vec<u8>, DirMeta>,
 }
 
@@ -190,5 +194,20 @@ impl Applier<'_> {
             }
         }
         self.mine.insert(key.to_vec());
+        self.leaves.remove(key);
+    }
+
+    /// [`Applier::claim`] for a non-directory this archive made.
+    fn claim_leaf(&mut self, key: &[u8]) {
+        self.claim(key);
+        self.leaves.insert(key.to_vec());
+    }
+
+    /// Whether this archive replaced `dir` or one of its ancestors with a
+    /// non-directory. What was below it is gone already, so whiteouts
+    /// there are redundant: umoci writes them when a directory becomes a
+    /// symlink (and usrmerge images carry them), and they apply as no-ops.
+    fn under_leaf(&self, dir: &[Vec<u8>]) -> bool {
+        (1..=dir.len()).any(|i| self.leaves.contains(&join(&dir[..i])))
     }
 }

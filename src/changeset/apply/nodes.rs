@@ -69,7 +69,7 @@ impl Applier<'_> {
         sys::fchmod(file.as_fd(), meta.mode).map_err(io_err("setting the mode of", &t.key))?;
         set_xattrs_fd(&file, &meta.xattrs, false, &t.key)?;
         sys::futimens(file.as_fd(), meta.mtime).map_err(io_err("setting the mtime of", &t.key))?;
-        self.claim(&t.key);
+        self.claim_leaf(&t.key);
         Ok(())
     }
 
@@ -147,7 +147,7 @@ impl Applier<'_> {
         self.clear(parent.as_fd(), t)?;
         sys::symlinkat(&ctarget, parent.as_fd(), &t.name).map_err(io_err("creating", &t.key))?;
         self.finish_node(parent.as_fd(), t, &meta, None)?;
-        self.claim(&t.key);
+        self.claim_leaf(&t.key);
         Ok(())
     }
 
@@ -199,7 +199,7 @@ impl Applier<'_> {
             ));
         }
         self.finish_node(parent.as_fd(), t, &meta, Some(fd.as_fd()))?;
-        self.claim(&t.key);
+        self.claim_leaf(&t.key);
         Ok(())
     }
 }

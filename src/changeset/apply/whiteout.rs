@@ -24,6 +24,9 @@ impl Applier<'_> {
     /// opaque).
     pub(super) fn whiteout(&mut self, path: &[u8], comps: &[Vec<u8>], victim: &[u8]) -> Result<()> {
         let dir = &comps[..comps.len() - 1];
+        if self.under_leaf(dir) {
+            return Ok(());
+        }
         let Some(parent) = self.dir_at(path, dir, self.overlay, None)? else {
             return Ok(()); // nothing below to hide
         };
@@ -49,6 +52,9 @@ impl Applier<'_> {
     /// `DIR/.wh..wh..opq`: removes DIR's lower entries; in overlay mode also
     /// marks DIR opaque.
     pub(super) fn opaque(&mut self, path: &[u8], dir: &[Vec<u8>]) -> Result<()> {
+        if self.under_leaf(dir) {
+            return Ok(());
+        }
         let key = join(dir);
         let Some(dfd) = self.dir_at(path, dir, self.overlay, None)? else {
             return Ok(());

@@ -319,3 +319,62 @@ fn plain_component_walk_makes_the_same_trees() {
         }
     }
 }
+
+/// A directory that becomes a symlink, as umoci writes it: the symlink,
+/// then whiteouts (and an opaque marker) for the old directory's children.
+/// Those are redundant and apply as no-ops, in both modes; a file through
+/// the new symlink is still refused.
+#[test]
+fn plain_whiteouts_under_a_directory_the_archive_replaced_are_no_ops() {
+    let mut base = Ar::new();
+    base.dir("d", 0o755)
+        .file("d/f", b"f", 0o644)
+        .dir("d/sub", 0o755)
+        .file("d/sub/g", b"g", 0o644)
+        .dir("usr", 0o755);
+    let base = base.finish();
+    let mut change = Ar::new();
+    change
+        .symlink("d", "usr")
+        .marker("d/.wh.f")
+        .marker("d/.wh.sub")
+        .marker("d/sub/.wh.g")
+        .marker("d/.wh..wh..opq");
+    let change = change.finish();
+    for mode in [WhiteoutMode::Delete, WhiteoutMode::Overlay] {
+        let sb = Sandbox::new();
+        let r = &sb.root;
+        apply(&base[..], r, &opts(mode)).unwrap();
+        // Delete mode applies onto the merged tree; overlay mode into an
+        // empty layer directory over it.
+        let mut o = opts(mode);
+        let layer = if mode == WhiteoutMode::Overlay {
+            let l = r.join("upper");
+            fs::create_dir(&l).unwrap();
+            o.lower = Some(r.clone());
+            l
+        } else {
+            r.clone()
+        };
+        apply(&change[..], &layer, &o).unwrap();
+        assert_eq!(
+            fs::read_link(layer.join("d")).unwrap(),
+            Path::new("usr"),
+            "{mode:?}"
+        );
+        assert!(exists(&r.join("usr")), "{mode:?}");
+        if mode == WhiteoutMode::Overlay {
+            // The lower directory is untouched; the symlink hides it.
+            assert_eq!(fs::read(r.join("d/sub/g")).unwrap(), b"g");
+        }
+        sb.assert_untouched();
+        // Writing through the new symlink stays refused.
+        let mut bad = Ar::new();
+        bad.symlink("e", "usr").file("e/pwned", b"p", 0o644);
+        let err = apply(&bad.finish()[..], &layer, &o).unwrap_err();
+        assert!(
+            err.to_string().contains("passes through symlink \"e\""),
+            "{err}"
+        );
+    }
+}
