@@ -59,6 +59,24 @@ pub enum ChangesetError {
         reason: String,
     },
 
+    /// A record of a changeset's layout ([`super::split`]) is damaged.
+    #[error("corrupt {what}: {reason}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The layer's files do not give back the changeset it was made from
+    /// (a file differs from what the changeset wrote, e.g. an archive that
+    /// wrote one path twice); nothing that claims its digest may be written.
+    #[error("the layer's changeset cannot be reproduced exactly: {reason}")]
+    Irreproducible {
+        /// Which file or digest differs.
+        reason: String,
+    },
+
     /// A system call failed on `path` (relative to the layer root), or on the
     /// input or output stream.
     #[error("io error {op} {path:?}: {source}")]
@@ -76,9 +94,15 @@ pub enum ChangesetError {
 
 impl ChangesetError {
     /// True when the input (changeset or tree) is at fault and retrying the
-    /// same input cannot succeed; false for [`ChangesetError::Io`].
+    /// same input cannot succeed; false for [`ChangesetError::Io`] and the
+    /// errors of reassembling a recorded changeset.
     pub fn is_bad_input(&self) -> bool {
-        !matches!(self, ChangesetError::Io { .. })
+        !matches!(
+            self,
+            ChangesetError::Io { .. }
+                | ChangesetError::Corrupt { .. }
+                | ChangesetError::Irreproducible { .. }
+        )
     }
 
     pub(crate) fn hostile(entry: &[u8], reason: impl Into<String>) -> Self {

@@ -11,6 +11,8 @@
 //! * [`export_diff`] writes the changeset between two merged trees;
 //!   [`export_overlay_layer`] the one an overlayfs upper directory holds.
 //! * [`decompress`] sniffs and undoes the compression.
+//! * [`apply_recording`] also records the changeset's layout, and
+//!   [`split::reassemble`] gives its exact bytes back from the tree.
 //!
 //! # Apply: safety
 //!
@@ -129,13 +131,14 @@ mod compress;
 mod error;
 mod export;
 mod path;
+pub mod split;
 mod stream;
 mod tree;
 
 #[cfg(test)]
 mod tests;
 
-pub use apply::apply;
+pub use apply::{apply, apply_recording};
 pub use compress::decompress;
 pub use error::ChangesetError;
 pub use export::{export_diff, export_overlay_layer};
@@ -191,6 +194,12 @@ pub struct ApplyOptions {
     /// copy-up does, and a path that passes through a symlink there is
     /// refused, as it is in Delete mode. Default none.
     pub lower: Option<std::path::PathBuf>,
+    /// A directory entry where a directory already is (in the target, or
+    /// in [`ApplyOptions::lower`]) leaves it as it is: its owner, mode,
+    /// times and xattrs stay. For changesets that make what is missing, as
+    /// a container's init layer does with its mount points. Default false
+    /// (an archive's directory entry sets the directory's metadata).
+    pub keep_existing_dirs: bool,
 }
 
 impl ApplyOptions {
@@ -204,6 +213,7 @@ impl ApplyOptions {
             max_header_bytes: 16 << 20,
             holes: true,
             lower: None,
+            keep_existing_dirs: false,
         }
     }
 }

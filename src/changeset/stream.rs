@@ -21,6 +21,8 @@ pub(crate) enum Failure {
     Decode(io::Error),
     /// The headers of one member exceeded the budget.
     HeaderLimit,
+    /// Writing the layout record ([`super::split`]) failed.
+    Record(io::Error),
 }
 
 /// State shared between [`Monitor`] (owned by the `tar` archive) and the
@@ -32,6 +34,10 @@ pub(crate) struct Shared {
     capture: RefCell<Vec<u8>>,
     capture_limit: usize,
     eof: Cell<bool>,
+    /// A file whose content the next bytes are (its key, its size), for
+    /// the layout record.
+    content: RefCell<Option<(Vec<u8>, u64)>>,
+    recording: Cell<bool>,
     failure: RefCell<Option<Failure>>,
     input_error: Rc<RefCell<Option<io::Error>>>,
 }
@@ -48,6 +54,8 @@ impl Shared {
             capture: RefCell::new(Vec::new()),
             capture_limit,
             eof: Cell::new(false),
+            content: RefCell::new(None),
+            recording: Cell::new(false),
             failure: RefCell::new(None),
             input_error,
         })
@@ -64,6 +72,15 @@ impl Shared {
     pub(crate) fn end_capture(&self) -> Vec<u8> {
         self.capturing.set(false);
         std::mem::take(&mut *self.capture.borrow_mut())
+    }
+
+    /// Tells the layout record that the `size` bytes at `file_pos` are the
+    /// content of the file written at `key`. Only when nothing of it has
+    /// been read yet; otherwise the bytes stay in the record as they are.
+    pub(crate) fn file_content(&self, key: &[u8], size: u64, file_pos: u64) {
+        if self.recording.get() && size > 0 && file_pos == self.pos.get() {
+            *self.content.borrow_mut() = Some((key.to_vec(), size));
+        }
     }
 
     /// Turns an error that came out of the `tar` crate (or out of reading an
@@ -86,6 +103,11 @@ impl Shared {
                 "headers of the member {ctx} take more than {} bytes",
                 self.capture_limit
             )),
+            Some(Failure::Record(src)) => ChangesetError::Io {
+                op: "recording the layout of",
+                path: "the changeset".to_string(),
+                source: src,
+            },
             None if self.eof.get() => {
                 ChangesetError::truncated(format!("unexpected end of archive {ctx}"))
             }
@@ -144,16 +166,23 @@ impl<R: Read> Read for InputTap<R> {
 pub(crate) struct Monitor<'a> {
     inner: Box<dyn Read + 'a>,
     hasher: Sha256,
+    record: Option<super::split::Recorder<'a>>,
     shared: Rc<Shared>,
     /// Zeros still to hand out after the input ended between members.
     synthetic: u64,
 }
 
 impl<'a> Monitor<'a> {
-    pub(crate) fn new(inner: Box<dyn Read + 'a>, shared: Rc<Shared>) -> Self {
+    pub(crate) fn new(
+        inner: Box<dyn Read + 'a>,
+        shared: Rc<Shared>,
+        record: Option<super::split::Recorder<'a>>,
+    ) -> Self {
+        shared.recording.set(record.is_some());
         Monitor {
             inner,
             hasher: Sha256::new(),
+            record,
             shared,
             synthetic: 0,
         }
@@ -177,12 +206,20 @@ impl<'a> Monitor<'a> {
         }
     }
 
-    /// (`"sha256:<hex>"`, stream length).
-    pub(crate) fn finish(self) -> (String, u64) {
-        (
-            super::compress::digest_string(self.hasher),
-            self.shared.pos.get(),
-        )
+    /// (`"sha256:<hex>"`, stream length), after ending the layout record.
+    pub(crate) fn finish(self) -> Result<(String, u64), ChangesetError> {
+        let total = self.shared.pos.get();
+        let digest: [u8; 32] = self.hasher.finalize().into();
+        if let Some(r) = self.record {
+            r.finish(total, &digest)
+                .map_err(|e| ChangesetError::Io {
+                    op: "recording the layout of",
+                    path: "the changeset".to_string(),
+                    source: e,
+                })?;
+        }
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Ok((format!("sha256:{hex}"), total))
     }
 }
 
@@ -232,6 +269,18 @@ impl Read for Monitor<'_> {
                 Ok(0)
             }
             Ok(n) => {
+                if let Some(r) = &mut self.record {
+                    let recorded = match shared.content.borrow_mut().take() {
+                        Some((key, size)) => r.file(&key, size),
+                        None => Ok(()),
+                    }
+                    .and_then(|()| r.bytes(&buf[..n]));
+                    if let Err(e) = recorded {
+                        let copy = io::Error::new(e.kind(), e.to_string());
+                        *shared.failure.borrow_mut() = Some(Failure::Record(e));
+                        return Err(copy);
+                    }
+                }
                 self.hasher.update(&buf[..n]);
                 shared.pos.set(shared.pos.get() + n as u64);
                 if capturing {

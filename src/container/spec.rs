@@ -222,9 +222,15 @@ pub fn resolv_conf(host: &str) -> String {
     out
 }
 
-/// The init layer as a changeset: `/etc/hostname`, `/etc/hosts` and
-/// `/etc/resolv.conf`, owned by root, mode 0644. No entry for `/etc`
-/// itself, so an image's `/etc` keeps its metadata.
+/// The mount points a process needs (Docker's init layer makes the same):
+/// made where the image has none, left as they are where it has them.
+pub const INIT_DIRS: [&str; 5] = ["dev", "dev/pts", "dev/shm", "proc", "sys"];
+
+/// The init layer as a changeset: the mount points in [`INIT_DIRS`]
+/// (mode 0755, applied with `keep_existing_dirs`, so an image's own keep
+/// their metadata), `/etc/mtab` -> `/proc/mounts`, and `/etc/hostname`,
+/// `/etc/hosts` and `/etc/resolv.conf`, owned by root, mode 0644. No entry
+/// for `/etc` itself, so an image's `/etc` keeps its metadata.
 pub fn init_changeset(hostname: &str, host_resolv: &str, mtime: u64) -> Vec<u8> {
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
@@ -236,14 +242,27 @@ pub fn init_changeset(hostname: &str, host_resolv: &str, mtime: u64) -> Vec<u8> 
         ("etc/hosts", hosts),
         ("etc/resolv.conf", resolv_conf(host_resolv)),
     ];
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, content) in files {
+    let header = |kind: tar::EntryType, mode: u32| {
         let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
+        h.set_entry_type(kind);
+        h.set_mode(mode);
         h.set_uid(0);
         h.set_gid(0);
         h.set_mtime(mtime);
+        h.set_size(0);
+        h
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    for dir in INIT_DIRS {
+        let mut h = header(tar::EntryType::Directory, 0o755);
+        b.append_data(&mut h, dir, std::io::empty())
+            .expect("writing to memory");
+    }
+    let mut h = header(tar::EntryType::Symlink, 0o777);
+    b.append_link(&mut h, "etc/mtab", "/proc/mounts")
+        .expect("writing to memory");
+    for (path, content) in files {
+        let mut h = header(tar::EntryType::Regular, 0o644);
         h.set_size(content.len() as u64);
         b.append_data(&mut h, path, content.as_bytes())
             .expect("writing to memory");

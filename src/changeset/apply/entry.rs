@@ -125,6 +125,11 @@ impl Applier<'_> {
         }
         let t = Target::new(path, &comps)?;
         if etype.is_file() || etype.is_contiguous() || etype.is_gnu_sparse() {
+            // A sparse entry's data is not the file's bytes: it stays in
+            // the layout record as it is.
+            if !etype.is_gnu_sparse() {
+                shared.file_content(&t.key, size, entry.file_position());
+            }
             self.file(&t, meta, entry, size, shared)
         } else if etype.is_dir() {
             self.dir(&t, meta)
@@ -148,6 +153,8 @@ pub(super) trait ReadEntry: Read {
     fn tar_path(&self) -> Vec<u8>;
     fn tar_link(&self) -> Option<Vec<u8>>;
     fn size(&self) -> u64;
+    /// Where the entry's data starts in the stream.
+    fn file_position(&self) -> u64;
 }
 
 impl<R: Read> ReadEntry for tar::Entry<'_, R> {
@@ -159,6 +166,9 @@ impl<R: Read> ReadEntry for tar::Entry<'_, R> {
     }
     fn size(&self) -> u64 {
         tar::Entry::size(self)
+    }
+    fn file_position(&self) -> u64 {
+        self.raw_file_position()
     }
 }
 

@@ -123,6 +123,20 @@ impl Applier<'_> {
     /// parent of `key` that is a symlink there was refused when this archive
     /// made that parent, or was replaced by a directory of this archive,
     /// which hides everything below it; either way there is nothing to copy.
+    /// Whether the lower tree ([`crate::changeset::ApplyOptions::lower`])
+    /// has a directory at `key`, reached without following a symlink.
+    pub(super) fn lower_has_dir(&self, key: &[u8]) -> bool {
+        let Some(lower) = &self.lower else {
+            return false;
+        };
+        let comps = split(key);
+        let dir_path = OFlags::PATH | OFlags::DIRECTORY;
+        matches!(
+            Walker::new(lower.as_fd(), Links::Refuse).walk(&comps, dir_path, None),
+            Ok(Walked::Found(_))
+        )
+    }
+
     pub(super) fn like_lower(&mut self, entry: &[u8], key: &[u8]) -> Result<()> {
         let Some(lower) = &self.lower else {
             return Ok(());

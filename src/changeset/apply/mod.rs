@@ -20,13 +20,14 @@ mod whiteout;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::rc::Rc;
 
 use super::error::{io_err, io_host, show, ChangesetError};
 use super::path::{self, join};
+use super::split::Recorder;
 use super::stream::{parse_member, InputTap, Monitor, Shared};
 use super::{decompress, ApplyOptions, ApplyStats, WhiteoutMode};
 use crate::fsys::sys;
@@ -47,6 +48,39 @@ type Result<T, E = ChangesetError> = std::result::Result<T, E>;
 /// changeset is hostile, malformed, truncated, unsupported or over a limit
 /// of `opts`.
 pub fn apply(input: impl Read, root: &Path, opts: &ApplyOptions) -> Result<ApplyStats> {
+    apply_inner(input, root, opts, None)
+}
+
+/// [`apply()`], recording the changeset's layout to `record` as it goes
+/// (see [`crate::changeset::split`]), so that
+/// [`crate::changeset::split::reassemble`] can give back its exact bytes
+/// from the tree. The record is complete when this returns `Ok`.
+///
+/// # Errors
+/// As [`apply()`]; writing the record is [`ChangesetError::Io`].
+pub fn apply_recording(
+    input: impl Read,
+    root: &Path,
+    opts: &ApplyOptions,
+    record: &mut dyn Write,
+) -> Result<ApplyStats> {
+    apply_inner(input, root, opts, Some(record))
+}
+
+fn apply_inner<'a>(
+    input: impl Read + 'a,
+    root: &Path,
+    opts: &ApplyOptions,
+    record: Option<&'a mut dyn Write>,
+) -> Result<ApplyStats> {
+    let record = record
+        .map(Recorder::new)
+        .transpose()
+        .map_err(|e| ChangesetError::Io {
+            op: "recording the layout of",
+            path: "the changeset".to_string(),
+            source: e,
+        })?;
     let root_fd = sys::open_root(root).map_err(io_host("opening layer root", root))?;
     let input_error = Rc::new(RefCell::new(None));
     let tap = InputTap {
@@ -55,7 +89,7 @@ pub fn apply(input: impl Read, root: &Path, opts: &ApplyOptions) -> Result<Apply
     };
     let (compression, decoded) = decompress(tap)?;
     let shared = Shared::new(opts.max_header_bytes, input_error);
-    let mut archive = tar::Archive::new(Monitor::new(decoded, shared.clone()));
+    let mut archive = tar::Archive::new(Monitor::new(decoded, shared.clone(), record));
     let mut ap = Applier {
         opts,
         overlay: opts.whiteouts == WhiteoutMode::Overlay,
@@ -110,7 +144,7 @@ pub fn apply(input: impl Read, root: &Path, opts: &ApplyOptions) -> Result<Apply
     let mut monitor = archive.into_inner();
     monitor.drain_trailer(&ctx_after(&last))?;
     ap.finish()?;
-    let (diff_id, bytes) = monitor.finish();
+    let (diff_id, bytes) = monitor.finish()?;
     Ok(ApplyStats {
         entries: count,
         bytes,

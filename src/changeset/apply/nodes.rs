@@ -77,6 +77,12 @@ impl Applier<'_> {
         let parent = self.parent(t)?;
         let existing =
             sys::lstatat(parent.as_fd(), &t.name).map_err(io_err("inspecting", &t.key))?;
+        if self.opts.keep_existing_dirs
+            && (existing.as_ref().is_some_and(|st| st.is_dir()) || self.lower_has_dir(&t.key))
+        {
+            self.claim(&t.key);
+            return Ok(());
+        }
         let mut merged = false;
         let mut make_opaque = false;
         match existing {

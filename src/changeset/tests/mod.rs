@@ -6,6 +6,7 @@ mod entries;
 mod export;
 mod hostile;
 mod roundtrip;
+mod split;
 mod whiteouts;
 
 use std::collections::BTreeMap;
@@ -185,6 +186,8 @@ pub(super) fn kind(e: &ChangesetError) -> &'static str {
         ChangesetError::Unsupported { .. } => "unsupported",
         ChangesetError::Limit { .. } => "limit",
         ChangesetError::Io { .. } => "io",
+        ChangesetError::Corrupt { .. } => "corrupt",
+        ChangesetError::Irreproducible { .. } => "irreproducible",
     }
 }
 
