@@ -161,6 +161,10 @@ pub struct LayerRecord {
     /// made and removed only with their container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// Whether the layout of the changeset it was made from was recorded
+    /// (an image's layer): its exact bytes can be given back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub layout: bool,
 }
 
 impl LayerRecord {

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 mod common;
 use common::env::{read, Drv, Env};
-use common::{busybox_image, stderr, stdout};
+use common::{busybox_image, scratch_image, stderr, stdout};
 
 /// An environment with the busybox image imported as `bb`.
 fn setup(label: &str, d: Drv) -> Env {
@@ -80,6 +80,7 @@ conformance!(
     local_volume_with_mount_options_is_mounted_on_use,
     refusals_name_the_problem_and_create_nothing,
     container_create_killed_at_any_instant_leaves_all_or_nothing,
+    a_scratch_image_gets_the_mount_points_a_process_needs,
 );
 
 fn container_writes_never_reach_the_image_and_commit_carries_them(d: Drv) {
@@ -778,4 +779,63 @@ fn dm_pool_destroy_takes_thin_containers_and_volumes_only_when_forced() {
     e.ok(&["pool", "destroy", "--force"]);
     assert_eq!(containers(&e), ["ov-c"]);
     assert_eq!(volumes(&e), ["local-v"]);
+}
+
+/// The init layer makes `/dev` (with `/dev/pts`, `/dev/shm`), `/proc`,
+/// `/sys` and `/etc/mtab` where an image has none, as Docker's does; what
+/// the image has keeps its owner and mode; none of it is committed.
+fn a_scratch_image_gets_the_mount_points_a_process_needs(d: Drv) {
+    let e = Env::new("ctr-scratch", d);
+    let layout = scratch_image(&e.s);
+    e.ok(&["image", "import", layout.to_str().unwrap(), "--name", "scratch"]);
+    e.ok(&["container", "create", "--name", "s", "--image", "scratch"]);
+    let o = e.run(&[
+        "container",
+        "exec",
+        "s",
+        "--",
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "/bin/busybox head -c 5 /dev/zero | /bin/busybox wc -c; echo x > /dev/null && echo null-ok; \
+         /bin/busybox test -d /proc/self && echo proc-ok; /bin/busybox test -d /sys/kernel && echo sys-ok; \
+         /bin/busybox test -d /dev/shm && /bin/busybox test -d /dev/pts && echo dev-dirs-ok; \
+         /bin/busybox readlink /etc/mtab; /bin/busybox cat /etc/hostname",
+    ]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(
+        &lines[..6],
+        ["5", "null-ok", "proc-ok", "sys-ok", "dev-dirs-ok", "/proc/mounts"],
+        "{out}"
+    );
+    // The container's tree, outside any namespace: the image's /sys keeps
+    // its owner and mode; the new mount points are root's, 0755.
+    let rootfs = PathBuf::from(e.ok(&["container", "mount", "s"]).trim());
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(rootfs.join("sys")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o700, 1000, 1000));
+    for dir in ["dev", "dev/pts", "dev/shm", "proc"] {
+        let m = std::fs::symlink_metadata(rootfs.join(dir)).unwrap();
+        assert!(m.is_dir(), "{dir}");
+        assert_eq!((m.mode() & 0o7777, m.uid()), (0o755, 0), "{dir}");
+    }
+    e.ok(&["container", "umount", "s"]);
+    // A commit carries the container's changes, not its init layer.
+    sh_in(&e, "s", "echo kept > /kept");
+    let layer = e.ok(&["container", "commit", "s"]).trim().to_string();
+    let tar = e.path().join("commit.tar");
+    e.ok(&["layer", "diff", &layer, "-o", tar.to_str().unwrap()]);
+    let names: Vec<String> = tar::Archive::new(std::fs::File::open(&tar).unwrap())
+        .entries()
+        .unwrap()
+        .map(|x| x.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["kept"], "the commit holds more than the container's change");
+}
+
+fn sh_in(e: &Env, c: &str, script: &str) {
+    let o = e.run(&["container", "exec", c, "--", "/bin/busybox", "sh", "-c", script]);
+    assert!(o.status.success(), "{script}: {}", stderr(&o));
 }

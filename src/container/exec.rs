@@ -3,9 +3,10 @@
 //!
 //! Not a runtime: no PID or network namespace, no cgroups, no seccomp, no
 //! dropped capabilities. The child gets its own copy of the mount table
-//! (volumes included, as `container mount` made them), a fresh `/proc`
-//! and a small `/dev` (a tmpfs with the usual character devices bound from
-//! the host) where the image has those directories, the container's
+//! (volumes included, as `container mount` made them), a fresh `/proc`, a
+//! read-only `/sys` and a small `/dev` (a tmpfs with `/dev/shm`, an empty
+//! `/dev/pts` and the usual character devices bound from
+//! the host; the init layer makes those directories), the container's
 //! hostname, and a clean environment.
 
 use std::ffi::{CString, OsString};
@@ -46,12 +47,12 @@ fn cstr(p: &Path) -> Result<CString> {
         .map_err(|_| Error::invalid("path", format!("{} has a NUL byte", p.display())))
 }
 
-/// Host paths of the container's `/proc` and `/dev`, if the image has them
-/// as directories (resolved inside the root, so a symlink cannot point
-/// them at the host).
-fn special_dirs(rootfs: &Path) -> Result<(Option<CString>, Option<CString>)> {
-    let mut out = [None, None];
-    for (i, p) in ["/proc", "/dev"].iter().enumerate() {
+/// Host paths of the container's `/proc`, `/dev` and `/sys`, where they
+/// are directories (the init layer makes them where the image has none;
+/// resolved inside the root, so a symlink cannot point them at the host).
+fn special_dirs(rootfs: &Path) -> Result<[Option<CString>; 3]> {
+    let mut out = [None, None, None];
+    for (i, p) in ["/proc", "/dev", "/sys"].iter().enumerate() {
         let fd = scoped::resolve(rootfs, p, None)
             .map_err(Error::io("resolving", rootfs.join(&p[1..])))?;
         if let Some(fd) = fd {
@@ -61,8 +62,7 @@ fn special_dirs(rootfs: &Path) -> Result<(Option<CString>, Option<CString>)> {
             }
         }
     }
-    let [proc_dir, dev_dir] = out;
-    Ok((proc_dir, dev_dir))
+    Ok(out)
 }
 
 /// Runs the command and returns its exit code (128 + the signal number if
@@ -73,7 +73,15 @@ pub fn run(spec: &ExecSpec) -> Result<i32> {
         return Err(Error::invalid("command", "no command given"));
     };
     let rootfs = cstr(&spec.rootfs)?;
-    let (proc_dir, dev_dir) = special_dirs(&spec.rootfs)?;
+    let [proc_dir, dev_dir, sys_dir] = special_dirs(&spec.rootfs)?;
+    let dev_sub = |name: &str| {
+        dev_dir.as_ref().map(|d| {
+            let mut p = d.as_bytes().to_vec();
+            p.extend_from_slice(format!("/{name}").as_bytes());
+            CString::new(p).expect("no NUL")
+        })
+    };
+    let (dev_pts, dev_shm) = (dev_sub("pts"), dev_sub("shm"));
     let hostname = spec.hostname.clone();
     let devices: Vec<(CString, CString)> = match &dev_dir {
         Some(d) => DEVICES
@@ -179,6 +187,29 @@ pub fn run(spec: &ExecSpec) -> Result<i32> {
                 for (target, link) in &links {
                     libc::symlink(target.as_ptr(), link.as_ptr());
                 }
+                if let (Some(pts), Some(shm)) = (&dev_pts, &dev_shm) {
+                    libc::mkdir(pts.as_ptr(), 0o755);
+                    if libc::mkdir(shm.as_ptr(), 0o1777) == 0 {
+                        nix::mount::mount(
+                            Some("shm"),
+                            shm.as_c_str(),
+                            Some("tmpfs"),
+                            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                            Some("mode=1777,size=65536k"),
+                        )
+                        .map_err(e)?;
+                    }
+                }
+            }
+            if let Some(s) = &sys_dir {
+                nix::mount::mount(
+                    Some("sysfs"),
+                    s.as_c_str(),
+                    Some("sysfs"),
+                    MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    None::<&str>,
+                )
+                .map_err(e)?;
             }
             nix::unistd::chroot(rootfs.as_c_str()).map_err(e)?;
             nix::unistd::chdir("/").map_err(e)?;

@@ -196,7 +196,12 @@ pub fn check_hostname(h: &str) -> Result<()> {
 /// The files of a container's init layer, as Docker writes them: they
 /// belong to this container, not to the image, and a commit leaves them
 /// out.
-pub const INIT_FILES: &[&str] = &["etc/hostname", "etc/hosts", "etc/resolv.conf"];
+pub const INIT_FILES: &[&str] = &[
+    "etc/hostname",
+    "etc/hosts",
+    "etc/resolv.conf",
+    "etc/mtab",
+];
 
 /// `/etc/resolv.conf` for a container from the host's: nameservers on the
 /// host's loopback cannot be reached from a container, so they are dropped,
@@ -344,8 +349,20 @@ mod tests {
             let p = e.path().unwrap().to_string_lossy().into_owned();
             let mut s = String::new();
             std::io::Read::read_to_string(&mut e, &mut s).unwrap();
-            assert_eq!(e.header().mode().unwrap(), 0o644);
             assert_eq!(e.header().mtime().unwrap(), 7);
+            assert_eq!(e.header().uid().unwrap(), 0);
+            if INIT_DIRS.contains(&p.trim_end_matches('/')) {
+                assert!(e.header().entry_type().is_dir(), "{p}");
+                assert_eq!(e.header().mode().unwrap(), 0o755);
+                continue;
+            }
+            if p == "etc/mtab" {
+                let target = e.link_name().unwrap().unwrap();
+                assert_eq!(target.to_str(), Some("/proc/mounts"));
+                seen.push(p);
+                continue;
+            }
+            assert_eq!(e.header().mode().unwrap(), 0o644);
             if p == "etc/hostname" {
                 assert_eq!(s, "box\n");
             }
@@ -354,6 +371,9 @@ mod tests {
             }
             seen.push(p);
         }
-        assert_eq!(seen, INIT_FILES);
+        seen.sort();
+        let mut want = INIT_FILES.to_vec();
+        want.sort();
+        assert_eq!(seen, want);
     }
 }

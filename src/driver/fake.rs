@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::changeset::{ApplyStats, Compression, ExportOptions, ExportStats};
-use crate::driver::{Driver, Usage};
+use crate::changeset::split::Reassembled;
+use crate::driver::{ApplyWith, Driver, Usage};
 use crate::error::{Error, Result};
 use crate::layer::{DriverResource, LayerId, LayerRecord, Resource};
 
@@ -90,6 +91,7 @@ impl Driver for Fake {
         _l: &LayerRecord,
         _c: &[&LayerRecord],
         cs: &mut dyn Read,
+        _with: ApplyWith<'_>,
     ) -> Result<ApplyStats> {
         self.step();
         let mut buf = vec![];
@@ -106,7 +108,16 @@ impl Driver for Fake {
         })
     }
 
-    fn mount(&mut self, _c: &[&LayerRecord], _t: &Path, _w: bool) -> Result<()> {
+    fn reassemble(
+        &mut self,
+        _c: &[&LayerRecord],
+        _r: &mut dyn Read,
+        _o: &mut dyn Write,
+    ) -> Result<Reassembled> {
+        Err(Error::invalid("layer", "the fake driver keeps no files"))
+    }
+
+        fn mount(&mut self, _c: &[&LayerRecord], _t: &Path, _w: bool) -> Result<()> {
         Ok(())
     }
 

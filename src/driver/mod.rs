@@ -18,7 +18,8 @@ pub mod thin;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use crate::changeset::{ApplyStats, ExportOptions, ExportStats};
+use crate::changeset::split::Reassembled;
+use crate::changeset::{ApplyOptions, ApplyStats, ExportOptions, ExportStats};
 use crate::error::Result;
 use crate::layer::{LayerId, LayerRecord, Resource};
 
@@ -63,6 +64,34 @@ impl std::str::FromStr for DriverKind {
     }
 }
 
+/// How [`Driver::apply`] applies a changeset.
+#[derive(Default)]
+pub struct ApplyWith<'a> {
+    /// Directories already in the tree keep their metadata
+    /// ([`ApplyOptions::keep_existing_dirs`]): a container's init layer.
+    pub keep_existing_dirs: bool,
+    /// Where to record the changeset's layout
+    /// ([`crate::changeset::split`]), so that its exact bytes can be given
+    /// back: an image's layers.
+    pub record: Option<&'a mut dyn Write>,
+}
+
+impl ApplyWith<'_> {
+    /// Applies `changeset` to `root` with `opts` and what this says.
+    pub(crate) fn apply(
+        self,
+        changeset: &mut dyn Read,
+        root: &Path,
+        mut opts: ApplyOptions,
+    ) -> Result<ApplyStats> {
+        opts.keep_existing_dirs = self.keep_existing_dirs;
+        Ok(match self.record {
+            Some(r) => crate::changeset::apply_recording(changeset, root, &opts, r)?,
+            None => crate::changeset::apply(changeset, root, &opts)?,
+        })
+    }
+}
+
 /// Space a layer takes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
@@ -84,13 +113,25 @@ pub trait Driver: Send {
     fn create(&mut self, id: &LayerId, chain: &[&LayerRecord]) -> Result<Resource>;
 
     /// Applies a changeset to a new layer's resource (before anything else
-    /// uses it).
+    /// uses it), as `with` says.
     fn apply(
         &mut self,
         layer: &LayerRecord,
         chain: &[&LayerRecord],
         changeset: &mut dyn Read,
+        with: ApplyWith<'_>,
     ) -> Result<ApplyStats>;
+
+    /// Writes the exact changeset `chain[0]` was made from, from the layout
+    /// `record`ed when it was applied ([`ApplyWith::record`]) and the
+    /// layer's files. Fails, having written part of it, when the layer
+    /// cannot give those bytes back.
+    fn reassemble(
+        &mut self,
+        chain: &[&LayerRecord],
+        record: &mut dyn Read,
+        out: &mut dyn Write,
+    ) -> Result<Reassembled>;
 
     /// Mounts the layer at `target` (an existing directory): read-only,
     /// or `writable` for a container's top layer, which must have no

@@ -22,7 +22,8 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::changeset::{self, ApplyOptions, ApplyStats, ExportOptions, ExportStats, WhiteoutMode};
-use crate::driver::{Driver, Usage};
+use crate::changeset::split::Reassembled;
+use crate::driver::{ApplyWith, Driver, Usage};
 use crate::error::{Error, Result};
 use crate::layer::{DriverResource, LayerId, LayerRecord, Resource};
 use crate::mount;
@@ -229,14 +230,11 @@ impl Driver for OverlayDriver {
         layer: &LayerRecord,
         chain: &[&LayerRecord],
         changeset: &mut dyn Read,
+        with: ApplyWith<'_>,
     ) -> Result<ApplyStats> {
         let mut opts = ApplyOptions::new(WhiteoutMode::Overlay);
         if chain.is_empty() {
-            return Ok(changeset::apply(
-                changeset,
-                &self.diff_dir(&layer.id),
-                &opts,
-            )?);
+            return with.apply(changeset, &self.diff_dir(&layer.id), opts);
         }
         // The parent's merged view, so directories the changeset implies
         // get their lower metadata and lower symlinks are not written
@@ -245,8 +243,7 @@ impl Driver for OverlayDriver {
         fs::create_dir_all(&lower).map_err(Error::io("creating", &lower))?;
         self.mount(chain, &lower, false)?;
         opts.lower = Some(lower.clone());
-        let applied =
-            changeset::apply(changeset, &self.diff_dir(&layer.id), &opts).map_err(Error::from);
+        let applied = with.apply(changeset, &self.diff_dir(&layer.id), opts);
         let unmounted = mount::unmount(&lower);
         let _ = fs::remove_dir(&lower);
         Error::after_cleanup(applied, [unmounted])
@@ -291,7 +288,21 @@ impl Driver for OverlayDriver {
         )?)
     }
 
-    fn check_size(&self, _size: thinpool::Bytes) -> Result<()> {
+    fn reassemble(
+        &mut self,
+        chain: &[&LayerRecord],
+        record: &mut dyn Read,
+        out: &mut dyn Write,
+    ) -> Result<Reassembled> {
+        // The layer's own directory holds every file its changeset wrote.
+        Ok(changeset::split::reassemble(
+            record,
+            &self.diff_dir(&chain[0].id),
+            out,
+        )?)
+    }
+
+        fn check_size(&self, _size: thinpool::Bytes) -> Result<()> {
         Err(Error::invalid(
             "size",
             "the overlay driver has no per-container size limit (its layers are directories on the root's filesystem); use --driver thin for --size",

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use thinpool::{Bytes, Pool, ThinId};
 
 use crate::changeset::{self, ApplyOptions, ApplyStats, ExportOptions, ExportStats, WhiteoutMode};
-use crate::driver::{Driver, Usage};
+use crate::changeset::split::Reassembled;
+use crate::driver::{ApplyWith, Driver, Usage};
 use crate::error::{Error, Result};
 use crate::layer::{DriverResource, LayerId, LayerRecord, Resource};
 use crate::mount;
@@ -310,14 +311,29 @@ impl Driver for ThinDriver {
         layer: &LayerRecord,
         _chain: &[&LayerRecord],
         changeset: &mut dyn Read,
+        with: ApplyWith<'_>,
     ) -> Result<ApplyStats> {
         let id = Self::thin_of(layer)?;
         let target = self.scratch(layer.id.as_str())?;
         self.mount_thin(id, &target, false)?;
-        let opts = ApplyOptions::new(WhiteoutMode::Delete);
-        let applied = changeset::apply(changeset, &target, &opts).map_err(Error::from);
+        let applied = with.apply(changeset, &target, ApplyOptions::new(WhiteoutMode::Delete));
         let unmounted = self.unmount_thin(id, &target);
         Error::after_cleanup(applied, [unmounted])
+    }
+
+    fn reassemble(
+        &mut self,
+        chain: &[&LayerRecord],
+        record: &mut dyn Read,
+        out: &mut dyn Write,
+    ) -> Result<Reassembled> {
+        let layer = chain[0];
+        let id = Self::thin_of(layer)?;
+        let target = self.scratch(&format!("{}-reassemble", layer.id))?;
+        self.mount_thin(id, &target, true)?;
+        let result = changeset::split::reassemble(record, &target, out).map_err(Error::from);
+        let unmounted = self.unmount_thin(id, &target);
+        Error::after_cleanup(result, [unmounted])
     }
 
     fn mount(&mut self, chain: &[&LayerRecord], target: &Path, writable: bool) -> Result<()> {

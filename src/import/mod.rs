@@ -125,6 +125,7 @@ fn import_layers(
                         diff_id: &diff_id,
                         what: format!("layer {} of the image", i + 1),
                     }),
+                    keep_layout: true,
                     ..NewLayer::default()
                 },
             )

@@ -90,6 +90,7 @@ pub(super) fn undo_creates(
             None => driver.remove_orphan(id)?,
         }
         thinpool::record::remove(&layer_path(dir, id))?;
+        thinpool::record::remove(&super::layout_path(dir, id))?;
     }
     Ok(())
 }

@@ -7,12 +7,24 @@ use std::path::{Path, PathBuf};
 
 use super::graph::refuse_container_layer;
 use super::{NewLayer, Store};
-use crate::changeset::{ExportOptions, ExportStats};
+use crate::changeset::{ChangesetError, Encoder, ExportOptions};
 use crate::driver::Usage;
 use crate::error::{Error, Result};
 use crate::layer::{LayerId, LayerRecord};
 use crate::mount;
 use crate::util::ids::short;
+
+/// What [`Store::diff`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerDiff {
+    /// Length of the uncompressed changeset.
+    pub bytes: u64,
+    /// `sha256:<hex>` of the uncompressed changeset.
+    pub diff_id: String,
+    /// Whether it is the exact changeset the layer was imported from (an
+    /// image's layer), rather than one exported from its tree.
+    pub exact: bool,
+}
 
 impl Store {
     /// The record of layer `id` (an exact id, as records name layers).
@@ -139,16 +151,67 @@ impl Store {
     }
 
     /// Writes a layer's changes against its parent as an OCI changeset.
+    /// An image's layer gives back the exact changeset it was imported
+    /// from (its digest is the image's diff_id); other layers are exported
+    /// from their trees, deterministically.
+    ///
+    /// # Errors
+    /// Besides the driver's, [`Error::Changeset`] with
+    /// `ChangesetError::Irreproducible` when an image layer's files no
+    /// longer give its bytes back; part of the output may have been
+    /// written, and must be discarded.
     pub fn diff(
         &mut self,
         key: &str,
         out: &mut dyn Write,
         opts: &ExportOptions,
-    ) -> Result<ExportStats> {
+    ) -> Result<LayerDiff> {
         let id = self.layer(key)?.id.clone();
         let chain = self.chain_owned(&id)?;
         let refs: Vec<&LayerRecord> = chain.iter().collect();
-        self.driver.export(&refs, out, opts)
+        let rec = refs[0];
+        if !rec.layout {
+            let st = self.driver.export(&refs, out, opts)?;
+            return Ok(LayerDiff {
+                bytes: st.bytes,
+                diff_id: st.diff_id,
+                exact: false,
+            });
+        }
+        let path = self.layout_path(&id);
+        let mut layout = match fs::File::open(&path) {
+            Ok(f) => std::io::BufReader::new(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Corrupt {
+                    what: format!("layer {}", rec.label()),
+                    reason: format!(
+                        "its changeset layout {} is missing, so its exact bytes cannot be given",
+                        path.display()
+                    ),
+                })
+            }
+            Err(e) => return Err(Error::io("opening", &path)(e)),
+        };
+        let out_err = |e| Error::io("writing", "the changeset output")(e);
+        let mut enc = Encoder::new(out, opts.compression).map_err(out_err)?;
+        let r = self.driver.reassemble(&refs, &mut layout, &mut enc)?;
+        enc.finish().map_err(out_err)?;
+        if rec.diff_id.as_deref() != Some(r.diff_id.as_str()) {
+            return Err(ChangesetError::Irreproducible {
+                reason: format!(
+                    "layer {} reassembles to {}, its record says {}",
+                    rec.label(),
+                    r.diff_id,
+                    rec.diff_id.as_deref().unwrap_or("nothing")
+                ),
+            }
+            .into());
+        }
+        Ok(LayerDiff {
+            bytes: r.bytes,
+            diff_id: r.diff_id,
+            exact: true,
+        })
     }
 
     /// Space per layer, in the order given.
@@ -190,6 +253,7 @@ impl Store {
                     parent: Some(&parent),
                     changeset: Some(init),
                     container: Some(container),
+                    keep_existing_dirs: true,
                     ..NewLayer::default()
                 },
             )?;

@@ -5,6 +5,7 @@
 //!   lock                    flock: one command at a time on this store
 //!   journal.json            the transaction in flight, if any
 //!   layers/<id>.json        one record per layer (crate::layer::LayerRecord)
+//!   layers/<id>.split       an image layer's changeset layout (crate::changeset::split)
 //!   images/<id>.json        one record per image (ImageRecord)
 //!   mnt/<id>/               where `layer mount` mounts a layer
 //!   tmp/                    scratch mount points of running commands
@@ -56,6 +57,7 @@ use crate::mount;
 
 pub use images::{normalize_image_name, ImageRecord};
 pub use journal::Journal;
+pub use layers::LayerDiff;
 pub use txn::{ExpectDiffId, NewLayer, Txn};
 
 /// What recovery did, for the user to see.
@@ -164,6 +166,10 @@ impl Store {
         layer_path(&self.dir, id)
     }
 
+    fn layout_path(&self, id: &LayerId) -> PathBuf {
+        layout_path(&self.dir, id)
+    }
+
     fn image_path(&self, id: &str) -> PathBuf {
         image_path(&self.dir, id)
     }
@@ -189,6 +195,7 @@ impl Store {
             self.repairs.extend(done);
             thinpool::record::remove(&self.journal_path())?;
         }
+        self.sweep_files()?;
         let all: Vec<&LayerRecord> = self.layers.values().collect();
         let freed = self.driver.reconcile(&all)?;
         self.repairs.extend(
@@ -198,6 +205,38 @@ impl Store {
         );
         Ok(())
     }
+}
+
+impl Store {
+    /// Removes files a killed command left beside the records: layouts
+    /// of layers that have no record, configs of images that have none.
+    fn sweep_files(&mut self) -> Result<()> {
+        for (sub, ext) in [("layers", "split"), ("images", "config")] {
+            let dir = self.dir.join(sub);
+            let rd = fs::read_dir(&dir).map_err(Error::io("listing", &dir))?;
+            for e in rd {
+                let p = e.map_err(Error::io("listing", &dir))?.path();
+                if p.extension().is_none_or(|x| x != ext) {
+                    continue;
+                }
+                let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+                let owned = match sub {
+                    "layers" => self.layers.keys().any(|k| k.as_str() == stem),
+                    _ => self.images.contains_key(stem),
+                };
+                if !owned {
+                    thinpool::record::remove(&p)?;
+                    self.repairs
+                        .push(format!("removed {}, which no record claimed", p.display()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn layout_path(dir: &Path, id: &LayerId) -> PathBuf {
+    dir.join("layers").join(format!("{id}.split"))
 }
 
 fn layer_path(dir: &Path, id: &LayerId) -> PathBuf {

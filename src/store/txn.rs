@@ -3,9 +3,11 @@
 //! journal only when every record is written.
 
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 
 use super::journal::{self, Journal};
 use super::{ImageRecord, Store};
+use crate::driver::ApplyWith;
 use crate::error::{Error, Result};
 use crate::layer::{LayerId, LayerRecord};
 use crate::util::time::now_unix;
@@ -27,6 +29,13 @@ pub struct NewLayer<'a, 'r> {
     /// The diff_id the changeset must have (an image's config names it);
     /// any other is refused and the layer undone.
     pub expect: Option<ExpectDiffId<'a>>,
+    /// Directories already in the parent keep their metadata (a
+    /// container's init layer, which makes only what is missing).
+    pub keep_existing_dirs: bool,
+    /// Record the changeset's layout (`layers/<id>.split`), so that
+    /// `layer diff` and `image save` give back its exact bytes: an image's
+    /// layers.
+    pub keep_layout: bool,
 }
 
 /// A changeset's required diff_id, and how to name the layer if it differs.
@@ -142,13 +151,38 @@ impl Txn<'_> {
             chain_id: new.chain_id,
             resource,
             container: new.container.map(str::to_string),
+            layout: false,
         };
         if let Some(cs) = new.changeset {
-            let applied =
-                self.store
-                    .driver
-                    .apply(&rec, &chain_refs, cs)
-                    .and_then(|stats| match new.expect {
+            let layout = self.store.layout_path(id);
+            let mut record = match new.keep_layout {
+                true => Some(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&layout)
+                        .map_err(Error::io("creating", &layout))?,
+                ),
+                false => None,
+            };
+            let with = ApplyWith {
+                keep_existing_dirs: new.keep_existing_dirs,
+                record: record.as_mut().map(|f| f as &mut dyn std::io::Write),
+            };
+            let applied = self
+                .store
+                .driver
+                .apply(&rec, &chain_refs, cs, with)
+                .and_then(|stats| {
+                    // Durable before the record that points at it.
+                    if let Some(f) = &record {
+                        f.sync_all().map_err(Error::io("syncing", &layout))?;
+                    }
+                    Ok(stats)
+                })
+                .and_then(|stats| match new.expect {
                         Some(want) if want.diff_id != stats.diff_id => Err(Error::Corrupt {
                             what: want.what,
                             reason: format!(
@@ -159,8 +193,13 @@ impl Txn<'_> {
                         _ => Ok(stats),
                     });
             match applied {
-                Ok(stats) => rec.diff_id = Some(stats.diff_id),
+                Ok(stats) => {
+                    rec.diff_id = Some(stats.diff_id);
+                    rec.layout = record.is_some();
+                }
                 Err(e) => {
+                    drop(record);
+                    let _ = std::fs::remove_file(&layout);
                     let undo = self.store.driver.remove(&rec);
                     return Err(e.with_rollback(undo));
                 }
@@ -182,6 +221,8 @@ impl Txn<'_> {
         if let Some(rec) = self.store.layers.get(id).cloned() {
             self.store.driver.remove(&rec)?;
             thinpool::record::remove(&self.store.layer_path(id))?;
+            // Without its record, a layout left by a kill is swept at open.
+            thinpool::record::remove(&self.store.layout_path(id))?;
             self.store.layers.remove(id);
         }
         Ok(())

@@ -374,3 +374,30 @@ pub fn busybox_image(s: &thinpool::testing::Scratch) -> PathBuf {
     }
     layout
 }
+
+/// A `FROM scratch`-style image made with umoci: one layer with only the
+/// static busybox at `/bin/busybox` and a `/sys` of mode 0700 owned by
+/// 1000:1000 (to see that the init layer keeps what an image has). No
+/// `/dev`, `/proc` or `/etc`. Tag `scratch`; returns the layout directory.
+pub fn scratch_image(s: &thinpool::testing::Scratch) -> PathBuf {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox is installed by tools/setup.sh (busybox-static)");
+    let layout = s.path().join("scratch-oci");
+    let l = layout.to_str().unwrap().to_string();
+    let img = format!("{l}:scratch");
+    umoci(&["init", "--layout", &l]);
+    umoci(&["new", "--image", &img]);
+    let bundle = s.path().join("scratch-bundle");
+    let b = bundle.to_str().unwrap();
+    umoci(&["unpack", "--image", &img, b]);
+    run(Command::new("sh")
+        .arg("-ec")
+        .arg(format!(
+            "mkdir bin sys && cp {busybox} bin/busybox && chown 1000:1000 sys && chmod 0700 sys"
+        ))
+        .current_dir(bundle.join("rootfs")));
+    umoci(&["repack", "--image", &img, b]);
+    layout
+}
