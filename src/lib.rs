@@ -40,6 +40,7 @@ pub mod mount;
 pub mod pool;
 pub mod progress;
 pub mod root;
+pub mod save;
 pub mod store;
 pub mod system;
 pub mod util;

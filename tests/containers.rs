@@ -787,7 +787,13 @@ fn dm_pool_destroy_takes_thin_containers_and_volumes_only_when_forced() {
 fn a_scratch_image_gets_the_mount_points_a_process_needs(d: Drv) {
     let e = Env::new("ctr-scratch", d);
     let layout = scratch_image(&e.s);
-    e.ok(&["image", "import", layout.to_str().unwrap(), "--name", "scratch"]);
+    e.ok(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--name",
+        "scratch",
+    ]);
     e.ok(&["container", "create", "--name", "s", "--image", "scratch"]);
     let o = e.run(&[
         "container",
@@ -807,7 +813,14 @@ fn a_scratch_image_gets_the_mount_points_a_process_needs(d: Drv) {
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
     assert_eq!(
         &lines[..6],
-        ["5", "null-ok", "proc-ok", "sys-ok", "dev-dirs-ok", "/proc/mounts"],
+        [
+            "5",
+            "null-ok",
+            "proc-ok",
+            "sys-ok",
+            "dev-dirs-ok",
+            "/proc/mounts"
+        ],
         "{out}"
     );
     // The container's tree, outside any namespace: the image's /sys keeps
@@ -832,10 +845,23 @@ fn a_scratch_image_gets_the_mount_points_a_process_needs(d: Drv) {
         .unwrap()
         .map(|x| x.unwrap().path().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, ["kept"], "the commit holds more than the container's change");
+    assert_eq!(
+        names,
+        ["kept"],
+        "the commit holds more than the container's change"
+    );
 }
 
 fn sh_in(e: &Env, c: &str, script: &str) {
-    let o = e.run(&["container", "exec", c, "--", "/bin/busybox", "sh", "-c", script]);
+    let o = e.run(&[
+        "container",
+        "exec",
+        c,
+        "--",
+        "/bin/busybox",
+        "sh",
+        "-c",
+        script,
+    ]);
     assert!(o.status.success(), "{script}: {}", stderr(&o));
 }

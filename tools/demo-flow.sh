@@ -67,6 +67,16 @@ for driver in thin overlay; do
   step layer diff mylayer -o "$WORK/mylayer-$driver.tar"
   tar -tvf "$WORK/mylayer-$driver.tar"
 
+  note "driver $driver: save the image back: the digests it was imported with, so umoci reads it and the image id is the same"
+  step image save demo/app:1.0 -o "$WORK/saved-$driver.tar"
+  mkdir "$WORK/saved-$driver" && tar -C "$WORK/saved-$driver" -xf "$WORK/saved-$driver.tar"
+  printf '\n$ umoci stat --image saved-%s:1.0 | head -3\n' "$driver"
+  umoci stat --image "$WORK/saved-$driver:1.0" | head -3
+  if [ "$driver" = overlay ]; then
+    printf '\n$ cmp saved-thin.tar saved-overlay.tar\n'
+    cmp "$WORK/saved-thin.tar" "$WORK/saved-overlay.tar" && echo "the same bytes from both drivers"
+  fi
+
   note "driver $driver: a container with a named volume, an anonymous one filled from the image, and a host directory read-only"
   mkdir -p "$WORK/host-config" && echo "from the host" > "$WORK/host-config/setting"
   step container create --name web-$driver --image demo/app:1.0 --hostname web \

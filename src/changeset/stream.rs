@@ -211,12 +211,11 @@ impl<'a> Monitor<'a> {
         let total = self.shared.pos.get();
         let digest: [u8; 32] = self.hasher.finalize().into();
         if let Some(r) = self.record {
-            r.finish(total, &digest)
-                .map_err(|e| ChangesetError::Io {
-                    op: "recording the layout of",
-                    path: "the changeset".to_string(),
-                    source: e,
-                })?;
+            r.finish(total, &digest).map_err(|e| ChangesetError::Io {
+                op: "recording the layout of",
+                path: "the changeset".to_string(),
+                source: e,
+            })?;
         }
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         Ok((format!("sha256:{hex}"), total))

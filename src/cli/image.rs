@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde::Serialize;
+use thinlayer::save::{save_images, SaveFormat};
 use thinlayer::store::ImageRecord;
 use thinlayer::util::ids::short;
 use thinlayer::util::time::rfc3339;
@@ -14,7 +15,8 @@ use super::progress::ImportProgress;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Import a `docker save` archive or an OCI image layout (directory or tar).
+    /// Import a `docker save` archive or an OCI image layout (directory or
+    /// tar); `PATH:TAG` takes only the image tagged TAG in the layout.
     Import {
         path: PathBuf,
         /// Name the image NAME[:TAG] instead of the archive's names.
@@ -34,6 +36,29 @@ pub enum ImageCommand {
     },
     /// Remove an image and its layers that nothing else uses.
     Rm { image: String },
+    /// Save images as an OCI image layout or a `docker save` archive (one
+    /// tar file), with the digests they were imported with: the same bytes
+    /// every time. An image named by id is saved without a name.
+    Save {
+        /// Images (name[:tag], id or id prefix).
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// The archive to write.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Archive format.
+        #[arg(long, value_enum, default_value_t = Format::Oci)]
+        format: Format,
+    },
+}
+
+/// `image save --format`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    /// OCI image layout (skopeo `oci-archive:`, umoci after unpacking the tar).
+    Oci,
+    /// `docker save` archive (`docker load`, skopeo `docker-archive:`).
+    Docker,
 }
 
 /// An image as `--json` shows it: its record, and its time as RFC 3339.
@@ -102,6 +127,23 @@ pub fn run(mut store: Store, cmd: ImageCommand) -> Result<()> {
                     let rec = store.layer(l.as_str())?;
                     println!("  {}  {}", l, rec.diff_id.as_deref().unwrap_or("-"));
                 }
+            }
+        }
+        ImageCommand::Save {
+            images,
+            output,
+            format,
+        } => {
+            let format = match format {
+                Format::Oci => SaveFormat::Oci,
+                Format::Docker => SaveFormat::Docker,
+            };
+            let progress = ImportProgress::doing("saving");
+            let ids = save_images(&mut store, &images, &output, format, &progress)
+                .with_context(|| format!("saving {}", output.display()))?;
+            drop(progress);
+            for id in ids {
+                println!("{id}");
             }
         }
         ImageCommand::Rm { image } => {

@@ -5,14 +5,21 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressStyle};
 use thinlayer::progress::Progress;
 
+/// Progress of work layer by layer (`importing`, `saving`).
 pub struct ImportProgress {
     bar: Option<ProgressBar>,
+    verb: &'static str,
 }
 
 impl ImportProgress {
     pub fn new() -> ImportProgress {
+        Self::doing("importing")
+    }
+
+    pub fn doing(verb: &'static str) -> ImportProgress {
         ImportProgress {
             bar: std::io::stderr().is_terminal().then(ProgressBar::hidden),
+            verb,
         }
     }
 }
@@ -33,7 +40,7 @@ impl Progress for ImportProgress {
                 );
                 bar.set_message(format!("layer {}/{count}", index + 1));
             }
-            None => eprintln!("importing layer {}/{count}", index + 1),
+            None => eprintln!("{} layer {}/{count}", self.verb, index + 1),
         }
     }
 

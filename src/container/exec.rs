@@ -206,7 +206,10 @@ pub fn run(spec: &ExecSpec) -> Result<i32> {
                     Some("sysfs"),
                     s.as_c_str(),
                     Some("sysfs"),
-                    MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    MsFlags::MS_RDONLY
+                        | MsFlags::MS_NOSUID
+                        | MsFlags::MS_NODEV
+                        | MsFlags::MS_NOEXEC,
                     None::<&str>,
                 )
                 .map_err(e)?;

@@ -196,12 +196,7 @@ pub fn check_hostname(h: &str) -> Result<()> {
 /// The files of a container's init layer, as Docker writes them: they
 /// belong to this container, not to the image, and a commit leaves them
 /// out.
-pub const INIT_FILES: &[&str] = &[
-    "etc/hostname",
-    "etc/hosts",
-    "etc/resolv.conf",
-    "etc/mtab",
-];
+pub const INIT_FILES: &[&str] = &["etc/hostname", "etc/hosts", "etc/resolv.conf", "etc/mtab"];
 
 /// `/etc/resolv.conf` for a container from the host's: nameservers on the
 /// host's loopback cannot be reached from a container, so they are dropped,

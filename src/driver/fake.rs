@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::changeset::{ApplyStats, Compression, ExportOptions, ExportStats};
 use crate::changeset::split::Reassembled;
+use crate::changeset::{ApplyStats, Compression, ExportOptions, ExportStats};
 use crate::driver::{ApplyWith, Driver, Usage};
 use crate::error::{Error, Result};
 use crate::layer::{DriverResource, LayerId, LayerRecord, Resource};
@@ -117,7 +117,7 @@ impl Driver for Fake {
         Err(Error::invalid("layer", "the fake driver keeps no files"))
     }
 
-        fn mount(&mut self, _c: &[&LayerRecord], _t: &Path, _w: bool) -> Result<()> {
+    fn mount(&mut self, _c: &[&LayerRecord], _t: &Path, _w: bool) -> Result<()> {
         Ok(())
     }
 

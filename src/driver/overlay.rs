@@ -21,8 +21,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use crate::changeset::{self, ApplyOptions, ApplyStats, ExportOptions, ExportStats, WhiteoutMode};
 use crate::changeset::split::Reassembled;
+use crate::changeset::{self, ApplyOptions, ApplyStats, ExportOptions, ExportStats, WhiteoutMode};
 use crate::driver::{ApplyWith, Driver, Usage};
 use crate::error::{Error, Result};
 use crate::layer::{DriverResource, LayerId, LayerRecord, Resource};
@@ -302,7 +302,7 @@ impl Driver for OverlayDriver {
         )?)
     }
 
-        fn check_size(&self, _size: thinpool::Bytes) -> Result<()> {
+    fn check_size(&self, _size: thinpool::Bytes) -> Result<()> {
         Err(Error::invalid(
             "size",
             "the overlay driver has no per-container size limit (its layers are directories on the root's filesystem); use --driver thin for --size",

@@ -15,8 +15,8 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use thinpool::{Bytes, Pool, ThinId};
 
-use crate::changeset::{self, ApplyOptions, ApplyStats, ExportOptions, ExportStats, WhiteoutMode};
 use crate::changeset::split::Reassembled;
+use crate::changeset::{self, ApplyOptions, ApplyStats, ExportOptions, ExportStats, WhiteoutMode};
 use crate::driver::{ApplyWith, Driver, Usage};
 use crate::error::{Error, Result};
 use crate::layer::{DriverResource, LayerId, LayerRecord, Resource};

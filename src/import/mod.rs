@@ -28,25 +28,38 @@ pub fn import_image(
     progress: &dyn Progress,
 ) -> Result<Vec<String>> {
     let name = name.map(normalize_image_name).transpose()?;
-    let archive = ImageArchive::open(path)?;
-    if archive.images().is_empty() {
-        return Err(Error::invalid(
-            "image archive",
-            format!("{} holds no image", path.display()),
-        ));
+    let (path, reference) = split_reference(path);
+    let archive = ImageArchive::open(&path)?;
+    let chosen: Vec<&ImageManifest> = archive
+        .images()
+        .iter()
+        .filter(|m| reference.as_ref().is_none_or(|r| names_reference(m, r)))
+        .collect();
+    if chosen.is_empty() {
+        return Err(match &reference {
+            Some(r) => Error::NotFound {
+                what: "image",
+                name: r.clone(),
+                hint: format!(" in {}", path.display()),
+            },
+            None => Error::invalid(
+                "image archive",
+                format!("{} holds no image", path.display()),
+            ),
+        });
     }
-    if name.is_some() && archive.images().len() > 1 {
+    if name.is_some() && chosen.len() > 1 {
         return Err(Error::invalid(
             "image name",
             format!(
                 "{} holds {} images; --name needs exactly one",
                 path.display(),
-                archive.images().len()
+                chosen.len()
             ),
         ));
     }
     let mut ids = vec![];
-    for m in archive.images() {
+    for m in chosen {
         let names = match &name {
             Some(n) => vec![n.clone()],
             None => m
@@ -78,11 +91,33 @@ pub fn import_image(
                     rec.names.push(n.clone());
                 }
             }
+            txn.put_image_config(&id, &m.config.raw)?;
             txn.put_image(rec)
         })?;
         ids.push(id);
     }
     Ok(ids)
+}
+
+/// `PATH:REF` (as skopeo's and umoci's `oci:PATH:REF`) when PATH is there
+/// and `PATH:REF` is not: the archive and the one reference to take from
+/// it. Otherwise the whole path, every image.
+fn split_reference(path: &Path) -> (std::path::PathBuf, Option<String>) {
+    if !path.exists() {
+        if let Some((p, r)) = path.to_str().and_then(|s| s.rsplit_once(':')) {
+            if !r.is_empty() && !r.contains('/') && Path::new(p).exists() {
+                return (p.into(), Some(r.to_string()));
+            }
+        }
+    }
+    (path.to_path_buf(), None)
+}
+
+/// Whether image `m` carries `reference`: as its name or its tag.
+fn names_reference(m: &ImageManifest, reference: &str) -> bool {
+    m.names
+        .iter()
+        .any(|n| n == reference || n.rsplit_once(':').is_some_and(|(_, tag)| tag == reference))
 }
 
 /// Makes the image's layers bottom to top, reusing those already present.

@@ -1,6 +1,10 @@
 //! Image records: which layers make an image, and its names.
 
+use std::fs;
+use std::path::{Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::graph::by_id_prefix;
 use super::Store;
@@ -37,7 +41,50 @@ impl ImageRecord {
     }
 }
 
+/// Where an image's config is kept, byte for byte as it was imported (its
+/// sha256 is the image id).
+pub(super) fn config_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join("images").join(format!("{id}.config"))
+}
+
 impl Store {
+    /// The config of image `id` (a full id), byte for byte as imported:
+    /// its sha256 is the id.
+    ///
+    /// # Errors
+    /// [`Error::Precondition`] when none was kept (an image imported by a
+    /// thinlayer before 0.2); [`Error::Corrupt`] when it does not match
+    /// the id.
+    pub fn image_config(&self, id: &str) -> Result<Vec<u8>> {
+        let img = self.images.get(id).ok_or_else(|| Error::NotFound {
+            what: "image",
+            name: id.into(),
+            hint: String::new(),
+        })?;
+        let path = config_path(&self.dir, id);
+        let raw = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Precondition(format!(
+                    "image {} has no stored config (it was imported by an older thinlayer); remove it and import it again",
+                    img.label()
+                )))
+            }
+            Err(e) => return Err(Error::io("reading", &path)(e)),
+        };
+        let digest = format!("{:x}", Sha256::digest(&raw));
+        if digest != id {
+            return Err(Error::Corrupt {
+                what: format!("image {}", img.label()),
+                reason: format!(
+                    "its stored config {} has digest sha256:{digest}",
+                    path.display()
+                ),
+            });
+        }
+        Ok(raw)
+    }
+
     /// Finds an image by `name[:tag]` (tag defaults to `latest`), id
     /// (`sha256:` optional), or unique id prefix.
     pub fn image(&self, key: &str) -> Result<&ImageRecord> {

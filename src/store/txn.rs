@@ -183,15 +183,15 @@ impl Txn<'_> {
                     Ok(stats)
                 })
                 .and_then(|stats| match new.expect {
-                        Some(want) if want.diff_id != stats.diff_id => Err(Error::Corrupt {
-                            what: want.what,
-                            reason: format!(
-                                "its content has diff_id {}, the image config says {}",
-                                stats.diff_id, want.diff_id
-                            ),
-                        }),
-                        _ => Ok(stats),
-                    });
+                    Some(want) if want.diff_id != stats.diff_id => Err(Error::Corrupt {
+                        what: want.what,
+                        reason: format!(
+                            "its content has diff_id {}, the image config says {}",
+                            stats.diff_id, want.diff_id
+                        ),
+                    }),
+                    _ => Ok(stats),
+                });
             match applied {
                 Ok(stats) => {
                     rec.diff_id = Some(stats.diff_id);
@@ -231,8 +231,35 @@ impl Txn<'_> {
     /// Removes an image's record (recorded with [`Txn::intend_removal`]).
     pub fn remove_image(&mut self, id: &str) -> Result<()> {
         thinpool::record::remove(&self.store.image_path(id))?;
+        thinpool::record::remove(&super::images::config_path(&self.store.dir, id))?;
         self.store.images.remove(id);
         Ok(())
+    }
+
+    /// Keeps image `id`'s config, byte for byte (its sha256 must be the
+    /// id), for [`Store::image_config`]. Before [`Txn::put_image`].
+    pub fn put_image_config(&mut self, id: &str, raw: &[u8]) -> Result<()> {
+        use sha2::{Digest, Sha256};
+        if format!("{:x}", Sha256::digest(raw)) != id {
+            return Err(Error::Corrupt {
+                what: format!("image {}", crate::util::ids::short(id)),
+                reason: "its config does not have the image's digest".into(),
+            });
+        }
+        let path = super::images::config_path(&self.store.dir, id);
+        if std::fs::read(&path).is_ok_and(|b| b == raw) {
+            return Ok(());
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(Error::io("creating", &path))?;
+        std::io::Write::write_all(&mut f, raw).map_err(Error::io("writing", &path))?;
+        // Durable before the record; the record's write syncs the directory.
+        f.sync_all().map_err(Error::io("syncing", &path))
     }
 
     /// Writes an image's record. Its names move to it from any other image,
@@ -268,6 +295,7 @@ impl Txn<'_> {
             if store.images.remove(img).is_some() {
                 thinpool::record::remove(&store.image_path(img))?;
             }
+            thinpool::record::remove(&super::images::config_path(&store.dir, img))?;
         }
         journal::undo_creates(
             &self.journal.create,

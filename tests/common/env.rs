@@ -153,6 +153,23 @@ impl Env {
             "layer records and {} resources disagree",
             self.drv.name()
         );
+        // No file beside the records outlives its record (a layer's
+        // changeset layout, an image's config).
+        let store = self.root.join(self.drv.name());
+        for (sub, ext) in [("layers", "split"), ("images", "config")] {
+            let Ok(rd) = std::fs::read_dir(store.join(sub)) else {
+                continue;
+            };
+            for p in rd.map(|e| e.unwrap().path()) {
+                if p.extension().is_some_and(|x| x == ext) {
+                    assert!(
+                        p.with_extension("json").exists(),
+                        "{} has no record",
+                        p.display()
+                    );
+                }
+            }
+        }
     }
 }
 

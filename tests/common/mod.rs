@@ -151,15 +151,23 @@ pub struct Node {
     pub content: Vec<u8>,
     pub rdev: u64,
     pub xattrs: Vec<(String, Vec<u8>)>,
+    /// The other paths of the tree that are hard links to this file.
+    pub peers: Vec<String>,
 }
 
-/// Every entry under `root` (not `lost+found` at the top), by relative
-/// path: type, mode, owner, mtime (not for directories: creating children
-/// changes it), content or link target, device number and xattrs.
+/// Every entry under `root`, by relative path: type, mode, owner, mtime
+/// (not for directories: creating children changes it), content or link
+/// target, device number, xattrs and the paths it is hard-linked with.
 pub fn tree(root: &Path) -> std::collections::BTreeMap<String, Node> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let mut out = std::collections::BTreeMap::new();
-    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, Node>) {
+    type Inodes = std::collections::BTreeMap<(u64, u64), Vec<String>>;
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        out: &mut std::collections::BTreeMap<String, Node>,
+        inodes: &mut Inodes,
+    ) {
         let mut entries: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -201,7 +209,7 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<String, Node> {
                 .unwrap_or_default();
             xattrs.sort();
             out.insert(
-                rel,
+                rel.clone(),
                 Node {
                     kind,
                     mode: m.mode(),
@@ -211,14 +219,27 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<String, Node> {
                     content,
                     rdev: m.rdev(),
                     xattrs,
+                    peers: vec![],
                 },
             );
+            if t.is_file() && m.nlink() > 1 {
+                inodes
+                    .entry((m.dev(), m.ino()))
+                    .or_default()
+                    .push(rel.clone());
+            }
             if t.is_dir() {
-                walk(root, &p, out);
+                walk(root, &p, out, inodes);
             }
         }
     }
-    walk(root, root, &mut out);
+    let mut inodes = Inodes::new();
+    walk(root, root, &mut out, &mut inodes);
+    for group in inodes.values() {
+        for p in group {
+            out.get_mut(p).unwrap().peers = group.iter().filter(|q| *q != p).cloned().collect();
+        }
+    }
     out
 }
 
@@ -400,4 +421,171 @@ pub fn scratch_image(s: &thinpool::testing::Scratch) -> PathBuf {
         .current_dir(bundle.join("rootfs")));
     umoci(&["repack", "--image", &img, b]);
     layout
+}
+
+/// The corpus: one image built step by step with real tools, each step
+/// tagged, covering the patterns real images carry. Steps 1-3 are made by
+/// umoci from the changes a shell makes to an unpacked tree; step 4 is a
+/// layer GNU tar wrote (an opaque directory, a hard link inside it, a
+/// mostly-zero file), added verbatim with `umoci raw add-layer`.
+///
+/// 1. a base: trees, a file with user.* and trusted.* xattrs, a sparse
+///    file, a hard-linked pair, a setuid file, a fifo, a device node;
+/// 2. a directory becomes a symlink (umoci writes the symlink and
+///    whiteouts for the old children), a file becomes a directory and a
+///    directory a file, a whole tree is deleted, a new hard link to a file
+///    of layer 1, an xattr changes;
+/// 3. and back: the symlink becomes a directory again, the directory a
+///    file, the file a directory; a directory's content replaced;
+/// 4. the GNU tar layer (without `--sparse`: umoci cannot unpack GNU
+///    sparse members, so they are tested against GNU tar in the plain
+///    tier instead).
+///
+/// Returns the layout and the tags, in order.
+pub fn corpus_image(base: &Path) -> (PathBuf, Vec<String>) {
+    let layout = base.join("corpus-oci");
+    let l = layout.to_str().unwrap().to_string();
+    umoci(&["init", "--layout", &l]);
+    umoci(&["new", "--image", &format!("{l}:work")]);
+    let steps = [
+        "mkdir -p usr/lib/pkg lib/sub opt/tree/a/b opt/tree/c data d2f h
+         echo lib > lib/x; echo deep > lib/sub/y; echo pkg > usr/lib/pkg/p
+         for i in 1 2 3 4 5; do echo $i > opt/tree/a/b/f$i; echo $i > opt/tree/c/g$i; done
+         echo old1 > data/old1; echo old2 > data/old2
+         echo file > f2d; echo inner > d2f/inner
+         echo x > x; setfattr -n user.k -v 1 x; setfattr -n trusted.t -v base x
+         dd if=/dev/zero of=sparse bs=1 count=0 seek=8M 2>/dev/null
+         printf middle | dd of=sparse bs=1 seek=4M conv=notrunc 2>/dev/null
+         echo orig > h/orig; ln h/orig h/link1
+         printf suid > suid && chmod 4755 suid
+         mkfifo fifo; mknod null c 1 3",
+        "rm -rf lib && ln -s usr/lib lib
+         rm f2d && mkdir f2d && echo now-a-dir > f2d/inner
+         rm -rf d2f && echo now-a-file > d2f
+         rm -rf opt/tree
+         ln h/orig h/link2
+         setfattr -n user.k -v 2 x",
+        "rm lib && mkdir lib && echo back > lib/x
+         rm -rf f2d && echo file-again > f2d
+         rm d2f && mkdir d2f && echo dir-again > d2f/inner
+         rm -rf data && mkdir data && echo fresh > data/fresh",
+    ];
+    let mut tags = vec![];
+    for (n, script) in steps.iter().enumerate() {
+        let bundle = base.join(format!("corpus-bundle{n}"));
+        let b = bundle.to_str().unwrap();
+        umoci(&["unpack", "--image", &format!("{l}:work"), b]);
+        run(Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(bundle.join("rootfs")));
+        umoci(&["repack", "--image", &format!("{l}:work"), b]);
+        let tag = format!("step{}", n + 1);
+        umoci(&["tag", "--image", &format!("{l}:work"), &tag]);
+        tags.push(tag);
+    }
+    // Step 4: GNU tar's own layer.
+    let src = base.join("corpus-gnu");
+    std::fs::create_dir_all(src.join("data")).unwrap();
+    run(Command::new("sh")
+        .arg("-ec")
+        .arg(
+            "touch data/.wh..wh..opq; echo from-gnu-tar > data/gnu
+             dd if=/dev/zero of=gsparse bs=1 count=0 seek=4M 2>/dev/null
+             printf end | dd of=gsparse bs=1 seek=4000000 conv=notrunc 2>/dev/null
+             echo same > gl1; ln gl1 gl2",
+        )
+        .current_dir(&src));
+    let layer = base.join("corpus-gnu.tar");
+    run(Command::new("tar")
+        .args([
+            "--format=gnu",
+            "--owner=0",
+            "--group=0",
+            "--no-recursion",
+            "-cf",
+        ])
+        .arg(&layer)
+        .arg("-C")
+        .arg(&src)
+        .args([
+            "data",
+            "data/.wh..wh..opq",
+            "data/gnu",
+            "gsparse",
+            "gl1",
+            "gl2",
+        ]));
+    umoci(&[
+        "raw",
+        "add-layer",
+        "--image",
+        &format!("{l}:work"),
+        layer.to_str().unwrap(),
+    ]);
+    umoci(&["tag", "--image", &format!("{l}:work"), "step4"]);
+    tags.push("step4".into());
+    (layout, tags)
+}
+
+/// umoci's own unpack of `layout:tag`, into `base`.
+pub fn umoci_unpack(base: &Path, layout: &Path, tag: &str) -> PathBuf {
+    let out = base.join(format!("reference-{tag}"));
+    umoci(&[
+        "raw",
+        "unpack",
+        "--image",
+        &format!("{}:{tag}", layout.display()),
+        out.to_str().unwrap(),
+    ]);
+    out
+}
+
+/// A directory where `user.*` xattrs can be set: the scratch directory
+/// itself, or (where it cannot hold them, as the VM's tmpfs /tmp) an ext4
+/// filesystem in a sparse file in it, mounted until this is dropped.
+pub struct XattrDir {
+    path: PathBuf,
+    mounted: bool,
+}
+
+impl XattrDir {
+    pub fn new(s: &thinpool::testing::Scratch) -> XattrDir {
+        let probe = s.path().join("xattr-probe");
+        std::fs::write(&probe, b"").unwrap();
+        let ok = xattr::set(&probe, "user.probe", b"1").is_ok();
+        std::fs::remove_file(&probe).unwrap();
+        if ok {
+            return XattrDir {
+                path: s.path().to_path_buf(),
+                mounted: false,
+            };
+        }
+        let img = s.path().join("xattr-fs.img");
+        let f = std::fs::File::create(&img).unwrap();
+        f.set_len(1 << 30).unwrap();
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img));
+        let path = s.path().join("xattr-fs");
+        std::fs::create_dir(&path).unwrap();
+        run(Command::new("mount")
+            .args(["-o", "loop,discard"])
+            .arg(&img)
+            .arg(&path));
+        XattrDir {
+            path,
+            mounted: true,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for XattrDir {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg(&self.path).status();
+        }
+    }
 }
