@@ -13,8 +13,8 @@ use thinpool::testing::Scratch;
 mod common;
 use common::env::{read, Drv, Env};
 use common::{
-    assert_same_tree, build_image, corpus_image, reference_unpack, run, stderr, umoci,
-    umoci_unpack, Tar, XattrDir,
+    assert_same_tree, build_image, corpus_image, reference_unpack, run, stderr, umoci_unpack, Tar,
+    XattrDir,
 };
 
 conformance!(
@@ -908,14 +908,7 @@ fn saved_images_round_trip_with_the_same_ids_and_real_tools_read_them(d: Drv) {
         format!("sha256:{id}")
     );
     // Real tools read them.
-    let unpacked = e.path().join("umoci-of-saved");
-    umoci(&[
-        "raw",
-        "unpack",
-        "--image",
-        &format!("{}:v1", x.display()),
-        unpacked.to_str().unwrap(),
-    ]);
+    let unpacked = umoci_unpack(e.path(), &x, "v1");
     assert_same_tree(&reference, &unpacked);
     for (transport, file) in [("oci-archive", &oci), ("docker-archive", &docker)] {
         let src = match transport {

@@ -340,15 +340,7 @@ pub fn build_image(s: &thinpool::testing::Scratch) -> PathBuf {
 }
 
 pub fn reference_unpack(s: &thinpool::testing::Scratch, layout: &Path) -> PathBuf {
-    let out = s.path().join("reference");
-    umoci(&[
-        "raw",
-        "unpack",
-        "--image",
-        &format!("{}:t", layout.display()),
-        out.to_str().unwrap(),
-    ]);
-    out
+    umoci_unpack(s.path(), layout, "t")
 }
 
 /// A two-layer image made with umoci around the static busybox, enough to
@@ -358,10 +350,7 @@ pub fn reference_unpack(s: &thinpool::testing::Scratch, layout: &Path) -> PathBu
 /// `/srv/app/config` and a symlink `/var/run -> /run`. Tag `bb`; returns
 /// the OCI layout directory.
 pub fn busybox_image(s: &thinpool::testing::Scratch) -> PathBuf {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .find(|p| Path::new(p).exists())
-        .expect("busybox is installed by tools/setup.sh (busybox-static)");
+    let busybox = busybox();
     let layout = s.path().join("bb-oci");
     let l = layout.to_str().unwrap().to_string();
     let img = format!("{l}:bb");
@@ -401,10 +390,7 @@ pub fn busybox_image(s: &thinpool::testing::Scratch) -> PathBuf {
 /// 1000:1000 (to see that the init layer keeps what an image has). No
 /// `/dev`, `/proc` or `/etc`. Tag `scratch`; returns the layout directory.
 pub fn scratch_image(s: &thinpool::testing::Scratch) -> PathBuf {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .find(|p| Path::new(p).exists())
-        .expect("busybox is installed by tools/setup.sh (busybox-static)");
+    let busybox = busybox();
     let layout = s.path().join("scratch-oci");
     let l = layout.to_str().unwrap().to_string();
     let img = format!("{l}:scratch");
@@ -588,4 +574,12 @@ impl Drop for XattrDir {
             let _ = Command::new("umount").arg(&self.path).status();
         }
     }
+}
+
+/// The static busybox tools/setup.sh installs (busybox-static).
+pub fn busybox() -> &'static str {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox is installed by tools/setup.sh (busybox-static)")
 }
