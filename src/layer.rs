@@ -165,6 +165,49 @@ pub struct LayerRecord {
     /// (an image's layer): its exact bytes can be given back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub layout: bool,
+    /// containerd's view of the layer, for a layer made through the
+    /// snapshotter ([`crate::snapshots`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotMeta>,
+}
+
+/// What kind of snapshot a layer is, in containerd's model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    /// Writable, mounted by its key; becomes committed by a commit.
+    Active,
+    /// Read-only, mounted by its key.
+    View,
+    /// Read-only, never mounted itself; the parent of other snapshots.
+    Committed,
+}
+
+impl SnapshotKind {
+    /// containerd's name of the kind (`active`, `view`, `committed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotKind::Active => "active",
+            SnapshotKind::View => "view",
+            SnapshotKind::Committed => "committed",
+        }
+    }
+}
+
+/// A snapshot's own fields in its layer's record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// Its key (active, view) or name (committed): unique in the store.
+    pub key: String,
+    /// Its kind.
+    pub kind: SnapshotKind,
+    /// Its labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// When it was made, in nanoseconds since the epoch.
+    pub created_ns: i64,
+    /// When it last changed (commit, labels), in nanoseconds since the epoch.
+    pub updated_ns: i64,
 }
 
 impl LayerRecord {

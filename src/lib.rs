@@ -41,6 +41,7 @@ pub mod pool;
 pub mod progress;
 pub mod root;
 pub mod save;
+pub mod snapshots;
 pub mod store;
 pub mod system;
 pub mod util;

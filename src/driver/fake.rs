@@ -12,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::changeset::split::Reassembled;
 use crate::changeset::{ApplyStats, Compression, ExportOptions, ExportStats};
-use crate::driver::{ApplyWith, Driver, Usage};
+use crate::driver::{ApplyWith, Driver, MountSpec, Usage};
 use crate::error::{Error, Result};
 use crate::layer::{DriverResource, LayerId, LayerRecord, Resource};
 
@@ -115,6 +115,15 @@ impl Driver for Fake {
         _o: &mut dyn Write,
     ) -> Result<Reassembled> {
         Err(Error::invalid("layer", "the fake driver keeps no files"))
+    }
+
+    fn mount_spec(&mut self, c: &[&LayerRecord], w: bool) -> Result<MountSpec> {
+        self.step();
+        Ok(MountSpec {
+            fstype: "fake".into(),
+            source: c[0].id.to_string(),
+            options: vec![if w { "rw" } else { "ro" }.into()],
+        })
     }
 
     fn mount(&mut self, _c: &[&LayerRecord], _t: &Path, _w: bool) -> Result<()> {

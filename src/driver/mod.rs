@@ -92,6 +92,17 @@ impl ApplyWith<'_> {
     }
 }
 
+/// A mount as mount(2) takes it: what containerd's `Mount` carries.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MountSpec {
+    /// The filesystem type (`ext4`, `xfs`, `overlay`).
+    pub fstype: String,
+    /// The source (a device node, or `overlay`).
+    pub source: String,
+    /// Mount options (`ro`, `lowerdir=...`).
+    pub options: Vec<String>,
+}
+
 /// Space a layer takes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
@@ -137,6 +148,11 @@ pub trait Driver: Send {
     /// or `writable` for a container's top layer, which must have no
     /// children (its writes land in the layer itself).
     fn mount(&mut self, chain: &[&LayerRecord], target: &Path, writable: bool) -> Result<()>;
+
+    /// What mounting the layer takes, for a caller that mounts it itself
+    /// (containerd): read-only, or `writable` as [`Driver::mount`]. The
+    /// thin driver activates the layer's device (its node is the source).
+    fn mount_spec(&mut self, chain: &[&LayerRecord], writable: bool) -> Result<MountSpec>;
 
     /// Unmounts what [`Driver::mount`] mounted at `target`.
     fn unmount(&mut self, layer: &LayerRecord, target: &Path) -> Result<()>;

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use crate::changeset::split::Reassembled;
 use crate::changeset::{self, ApplyOptions, ApplyStats, ExportOptions, ExportStats, WhiteoutMode};
-use crate::driver::{ApplyWith, Driver, Usage};
+use crate::driver::{ApplyWith, Driver, MountSpec, Usage};
 use crate::error::{Error, Result};
 use crate::layer::{DriverResource, LayerId, LayerRecord, Resource};
 use crate::mount;
@@ -154,6 +154,17 @@ impl OverlayDriver {
     /// lower directories, or with `writable` the top layer's directory as
     /// the upper directory (and its `work/` beside it).
     pub fn mount_options(&self, chain: &[&LayerRecord], writable: bool) -> Result<String> {
+        self.mount_options_from(chain, writable, "")
+    }
+
+    /// [`OverlayDriver::mount_options`] with every directory prefixed by
+    /// `base` (empty: relative to the store directory).
+    fn mount_options_from(
+        &self,
+        chain: &[&LayerRecord],
+        writable: bool,
+        base: &str,
+    ) -> Result<String> {
         let (upper, lower) = match (writable, chain.split_first()) {
             (true, Some((top, rest))) => (Some(*top), rest),
             _ => (None, chain),
@@ -171,13 +182,13 @@ impl OverlayDriver {
         }
         let mut lowers: Vec<String> = lower
             .iter()
-            .map(|l| Ok(format!("l/{}", Self::link_of(l)?)))
+            .map(|l| Ok(format!("{base}l/{}", Self::link_of(l)?)))
             .collect::<Result<_>>()?;
-        lowers.push("empty".into());
+        lowers.push(format!("{base}empty"));
         let mut opts = vec![format!("lowerdir={}", lowers.join(":"))];
         if let Some(top) = upper {
-            opts.push(format!("upperdir=data/{}/diff", top.id));
-            opts.push(format!("workdir=data/{}/work", top.id));
+            opts.push(format!("upperdir={base}data/{}/diff", top.id));
+            opts.push(format!("workdir={base}data/{}/work", top.id));
             if !self.options.metacopy {
                 // A renamed lower directory would otherwise become a
                 // redirect, which a commit cannot export: the kernel answers
@@ -195,6 +206,22 @@ impl OverlayDriver {
             opts.push("volatile".into());
         }
         Ok(opts.join(","))
+    }
+}
+
+impl OverlayDriver {
+    /// overlayfs needs an empty work directory on the upper directory's
+    /// filesystem.
+    fn make_work_dir(&self, id: &LayerId) -> Result<()> {
+        let work = self.layer_dir(id).join("work");
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&work)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(Error::io("creating", &work))
     }
 }
 
@@ -249,20 +276,23 @@ impl Driver for OverlayDriver {
         Error::after_cleanup(applied, [unmounted])
     }
 
+    fn mount_spec(&mut self, chain: &[&LayerRecord], writable: bool) -> Result<MountSpec> {
+        let base = format!("{}/", self.dir.display());
+        let opts = self.mount_options_from(chain, writable, &base)?;
+        if writable {
+            self.make_work_dir(&chain[0].id)?;
+        }
+        Ok(MountSpec {
+            fstype: "overlay".into(),
+            source: "overlay".into(),
+            options: opts.split(',').map(str::to_string).collect(),
+        })
+    }
+
     fn mount(&mut self, chain: &[&LayerRecord], target: &Path, writable: bool) -> Result<()> {
         let opts = self.mount_options(chain, writable)?;
         if writable {
-            // overlayfs needs an empty work directory on the upper
-            // directory's filesystem.
-            let work = self.layer_dir(&chain[0].id).join("work");
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&work)
-                .or_else(|e| match e.kind() {
-                    std::io::ErrorKind::AlreadyExists => Ok(()),
-                    _ => Err(e),
-                })
-                .map_err(Error::io("creating", &work))?;
+            self.make_work_dir(&chain[0].id)?;
         }
         // mount(8) from the store directory, so the short relative links
         // resolve there; the kernel reads them relative to the caller's cwd.

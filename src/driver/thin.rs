@@ -17,7 +17,7 @@ use thinpool::{Bytes, Pool, ThinId};
 
 use crate::changeset::split::Reassembled;
 use crate::changeset::{self, ApplyOptions, ApplyStats, ExportOptions, ExportStats, WhiteoutMode};
-use crate::driver::{ApplyWith, Driver, Usage};
+use crate::driver::{ApplyWith, Driver, MountSpec, Usage};
 use crate::error::{Error, Result};
 use crate::layer::{DriverResource, LayerId, LayerRecord, Resource};
 use crate::mount;
@@ -338,6 +338,20 @@ impl Driver for ThinDriver {
 
     fn mount(&mut self, chain: &[&LayerRecord], target: &Path, writable: bool) -> Result<()> {
         self.mount_thin(Self::thin_of(chain[0])?, target, !writable)
+    }
+
+    fn mount_spec(&mut self, chain: &[&LayerRecord], writable: bool) -> Result<MountSpec> {
+        let dev = self.pool().activate_thin(Self::thin_of(chain[0])?)?;
+        let mut options = vec![if writable { "rw" } else { "ro" }.to_string()];
+        let data = self.rec.fs.mount_data();
+        if !data.is_empty() {
+            options.push(data.to_string());
+        }
+        Ok(MountSpec {
+            fstype: self.rec.fs.as_str().to_string(),
+            source: dev.display().to_string(),
+            options,
+        })
     }
 
     fn check_size(&self, size: Bytes) -> Result<()> {

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use super::graph::refuse_container_layer;
 use super::{NewLayer, Store};
 use crate::changeset::{ChangesetError, Encoder, ExportOptions};
-use crate::driver::Usage;
+use crate::driver::{MountSpec, Usage};
 use crate::error::{Error, Result};
-use crate::layer::{LayerId, LayerRecord};
+use crate::layer::{LayerId, LayerRecord, SnapshotMeta};
 use crate::mount;
 use crate::util::ids::short;
 
@@ -212,6 +212,24 @@ impl Store {
             diff_id: r.diff_id,
             exact: true,
         })
+    }
+
+    /// How to mount layer `id` (read-only, or `writable` for a layer with
+    /// no children), for a caller that mounts it itself.
+    pub fn mount_spec(&mut self, id: &LayerId, writable: bool) -> Result<MountSpec> {
+        let chain = self.chain_owned(id)?;
+        let refs: Vec<&LayerRecord> = chain.iter().collect();
+        self.driver.mount_spec(&refs, writable)
+    }
+
+    /// Replaces the snapshot fields of layer `id`'s record (one atomic
+    /// record write: a commit or a label change).
+    pub fn set_snapshot(&mut self, id: &LayerId, meta: SnapshotMeta) -> Result<()> {
+        let mut rec = self.layer_record(id)?.clone();
+        rec.snapshot = Some(meta);
+        thinpool::record::write(&self.layer_path(id), &rec)?;
+        self.layers.insert(id.clone(), rec);
+        Ok(())
     }
 
     /// Space per layer, in the order given.

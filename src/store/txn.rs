@@ -36,6 +36,8 @@ pub struct NewLayer<'a, 'r> {
     /// `layer diff` and `image save` give back its exact bytes: an image's
     /// layers.
     pub keep_layout: bool,
+    /// containerd's fields, for a layer made by the snapshotter.
+    pub snapshot: Option<crate::layer::SnapshotMeta>,
 }
 
 /// A changeset's required diff_id, and how to name the layer if it differs.
@@ -152,6 +154,7 @@ impl Txn<'_> {
             resource,
             container: new.container.map(str::to_string),
             layout: false,
+            snapshot: new.snapshot,
         };
         if let Some(cs) = new.changeset {
             let layout = self.store.layout_path(id);
