@@ -122,15 +122,9 @@ fn parse_selector<'a>(f: &str, s: &'a str) -> Result<(Selector, &'a str)> {
         }
     }
     rest = rest.trim_start();
-    let op = if let Some(r) = rest.strip_prefix("==") {
-        Some((Op::Eq, r))
-    } else if let Some(r) = rest.strip_prefix("!=") {
-        Some((Op::Ne, r))
-    } else if let Some(r) = rest.strip_prefix("~=") {
-        Some((Op::Re, r))
-    } else {
-        None
-    };
+    let op = [("==", Op::Eq), ("!=", Op::Ne), ("~=", Op::Re)]
+        .into_iter()
+        .find_map(|(s, op)| rest.strip_prefix(s).map(|r| (op, r)));
     let Some((op, r)) = op else {
         return Ok((Selector { path, op: None }, rest));
     };
