@@ -91,6 +91,8 @@ PY
   rm -f "$json"
   mv "$LIST.tmp" "$LIST"
   echo "run-tier.sh: $(wc -l <"$LIST") test binaries listed in $LIST" >&2
+  # containerd's snapshotter suite (Go), which the snapshotter tests run.
+  "$HERE/build-containerd-suite.sh" || return 1
 }
 
 if ((build)); then

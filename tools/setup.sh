@@ -16,6 +16,9 @@ PACKAGES=(
   lvm2
   # the demo reads JSON output with it
   python3
+  # the snapshotter daemon: containerd's protobufs are compiled with protoc;
+  # containerd's own snapshotter test suite (Go source) runs against it
+  protobuf-compiler golang-go golang-github-containerd-containerd-dev
 )
 
 missing=()

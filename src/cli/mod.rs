@@ -6,6 +6,7 @@ mod image;
 mod layer;
 mod pool;
 mod progress;
+mod snapshotter;
 mod volume;
 
 use std::path::PathBuf;
@@ -75,6 +76,9 @@ enum Command {
     /// Volumes: data that outlives containers.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// containerd's snapshotter: serve thinlayer's layers to containerd.
+    #[command(subcommand)]
+    Snapshotter(snapshotter::SnapshotterCommand),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -97,5 +101,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Image(cmd) => image::run(open()?, cmd),
         Command::Container(cmd) => container::run(&root, cli.driver, &overlay, cmd),
         Command::Volume(cmd) => volume::run(&root, cmd),
+        Command::Snapshotter(cmd) => snapshotter::run(root, cli.driver, overlay, cmd),
     }
 }

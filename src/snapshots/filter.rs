@@ -49,15 +49,17 @@ impl Filters {
         self.0.is_empty()
             || self.0.iter().any(|sels| {
                 sels.iter().all(|s| {
+                    // As containerd's selectors: presence for `==` and a
+                    // bare path; `!=` and `~=` compare the value, "" when
+                    // the field is absent.
                     let v = get(&s.path);
                     match (&s.op, v) {
                         (None, v) => v.is_some(),
-                        (Some((Op::Eq, want)), Some(v)) => &v == want,
-                        (Some((Op::Ne, want)), v) => v.as_ref() != Some(want),
-                        (Some((Op::Re, re)), Some(v)) => {
-                            regex::Regex::new(re).is_ok_and(|r| r.is_match(&v))
+                        (Some((Op::Eq, want)), v) => v.as_ref() == Some(want),
+                        (Some((Op::Ne, want)), v) => v.unwrap_or_default() != *want,
+                        (Some((Op::Re, re)), v) => {
+                            regex::Regex::new(re).is_ok_and(|r| r.is_match(&v.unwrap_or_default()))
                         }
-                        (Some(_), None) => false,
                     }
                 })
             })
@@ -176,6 +178,8 @@ mod tests {
         assert!(m(&[r#"name=="a,b""#]), "quoted value with a comma");
         assert!(m(&["labels.team~=^stor"]));
         assert!(m(&["labels.missing!=x"]));
+        assert!(!m(&["labels.missing!=\"\""]), "an absent field is \"\"");
+        assert!(m(&["labels.missing~=^$"]));
         assert!(m(&["kind == committed , labels.team == storage"]));
         for bad in ["==x", "kind==\"open", "labels.team~=(", "kind==a b"] {
             let e = Filters::parse(&[bad.to_string()]).unwrap_err();

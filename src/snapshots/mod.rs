@@ -264,7 +264,9 @@ pub fn commit(
     if let Some(l) = labels {
         meta.labels = l;
     }
-    meta.updated_ns = now_ns();
+    // A new committed snapshot, as containerd's own metadata makes it.
+    meta.created_ns = now_ns();
+    meta.updated_ns = meta.created_ns;
     store.set_snapshot(&rec.id, meta)?;
     stat(store, name)
 }

@@ -1,0 +1,3 @@
+module thinlayer-suite
+
+go 1.19
