@@ -234,6 +234,8 @@ impl Snapshotter for Thinlayer {
                 Ok(snapshots::walk(s, &f))
             })
             .await?;
+        // The trait fixes the stream's item type, tonic's Status included.
+        #[allow(clippy::result_large_err)]
         let items: Vec<Result<Info, Status>> = all.into_iter().map(|i| Ok(info_of(i))).collect();
         Ok(Box::pin(futures::stream::iter(items)))
     }
