@@ -177,8 +177,12 @@ impl<W: Write> Write for HashWriter<W> {
 }
 
 pub(crate) fn digest_string(h: Sha256) -> String {
-    let digest = h.finalize();
-    let mut s = String::with_capacity(7 + 64);
+    sha256_string(&h.finalize())
+}
+
+/// `"sha256:<hex>"` of a finished digest.
+pub(crate) fn sha256_string(digest: &[u8]) -> String {
+    let mut s = String::with_capacity(7 + 2 * digest.len());
     s.push_str("sha256:");
     for b in digest {
         s.push_str(&format!("{b:02x}"));

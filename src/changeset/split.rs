@@ -26,6 +26,7 @@ use flate2::write::GzEncoder;
 use rustix::fs::OFlags;
 use sha2::{Digest, Sha256};
 
+use super::compress::sha256_string;
 use super::error::{io_host, show, ChangesetError};
 use super::path::split;
 use crate::fsys::sys::{self, FileType};
@@ -213,24 +214,20 @@ pub fn reassemble(
                 let got: [u8; 32] = hasher.finalize().into();
                 if n != total || got != want {
                     return Err(mismatch(format!(
-                        "the reassembled stream ({total} bytes, sha256:{}) is not the recorded one ({n} bytes, sha256:{})",
-                        hex(&got),
-                        hex(&want)
+                        "the reassembled stream ({total} bytes, {}) is not the recorded one ({n} bytes, {})",
+                        sha256_string(&got),
+                        sha256_string(&want)
                     )));
                 }
                 out.flush().map_err(out_err)?;
                 return Ok(Reassembled {
                     bytes: total,
-                    diff_id: format!("sha256:{}", hex(&got)),
+                    diff_id: sha256_string(&got),
                 });
             }
             t => return Err(corrupt(format!("unknown record type {t:#x}"))),
         }
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Opens the regular file at `key` under `root`, never following a

@@ -217,8 +217,7 @@ impl<'a> Monitor<'a> {
                 source: e,
             })?;
         }
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        Ok((format!("sha256:{hex}"), total))
+        Ok((super::compress::sha256_string(&digest), total))
     }
 }
 

@@ -320,13 +320,13 @@ pub fn run(
         overlay,
         default_size,
     };
-    if let Some(s) = default_size {
-        // Checked now, not on the first request.
-        service.open()?.check_size(s)?;
-    }
     // Open once before serving: recovery runs, and a root that cannot be
-    // used is an error at start, not on the first request.
+    // used (or a --default-size it cannot give) is an error at start, not
+    // on the first request.
     let store = service.open()?;
+    if let Some(s) = default_size {
+        store.check_size(s)?;
+    }
     for r in store.repairs() {
         eprintln!("thinlayer: recovered: {r}");
     }

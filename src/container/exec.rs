@@ -74,46 +74,32 @@ pub fn run(spec: &ExecSpec) -> Result<i32> {
     };
     let rootfs = cstr(&spec.rootfs)?;
     let [proc_dir, dev_dir, sys_dir] = special_dirs(&spec.rootfs)?;
-    let dev_sub = |name: &str| {
+    // Paths in the container's /dev, as the host sees them.
+    let in_dev = |name: &str| {
         dev_dir.as_ref().map(|d| {
             let mut p = d.as_bytes().to_vec();
             p.extend_from_slice(format!("/{name}").as_bytes());
             CString::new(p).expect("no NUL")
         })
     };
-    let (dev_pts, dev_shm) = (dev_sub("pts"), dev_sub("shm"));
+    let (dev_pts, dev_shm) = (in_dev("pts"), in_dev("shm"));
     let hostname = spec.hostname.clone();
-    let devices: Vec<(CString, CString)> = match &dev_dir {
-        Some(d) => DEVICES
-            .iter()
-            .map(|n| {
-                let host = CString::new(format!("/dev/{n}")).expect("no NUL");
-                let mut inside = d.as_bytes().to_vec();
-                inside.extend_from_slice(format!("/{n}").as_bytes());
-                (host, CString::new(inside).expect("no NUL"))
-            })
-            .collect(),
-        None => vec![],
-    };
-    let links: Vec<(CString, CString)> = match &dev_dir {
-        Some(d) => [
-            ("fd", "/proc/self/fd"),
-            ("stdin", "/proc/self/fd/0"),
-            ("stdout", "/proc/self/fd/1"),
-            ("stderr", "/proc/self/fd/2"),
-        ]
+    let devices: Vec<(CString, CString)> = DEVICES
         .iter()
-        .map(|(n, t)| {
-            let mut p = d.as_bytes().to_vec();
-            p.extend_from_slice(format!("/{n}").as_bytes());
-            (
-                CString::new(*t).expect("no NUL"),
-                CString::new(p).expect("no NUL"),
-            )
+        .filter_map(|n| {
+            let host = CString::new(format!("/dev/{n}")).expect("no NUL");
+            in_dev(n).map(|inside| (host, inside))
         })
-        .collect(),
-        None => vec![],
-    };
+        .collect();
+    let links: Vec<(CString, CString)> = [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ]
+    .iter()
+    .filter_map(|(n, t)| in_dev(n).map(|p| (CString::new(*t).expect("no NUL"), p)))
+    .collect();
 
     let mut cmd = Command::new(program);
     cmd.args(&spec.argv[1..])

@@ -10,20 +10,20 @@
 use crate::error::{Error, Result};
 
 /// A parsed filter list: matches when any of its filters does.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Filters(Vec<Vec<Selector>>);
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 struct Selector {
     path: Vec<String>,
-    op: Option<(Op, String)>,
+    op: Option<Op>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone)]
 enum Op {
-    Eq,
-    Ne,
-    Re,
+    Eq(String),
+    Ne(String),
+    Re(regex::Regex),
 }
 
 fn bad(filter: &str, reason: impl std::fmt::Display) -> Error {
@@ -53,13 +53,11 @@ impl Filters {
                     // bare path; `!=` and `~=` compare the value, "" when
                     // the field is absent.
                     let v = get(&s.path);
-                    match (&s.op, v) {
-                        (None, v) => v.is_some(),
-                        (Some((Op::Eq, want)), v) => v.as_ref() == Some(want),
-                        (Some((Op::Ne, want)), v) => v.unwrap_or_default() != *want,
-                        (Some((Op::Re, re)), v) => {
-                            regex::Regex::new(re).is_ok_and(|r| r.is_match(&v.unwrap_or_default()))
-                        }
+                    match &s.op {
+                        None => v.is_some(),
+                        Some(Op::Eq(want)) => v.as_ref() == Some(want),
+                        Some(Op::Ne(want)) => v.unwrap_or_default() != *want,
+                        Some(Op::Re(re)) => re.is_match(&v.unwrap_or_default()),
                     }
                 })
             })
@@ -124,23 +122,22 @@ fn parse_selector<'a>(f: &str, s: &'a str) -> Result<(Selector, &'a str)> {
         }
     }
     rest = rest.trim_start();
-    let op = [("==", Op::Eq), ("!=", Op::Ne), ("~=", Op::Re)]
+    let Some((op, r)) = ["==", "!=", "~="]
         .into_iter()
-        .find_map(|(s, op)| rest.strip_prefix(s).map(|r| (op, r)));
-    let Some((op, r)) = op else {
+        .find_map(|op| rest.strip_prefix(op).map(|r| (op, r)))
+    else {
         return Ok((Selector { path, op: None }, rest));
     };
     let (value, after) = token(f, r.trim_start(), &[','])?;
-    if op == Op::Re && regex::Regex::new(&value).is_err() {
-        return Err(bad(f, format!("'{value}' is not a regular expression")));
-    }
-    Ok((
-        Selector {
-            path,
-            op: Some((op, value)),
-        },
-        after,
-    ))
+    let op = match op {
+        "==" => Op::Eq(value),
+        "!=" => Op::Ne(value),
+        _ => Op::Re(
+            regex::Regex::new(&value)
+                .map_err(|_| bad(f, format!("'{value}' is not a regular expression")))?,
+        ),
+    };
+    Ok((Selector { path, op: Some(op) }, after))
 }
 
 #[cfg(test)]

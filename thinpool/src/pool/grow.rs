@@ -119,24 +119,7 @@ mod tests {
     use crate::units::{BlockSize, ThinId, TransactionId};
 
     fn record(data: Bytes, metadata: Bytes) -> PoolRecord {
-        let backing = |p: &str, size| Backing {
-            kind: BackingKind::File,
-            path: PathBuf::from(p),
-            size,
-        };
-        PoolRecord {
-            id: PoolId::try_from("0123456789abcdef".to_string()).unwrap(),
-            state: PoolState::Ready,
-            created_unix: 0,
-            block_size: BlockSize::DEFAULT,
-            on_full: OnFull::Error,
-            data: backing("data", data),
-            metadata: backing("metadata", metadata),
-            transaction_id: TransactionId(0),
-            next_thin_id: ThinId(0),
-            thins: BTreeMap::new(),
-            pending: None,
-        }
+        PoolRecord::sample(data, metadata, TransactionId(0))
     }
 
     #[test]

@@ -162,14 +162,18 @@ impl PoolRecord {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record() -> PoolRecord {
-        let backing = |p: &str| Backing {
+impl PoolRecord {
+    /// A ready pool of file backings `data` and `metadata` with no thin
+    /// devices, at `transaction_id`: the pool crate's tests' record.
+    pub(crate) fn sample(
+        data: Bytes,
+        metadata: Bytes,
+        transaction_id: TransactionId,
+    ) -> PoolRecord {
+        let backing = |p: &str, size| Backing {
             kind: BackingKind::File,
             path: PathBuf::from(p),
-            size: Bytes::GIB,
+            size,
         };
         PoolRecord {
             id: PoolId::try_from("0123456789abcdef".to_string()).unwrap(),
@@ -177,13 +181,22 @@ mod tests {
             created_unix: 0,
             block_size: BlockSize::DEFAULT,
             on_full: OnFull::Error,
-            data: backing("data"),
-            metadata: backing("metadata"),
-            transaction_id: TransactionId(4),
+            data: backing("data", data),
+            metadata: backing("metadata", metadata),
+            transaction_id,
             next_thin_id: ThinId(0),
             thins: BTreeMap::new(),
             pending: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> PoolRecord {
+        PoolRecord::sample(Bytes::GIB, Bytes::GIB, TransactionId(4))
     }
 
     #[test]
