@@ -109,14 +109,8 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::path::PathBuf;
-
     use super::*;
-    use crate::config::OnFull;
-    use crate::names::PoolId;
-    use crate::pool::PoolState;
-    use crate::units::{BlockSize, ThinId, TransactionId};
+    use crate::units::TransactionId;
 
     fn record(data: Bytes, metadata: Bytes) -> PoolRecord {
         PoolRecord::sample(data, metadata, TransactionId(0))
