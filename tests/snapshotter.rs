@@ -167,3 +167,401 @@ fn root_snapshotter_serve_owns_its_socket_and_stops_on_sigterm() {
         "{log}"
     );
 }
+
+// ------------------------------------------------ a real engine: containerd
+
+/// containerd 1.6 (Debian's, with runc) on its own root, state and socket,
+/// with `thinlayer snapshotter serve` plugged in as proxy snapshotter
+/// `thinlayer`. Both are killed when this is dropped.
+struct Engine {
+    dir: PathBuf,
+    root: PathBuf,
+    driver: &'static str,
+    daemon: Option<std::process::Child>,
+    containerd: Option<std::process::Child>,
+}
+
+impl Engine {
+    fn start(dir: &std::path::Path, driver: &'static str) -> Engine {
+        let mut e = Engine {
+            dir: dir.to_path_buf(),
+            root: dir.join("tl"),
+            driver,
+            daemon: None,
+            containerd: None,
+        };
+        let config = format!(
+            "version = 2\n\
+             root = \"{d}/ctd/root\"\n\
+             state = \"{d}/ctd/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.snapshotter.v1.btrfs\", \
+             \"io.containerd.snapshotter.v1.zfs\", \"io.containerd.snapshotter.v1.devmapper\", \
+             \"io.containerd.snapshotter.v1.aufs\"]\n\
+             [grpc]\n  address = \"{d}/ctd.sock\"\n\
+             [proxy_plugins]\n  [proxy_plugins.thinlayer]\n    type = \"snapshot\"\n    address = \"{d}/tl.sock\"\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("containerd.toml"), config).unwrap();
+        e.up();
+        e
+    }
+
+    fn sock(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn wait_for(&self, name: &str) {
+        let t0 = std::time::Instant::now();
+        while std::os::unix::net::UnixStream::connect(self.sock(name)).is_err() {
+            if t0.elapsed().as_secs() > 60 {
+                panic!("{name} never listened:\n{}", self.logs());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Starts the snapshotter daemon, then containerd.
+    fn up(&mut self) {
+        let dir = self.dir.clone();
+        let log = |n: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(n))
+                .unwrap()
+        };
+        self.daemon = Some(
+            Command::new(env!("CARGO_BIN_EXE_thinlayer"))
+                .args([
+                    "--root",
+                    self.root.to_str().unwrap(),
+                    "--driver",
+                    self.driver,
+                ])
+                .args(["snapshotter", "serve", "--address"])
+                .arg(self.sock("tl.sock"))
+                .stderr(log("daemon.log"))
+                .spawn()
+                .unwrap(),
+        );
+        self.wait_for("tl.sock");
+        self.containerd = Some(
+            Command::new("containerd")
+                .arg("--config")
+                .arg(self.dir.join("containerd.toml"))
+                .stdout(log("containerd.log"))
+                .stderr(log("containerd.log"))
+                .spawn()
+                .unwrap(),
+        );
+        self.wait_for("ctd.sock");
+    }
+
+    /// Stops containerd, then the daemon, each with SIGTERM; the daemon
+    /// must exit 0.
+    fn down(&mut self) {
+        for (name, child) in [
+            ("containerd", self.containerd.take()),
+            ("daemon", self.daemon.take()),
+        ] {
+            let Some(mut c) = child else { continue };
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+            let st = c.wait().unwrap();
+            if name == "daemon" {
+                assert!(st.success(), "the daemon exited {st:?}:\n{}", self.logs());
+            }
+        }
+    }
+
+    fn logs(&self) -> String {
+        ["daemon.log", "containerd.log"]
+            .iter()
+            .map(|n| {
+                let t = std::fs::read_to_string(self.dir.join(n)).unwrap_or_default();
+                let tail: Vec<&str> = t.lines().rev().take(40).collect();
+                format!(
+                    "--- {n} (last lines)\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// `ctr` against this containerd, in namespace `thinlayer-test`.
+    fn ctr(&self, args: &[&str]) -> String {
+        let o = Command::new("ctr")
+            .arg("--address")
+            .arg(self.sock("ctd.sock"))
+            .args(["--namespace", "thinlayer-test"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "ctr {args:?} failed: {}{}\n{}",
+            common::stderr(&o),
+            common::stdout(&o),
+            self.logs()
+        );
+        common::stdout(&o)
+    }
+
+    fn thinlayer(&self, args: &[&str]) -> String {
+        let mut all = vec!["--driver", self.driver];
+        all.extend_from_slice(args);
+        common::ok(&self.root, &all)
+    }
+
+    fn layers(&self) -> usize {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.thinlayer(&["layer", "ls", "--json"])).unwrap();
+        v.as_array().unwrap().len()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        for c in [self.containerd.take(), self.daemon.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The pool's allocated data bytes and its thin device count.
+fn pool_use(e: &Engine) -> (u64, u64) {
+    let v: serde_json::Value =
+        serde_json::from_str(&e.thinlayer(&["pool", "status", "--json"])).unwrap();
+    (
+        v["data"]["used_bytes"]
+            .as_u64()
+            .expect("an active pool's use"),
+        v["thin_devices"].as_u64().unwrap(),
+    )
+}
+
+/// An image built by umoci (the busybox image plus a layer holding 48 MiB
+/// of random data), converted by skopeo to a `docker save` archive named
+/// `docker.io/library/tlbb:1` for `ctr image import`.
+fn engine_image(s: &thinpool::testing::Scratch) -> PathBuf {
+    let layout = common::busybox_image(s);
+    let l = layout.to_str().unwrap();
+    let bundle = s.path().join("big-bundle");
+    common::umoci(&[
+        "unpack",
+        "--image",
+        &format!("{l}:bb"),
+        bundle.to_str().unwrap(),
+    ]);
+    common::run(
+        Command::new("dd")
+            .args(["if=/dev/urandom", "bs=1M", "count=48", "status=none"])
+            .arg(format!("of={}/rootfs/srv/big", bundle.display())),
+    );
+    common::umoci(&[
+        "repack",
+        "--image",
+        &format!("{l}:bb"),
+        bundle.to_str().unwrap(),
+    ]);
+    let archive = s.path().join("tlbb.tar");
+    common::run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        &format!("oci:{l}:bb"),
+        &format!(
+            "docker-archive:{}:docker.io/library/tlbb:1",
+            archive.display()
+        ),
+    ]));
+    archive
+}
+
+const MIB: u64 = 1 << 20;
+
+/// containerd imports an image through thinlayer and runc runs containers
+/// on its snapshots: writes stay in the container's own snapshot, a second
+/// container shares the image's blocks, `ctr snapshots` lists and sizes
+/// them, and removing containers and image frees every layer (and, on
+/// thin, every thin device). On thin the pool is then deactivated and
+/// activated, as at a reboot, and a container runs again.
+fn containerd_runs_containers(driver: &'static str) {
+    let s = thinpool::testing::Scratch::new(&format!("engine-{driver}"));
+    let archive = engine_image(&s);
+    let dir = s.path().join("e");
+    std::fs::create_dir(&dir).unwrap();
+    let root = dir.join("tl");
+    if driver == "thin" {
+        common::ok(
+            &root,
+            &["pool", "create", "--data-size", "2G", "--base-size", "512M"],
+        );
+    }
+    let mut e = Engine::start(&dir, driver);
+    let before = (driver == "thin").then(|| pool_use(&e));
+
+    let img = "docker.io/library/tlbb:1";
+    e.ctr(&[
+        "image",
+        "import",
+        "--snapshotter",
+        "thinlayer",
+        archive.to_str().unwrap(),
+    ]);
+    // Three image layers, each a committed snapshot and a thinlayer layer.
+    let snaps = e.ctr(&["snapshots", "--snapshotter", "thinlayer", "ls"]);
+    let committed = snaps
+        .lines()
+        .filter(|l| l.trim_end().ends_with("Committed"))
+        .count();
+    assert_eq!(committed, 3, "{snaps}");
+    assert_eq!(e.layers(), 3);
+    let after_import = (driver == "thin").then(|| pool_use(&e));
+
+    // A container writes 32 MiB; its writes are in its snapshot only.
+    let out = e.ctr(&[
+        "run",
+        "--snapshotter",
+        "thinlayer",
+        img,
+        "c1",
+        "/bin/sh",
+        "-c",
+        "dd if=/dev/urandom of=/written bs=1M count=32 2>/dev/null && sync && \
+         cat /srv/app/config && wc -c < /srv/big",
+    ]);
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["v1", "50331648"],
+        "{out}"
+    );
+    let usage = e.ctr(&["snapshots", "--snapshotter", "thinlayer", "usage", "c1"]);
+    let line = usage
+        .lines()
+        .find(|l| l.starts_with("c1"))
+        .unwrap_or_else(|| panic!("{usage}"));
+    // `c1  32.0 MiB  2`: size, unit, inodes.
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let mib = match f[2] {
+        "MiB" => f[1].parse::<f64>().unwrap(),
+        "GiB" => f[1].parse::<f64>().unwrap() * 1024.0,
+        _ => 0.0,
+    };
+    assert!(mib >= 32.0, "c1's usage: {usage}");
+    if driver == "overlay" {
+        // The written file, and whatever else the container made.
+        assert!(f[3].parse::<u64>().unwrap() >= 1, "c1's inodes: {usage}");
+    }
+    let at = s.path().join("c1-mnt");
+    std::fs::create_dir(&at).unwrap();
+    let cmd = e.ctr(&[
+        "snapshots",
+        "--snapshotter",
+        "thinlayer",
+        "mounts",
+        at.to_str().unwrap(),
+        "c1",
+    ]);
+    common::run(Command::new("sh").arg("-ec").arg(&cmd));
+    let written = std::fs::metadata(at.join("written")).map(|m| m.len());
+    common::run(Command::new("umount").arg(&at));
+    assert_eq!(written.unwrap(), 32 * MIB, "c1's snapshot lacks its write");
+
+    // A second container from the same image shares the image's blocks:
+    // the pool grows by about its own 32 MiB, not the image's 48 more.
+    let before_c2 = (driver == "thin").then(|| pool_use(&e));
+    let out = e.ctr(&[
+        "run", "--snapshotter", "thinlayer", img, "c2", "/bin/sh", "-c",
+        "test ! -e /written && dd if=/dev/urandom of=/mine bs=1M count=32 2>/dev/null && sync && echo clean",
+    ]);
+    assert_eq!(out.trim(), "clean", "c2 saw c1's write: {out}");
+    if let (Some(b), Some(a)) = (before_c2, (driver == "thin").then(|| pool_use(&e))) {
+        let grew = a.0 - b.0;
+        assert!(
+            (32 * MIB..32 * MIB + 16 * MIB).contains(&grew),
+            "the pool grew {} MiB for a container that wrote 32 MiB over a 48 MiB image",
+            grew / MIB
+        );
+        assert_eq!(a.1, b.1 + 1, "one thin device for the new container");
+        eprintln!(
+            "second container: the pool grew {:.1} MiB for its 32 MiB over the image's 48 MiB",
+            grew as f64 / MIB as f64
+        );
+    }
+    let snaps = e.ctr(&["snapshots", "--snapshotter", "thinlayer", "ls"]);
+    for c in ["c1", "c2"] {
+        assert!(
+            snaps
+                .lines()
+                .any(|l| l.starts_with(c) && l.trim_end().ends_with("Active")),
+            "{snaps}"
+        );
+    }
+    assert_eq!(e.layers(), 5, "three image layers and two containers");
+
+    if driver == "thin" {
+        // A reboot: everything stops, the pool goes down and comes back.
+        e.ctr(&["containers", "rm", "c2"]);
+        e.down();
+        e.thinlayer(&["pool", "deactivate"]);
+        e.thinlayer(&["pool", "activate"]);
+        e.up();
+        let out = e.ctr(&[
+            "run",
+            "--snapshotter",
+            "thinlayer",
+            img,
+            "c3",
+            "/bin/sh",
+            "-c",
+            "wc -c < /srv/big",
+        ]);
+        assert_eq!(out.trim(), "50331648", "after the reboot: {out}");
+        e.ctr(&["containers", "rm", "c3"]);
+        let _ = after_import;
+    } else {
+        e.ctr(&["containers", "rm", "c2"]);
+    }
+
+    // Removing the containers and the image frees every layer.
+    e.ctr(&["containers", "rm", "c1"]);
+    e.ctr(&["image", "rm", "--sync", img]);
+    let snaps = e.ctr(&["snapshots", "--snapshotter", "thinlayer", "ls"]);
+    assert_eq!(snaps.lines().count(), 1, "snapshots left: {snaps}");
+    assert_eq!(
+        e.layers(),
+        0,
+        "layers left after containerd removed everything"
+    );
+    if let Some(b) = before {
+        let now = pool_use(&e);
+        assert_eq!(now.1, b.1, "thin devices left: {now:?}, before: {b:?}");
+    }
+    e.down();
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap();
+    assert!(log.contains("stopping"), "{log}");
+    if driver == "thin" {
+        e.thinlayer(&["pool", "destroy", "--force"]);
+    }
+}
+
+#[test]
+fn root_containerd_runs_containers_on_overlay_snapshots() {
+    thinpool::testing::require_root();
+    containerd_runs_containers("overlay");
+}
+
+#[test]
+fn dm_containerd_runs_containers_on_thin_snapshots() {
+    thinpool::testing::require_dm();
+    containerd_runs_containers("thin");
+}

@@ -111,6 +111,55 @@ printf '\n$ sha256sum mylayer-thin.tar mylayer-overlay.tar\n'
 (cd "$WORK" && sha256sum mylayer-thin.tar mylayer-overlay.tar)
 cmp "$WORK/mylayer-thin.tar" "$WORK/mylayer-overlay.tar"
 
+note "containerd runs a container on a thin snapshot: thinlayer serves containerd's snapshots API as a proxy snapshotter"
+CTD=$WORK/containerd
+mkdir -p "$CTD"
+cat >"$CTD/config.toml" <<EOF
+version = 2
+root = "$CTD/root"
+state = "$CTD/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$CTD/containerd.sock"
+[proxy_plugins]
+  [proxy_plugins.thinlayer]
+    type = "snapshot"
+    address = "$CTD/thinlayer.sock"
+EOF
+printf '\n$ cat containerd/config.toml\n'
+cat "$CTD/config.toml"
+printf '\n$ thinlayer --driver thin snapshotter serve --address %s &\n' "$CTD/thinlayer.sock"
+"$BIN" --driver thin snapshotter serve --address "$CTD/thinlayer.sock" 2>"$CTD/daemon.log" &
+SNAP_PID=$!
+containerd --config "$CTD/config.toml" >"$CTD/containerd.log" 2>&1 &
+CTD_PID=$!
+stop_engine() {
+  if kill -TERM "$CTD_PID" 2>/dev/null; then wait "$CTD_PID" 2>/dev/null || :; fi
+  if kill -TERM "$SNAP_PID" 2>/dev/null; then wait "$SNAP_PID" 2>/dev/null || :; fi
+}
+trap 'stop_engine; rm -rf "$WORK"' EXIT
+for _ in $(seq 150); do [ -S "$CTD/containerd.sock" ] && [ -S "$CTD/thinlayer.sock" ] && break; sleep 0.2; done
+ctr() {
+  printf '\n$ ctr %s\n' "$*"
+  command ctr --address "$CTD/containerd.sock" --namespace demo "$@"
+}
+skopeo copy --quiet "oci:$WORK/oci:demo" "docker-archive:$WORK/demo-docker.tar:docker.io/demo/app:1.0"
+ctr image import --snapshotter thinlayer "$WORK/demo-docker.tar"
+ctr run --snapshotter thinlayer docker.io/demo/app:1.0 c1 /bin/sh -c \
+  'cat /app/greeting; echo "written by a runc container" > /app/mine; cat /app/mine; df -h / | tail -1'
+ctr snapshots --snapshotter thinlayer ls
+ctr snapshots --snapshotter thinlayer usage c1
+note "containerd's snapshots are thinlayer layers, each a thin device, in the one store"
+step --driver thin layer ls
+step pool status
+note "removing the container and the image frees their thin devices"
+ctr containers rm c1
+ctr image rm --sync docker.io/demo/app:1.0
+step --driver thin layer ls
+stop_engine
+printf '\n$ tail -1 containerd/daemon.log\n'
+tail -1 "$CTD/daemon.log"
+
 note "the pool survives deactivation (as after a reboot)"
 step pool deactivate
 step pool activate

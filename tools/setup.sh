@@ -19,6 +19,8 @@ PACKAGES=(
   # the snapshotter daemon: containerd's protobufs are compiled with protoc;
   # containerd's own snapshotter test suite (Go source) runs against it
   protobuf-compiler golang-go golang-github-containerd-containerd-dev
+  # a real engine runs containers on thinlayer snapshots
+  containerd runc
 )
 
 missing=()

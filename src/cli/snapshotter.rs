@@ -167,11 +167,11 @@ impl Snapshotter for Thinlayer {
     async fn usage(&self, key: String) -> Result<Usage, Status> {
         let what = format!("usage {key}");
         let u = self.0.run(what, move |s| snapshots::usage(s, &key)).await?;
-        // Bytes only, as containerd's devmapper snapshotter reports them:
-        // a block-level layer has no inode count of its own.
+        // A thin layer has no inode count of its own without mounting it:
+        // bytes only, as containerd's devmapper snapshotter reports them.
         Ok(Usage {
             size: u.exclusive_bytes as i64,
-            inodes: 0,
+            inodes: u.inodes.unwrap_or(0) as i64,
         })
     }
 

@@ -110,6 +110,10 @@ pub struct Usage {
     pub exclusive_bytes: u64,
     /// Bytes it shares with other layers.
     pub shared_bytes: u64,
+    /// Inodes only this layer holds, where the driver can count them
+    /// without mounting (overlay: the entries of its directory; thin: not
+    /// known, as in containerd's devmapper snapshotter).
+    pub inodes: Option<u64>,
 }
 
 /// The resource behind layers. `chain` arguments list a layer and its

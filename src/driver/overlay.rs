@@ -369,9 +369,13 @@ impl Driver for OverlayDriver {
     fn usage(&mut self, layers: &[&LayerRecord]) -> Result<Vec<Usage>> {
         Ok(layers
             .iter()
-            .map(|l| Usage {
-                exclusive_bytes: crate::util::du::du(&self.diff_dir(&l.id)),
-                shared_bytes: 0,
+            .map(|l| {
+                let (bytes, inodes) = crate::util::du::du_inodes(&self.diff_dir(&l.id));
+                Usage {
+                    exclusive_bytes: bytes,
+                    shared_bytes: 0,
+                    inodes: Some(inodes),
+                }
             })
             .collect())
     }

@@ -446,6 +446,7 @@ impl Driver for ThinDriver {
                 Ok(Usage {
                     exclusive_bytes: u.exclusive.0,
                     shared_bytes: u.shared.0,
+                    inodes: None,
                 })
             })
             .collect()

@@ -7,7 +7,14 @@ use std::path::Path;
 /// Bytes the tree at `dir` holds on disk (allocated blocks; hard-linked
 /// files counted once; symlinks not followed). Unreadable entries count 0.
 pub fn du(dir: &Path) -> u64 {
+    du_inodes(dir).0
+}
+
+/// [`du`], and the number of inodes under `dir` (each hard-linked file
+/// once; `dir` itself not counted), as containerd's `Usage` reports them.
+pub fn du_inodes(dir: &Path) -> (u64, u64) {
     let mut total = 0;
+    let mut inodes = 0;
     let mut seen = std::collections::HashSet::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -20,12 +27,13 @@ pub fn du(dir: &Path) -> u64 {
                 continue;
             }
             total += m.blocks() * 512;
+            inodes += 1;
             if m.is_dir() {
                 stack.push(e.path());
             }
         }
     }
-    total
+    (total, inodes)
 }
 
 #[cfg(test)]
@@ -39,7 +47,9 @@ mod tests {
         fs::write(t.path().join("d/f"), vec![1u8; 64 << 10]).unwrap();
         let one = du(t.path());
         assert!(one >= 64 << 10, "{one}");
+        assert_eq!(du_inodes(t.path()).1, 2);
         fs::hard_link(t.path().join("d/f"), t.path().join("g")).unwrap();
         assert_eq!(du(t.path()), one);
+        assert_eq!(du_inodes(t.path()).1, 2, "a hard link is not a new inode");
     }
 }
