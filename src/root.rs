@@ -173,6 +173,9 @@ impl Root {
         let lock = lock_store(&dir, self.lock_timeout)?;
         let pool = PoolHandle::new(self.open_pool()?);
         let driver = ThinDriver::open(pool.clone(), &dir)?;
+        // The base is made: from here each change to the pool takes the
+        // pool's lock for itself only, beside other processes' changes.
+        pool.lock().share();
         Ok((Store::open(&dir, lock, Box::new(driver))?, pool))
     }
 

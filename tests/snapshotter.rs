@@ -190,16 +190,24 @@ impl Engine {
             daemon: None,
             containerd: None,
         };
+        // The configuration shipped in contrib/, with this test's socket,
+        // root, state and address; the CRI plugin (not needed) disabled.
+        let shipped = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("contrib/containerd/config-1.x.toml"),
+        )
+        .unwrap();
+        assert!(shipped.contains("/run/thinlayer/snapshotter.sock"));
         let config = format!(
-            "version = 2\n\
-             root = \"{d}/ctd/root\"\n\
+            "root = \"{d}/ctd/root\"\n\
              state = \"{d}/ctd/state\"\n\
              disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.snapshotter.v1.btrfs\", \
              \"io.containerd.snapshotter.v1.zfs\", \"io.containerd.snapshotter.v1.devmapper\", \
              \"io.containerd.snapshotter.v1.aufs\"]\n\
-             [grpc]\n  address = \"{d}/ctd.sock\"\n\
-             [proxy_plugins]\n  [proxy_plugins.thinlayer]\n    type = \"snapshot\"\n    address = \"{d}/tl.sock\"\n",
-            d = dir.display()
+             {shipped}\n\
+             [grpc]\n  address = \"{d}/ctd.sock\"\n",
+            d = dir.display(),
+            shipped = shipped.replace("/run/thinlayer/snapshotter.sock", &format!("{}/tl.sock", dir.display())),
         );
         std::fs::write(dir.join("containerd.toml"), config).unwrap();
         e.up();
@@ -220,16 +228,16 @@ impl Engine {
         }
     }
 
-    /// Starts the snapshotter daemon, then containerd.
-    fn up(&mut self) {
-        let dir = self.dir.clone();
-        let log = |n: &str| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join(n))
-                .unwrap()
-        };
+    fn log_file(&self, n: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(n))
+            .unwrap()
+    }
+
+    /// Starts the snapshotter daemon (logging every request).
+    fn start_daemon(&mut self) {
         self.daemon = Some(
             Command::new(env!("CARGO_BIN_EXE_thinlayer"))
                 .args([
@@ -238,19 +246,32 @@ impl Engine {
                     "--driver",
                     self.driver,
                 ])
-                .args(["snapshotter", "serve", "--address"])
+                .args(["snapshotter", "serve", "--debug", "--address"])
                 .arg(self.sock("tl.sock"))
-                .stderr(log("daemon.log"))
+                .stderr(self.log_file("daemon.log"))
                 .spawn()
                 .unwrap(),
         );
         self.wait_for("tl.sock");
+    }
+
+    /// SIGKILLs the daemon.
+    fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Starts the snapshotter daemon, then containerd.
+    fn up(&mut self) {
+        self.start_daemon();
         self.containerd = Some(
             Command::new("containerd")
                 .arg("--config")
                 .arg(self.dir.join("containerd.toml"))
-                .stdout(log("containerd.log"))
-                .stderr(log("containerd.log"))
+                .stdout(self.log_file("containerd.log"))
+                .stderr(self.log_file("containerd.log"))
                 .spawn()
                 .unwrap(),
         );
@@ -564,4 +585,182 @@ fn root_containerd_runs_containers_on_overlay_snapshots() {
 fn dm_containerd_runs_containers_on_thin_snapshots() {
     thinpool::testing::require_dm();
     containerd_runs_containers("thin");
+}
+
+/// The daemon is SIGKILLed in the middle of containerd's unpacks, aimed at
+/// the moment a `Prepare` or `Commit` request starts (the daemon logs each
+/// request with `--debug`), then restarted. Each time, containerd's retry
+/// of the same import succeeds, a container reads the image's data intact
+/// (no snapshot that was never finished is reported as committed), and once
+/// containerd has removed the image nothing is left: no layer, no thin
+/// device. At least a third of the kills must land inside a request, as the
+/// restarted daemon's recovery shows.
+fn containerd_survives_kills_mid_unpack(driver: &'static str) {
+    let s = thinpool::testing::Scratch::new(&format!("engine-kill-{driver}"));
+    let archive = engine_image(&s);
+    let big = {
+        use sha2::Digest;
+        let layout = s.path().join("big-bundle/rootfs/srv/big");
+        format!("{:x}", sha2::Sha256::digest(std::fs::read(layout).unwrap()))
+    };
+    let dir = s.path().join("e");
+    std::fs::create_dir(&dir).unwrap();
+    let root = dir.join("tl");
+    if driver == "thin" {
+        common::ok(
+            &root,
+            &["pool", "create", "--data-size", "2G", "--base-size", "512M"],
+        );
+    }
+    let mut e = Engine::start(&dir, driver);
+    let devices = (driver == "thin").then(|| pool_use(&e).1);
+    let img = "docker.io/library/tlbb:1";
+    let log = dir.join("daemon.log");
+    const KILLS: usize = 6;
+    let mut landed = 0;
+    for i in 0..KILLS {
+        let from = std::fs::metadata(&log).unwrap().len() as usize;
+        let mut import = Command::new("ctr")
+            .arg("--address")
+            .arg(e.sock("ctd.sock"))
+            .args([
+                "--namespace",
+                "thinlayer-test",
+                "image",
+                "import",
+                "--snapshotter",
+                "thinlayer",
+            ])
+            .arg(&archive)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // The (i % 3 + 1)-th request of the kind this round aims at.
+        let aim = if i % 2 == 0 { ": started" } else { "commit " };
+        let nth = i % 3 + 1;
+        let t0 = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap();
+            let seen = text[from..]
+                .lines()
+                .filter(|l| {
+                    l.ends_with(": started")
+                        && (if aim == "commit " {
+                            l.contains(": commit ")
+                        } else {
+                            l.contains(": prepare ")
+                        })
+                })
+                .count();
+            if seen >= nth || t0.elapsed().as_secs() > 120 {
+                break;
+            }
+            if import.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        std::thread::sleep(std::time::Duration::from_micros([0, 500, 2000][i % 3]));
+        e.kill_daemon();
+        let _ = import.wait();
+        e.start_daemon();
+        let text = std::fs::read_to_string(&log).unwrap();
+        let recovered = text[from..]
+            .lines()
+            .filter(|l| l.contains("recovered:"))
+            .count();
+        // A request started and never answered: the kill landed in it.
+        let open = {
+            let lines: Vec<&str> = text[from..].lines().collect();
+            lines.iter().any(|l| {
+                l.strip_suffix(": started").is_some_and(|what| {
+                    !lines
+                        .iter()
+                        .any(|m| m.starts_with(&format!("{what}: ")) && !m.ends_with(": started"))
+                })
+            })
+        };
+        if open || recovered > 0 {
+            landed += 1;
+        }
+        eprintln!("kill {i}: mid-request {open}, recovered {recovered} item(s)");
+        // containerd's retry of the same unpack, as a client retries: its
+        // connection to the restarted daemon comes back after a backoff
+        // (gRPC's, about a second), and until then requests are Unavailable.
+        let t0 = std::time::Instant::now();
+        loop {
+            let o = Command::new("ctr")
+                .arg("--address")
+                .arg(e.sock("ctd.sock"))
+                .args([
+                    "--namespace",
+                    "thinlayer-test",
+                    "image",
+                    "import",
+                    "--snapshotter",
+                    "thinlayer",
+                ])
+                .arg(&archive)
+                .output()
+                .unwrap();
+            if o.status.success() {
+                break;
+            }
+            let err = common::stderr(&o);
+            assert!(
+                err.trim_end().ends_with("unavailable") && t0.elapsed().as_secs() < 60,
+                "kill {i}: the retried import failed: {err}\n{}",
+                e.logs()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        let out = e.ctr(&[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "thinlayer",
+            img,
+            &format!("k{i}"),
+            "/bin/busybox",
+            "sha256sum",
+            "/srv/big",
+        ]);
+        assert!(
+            out.starts_with(&big),
+            "kill {i}: the image's data is not intact: {out}"
+        );
+        e.ctr(&["image", "rm", "--sync", img]);
+        let snaps = e.ctr(&["snapshots", "--snapshotter", "thinlayer", "ls"]);
+        assert_eq!(
+            snaps.lines().count(),
+            1,
+            "kill {i}: snapshots left: {snaps}"
+        );
+        assert_eq!(e.layers(), 0, "kill {i}: layers left");
+    }
+    if let Some(before) = devices {
+        assert_eq!(pool_use(&e).1, before, "thin devices left after the kills");
+    }
+    assert!(
+        landed * 3 >= KILLS,
+        "only {landed} of {KILLS} kills landed inside a request"
+    );
+    eprintln!("{landed} of {KILLS} kills landed inside a request");
+    e.down();
+    if driver == "thin" {
+        e.thinlayer(&["pool", "destroy", "--force"]);
+    }
+}
+
+#[test]
+fn root_containerd_survives_snapshotter_kills_mid_unpack_on_overlay() {
+    thinpool::testing::require_root();
+    containerd_survives_kills_mid_unpack("overlay");
+}
+
+#[test]
+fn dm_containerd_survives_snapshotter_kills_mid_unpack_on_thin() {
+    thinpool::testing::require_dm();
+    containerd_survives_kills_mid_unpack("thin");
 }

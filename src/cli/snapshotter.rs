@@ -34,6 +34,10 @@ pub enum SnapshotterCommand {
         /// none (thin driver; at least the base size), e.g. 20G.
         #[arg(long, value_name = "SIZE")]
         default_size: Option<thinpool::Bytes>,
+        /// Log every request as it starts and ends, with its duration
+        /// (failures are always logged).
+        #[arg(long)]
+        debug: bool,
     },
 }
 
@@ -43,6 +47,7 @@ struct Service {
     driver: DriverKind,
     overlay: OverlayOptions,
     default_size: Option<thinpool::Bytes>,
+    debug: bool,
 }
 
 impl Service {
@@ -59,12 +64,23 @@ impl Service {
         f: impl FnOnce(&mut Store) -> thinlayer::error::Result<T> + Send + 'static,
     ) -> Result<T, Status> {
         let me = self.clone();
+        let t0 = std::time::Instant::now();
+        if self.debug {
+            eprintln!("thinlayer: {what}: started");
+        }
         let r = tokio::task::spawn_blocking(move || {
             let mut store = me.open()?;
+            // What a killed request (or command) left, finished by this one.
+            for r in store.repairs() {
+                eprintln!("thinlayer: recovered: {r}");
+            }
             f(&mut store)
         })
         .await
         .map_err(|e| Status::internal(format!("{what}: the request's thread failed: {e}")))?;
+        if self.debug && r.is_ok() {
+            eprintln!("thinlayer: {what}: ok in {} ms", t0.elapsed().as_millis());
+        }
         r.map_err(|e| {
             let status = status_of(&e, &what);
             eprintln!("thinlayer: {what}: {:?}: {e:#}", status.code());
@@ -313,12 +329,14 @@ pub fn run(
     let SnapshotterCommand::Serve {
         address,
         default_size,
+        debug,
     } = cmd;
     let service = Service {
         root,
         driver,
         overlay,
         default_size,
+        debug,
     };
     // Open once before serving: recovery runs, and a root that cannot be
     // used (or a --default-size it cannot give) is an error at start, not

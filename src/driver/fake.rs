@@ -37,6 +37,9 @@ pub struct FakeState {
     pub calls: usize,
     /// Panic (the test's stand-in for SIGKILL) at this mutating call.
     pub crash_at: Option<usize>,
+    /// Makes the next `create` wait, as a slow device would: it sends on
+    /// the sender when it starts, then waits for the receiver.
+    pub hold_next_create: Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>,
 }
 
 /// An in-memory driver; clones share their state, so a test keeps one
@@ -78,6 +81,11 @@ impl Driver for Fake {
     }
 
     fn create(&mut self, id: &LayerId, _chain: &[&LayerRecord]) -> Result<Resource> {
+        let hold = self.state().hold_next_create.take();
+        if let Some((started, go)) = hold {
+            let _ = started.send(());
+            let _ = go.recv();
+        }
         self.step();
         let mut s = self.state();
         let dev = s.next;
@@ -180,11 +188,15 @@ impl Driver for Fake {
         Ok(vec![Usage::default(); layers.len()])
     }
 
-    fn reconcile(&mut self, layers: &[&LayerRecord]) -> Result<Vec<String>> {
+    fn reconcile(
+        &mut self,
+        layers: &[&LayerRecord],
+        in_flight: &std::collections::BTreeSet<LayerId>,
+    ) -> Result<Vec<String>> {
         let mut s = self.state();
         let before = s.devices.len();
         s.devices
-            .retain(|_, owner| layers.iter().any(|l| &l.id == owner));
+            .retain(|_, owner| in_flight.contains(owner) || layers.iter().any(|l| &l.id == owner));
         let freed = (0..before - s.devices.len())
             .map(|i| format!("orphan {i}"))
             .collect();

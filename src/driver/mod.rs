@@ -187,7 +187,12 @@ pub trait Driver: Send {
     /// Space per layer.
     fn usage(&mut self, layers: &[&LayerRecord]) -> Result<Vec<Usage>>;
 
-    /// Frees resources whose layer has no record; returns what it freed.
-    /// Fails if a record's resource is missing.
-    fn reconcile(&mut self, layers: &[&LayerRecord]) -> Result<Vec<String>>;
+    /// Frees resources whose layer has no record and is not `in_flight`
+    /// (being made or removed by a live transaction); returns what it
+    /// freed. Fails if a record's resource is missing.
+    fn reconcile(
+        &mut self,
+        layers: &[&LayerRecord],
+        in_flight: &std::collections::BTreeSet<LayerId>,
+    ) -> Result<Vec<String>>;
 }

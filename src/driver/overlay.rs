@@ -266,7 +266,7 @@ impl Driver for OverlayDriver {
         // The parent's merged view, so directories the changeset implies
         // get their lower metadata and lower symlinks are not written
         // through: both as the thin driver's merged tree behaves.
-        let lower = self.dir.join("tmp").join(format!("{}-lower", layer.id));
+        let lower = crate::store::scratch_dir(&self.dir)?.join(format!("{}-lower", layer.id));
         fs::create_dir_all(&lower).map_err(Error::io("creating", &lower))?;
         self.mount(chain, &lower, false)?;
         opts.lower = Some(lower.clone());
@@ -380,7 +380,11 @@ impl Driver for OverlayDriver {
             .collect())
     }
 
-    fn reconcile(&mut self, layers: &[&LayerRecord]) -> Result<Vec<String>> {
+    fn reconcile(
+        &mut self,
+        layers: &[&LayerRecord],
+        in_flight: &std::collections::BTreeSet<LayerId>,
+    ) -> Result<Vec<String>> {
         let known: std::collections::BTreeSet<&str> =
             layers.iter().map(|l| l.id.as_str()).collect();
         let mut freed = vec![];
@@ -390,6 +394,9 @@ impl Driver for OverlayDriver {
             let name = e.file_name().to_string_lossy().into_owned();
             if !known.contains(name.as_str()) {
                 if let Ok(id) = LayerId::try_from(name.clone()) {
+                    if in_flight.contains(&id) {
+                        continue;
+                    }
                     self.remove_orphan(&id)?;
                     freed.push(format!("layer directory {name}"));
                 }

@@ -180,7 +180,7 @@ impl ThinDriver {
         // A command killed while it had a device mounted for scratch work
         // (the base while it is made) left it mounted: nothing can be
         // deleted or remade while it is. The caller holds the store's lock.
-        mount::unmount_under(&dir.join("tmp"))?;
+        crate::store::sweep_scratch(dir)?;
         let rec: ThinDriverRecord =
             thinpool::record::read(&dir.join(Self::RECORD))?.unwrap_or_default();
         let mut d = ThinDriver {
@@ -260,7 +260,7 @@ impl ThinDriver {
     }
 
     fn scratch(&self, name: &str) -> Result<PathBuf> {
-        let p = self.dir.join("tmp").join(name);
+        let p = crate::store::scratch_dir(&self.dir)?.join(name);
         fs::create_dir_all(&p).map_err(Error::io("creating", &p))?;
         Ok(p)
     }
@@ -452,10 +452,19 @@ impl Driver for ThinDriver {
             .collect()
     }
 
-    fn reconcile(&mut self, layers: &[&LayerRecord]) -> Result<Vec<String>> {
+    fn reconcile(
+        &mut self,
+        layers: &[&LayerRecord],
+        in_flight: &std::collections::BTreeSet<LayerId>,
+    ) -> Result<Vec<String>> {
         let mut freed = vec![];
-        let owned: std::collections::BTreeSet<&LayerId> = layers.iter().map(|l| &l.id).collect();
+        let owned: std::collections::BTreeSet<&LayerId> = layers
+            .iter()
+            .map(|l| &l.id)
+            .chain(in_flight.iter())
+            .collect();
         let mut pool = self.pool();
+        pool.refresh()?;
         let orphans: Vec<(ThinId, String)> = pool
             .thins()
             .iter()

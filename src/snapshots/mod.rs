@@ -32,7 +32,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::driver::{MountSpec, Usage};
 use crate::error::{Error, Result};
 use crate::layer::{LayerId, LayerRecord, SnapshotKind, SnapshotMeta};
-use crate::store::{NewLayer, Store};
+use crate::store::{Claim, NewLayer, Store};
 pub use filter::Filters;
 
 /// The label that sizes a snapshot's filesystem (thin driver): bytes, or a
@@ -86,11 +86,13 @@ fn check_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-/// The record of the layer that is snapshot `key`.
+/// The record of the layer that is snapshot `key` (not one a request in
+/// flight is removing).
 pub fn find<'s>(store: &'s Store, key: &str) -> Result<&'s LayerRecord> {
     store
         .layers()
         .find(|l| l.snapshot.as_ref().is_some_and(|s| s.key == key))
+        .filter(|l| !store.being_removed(&l.id))
         .ok_or_else(|| not_found(key))
 }
 
@@ -206,7 +208,12 @@ pub fn create(
         updated_ns: now,
     };
     let id = store.transaction(format!("prepare snapshot {key}"), |txn| {
-        let id = txn.reserve_layers(1)?.remove(0);
+        // Claims the key and pins the parent while the device is made.
+        let id = txn.reserve_layer(Claim {
+            parent: parent_id.clone(),
+            name: None,
+            key: Some(key.to_string()),
+        })?;
         txn.make_layer(
             &id,
             NewLayer {

@@ -1,5 +1,11 @@
-//! The journal: the one transaction in flight, and how the next open
-//! finishes or undoes it.
+//! Journals: one per transaction in flight (`journals/<txn>.json`), and
+//! how the next open finishes or undoes the journal of a killed one.
+//!
+//! A transaction holds an flock on `journals/<txn>.lock` from before its
+//! journal is written until after it is removed. The kernel drops the lock
+//! when the process dies, so a journal whose lock can be taken belongs to a
+//! dead transaction and is recovered; one whose lock is held belongs to a
+//! live one, whose [`Journal::claims`] and removals others respect.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,10 +18,29 @@ use crate::error::Result;
 use crate::layer::{LayerId, LayerRecord};
 use crate::util::ids::short;
 
-/// The journal's file in the store directory.
-pub const FILE: &str = "journal.json";
+/// The journal of a store written before there was one per transaction:
+/// recovered like any dead transaction's.
+pub const LEGACY_FILE: &str = "journal.json";
 
-/// The operation in flight (`journal.json`).
+/// The directory of the journals, in the store directory.
+pub const DIR: &str = "journals";
+
+/// What a layer being made will be: other transactions neither take its
+/// name or snapshot key nor remove its parent while it is made.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// Its parent.
+    #[serde(default)]
+    pub parent: Option<LayerId>,
+    /// Its name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Its snapshot key (containerd's).
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// One transaction in flight (`journals/<txn>.json`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
     /// What the command was doing, for messages.
@@ -32,6 +57,9 @@ pub struct Journal {
     /// ... or removed (finished).
     #[serde(default)]
     pub remove_image: Option<String>,
+    /// What the layers being created will be, once the transaction knows.
+    #[serde(default)]
+    pub claims: BTreeMap<LayerId, Claim>,
 }
 
 /// Finishes or undoes the transaction in `j`, given the records as they

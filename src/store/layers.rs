@@ -55,7 +55,11 @@ impl Store {
             None => None,
         };
         self.transaction("create layer", |txn| {
-            let id = txn.reserve_layers(1)?.remove(0);
+            let id = txn.reserve_layer(super::Claim {
+                parent: parent.clone(),
+                name: name.map(str::to_string),
+                key: None,
+            })?;
             txn.make_layer(
                 &id,
                 NewLayer {
@@ -218,13 +222,33 @@ impl Store {
     /// no children), for a caller that mounts it itself.
     pub fn mount_spec(&mut self, id: &LayerId, writable: bool) -> Result<MountSpec> {
         let chain = self.chain_owned(id)?;
-        let refs: Vec<&LayerRecord> = chain.iter().collect();
-        self.driver.mount_spec(&refs, writable)
+        // Activating a thin device is dm work: not under the store's lock.
+        self.unlocked(|d| {
+            let refs: Vec<&LayerRecord> = chain.iter().collect();
+            d.mount_spec(&refs, writable)
+        })?
     }
 
     /// Replaces the snapshot fields of layer `id`'s record (one atomic
     /// record write: a commit or a label change).
     pub fn set_snapshot(&mut self, id: &LayerId, meta: SnapshotMeta) -> Result<()> {
+        if self.being_removed(id) {
+            return Err(Error::NotFound {
+                what: "snapshot",
+                name: meta.key,
+                hint: ": another request is removing it".into(),
+            });
+        }
+        if let Some(j) = self.pending().iter().find(|j| {
+            j.claims
+                .values()
+                .any(|c| c.key.as_deref() == Some(meta.key.as_str()))
+        }) {
+            return Err(Error::Exists {
+                what: "snapshot",
+                name: format!("{} (being made by: {})", meta.key, j.op),
+            });
+        }
         let mut rec = self.layer_record(id)?.clone();
         rec.snapshot = Some(meta);
         thinpool::record::write(&self.layer_path(id), &rec)?;
@@ -238,8 +262,11 @@ impl Store {
             .iter()
             .filter_map(|i| self.layers.get(i).cloned())
             .collect();
-        let refs: Vec<&LayerRecord> = recs.iter().collect();
-        self.driver.usage(&refs)
+        // thin_ls or a walk of the layer's files: not under the store's lock.
+        self.unlocked(|d| {
+            let refs: Vec<&LayerRecord> = recs.iter().collect();
+            d.usage(&refs)
+        })?
     }
 
     /// Whether this store's layers can be grown to `size` (checked before
@@ -338,7 +365,7 @@ impl Store {
         skip: &'static [&'static str],
     ) -> Result<LayerId> {
         self.check_new_name(name)?;
-        let spool = self.dir.join("tmp").join(format!("commit-{rw}.tar"));
+        let spool = super::scratch_dir(&self.dir)?.join(format!("commit-{rw}.tar"));
         let mut f = fs::OpenOptions::new()
             .read(true)
             .write(true)

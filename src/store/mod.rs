@@ -2,33 +2,50 @@
 //!
 //! ```text
 //! <root>/<driver>/          e.g. <root>/thin
-//!   lock                    flock: one command at a time on this store
-//!   journal.json            the transaction in flight, if any
+//!   lock                    flock: held while records are read or written
+//!   journals/<txn>.json     one per transaction in flight
+//!   journals/<txn>.lock     flock: held by that transaction while it lives
 //!   layers/<id>.json        one record per layer (crate::layer::LayerRecord)
 //!   layers/<id>.split       an image layer's changeset layout (crate::changeset::split)
 //!   images/<id>.json        one record per image (ImageRecord)
 //!   mnt/<id>/               where `layer mount` mounts a layer
-//!   tmp/                    scratch mount points of running commands
+//!   tmp/<pid>/              scratch mount points of process <pid>
+//!   tmp/<pid>.lock          flock: held by process <pid> while it lives
 //! ```
 //!
 //! # Transactions
 //!
 //! Every mutating operation is one [`Txn`] ([`Store::transaction`]):
 //!
-//! 1. **intent**: `journal.json` names the layers it will create and the
-//!    layers and image it will remove ([`journal`]);
+//! 1. **intent**: its journal names the layers it will create (and what
+//!    they will be: parent, name, key) and the layers and image it will
+//!    remove ([`journal`]);
 //! 2. **work**: the driver makes or frees resources (for the thin driver,
 //!    thin devices tagged with their layer's id, each committed with the
 //!    pool's `set_transaction_id`: see `thinpool::recovery`);
 //! 3. **commit**: layer and image records are written (atomically), then
 //!    the journal is removed.
 //!
-//! [`journal::recover`] runs whenever a store is opened and a journal is
-//! present: a layer being created is undone whether or not its record was
-//! written (the whole operation did not commit, so an import killed
-//! half-way leaves none of its layers); removals are finished. Then the
-//! driver frees resources no record claims, so there is never a thin device
+//! [`journal::recover`] runs whenever a store is opened (or its lock taken
+//! again) and finds the journal of a dead transaction: a layer being
+//! created is undone whether or not its record was written (the whole
+//! operation did not commit, so an import killed half-way leaves none of
+//! its layers); removals are finished. Then the driver frees resources no
+//! record or live transaction claims, so there is never a thin device
 //! without a layer, nor a layer without its device.
+//!
+//! # Concurrency
+//!
+//! The store's lock is held while records are read, checked and written,
+//! not while the driver works: [`Store::unlocked`] lets it go around
+//! driver calls (making and freeing devices and directories, applying
+//! changesets, mounts, usage) and takes it again after, reading the
+//! records anew. What a transaction in flight has claimed in its journal
+//! stays its own meanwhile: its new layers' names, keys and parents, and
+//! the layers it removes ([`Txn::reserve_layer`], [`Txn::intend_removal`]).
+//! So operations on different layers, in one process (the snapshotter
+//! daemon's requests) or several (the CLI beside it), run at the same
+//! time.
 //!
 //! The store's files: [`graph`] (finding layers, chains, names), [`layers`]
 //! (layer operations), [`images`] (image records), [`txn`] (the
@@ -56,21 +73,35 @@ use crate::layer::{LayerId, LayerRecord};
 use crate::mount;
 
 pub use images::{normalize_image_name, ImageRecord};
-pub use journal::Journal;
+pub use journal::{Claim, Journal};
 pub use layers::LayerDiff;
 pub use txn::{ExpectDiffId, NewLayer, Txn};
 
 /// What recovery did, for the user to see.
 pub type Repairs = Vec<String>;
 
-/// Layers and images of one driver, open and locked.
+/// Layers and images of one driver, open.
 pub struct Store {
     dir: PathBuf,
-    _lock: LockGuard,
+    /// The store's lock, held except while the driver works unlocked.
+    lock: Option<LockGuard>,
+    lock_timeout: Duration,
     driver: Box<dyn Driver>,
     layers: BTreeMap<LayerId, LayerRecord>,
     images: BTreeMap<String, ImageRecord>,
+    /// The journals of other live transactions: what they claim.
+    pending: Vec<Journal>,
+    /// This store's own transaction in flight, if any.
+    own_txn: Option<String>,
     repairs: Repairs,
+}
+
+/// A store's lock, taken by [`lock_store`] before the store is opened,
+/// and how long to wait when it is taken again.
+#[derive(Debug)]
+pub struct StoreLock {
+    guard: LockGuard,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Store {
@@ -85,14 +116,87 @@ impl std::fmt::Debug for Store {
 }
 
 /// Takes the store's lock, making its directories (mode 0700).
-pub fn lock_store(dir: &Path, timeout: Duration) -> Result<LockGuard> {
-    for sub in ["", "layers", "images", "mnt", "tmp"] {
+pub fn lock_store(dir: &Path, timeout: Duration) -> Result<StoreLock> {
+    for sub in ["", "layers", "images", "mnt", "tmp", journal::DIR] {
         let p = dir.join(sub);
         std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
             .create(&p)
             .map_err(Error::io("creating", &p))?;
     }
-    Ok(LockGuard::acquire(&dir.join("lock"), timeout)?)
+    Ok(StoreLock {
+        guard: LockGuard::acquire(&dir.join("lock"), timeout)?,
+        timeout,
+    })
+}
+
+/// This process's scratch directory in store `dir` (`tmp/<pid>`), for
+/// mount points and spools that a kill may leave behind. The process holds
+/// `tmp/<pid>.lock` while it lives, so other processes leave the directory
+/// alone and sweep it ([`sweep_scratch`]) once the process is gone; the
+/// first use in a process clears what a dead process with the same pid
+/// left there.
+pub fn scratch_dir(dir: &Path) -> Result<PathBuf> {
+    use std::sync::Mutex;
+    static HELD: Mutex<Vec<(PathBuf, LockGuard)>> = Mutex::new(Vec::new());
+    let tmp = dir.join("tmp");
+    let pid = std::process::id();
+    let mine = tmp.join(pid.to_string());
+    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    if !held.iter().any(|(d, _)| d == &tmp) {
+        fs::create_dir_all(&tmp).map_err(Error::io("creating", &tmp))?;
+        let guard = LockGuard::acquire(&tmp.join(format!("{pid}.lock")), Duration::ZERO)?;
+        mount::unmount_under(&mine)?;
+        held.push((tmp.clone(), guard));
+    }
+    fs::create_dir_all(&mine).map_err(Error::io("creating", &mine))?;
+    Ok(mine)
+}
+
+/// Unmounts and removes the scratch directories of dead processes in store
+/// `dir` (and of the layout before they were per process); returns what
+/// it unmounted.
+pub fn sweep_scratch(dir: &Path) -> Result<Vec<PathBuf>> {
+    let tmp = dir.join("tmp");
+    let mut done = vec![];
+    let Ok(rd) = fs::read_dir(&tmp) else {
+        return Ok(done);
+    };
+    let me = std::process::id().to_string();
+    for e in rd.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == me || name == format!("{me}.lock") {
+            continue;
+        }
+        if let Some(pid) = name.strip_suffix(".lock") {
+            // A lock whose directory is gone, of a dead process.
+            if !tmp.join(pid).exists() {
+                if let Some(g) = LockGuard::try_acquire(&p)? {
+                    let _ = fs::remove_file(&p);
+                    drop(g);
+                }
+            }
+            continue;
+        }
+        if !p.is_dir() {
+            continue;
+        }
+        let lock = tmp.join(format!("{name}.lock"));
+        let guard = if name.bytes().all(|b| b.is_ascii_digit()) {
+            match LockGuard::try_acquire(&lock)? {
+                Some(g) => Some(g),
+                None => continue, // a live process's
+            }
+        } else {
+            None
+        };
+        done.extend(mount::unmount_under(&p)?);
+        let _ = fs::remove_dir_all(&p);
+        if guard.is_some() {
+            let _ = fs::remove_file(&lock);
+        }
+    }
+    Ok(done)
 }
 
 fn read_dir_records<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>> {
@@ -112,25 +216,128 @@ fn read_dir_records<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>
 impl Store {
     /// Opens the store in `dir` with `driver`, holding `lock` (from
     /// [`lock_store`]), and recovers whatever a killed command left.
-    pub fn open(dir: &Path, lock: LockGuard, driver: Box<dyn Driver>) -> Result<Store> {
-        let layers = read_dir_records::<LayerRecord>(&dir.join("layers"))?
-            .into_iter()
-            .map(|r| (r.id.clone(), r))
-            .collect();
-        let images = read_dir_records::<ImageRecord>(&dir.join("images"))?
-            .into_iter()
-            .map(|r| (r.id.clone(), r))
-            .collect();
+    pub fn open(dir: &Path, lock: StoreLock, driver: Box<dyn Driver>) -> Result<Store> {
         let mut store = Store {
             dir: dir.to_path_buf(),
-            _lock: lock,
+            lock: Some(lock.guard),
+            lock_timeout: lock.timeout,
             driver,
-            layers,
-            images,
+            layers: BTreeMap::new(),
+            images: BTreeMap::new(),
+            pending: vec![],
+            own_txn: None,
             repairs: vec![],
         };
         store.recover()?;
         Ok(store)
+    }
+
+    /// Reads the records, finishing or undoing the transactions of dead
+    /// processes and noting those of live ones. Holding the lock.
+    fn load(&mut self) -> Result<()> {
+        self.layers = read_dir_records::<LayerRecord>(&self.dir.join("layers"))?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        self.images = read_dir_records::<ImageRecord>(&self.dir.join("images"))?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        self.pending.clear();
+        let legacy = self.dir.join(journal::LEGACY_FILE);
+        if let Some(j) = thinpool::record::read::<Journal>(&legacy)? {
+            self.finish(&j)?;
+            thinpool::record::remove(&legacy)?;
+        }
+        let jdir = self.dir.join(journal::DIR);
+        let mut names: Vec<String> = match fs::read_dir(&jdir) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+            Err(e) => return Err(Error::io("listing", &jdir)(e)),
+        };
+        names.sort();
+        for name in &names {
+            let Some(txn) = name.strip_suffix(".json") else {
+                continue;
+            };
+            if self.own_txn.as_deref() == Some(txn) {
+                continue;
+            }
+            let path = jdir.join(name);
+            let lock = jdir.join(format!("{txn}.lock"));
+            match LockGuard::try_acquire(&lock)? {
+                None => {
+                    if let Some(j) = thinpool::record::read::<Journal>(&path)? {
+                        self.pending.push(j);
+                    }
+                }
+                Some(guard) => {
+                    if let Some(j) = thinpool::record::read::<Journal>(&path)? {
+                        self.finish(&j)?;
+                    }
+                    thinpool::record::remove(&path)?;
+                    let _ = fs::remove_file(&lock);
+                    drop(guard);
+                }
+            }
+        }
+        // Locks whose journal is gone: a transaction killed as it ended.
+        for name in &names {
+            let Some(txn) = name.strip_suffix(".lock") else {
+                continue;
+            };
+            if self.own_txn.as_deref() == Some(txn) || names.contains(&format!("{txn}.json")) {
+                continue;
+            }
+            let lock = jdir.join(name);
+            if let Some(g) = LockGuard::try_acquire(&lock)? {
+                let _ = fs::remove_file(&lock);
+                drop(g);
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes or undoes dead transaction `j`.
+    fn finish(&mut self, j: &Journal) -> Result<()> {
+        let done = journal::recover(
+            j,
+            &mut self.layers,
+            &mut self.images,
+            self.driver.as_mut(),
+            &self.dir,
+        )?;
+        self.repairs.extend(done);
+        Ok(())
+    }
+
+    /// Runs `work` on the driver without the store's lock, so that other
+    /// operations go on meanwhile, then takes the lock again and reads the
+    /// records anew. What `work` touches must be claimed by this store's
+    /// transaction (or be read-only). Errors: the lock cannot be taken
+    /// again ([`Error::Lock`]), or the records cannot be read.
+    pub fn unlocked<T>(&mut self, work: impl FnOnce(&mut dyn Driver) -> T) -> Result<T> {
+        self.lock = None;
+        let out = work(self.driver.as_mut());
+        self.lock = Some(LockGuard::acquire(
+            &self.dir.join("lock"),
+            self.lock_timeout,
+        )?);
+        self.load()?;
+        Ok(out)
+    }
+
+    /// The journals of other live transactions.
+    pub(crate) fn pending(&self) -> &[Journal] {
+        &self.pending
+    }
+
+    /// Whether a live transaction of another store is removing layer `id`.
+    pub fn being_removed(&self, id: &LayerId) -> bool {
+        self.pending.iter().any(|j| j.remove.contains(id))
     }
 
     /// What opening the store repaired.
@@ -158,8 +365,8 @@ impl Store {
         &self.dir
     }
 
-    fn journal_path(&self) -> PathBuf {
-        self.dir.join(journal::FILE)
+    fn journal_path(&self, txn: &str) -> PathBuf {
+        self.dir.join(journal::DIR).join(format!("{txn}.json"))
     }
 
     fn layer_path(&self, id: &LayerId) -> PathBuf {
@@ -180,24 +387,23 @@ impl Store {
     }
 
     fn recover(&mut self) -> Result<()> {
-        // Scratch mounts of a killed command.
-        for m in mount::unmount_under(&self.dir.join("tmp"))? {
+        // Scratch mounts of killed commands.
+        for m in sweep_scratch(&self.dir)? {
             self.repairs.push(format!("unmounted {}", m.display()));
         }
-        if let Some(j) = thinpool::record::read::<Journal>(&self.journal_path())? {
-            let done = journal::recover(
-                &j,
-                &mut self.layers,
-                &mut self.images,
-                self.driver.as_mut(),
-                &self.dir,
-            )?;
-            self.repairs.extend(done);
-            thinpool::record::remove(&self.journal_path())?;
-        }
+        self.load()?;
         self.sweep_files()?;
-        let all: Vec<&LayerRecord> = self.layers.values().collect();
-        let freed = self.driver.reconcile(&all)?;
+        let in_flight: std::collections::BTreeSet<LayerId> = self
+            .pending
+            .iter()
+            .flat_map(|j| j.create.iter().chain(j.remove.iter()).cloned())
+            .collect();
+        let all: Vec<&LayerRecord> = self
+            .layers
+            .values()
+            .filter(|l| !in_flight.contains(&l.id))
+            .collect();
+        let freed = self.driver.reconcile(&all, &in_flight)?;
         self.repairs.extend(
             freed
                 .into_iter()
@@ -221,8 +427,20 @@ impl Store {
                 }
                 let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
                 let owned = match sub {
-                    "layers" => self.layers.keys().any(|k| k.as_str() == stem),
-                    _ => self.images.contains_key(stem),
+                    "layers" => {
+                        self.layers.keys().any(|k| k.as_str() == stem)
+                            || self
+                                .pending
+                                .iter()
+                                .any(|j| j.create.iter().any(|k| k.as_str() == stem))
+                    }
+                    _ => {
+                        self.images.contains_key(stem)
+                            || self
+                                .pending
+                                .iter()
+                                .any(|j| j.create_image.as_deref() == Some(stem))
+                    }
                 };
                 if !owned {
                     thinpool::record::remove(&p)?;

@@ -5,7 +5,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::Duration;
 
-use super::journal::FILE as JOURNAL;
 use super::*;
 use crate::driver::fake::Fake;
 
@@ -30,7 +29,12 @@ fn assert_consistent(store: &Store, fake: &Fake) {
     let mut want: Vec<LayerId> = store.layers().map(|l| l.id.clone()).collect();
     want.sort();
     assert_eq!(fake.owners(), want, "devices and layer records disagree");
-    assert!(!store.dir.join(JOURNAL).exists());
+    let left: Vec<_> = std::fs::read_dir(store.dir.join(journal::DIR))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "journals left: {left:?}");
 }
 
 #[test]
@@ -78,7 +82,17 @@ fn plain_store_create_killed_after_its_record_is_undone() {
         create: vec![id.clone()],
         ..Journal::default()
     };
-    thinpool::record::write(&t.path().join(JOURNAL), &j).unwrap();
+    // A dead transaction's: its lock file is not held.
+    thinpool::record::write(
+        &t.path().join(journal::DIR).join("0123456789abcdef.json"),
+        &j,
+    )
+    .unwrap();
+    std::fs::write(
+        t.path().join(journal::DIR).join("0123456789abcdef.lock"),
+        "",
+    )
+    .unwrap();
     let store = open(t.path(), &fake).unwrap();
     assert_eq!(store.layers().count(), 0);
     assert_eq!(store.repairs().len(), 1, "{:?}", store.repairs());
@@ -184,6 +198,55 @@ fn plain_store_frees_orphans_and_reports_missing_resources() {
         err.contains(&format!("layer {id}")) && err.contains("missing"),
         "{err}"
     );
+}
+
+/// While one store's transaction has its driver at work, the store is not
+/// locked: another opens it at once, cannot take what the transaction
+/// claimed (its new layer's name, its parent), and does unrelated work.
+#[test]
+fn plain_store_works_beside_a_transaction_whose_driver_is_busy() {
+    use std::sync::mpsc;
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    open(t.path(), &fake)
+        .unwrap()
+        .create_layer(None, Some("base"), None)
+        .unwrap();
+    let (started_tx, started) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel();
+    fake.state().hold_next_create = Some((started_tx, go_rx));
+    let (dir, f2) = (t.path().to_path_buf(), fake.clone());
+    let slow = std::thread::spawn(move || {
+        open(&dir, &f2)
+            .unwrap()
+            .create_layer(Some("base"), Some("child"), None)
+    });
+    started
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the slow create never reached its driver");
+    // Opened with no wait at all: the slow create holds no store lock.
+    let mut other = open(t.path(), &fake).unwrap();
+    assert!(other.repairs().is_empty(), "{:?}", other.repairs());
+    let err = other
+        .create_layer(None, Some("child"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already exists"), "{err}");
+    let err = other.remove_layer("base").unwrap_err().to_string();
+    assert!(err.contains("is making a layer on it"), "{err}");
+    other.create_layer(None, Some("beside"), None).unwrap();
+    drop(other);
+    go.send(()).unwrap();
+    slow.join().unwrap().unwrap();
+    let store = open(t.path(), &fake).unwrap();
+    for n in ["base", "child", "beside"] {
+        assert!(store.layer(n).is_ok(), "{n} is missing");
+    }
+    assert_eq!(
+        store.layer("child").unwrap().parent,
+        Some(store.layer("base").unwrap().id.clone())
+    );
+    assert_consistent(&store, &fake);
 }
 
 #[test]

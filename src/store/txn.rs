@@ -5,7 +5,9 @@
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::journal::{self, Journal};
+use thinpool::lock::LockGuard;
+
+use super::journal::{self, Claim, Journal};
 use super::{ImageRecord, Store};
 use crate::driver::ApplyWith;
 use crate::error::{Error, Result};
@@ -52,7 +54,17 @@ pub struct ExpectDiffId<'a> {
 pub struct Txn<'s> {
     store: &'s mut Store,
     journal: Journal,
-    begun: bool,
+    /// Its id and the lock that says it is alive, from its first journal
+    /// write.
+    live: Option<(String, LockGuard)>,
+}
+
+impl Drop for Txn<'_> {
+    fn drop(&mut self) {
+        // A journal left behind (removals to finish) is now a dead
+        // transaction's: the next load finishes it.
+        self.store.own_txn = None;
+    }
 }
 
 impl Store {
@@ -72,7 +84,7 @@ impl Store {
                 op: op.into(),
                 ..Journal::default()
             },
-            begun: false,
+            live: None,
         };
         match work(&mut txn) {
             Ok(v) => {
@@ -94,13 +106,22 @@ impl Txn<'_> {
     }
 
     fn write_journal(&mut self) -> Result<()> {
-        thinpool::record::write(&self.store.journal_path(), &self.journal)?;
-        self.begun = true;
+        if self.live.is_none() {
+            // The lock first: a journal is never seen without it held.
+            let id = LayerId::generate()?.as_str()[..16].to_string();
+            let lock = self.store.dir.join(journal::DIR).join(format!("{id}.lock"));
+            let guard = LockGuard::acquire(&lock, std::time::Duration::ZERO)?;
+            self.store.own_txn = Some(id.clone());
+            self.live = Some((id, guard));
+        }
+        let id = &self.live.as_ref().expect("made above").0;
+        thinpool::record::write(&self.store.journal_path(id), &self.journal)?;
         Ok(())
     }
 
     /// Records the intent to create `n` layers and returns their new ids:
-    /// one journal write however many.
+    /// one journal write however many. Each is claimed (parent, name, key)
+    /// when it is made ([`Txn::make_layer`]).
     pub fn reserve_layers(&mut self, n: usize) -> Result<Vec<LayerId>> {
         let ids = (0..n)
             .map(|_| LayerId::generate())
@@ -108,6 +129,64 @@ impl Txn<'_> {
         self.journal.create.extend(ids.iter().cloned());
         self.write_journal()?;
         Ok(ids)
+    }
+
+    /// Records the intent to create one layer that will be `claim` (its
+    /// name and key unique, its parent present and staying), and returns
+    /// its new id: one journal write.
+    ///
+    /// Errors: [`Error::Exists`] for a name or key another layer has or is
+    /// being given; [`Error::NotFound`] for a parent that is gone or being
+    /// removed.
+    pub fn reserve_layer(&mut self, claim: Claim) -> Result<LayerId> {
+        self.check_claim(&claim)?;
+        let id = LayerId::generate()?;
+        self.journal.create.push(id.clone());
+        self.journal.claims.insert(id.clone(), claim);
+        self.write_journal()?;
+        Ok(id)
+    }
+
+    /// Whether `claim` can be made now, given the records and what other
+    /// live transactions claim.
+    fn check_claim(&self, claim: &Claim) -> Result<()> {
+        let store = &*self.store;
+        let others = || store.pending().iter().flat_map(|j| j.claims.values());
+        if let Some(n) = &claim.name {
+            if store.layers.values().any(|l| l.name.as_ref() == Some(n))
+                || others().any(|c| c.name.as_ref() == Some(n))
+            {
+                return Err(Error::Exists {
+                    what: "layer",
+                    name: n.clone(),
+                });
+            }
+        }
+        if let Some(k) = &claim.key {
+            if store
+                .layers
+                .values()
+                .any(|l| l.snapshot.as_ref().is_some_and(|s| &s.key == k))
+                || others().any(|c| c.key.as_ref() == Some(k))
+            {
+                return Err(Error::Exists {
+                    what: "snapshot",
+                    name: k.clone(),
+                });
+            }
+        }
+        if let Some(p) = &claim.parent {
+            let ours = self.journal.create.contains(p);
+            let uncommitted = store.pending().iter().any(|j| j.create.contains(p));
+            if !ours && (!store.layers.contains_key(p) || store.being_removed(p) || uncommitted) {
+                return Err(Error::NotFound {
+                    what: "layer",
+                    name: p.to_string(),
+                    hint: ": it was removed meanwhile".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Records the intent to create image `id` (undone unless the
@@ -122,7 +201,35 @@ impl Txn<'_> {
     /// Records the intent to remove `layers` (top first) and `image`: from
     /// here on the removal is finished by the next open if not by this
     /// command.
+    ///
+    /// Errors: [`Error::NotFound`] for a layer another transaction is
+    /// removing; [`Error::InUse`] for one a live transaction is making a
+    /// layer on.
     pub fn intend_removal(&mut self, layers: &[LayerId], image: Option<&str>) -> Result<()> {
+        for id in layers {
+            let being_made = self.store.pending().iter().any(|j| j.create.contains(id));
+            if being_made || self.store.being_removed(id) || !self.store.layers.contains_key(id) {
+                return Err(Error::NotFound {
+                    what: "layer",
+                    name: id.to_string(),
+                    hint: ": another command is removing it".into(),
+                });
+            }
+            if let Some(j) = self
+                .store
+                .pending()
+                .iter()
+                .find(|j| j.claims.values().any(|c| c.parent.as_ref() == Some(id)))
+            {
+                return Err(Error::InUse {
+                    what: format!("layer {}", id.short()),
+                    reason: format!(
+                        "another command ({}) is making a layer on it; retry when it is done",
+                        j.op
+                    ),
+                });
+            }
+        }
         self.journal.remove.extend(layers.iter().cloned());
         self.journal.remove_image = image.map(str::to_string);
         self.write_journal()
@@ -138,76 +245,35 @@ impl Txn<'_> {
                 reason: "made without being reserved in the transaction".into(),
             });
         }
+        let claim = Claim {
+            parent: new.parent.cloned(),
+            name: new.name.map(str::to_string),
+            key: new.snapshot.as_ref().map(|s| s.key.clone()),
+        };
+        // A parent this transaction makes is its own already (others
+        // leave layers being created alone): a claim is written only for
+        // what others could take.
+        let own_parent = claim
+            .parent
+            .as_ref()
+            .is_some_and(|p| self.journal.create.contains(p));
+        let needed =
+            claim.name.is_some() || claim.key.is_some() || (claim.parent.is_some() && !own_parent);
+        if needed && !self.journal.claims.contains_key(id) {
+            self.check_claim(&claim)?;
+            self.journal.claims.insert(id.clone(), claim);
+            self.write_journal()?;
+        }
         let chain = match new.parent {
             Some(p) => self.store.chain_owned(p)?,
             None => vec![],
         };
-        let chain_refs: Vec<&LayerRecord> = chain.iter().collect();
-        let resource = self.store.driver.create(id, &chain_refs)?;
-        let mut rec = LayerRecord {
-            id: id.clone(),
-            name: new.name.map(str::to_string),
-            parent: new.parent.cloned(),
-            created_unix: now_unix(),
-            diff_id: None,
-            chain_id: new.chain_id,
-            resource,
-            container: new.container.map(str::to_string),
-            layout: false,
-            snapshot: new.snapshot,
-        };
-        if let Some(cs) = new.changeset {
-            let layout = self.store.layout_path(id);
-            let mut record = match new.keep_layout {
-                true => Some(
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(&layout)
-                        .map_err(Error::io("creating", &layout))?,
-                ),
-                false => None,
-            };
-            let with = ApplyWith {
-                keep_existing_dirs: new.keep_existing_dirs,
-                record: record.as_mut().map(|f| f as &mut dyn std::io::Write),
-            };
-            let applied = self
-                .store
-                .driver
-                .apply(&rec, &chain_refs, cs, with)
-                .and_then(|stats| {
-                    // Durable before the record that points at it.
-                    if let Some(f) = &record {
-                        f.sync_all().map_err(Error::io("syncing", &layout))?;
-                    }
-                    Ok(stats)
-                })
-                .and_then(|stats| match new.expect {
-                    Some(want) if want.diff_id != stats.diff_id => Err(Error::Corrupt {
-                        what: want.what,
-                        reason: format!(
-                            "its content has diff_id {}, the image config says {}",
-                            stats.diff_id, want.diff_id
-                        ),
-                    }),
-                    _ => Ok(stats),
-                });
-            match applied {
-                Ok(stats) => {
-                    rec.diff_id = Some(stats.diff_id);
-                    rec.layout = record.is_some();
-                }
-                Err(e) => {
-                    drop(record);
-                    let _ = std::fs::remove_file(&layout);
-                    let undo = self.store.driver.remove(&rec);
-                    return Err(e.with_rollback(undo));
-                }
-            }
-        }
+        let layout = self.store.layout_path(id);
+        // The driver's work, without the store's lock: the claim keeps the
+        // parent and the name ours meanwhile.
+        let rec = self
+            .store
+            .unlocked(|driver| make_resource(driver, id, &chain, &layout, new))??;
         thinpool::record::write(&self.store.layer_path(id), &rec)?;
         Ok(self.store.layers.entry(id.clone()).or_insert(rec))
     }
@@ -215,14 +281,14 @@ impl Txn<'_> {
     /// Grows a layer made in this transaction to `size`.
     pub fn resize_layer(&mut self, id: &LayerId, size: thinpool::Bytes) -> Result<()> {
         let rec = self.store.layer_record(id)?.clone();
-        self.store.driver.resize(&rec, size)
+        self.store.unlocked(|d| d.resize(&rec, size))?
     }
 
-    /// Removes a layer recorded with [`Txn::intend_removal`]: its resource,
-    /// then its record.
+    /// Removes a layer recorded with [`Txn::intend_removal`]: its resource
+    /// (without the store's lock), then its record.
     pub fn remove_layer(&mut self, id: &LayerId) -> Result<()> {
         if let Some(rec) = self.store.layers.get(id).cloned() {
-            self.store.driver.remove(&rec)?;
+            self.store.unlocked(|d| d.remove(&rec))??;
             thinpool::record::remove(&self.store.layer_path(id))?;
             // Without its record, a layout left by a kill is swept at open.
             thinpool::record::remove(&self.store.layout_path(id))?;
@@ -283,9 +349,11 @@ impl Txn<'_> {
 
     /// Commits: the journal goes, and with it any way back.
     fn end(&mut self) -> Result<()> {
-        if self.begun {
-            thinpool::record::remove(&self.store.journal_path())?;
-            self.begun = false;
+        if let Some((id, guard)) = self.live.take() {
+            thinpool::record::remove(&self.store.journal_path(&id))?;
+            let _ = std::fs::remove_file(guard.path());
+            drop(guard);
+            self.store.own_txn = None;
         }
         Ok(())
     }
@@ -310,5 +378,82 @@ impl Txn<'_> {
             self.end()?;
         }
         Ok(())
+    }
+}
+
+/// Makes layer `id`'s resource over `chain` and applies its changeset:
+/// the driver's part of [`Txn::make_layer`], run without the store's lock.
+/// On failure the resource is freed.
+fn make_resource(
+    driver: &mut dyn crate::driver::Driver,
+    id: &LayerId,
+    chain: &[LayerRecord],
+    layout: &std::path::Path,
+    new: NewLayer<'_, '_>,
+) -> Result<LayerRecord> {
+    let chain_refs: Vec<&LayerRecord> = chain.iter().collect();
+    let resource = driver.create(id, &chain_refs)?;
+    let mut rec = LayerRecord {
+        id: id.clone(),
+        name: new.name.map(str::to_string),
+        parent: new.parent.cloned(),
+        created_unix: now_unix(),
+        diff_id: None,
+        chain_id: new.chain_id,
+        resource,
+        container: new.container.map(str::to_string),
+        layout: false,
+        snapshot: new.snapshot,
+    };
+    let Some(cs) = new.changeset else {
+        return Ok(rec);
+    };
+    let mut record = match new.keep_layout {
+        true => Some(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(layout)
+                .map_err(Error::io("creating", layout))?,
+        ),
+        false => None,
+    };
+    let with = ApplyWith {
+        keep_existing_dirs: new.keep_existing_dirs,
+        record: record.as_mut().map(|f| f as &mut dyn std::io::Write),
+    };
+    let applied = driver
+        .apply(&rec, &chain_refs, cs, with)
+        .and_then(|stats| {
+            // Durable before the record that points at it.
+            if let Some(f) = &record {
+                f.sync_all().map_err(Error::io("syncing", layout))?;
+            }
+            Ok(stats)
+        })
+        .and_then(|stats| match new.expect {
+            Some(want) if want.diff_id != stats.diff_id => Err(Error::Corrupt {
+                what: want.what,
+                reason: format!(
+                    "its content has diff_id {}, the image config says {}",
+                    stats.diff_id, want.diff_id
+                ),
+            }),
+            _ => Ok(stats),
+        });
+    match applied {
+        Ok(stats) => {
+            rec.diff_id = Some(stats.diff_id);
+            rec.layout = record.is_some();
+            Ok(rec)
+        }
+        Err(e) => {
+            drop(record);
+            let _ = std::fs::remove_file(layout);
+            let undo = driver.remove(&rec);
+            Err(e.with_rollback(undo))
+        }
     }
 }

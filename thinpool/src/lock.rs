@@ -68,6 +68,9 @@ impl LockGuard {
             .open(path)
             .map_err(io_err("opening"))?;
         let start = Instant::now();
+        // Short waits first: holders of a shared store or pool keep the
+        // lock for milliseconds.
+        let mut nap = Duration::from_millis(1);
         let mut file = loop {
             file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(locked) => break locked,
@@ -83,7 +86,8 @@ impl LockGuard {
                     waited: timeout,
                 });
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(50));
         };
         file.set_len(0).map_err(io_err("writing"))?;
         file.rewind().map_err(io_err("writing"))?;
@@ -97,6 +101,18 @@ impl LockGuard {
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Takes the lock at `path` if no one holds it; `None` if someone
+    /// does (a live process: the kernel drops a dead one's locks).
+    ///
+    /// Errors: [`LockError::Io`].
+    pub fn try_acquire(path: &Path) -> Result<Option<LockGuard>, LockError> {
+        match Self::acquire(path, Duration::ZERO) {
+            Ok(g) => Ok(Some(g)),
+            Err(LockError::Busy { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

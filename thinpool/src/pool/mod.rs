@@ -9,7 +9,7 @@
 //! pool.json   the record: parameters, thin devices, transaction id, state
 //! data        sparse data file (loop-backed pools only)
 //! metadata    sparse metadata file (loop-backed pools only)
-//! lock        flock'ed by every command for its whole run; never removed
+//! lock        flock'ed by every change to the pool; never removed
 //! ```
 //!
 //! In the kernel a pool is three dm devices, all named by [`PoolNames`]:
@@ -85,13 +85,19 @@ pub const LOCK_FILE: &str = "lock";
 /// How long a command waits for another one holding the pool's lock.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// An open pool, holding its lock until dropped.
+/// An open pool.
 ///
 /// Every method that changes the pool or its thin devices goes through
-/// this handle, so the lock serializes them across processes.
+/// this handle, and the pool's lock serializes them across processes. A
+/// pool is opened holding its lock, which it keeps until dropped (pool
+/// administration: grow, deactivate, destroy); [`Pool::share`] lets it
+/// go, and from then on each change takes the lock for its own duration
+/// only (the dm messages and the record writes), so thin devices of other
+/// processes are made, activated and deleted in between.
 pub struct Pool {
     dir: PathBuf,
-    _lock: LockGuard,
+    lock: Option<LockGuard>,
+    lock_timeout: Duration,
     record: PoolRecord,
     names: PoolNames,
     dm: DM,
@@ -135,7 +141,8 @@ impl Pool {
     fn with_record(dir: &Path, lock: LockGuard, record: PoolRecord, dm: DM) -> Pool {
         Pool {
             dir: dir.to_path_buf(),
-            _lock: lock,
+            lock: Some(lock),
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
             names: PoolNames::new(record.id.clone()),
             record,
             dm,
@@ -178,6 +185,7 @@ impl Pool {
             PoolState::Ready => {}
         }
         let mut pool = Pool::with_record(dir, lock, record, dm);
+        pool.lock_timeout = open.lock_timeout;
         if pool.kernel_has(Role::Pool)? {
             pool.adopt()?;
             pool.recover()?;
@@ -213,6 +221,59 @@ impl Pool {
     /// The pool's thin devices, by id.
     pub fn thins(&self) -> &BTreeMap<ThinId, ThinRecord> {
         &self.record.thins
+    }
+
+    /// Lets go of the pool's lock: from now on each change takes it for
+    /// its own duration only, first reading the record again (other
+    /// processes change it in between) and finishing a change a killed
+    /// process left in flight.
+    pub fn share(&mut self) {
+        self.lock = None;
+    }
+
+    /// Runs `f` holding the pool's lock, over the record as it is on disk
+    /// (a shared pool takes the lock for `f` alone).
+    pub(crate) fn exclusive<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        if self.lock.is_some() {
+            return f(self);
+        }
+        self.lock = Some(lock_dir(&self.dir, self.lock_timeout)?);
+        let r = self.reload().and_then(|()| f(self));
+        self.lock = None;
+        r
+    }
+
+    /// Reads the record again, holding the lock: a pending change in it
+    /// was left by a killed process, and is finished or undone.
+    fn reload(&mut self) -> Result<()> {
+        self.record = self.read_record()?;
+        if self.record.pending.is_some() && self.dev.is_some() {
+            self.recover()?;
+        }
+        Ok(())
+    }
+
+    /// The record as it is on disk; [`Error::NoPool`] when the pool was
+    /// destroyed (or another made in its place) since it was opened.
+    fn read_record(&self) -> Result<PoolRecord> {
+        let gone = || Error::NoPool {
+            dir: self.dir.clone(),
+        };
+        let rec: PoolRecord = record::read(&self.dir.join(RECORD_FILE))?.ok_or_else(gone)?;
+        if rec.state != PoolState::Ready || rec.id != self.record.id {
+            return Err(gone());
+        }
+        Ok(rec)
+    }
+
+    /// A shared pool reads its record again (without the lock; records are
+    /// replaced atomically), to see thin devices other processes made or
+    /// deleted since. A pool holding its lock has nothing to learn.
+    pub fn refresh(&mut self) -> Result<()> {
+        if self.lock.is_none() {
+            self.record = self.read_record()?;
+        }
+        Ok(())
     }
 
     /// Writes the record, atomically and durably.

@@ -160,7 +160,12 @@ impl Pool {
     ///
     /// Errors: [`Error::Inactive`]; [`Error::Tool`] when `thin_ls` is
     /// missing or fails; [`Error::Dm`] when the snapshot cannot be taken.
-    pub fn usage(&self) -> Result<BTreeMap<ThinId, ThinUsage>> {
+    pub fn usage(&mut self) -> Result<BTreeMap<ThinId, ThinUsage>> {
+        // One metadata snapshot at a time: under the lock.
+        self.exclusive(|p| p.usage_locked())
+    }
+
+    fn usage_locked(&self) -> Result<BTreeMap<ThinId, ThinUsage>> {
         let meta = self.pool_dev()?.meta_dev().devnode();
         // A snapshot left held by a killed process blocks a new one.
         let _ = self.message("release_metadata_snap");

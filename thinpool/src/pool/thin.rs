@@ -31,14 +31,16 @@ impl Pool {
             ));
         }
         self.pool_dev()?;
-        let id = self.record.allocate_thin_id()?;
-        let op = PendingOp::Create {
-            id,
-            size,
-            tag: tag.to_string(),
-        };
-        self.transact(op, &format!("create_thin {id}"), |_| Ok(()), |_| {})?;
-        Ok(id)
+        self.exclusive(|p| {
+            let id = p.record.allocate_thin_id()?;
+            let op = PendingOp::Create {
+                id,
+                size,
+                tag: tag.to_string(),
+            };
+            p.transact(op, &format!("create_thin {id}"), |_| Ok(()), |_| {})?;
+            Ok(id)
+        })
     }
 
     /// Creates a thin device sharing all of `origin`'s blocks (O(1), copy
@@ -48,6 +50,10 @@ impl Pool {
     /// Errors: [`Error::NoSuchThin`] for an unknown origin; otherwise as
     /// [`Pool::create_thin`].
     pub fn snapshot_thin(&mut self, origin: ThinId, tag: &str) -> Result<ThinId> {
+        self.exclusive(|p| p.snapshot_thin_locked(origin, tag))
+    }
+
+    fn snapshot_thin_locked(&mut self, origin: ThinId, tag: &str) -> Result<ThinId> {
         let size = self
             .record
             .thins
@@ -91,17 +97,26 @@ impl Pool {
     /// while it is mounted or open; [`Error::ReadOnly`] or
     /// [`Error::Failed`].
     pub fn delete_thin(&mut self, id: ThinId) -> Result<()> {
+        self.refresh()?;
         if !self.record.thins.contains_key(&id) {
             return Err(Error::NoSuchThin(id));
         }
         self.pool_dev()?;
+        // Deactivation (which may wait for the device to close) outside
+        // the lock; the delete itself under it.
         self.remove_thin_dev(id)?;
-        self.transact(
-            PendingOp::Delete { id },
-            &format!("delete {id}"),
-            |_| Ok(()),
-            |_| {},
-        )
+        self.exclusive(|p| {
+            if !p.record.thins.contains_key(&id) {
+                return Err(Error::NoSuchThin(id));
+            }
+            p.remove_thin_dev(id)?;
+            p.transact(
+                PendingOp::Delete { id },
+                &format!("delete {id}"),
+                |_| Ok(()),
+                |_| {},
+            )
+        })
     }
 
     /// Activates a thin device and returns its device node (`/dev/dm-N`,
@@ -109,6 +124,9 @@ impl Pool {
     ///
     /// Errors: [`Error::NoSuchThin`]; [`Error::Inactive`]; [`Error::Dm`].
     pub fn activate_thin(&mut self, id: ThinId) -> Result<PathBuf> {
+        if !self.record.thins.contains_key(&id) {
+            self.refresh()?;
+        }
         let rec = self.record.thins.get(&id).ok_or(Error::NoSuchThin(id))?;
         let dev = ThinDev::setup(
             &self.dm,
@@ -132,6 +150,10 @@ impl Pool {
     /// Errors: [`Error::NoSuchThin`]; [`Error::Invalid`] for a smaller or
     /// unaligned size.
     pub fn grow_thin(&mut self, id: ThinId, size: Bytes) -> Result<()> {
+        self.exclusive(|p| p.grow_thin_locked(id, size))
+    }
+
+    fn grow_thin_locked(&mut self, id: ThinId, size: Bytes) -> Result<()> {
         let cur = self
             .record
             .thins
@@ -162,6 +184,9 @@ impl Pool {
     /// Errors: [`Error::NoSuchThin`]; [`Error::Busy`] while it is mounted
     /// or open.
     pub fn deactivate_thin(&mut self, id: ThinId) -> Result<()> {
+        if !self.record.thins.contains_key(&id) {
+            self.refresh()?;
+        }
         if !self.record.thins.contains_key(&id) {
             return Err(Error::NoSuchThin(id));
         }
