@@ -266,7 +266,7 @@ impl Driver for OverlayDriver {
         // The parent's merged view, so directories the changeset implies
         // get their lower metadata and lower symlinks are not written
         // through: both as the thin driver's merged tree behaves.
-        let lower = crate::store::scratch_dir(&self.dir)?.join(format!("{}-lower", layer.id));
+        let lower = crate::mount::scratch_dir(&self.dir)?.join(format!("{}-lower", layer.id));
         fs::create_dir_all(&lower).map_err(Error::io("creating", &lower))?;
         self.mount(chain, &lower, false)?;
         opts.lower = Some(lower.clone());

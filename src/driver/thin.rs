@@ -180,7 +180,7 @@ impl ThinDriver {
         // A command killed while it had a device mounted for scratch work
         // (the base while it is made) left it mounted: nothing can be
         // deleted or remade while it is. The caller holds the store's lock.
-        crate::store::sweep_scratch(dir)?;
+        crate::mount::sweep_scratch(dir)?;
         let rec: ThinDriverRecord =
             thinpool::record::read(&dir.join(Self::RECORD))?.unwrap_or_default();
         let mut d = ThinDriver {
@@ -260,7 +260,7 @@ impl ThinDriver {
     }
 
     fn scratch(&self, name: &str) -> Result<PathBuf> {
-        let p = crate::store::scratch_dir(&self.dir)?.join(name);
+        let p = crate::mount::scratch_dir(&self.dir)?.join(name);
         fs::create_dir_all(&p).map_err(Error::io("creating", &p))?;
         Ok(p)
     }

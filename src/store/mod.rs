@@ -70,8 +70,8 @@ use thinpool::lock::LockGuard;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::layer::{LayerId, LayerRecord};
-use crate::mount;
 
+pub use crate::mount::{scratch_dir, sweep_scratch};
 pub use images::{normalize_image_name, ImageRecord};
 pub use journal::{Claim, Journal};
 pub use layers::LayerDiff;
@@ -127,76 +127,6 @@ pub fn lock_store(dir: &Path, timeout: Duration) -> Result<StoreLock> {
         guard: LockGuard::acquire(&dir.join("lock"), timeout)?,
         timeout,
     })
-}
-
-/// This process's scratch directory in store `dir` (`tmp/<pid>`), for
-/// mount points and spools that a kill may leave behind. The process holds
-/// `tmp/<pid>.lock` while it lives, so other processes leave the directory
-/// alone and sweep it ([`sweep_scratch`]) once the process is gone; the
-/// first use in a process clears what a dead process with the same pid
-/// left there.
-pub fn scratch_dir(dir: &Path) -> Result<PathBuf> {
-    use std::sync::Mutex;
-    static HELD: Mutex<Vec<(PathBuf, LockGuard)>> = Mutex::new(Vec::new());
-    let tmp = dir.join("tmp");
-    let pid = std::process::id();
-    let mine = tmp.join(pid.to_string());
-    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
-    if !held.iter().any(|(d, _)| d == &tmp) {
-        fs::create_dir_all(&tmp).map_err(Error::io("creating", &tmp))?;
-        let guard = LockGuard::acquire(&tmp.join(format!("{pid}.lock")), Duration::ZERO)?;
-        mount::unmount_under(&mine)?;
-        held.push((tmp.clone(), guard));
-    }
-    fs::create_dir_all(&mine).map_err(Error::io("creating", &mine))?;
-    Ok(mine)
-}
-
-/// Unmounts and removes the scratch directories of dead processes in store
-/// `dir` (and of the layout before they were per process); returns what
-/// it unmounted.
-pub fn sweep_scratch(dir: &Path) -> Result<Vec<PathBuf>> {
-    let tmp = dir.join("tmp");
-    let mut done = vec![];
-    let Ok(rd) = fs::read_dir(&tmp) else {
-        return Ok(done);
-    };
-    let me = std::process::id().to_string();
-    for e in rd.flatten() {
-        let p = e.path();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name == me || name == format!("{me}.lock") {
-            continue;
-        }
-        if let Some(pid) = name.strip_suffix(".lock") {
-            // A lock whose directory is gone, of a dead process.
-            if !tmp.join(pid).exists() {
-                if let Some(g) = LockGuard::try_acquire(&p)? {
-                    let _ = fs::remove_file(&p);
-                    drop(g);
-                }
-            }
-            continue;
-        }
-        if !p.is_dir() {
-            continue;
-        }
-        let lock = tmp.join(format!("{name}.lock"));
-        let guard = if name.bytes().all(|b| b.is_ascii_digit()) {
-            match LockGuard::try_acquire(&lock)? {
-                Some(g) => Some(g),
-                None => continue, // a live process's
-            }
-        } else {
-            None
-        };
-        done.extend(mount::unmount_under(&p)?);
-        let _ = fs::remove_dir_all(&p);
-        if guard.is_some() {
-            let _ = fs::remove_file(&lock);
-        }
-    }
-    Ok(done)
 }
 
 fn read_dir_records<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>> {
