@@ -179,16 +179,23 @@ struct Engine {
     driver: &'static str,
     daemon: Option<std::process::Child>,
     containerd: Option<std::process::Child>,
+    /// More arguments for `snapshotter serve`.
+    serve_args: Vec<String>,
 }
 
 impl Engine {
     fn start(dir: &std::path::Path, driver: &'static str) -> Engine {
+        Self::start_with(dir, driver, &[])
+    }
+
+    fn start_with(dir: &std::path::Path, driver: &'static str, serve_args: &[&str]) -> Engine {
         let mut e = Engine {
             dir: dir.to_path_buf(),
             root: dir.join("tl"),
             driver,
             daemon: None,
             containerd: None,
+            serve_args: serve_args.iter().map(|a| a.to_string()).collect(),
         };
         // The configuration shipped in contrib/, with this test's socket,
         // root, state and address; the CRI plugin (not needed) disabled.
@@ -248,6 +255,7 @@ impl Engine {
                 ])
                 .args(["snapshotter", "serve", "--debug", "--address"])
                 .arg(self.sock("tl.sock"))
+                .args(&self.serve_args)
                 .stderr(self.log_file("daemon.log"))
                 .spawn()
                 .unwrap(),
@@ -763,4 +771,215 @@ fn root_containerd_survives_snapshotter_kills_mid_unpack_on_overlay() {
 fn dm_containerd_survives_snapshotter_kills_mid_unpack_on_thin() {
     thinpool::testing::require_dm();
     containerd_survives_kills_mid_unpack("thin");
+}
+
+/// Requests on different snapshots run at once: while a `Prepare` grows
+/// its new filesystem (the daemon's `--default-size` is larger than the
+/// base, so e2fsck and resize2fs run on the new thin device), a `View` of
+/// the same parent is made and answered. The daemon's own request log
+/// shows the view starting after the prepare and ending before it.
+#[test]
+fn dm_snapshotter_serves_requests_at_once_on_thin() {
+    thinpool::testing::require_dm();
+    let s = thinpool::testing::Scratch::new("engine-at-once");
+    let dir = s.path().join("e");
+    std::fs::create_dir(&dir).unwrap();
+    let root = dir.join("tl");
+    common::ok(
+        &root,
+        &["pool", "create", "--data-size", "2G", "--base-size", "256M"],
+    );
+    let mut e = Engine::start_with(&dir, "thin", &["--default-size", "3G"]);
+    let snap = |args: &[&str]| {
+        let mut all = vec!["snapshots", "--snapshotter", "thinlayer"];
+        all.extend_from_slice(args);
+        e.ctr(&all)
+    };
+    snap(&["prepare", "base"]);
+    snap(&["commit", "base-c", "base"]);
+    let log = dir.join("daemon.log");
+    let spawn = |args: &[&str]| {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(e.sock("ctd.sock"))
+            .args([
+                "--namespace",
+                "thinlayer-test",
+                "snapshots",
+                "--snapshotter",
+                "thinlayer",
+            ])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut slow = spawn(&["prepare", "slow", "base-c"]);
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("/slow: started")
+    {
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "the prepare never reached the daemon"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut fast = spawn(&["view", "fast", "base-c"]);
+    assert!(fast.wait().unwrap().success());
+    assert!(slow.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("'{needle}' not in the daemon's log:\n{text}"))
+    };
+    assert!(
+        at("/slow: started") < at("/fast: started") && at("/fast: ok") < at("/slow: ok"),
+        "the view waited for the prepare:\n{text}"
+    );
+    let ms = |needle: &str| -> u64 {
+        let line = text.lines().find(|l| l.contains(needle)).unwrap();
+        line.rsplit(" in ")
+            .next()
+            .unwrap()
+            .trim_end_matches(" ms")
+            .parse()
+            .unwrap()
+    };
+    eprintln!(
+        "a view took {} ms while a prepare that grows its filesystem took {} ms",
+        ms("/fast: ok"),
+        ms("/slow: ok")
+    );
+    for k in ["fast", "slow", "base-c"] {
+        snap(&["rm", k]);
+    }
+    e.down();
+    e.thinlayer(&["pool", "destroy", "--force"]);
+}
+
+/// A full pool: a container fills it, then a new container's `Prepare` is
+/// refused with the pool's reason (gRPC `ResourceExhausted`) and an import
+/// fails without leaving a snapshot or layer behind; removing the filling
+/// container gives the space back and containers run again.
+#[test]
+fn dm_containerd_on_a_full_pool_is_refused_cleanly_and_recovers() {
+    thinpool::testing::require_dm();
+    let s = thinpool::testing::Scratch::new("engine-full");
+    let archive = engine_image(&s);
+    let dir = s.path().join("e");
+    std::fs::create_dir(&dir).unwrap();
+    let root = dir.join("tl");
+    common::ok(
+        &root,
+        &[
+            "pool",
+            "create",
+            "--data-size",
+            "320M",
+            "--base-size",
+            "1G",
+            "--on-full",
+            "error",
+        ],
+    );
+    let mut e = Engine::start(&dir, "thin");
+    let img = "docker.io/library/tlbb:1";
+    e.ctr(&[
+        "image",
+        "import",
+        "--snapshotter",
+        "thinlayer",
+        archive.to_str().unwrap(),
+    ]);
+    // Fills the pool: its writes fail once the data space is used up.
+    e.ctr(&[
+        "run",
+        "--snapshotter",
+        "thinlayer",
+        img,
+        "fill",
+        "/bin/sh",
+        "-c",
+        "dd if=/dev/urandom of=/fill bs=1M 2>/dev/null; sync; true",
+    ]);
+    let st: serde_json::Value =
+        serde_json::from_str(&e.thinlayer(&["pool", "status", "--json"])).unwrap();
+    assert_eq!(st["mode"], "out-of-data-space", "{st}");
+    let layers = e.layers();
+    let ctr = |args: &[&str]| {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(e.sock("ctd.sock"))
+            .args(["--namespace", "thinlayer-test"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = ctr(&[
+        "run",
+        "--snapshotter",
+        "thinlayer",
+        img,
+        "late",
+        "/bin/true",
+    ]);
+    assert!(!o.status.success());
+    let err = common::stderr(&o);
+    assert!(
+        err.contains("data space is full") && err.contains("pool grow"),
+        "{err}"
+    );
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("/late: ResourceExhausted")),
+        "the daemon did not answer ResourceExhausted:\n{log}"
+    );
+    // An unpack of another image into the full pool fails and leaves
+    // nothing.
+    let other = {
+        let layout = common::scratch_image(&s);
+        let archive = s.path().join("scratch.tar");
+        common::run(Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            &format!("oci:{}:scratch", layout.display()),
+            &format!(
+                "docker-archive:{}:docker.io/library/tlscratch:1",
+                archive.display()
+            ),
+        ]));
+        archive
+    };
+    let o = ctr(&[
+        "image",
+        "import",
+        "--snapshotter",
+        "thinlayer",
+        other.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success(), "an import into a full pool succeeded");
+    let err = common::stderr(&o);
+    assert!(err.contains("data space is full"), "{err}");
+    e.ctr(&["image", "rm", "--sync", "docker.io/library/tlscratch:1"]);
+    assert_eq!(e.layers(), layers, "the failed import left layers");
+    // The space comes back with the container that took it.
+    e.ctr(&["containers", "rm", "fill"]);
+    let out = e.ctr(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "thinlayer",
+        img,
+        "again",
+        "/bin/sh",
+        "-c",
+        "echo ok > /f && cat /f",
+    ]);
+    assert_eq!(out.trim(), "ok");
+    e.ctr(&["image", "rm", "--sync", img]);
+    assert_eq!(e.layers(), 0);
+    e.down();
+    e.thinlayer(&["pool", "destroy", "--force"]);
 }

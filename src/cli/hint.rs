@@ -54,6 +54,9 @@ fn for_pool(e: &PoolError) -> Option<String> {
             ": grow the metadata with `thinlayer pool grow --metadata-size`, or check it with thin_check".into()
         }
         PoolError::Failed => ": check its metadata with thin_check".into(),
+        PoolError::OutOfDataSpace => {
+            ": remove containers, images or volumes, or grow it with `thinlayer pool grow --data-size`".into()
+        }
         PoolError::MetadataInUse { path } => format!(
             "; if it is no longer needed, zero its first 4K (dd if=/dev/zero of={} bs=4k count=1) and retry",
             path.display()

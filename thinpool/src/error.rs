@@ -121,6 +121,11 @@ pub enum Error {
     #[error("the pool is read-only (its metadata is full or damaged)")]
     ReadOnly,
 
+    /// The pool's data space is used up: new thin devices are refused
+    /// (their first writes would fail); deleting frees space.
+    #[error("the pool's data space is full")]
+    OutOfDataSpace,
+
     /// The kernel reports the pool as failed; nothing can change it.
     #[error("the pool has failed (the kernel reports Fail)")]
     Failed,

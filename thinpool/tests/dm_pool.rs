@@ -369,6 +369,22 @@ fn dm_full_pool_with_error_policy_fails_writes_with_enospc() {
     let st = pool.status().unwrap();
     assert_eq!(st.mode, Some(thinpool::PoolMode::OutOfDataSpace));
     assert_eq!(st.data.used_bytes, Some(st.data.total_bytes));
+    // New devices are refused (their first write would fail); deleting,
+    // which frees space, still works.
+    let thins = pool.thins().len();
+    assert!(matches!(
+        pool.snapshot_thin(id, "more"),
+        Err(thinpool::Error::OutOfDataSpace)
+    ));
+    assert!(matches!(
+        pool.create_thin(Bytes(1 << 20), "more"),
+        Err(thinpool::Error::OutOfDataSpace)
+    ));
+    assert_eq!(pool.thins().len(), thins, "a refused device was recorded");
+    pool.deactivate_thin(id).unwrap();
+    pool.delete_thin(id).unwrap();
+    let st = pool.status().unwrap();
+    assert_eq!(st.data.used_bytes, Some(Bytes(0)), "{st:?}");
     pool.destroy(true).unwrap();
 }
 

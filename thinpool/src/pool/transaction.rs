@@ -20,11 +20,20 @@ impl Pool {
         }
     }
 
-    /// Refuses new devices on a pool the kernel has stopped writing to.
+    /// Refuses changes to a pool the kernel has stopped writing to.
     fn check_writable(&self) -> Result<()> {
         match self.working_status()?.summary {
             ThinPoolStatusSummary::Good | ThinPoolStatusSummary::OutOfSpace => Ok(()),
             ThinPoolStatusSummary::ReadOnly => Err(Error::ReadOnly),
+        }
+    }
+
+    /// Refuses new devices on a pool whose data space is full: their first
+    /// write would fail (as Docker's devicemapper driver refuses them).
+    pub(super) fn check_room(&self) -> Result<()> {
+        match self.working_status()?.summary {
+            ThinPoolStatusSummary::OutOfSpace => Err(Error::OutOfDataSpace),
+            _ => Ok(()),
         }
     }
 
