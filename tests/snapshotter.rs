@@ -184,8 +184,41 @@ struct Engine {
 }
 
 impl Engine {
-    fn start(dir: &std::path::Path, driver: &'static str) -> Engine {
-        Self::start_with(dir, driver, &[])
+    /// An engine in `s`/e: for the thin driver a pool made with `pool`
+    /// (the `pool create` options) first; `serve` are more options for
+    /// `snapshotter serve`.
+    fn start_in(
+        s: &thinpool::testing::Scratch,
+        driver: &'static str,
+        pool: &[&str],
+        serve: &[&str],
+    ) -> Engine {
+        let dir = s.path().join("e");
+        std::fs::create_dir(&dir).unwrap();
+        if driver == "thin" {
+            let mut args = vec!["pool", "create"];
+            args.extend_from_slice(pool);
+            common::ok(&dir.join("tl"), &args);
+        }
+        Self::start_with(&dir, driver, serve)
+    }
+
+    /// Stops containerd and the daemon; destroys the thin pool.
+    fn finish(mut self) {
+        self.down();
+        if self.driver == "thin" {
+            self.thinlayer(&["pool", "destroy", "--force"]);
+        }
+    }
+
+    /// A `ctr` command against this containerd, in namespace
+    /// `thinlayer-test`.
+    fn ctr_cmd(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(self.sock("ctd.sock"))
+            .args(["--namespace", "thinlayer-test"]);
+        c
     }
 
     fn start_with(dir: &std::path::Path, driver: &'static str, serve_args: &[&str]) -> Engine {
@@ -323,13 +356,7 @@ impl Engine {
 
     /// `ctr` against this containerd, in namespace `thinlayer-test`.
     fn ctr(&self, args: &[&str]) -> String {
-        let o = Command::new("ctr")
-            .arg("--address")
-            .arg(self.sock("ctd.sock"))
-            .args(["--namespace", "thinlayer-test"])
-            .args(args)
-            .output()
-            .unwrap();
+        let o = self.ctr_cmd().args(args).output().unwrap();
         assert!(
             o.status.success(),
             "ctr {args:?} failed: {}{}\n{}",
@@ -426,16 +453,13 @@ const MIB: u64 = 1 << 20;
 fn containerd_runs_containers(driver: &'static str) {
     let s = thinpool::testing::Scratch::new(&format!("engine-{driver}"));
     let archive = engine_image(&s);
-    let dir = s.path().join("e");
-    std::fs::create_dir(&dir).unwrap();
-    let root = dir.join("tl");
-    if driver == "thin" {
-        common::ok(
-            &root,
-            &["pool", "create", "--data-size", "2G", "--base-size", "512M"],
-        );
-    }
-    let mut e = Engine::start(&dir, driver);
+    let mut e = Engine::start_in(
+        &s,
+        driver,
+        &["--data-size", "2G", "--base-size", "512M"],
+        &[],
+    );
+    let dir = e.dir.clone();
     let before = (driver == "thin").then(|| pool_use(&e));
 
     let img = "docker.io/library/tlbb:1";
@@ -578,9 +602,7 @@ fn containerd_runs_containers(driver: &'static str) {
     e.down();
     let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap();
     assert!(log.contains("stopping"), "{log}");
-    if driver == "thin" {
-        e.thinlayer(&["pool", "destroy", "--force"]);
-    }
+    e.finish();
 }
 
 #[test]
@@ -611,16 +633,13 @@ fn containerd_survives_kills_mid_unpack(driver: &'static str) {
         let layout = s.path().join("big-bundle/rootfs/srv/big");
         format!("{:x}", sha2::Sha256::digest(std::fs::read(layout).unwrap()))
     };
-    let dir = s.path().join("e");
-    std::fs::create_dir(&dir).unwrap();
-    let root = dir.join("tl");
-    if driver == "thin" {
-        common::ok(
-            &root,
-            &["pool", "create", "--data-size", "2G", "--base-size", "512M"],
-        );
-    }
-    let mut e = Engine::start(&dir, driver);
+    let mut e = Engine::start_in(
+        &s,
+        driver,
+        &["--data-size", "2G", "--base-size", "512M"],
+        &[],
+    );
+    let dir = e.dir.clone();
     let devices = (driver == "thin").then(|| pool_use(&e).1);
     let img = "docker.io/library/tlbb:1";
     let log = dir.join("daemon.log");
@@ -628,17 +647,9 @@ fn containerd_survives_kills_mid_unpack(driver: &'static str) {
     let mut landed = 0;
     for i in 0..KILLS {
         let from = std::fs::metadata(&log).unwrap().len() as usize;
-        let mut import = Command::new("ctr")
-            .arg("--address")
-            .arg(e.sock("ctd.sock"))
-            .args([
-                "--namespace",
-                "thinlayer-test",
-                "image",
-                "import",
-                "--snapshotter",
-                "thinlayer",
-            ])
+        let mut import = e
+            .ctr_cmd()
+            .args(["image", "import", "--snapshotter", "thinlayer"])
             .arg(&archive)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -698,17 +709,9 @@ fn containerd_survives_kills_mid_unpack(driver: &'static str) {
         // (gRPC's, about a second), and until then requests are Unavailable.
         let t0 = std::time::Instant::now();
         loop {
-            let o = Command::new("ctr")
-                .arg("--address")
-                .arg(e.sock("ctd.sock"))
-                .args([
-                    "--namespace",
-                    "thinlayer-test",
-                    "image",
-                    "import",
-                    "--snapshotter",
-                    "thinlayer",
-                ])
+            let o = e
+                .ctr_cmd()
+                .args(["image", "import", "--snapshotter", "thinlayer"])
                 .arg(&archive)
                 .output()
                 .unwrap();
@@ -755,10 +758,7 @@ fn containerd_survives_kills_mid_unpack(driver: &'static str) {
         "only {landed} of {KILLS} kills landed inside a request"
     );
     eprintln!("{landed} of {KILLS} kills landed inside a request");
-    e.down();
-    if driver == "thin" {
-        e.thinlayer(&["pool", "destroy", "--force"]);
-    }
+    e.finish();
 }
 
 #[test]
@@ -782,14 +782,13 @@ fn dm_containerd_survives_snapshotter_kills_mid_unpack_on_thin() {
 fn dm_snapshotter_serves_requests_at_once_on_thin() {
     thinpool::testing::require_dm();
     let s = thinpool::testing::Scratch::new("engine-at-once");
-    let dir = s.path().join("e");
-    std::fs::create_dir(&dir).unwrap();
-    let root = dir.join("tl");
-    common::ok(
-        &root,
-        &["pool", "create", "--data-size", "2G", "--base-size", "256M"],
+    let e = Engine::start_in(
+        &s,
+        "thin",
+        &["--data-size", "2G", "--base-size", "256M"],
+        &["--default-size", "3G"],
     );
-    let mut e = Engine::start_with(&dir, "thin", &["--default-size", "3G"]);
+    let dir = e.dir.clone();
     let snap = |args: &[&str]| {
         let mut all = vec!["snapshots", "--snapshotter", "thinlayer"];
         all.extend_from_slice(args);
@@ -799,16 +798,8 @@ fn dm_snapshotter_serves_requests_at_once_on_thin() {
     snap(&["commit", "base-c", "base"]);
     let log = dir.join("daemon.log");
     let spawn = |args: &[&str]| {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(e.sock("ctd.sock"))
-            .args([
-                "--namespace",
-                "thinlayer-test",
-                "snapshots",
-                "--snapshotter",
-                "thinlayer",
-            ])
+        e.ctr_cmd()
+            .args(["snapshots", "--snapshotter", "thinlayer"])
             .args(args)
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -855,8 +846,7 @@ fn dm_snapshotter_serves_requests_at_once_on_thin() {
     for k in ["fast", "slow", "base-c"] {
         snap(&["rm", k]);
     }
-    e.down();
-    e.thinlayer(&["pool", "destroy", "--force"]);
+    e.finish();
 }
 
 /// A full pool: a container fills it, then a new container's `Prepare` is
@@ -868,14 +858,10 @@ fn dm_containerd_on_a_full_pool_is_refused_cleanly_and_recovers() {
     thinpool::testing::require_dm();
     let s = thinpool::testing::Scratch::new("engine-full");
     let archive = engine_image(&s);
-    let dir = s.path().join("e");
-    std::fs::create_dir(&dir).unwrap();
-    let root = dir.join("tl");
-    common::ok(
-        &root,
+    let e = Engine::start_in(
+        &s,
+        "thin",
         &[
-            "pool",
-            "create",
             "--data-size",
             "320M",
             "--base-size",
@@ -883,8 +869,9 @@ fn dm_containerd_on_a_full_pool_is_refused_cleanly_and_recovers() {
             "--on-full",
             "error",
         ],
+        &[],
     );
-    let mut e = Engine::start(&dir, "thin");
+    let dir = e.dir.clone();
     let img = "docker.io/library/tlbb:1";
     e.ctr(&[
         "image",
@@ -908,15 +895,7 @@ fn dm_containerd_on_a_full_pool_is_refused_cleanly_and_recovers() {
         serde_json::from_str(&e.thinlayer(&["pool", "status", "--json"])).unwrap();
     assert_eq!(st["mode"], "out-of-data-space", "{st}");
     let layers = e.layers();
-    let ctr = |args: &[&str]| {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(e.sock("ctd.sock"))
-            .args(["--namespace", "thinlayer-test"])
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let ctr = |args: &[&str]| e.ctr_cmd().args(args).output().unwrap();
     let o = ctr(&[
         "run",
         "--snapshotter",
@@ -980,6 +959,5 @@ fn dm_containerd_on_a_full_pool_is_refused_cleanly_and_recovers() {
     assert_eq!(out.trim(), "ok");
     e.ctr(&["image", "rm", "--sync", img]);
     assert_eq!(e.layers(), 0);
-    e.down();
-    e.thinlayer(&["pool", "destroy", "--force"]);
+    e.finish();
 }
