@@ -617,14 +617,15 @@ fn dm_containerd_runs_containers_on_thin_snapshots() {
     containerd_runs_containers("thin");
 }
 
-/// The daemon is SIGKILLed in the middle of containerd's unpacks, aimed at
-/// the moment a `Prepare` or `Commit` request starts (the daemon logs each
-/// request with `--debug`), then restarted. Each time, containerd's retry
-/// of the same import succeeds, a container reads the image's data intact
-/// (no snapshot that was never finished is reported as committed), and once
-/// containerd has removed the image nothing is left: no layer, no thin
-/// device. At least a third of the kills must land inside a request, as the
-/// restarted daemon's recovery shows.
+/// The daemon is SIGKILLed in the middle of containerd's unpacks, aimed
+/// at the moment a transaction's journal appears, or a `Prepare` or
+/// `Commit` request starts (the daemon logs each request with `--debug`),
+/// then restarted. Each time, containerd's retry of the same import
+/// succeeds, a container reads the image's data intact (no snapshot that
+/// was never finished is reported as committed), and once containerd has
+/// removed the image nothing is left: no layer, no thin device. At least a
+/// third of the kills must land inside a request (one it never answered)
+/// and a quarter inside a transaction (the restarted daemon recovered it).
 fn containerd_survives_kills_mid_unpack(driver: &'static str) {
     let s = thinpool::testing::Scratch::new(&format!("engine-kill-{driver}"));
     let archive = engine_image(&s);
@@ -643,9 +644,11 @@ fn containerd_survives_kills_mid_unpack(driver: &'static str) {
     let devices = (driver == "thin").then(|| pool_use(&e).1);
     let img = "docker.io/library/tlbb:1";
     let log = dir.join("daemon.log");
-    const KILLS: usize = 6;
+    // Overlay requests are short (and cheap): more kills.
+    let kills = if driver == "thin" { 6 } else { 12 };
     let mut landed = 0;
-    for i in 0..KILLS {
+    let mut in_txn = 0;
+    for i in 0..kills {
         let from = std::fs::metadata(&log).unwrap().len() as usize;
         let mut import = e
             .ctr_cmd()
@@ -656,31 +659,41 @@ fn containerd_survives_kills_mid_unpack(driver: &'static str) {
             .spawn()
             .unwrap();
         // The (i % 3 + 1)-th request of the kind this round aims at.
-        let aim = if i % 2 == 0 { ": started" } else { "commit " };
-        let nth = i % 3 + 1;
+        // Every other kill is aimed at a transaction: the moment a journal
+        // appears in the store (the request has claimed its snapshot and
+        // the driver is at work or about to be). The others at the moment
+        // the n-th Prepare or Commit request starts, or a little after.
+        let journals = e.root.join(driver).join("journals");
+        let at_txn = i % 2 == 0;
+        let (verb, nth) = ([": prepare ", ": commit "][i / 2 % 2], i % 3 + 1);
         let t0 = std::time::Instant::now();
         loop {
-            let text = std::fs::read_to_string(&log).unwrap();
-            let seen = text[from..]
-                .lines()
-                .filter(|l| {
-                    l.ends_with(": started")
-                        && (if aim == "commit " {
-                            l.contains(": commit ")
-                        } else {
-                            l.contains(": prepare ")
-                        })
+            let hit = if at_txn {
+                std::fs::read_dir(&journals).is_ok_and(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy().ends_with(".json"))
                 })
-                .count();
-            if seen >= nth || t0.elapsed().as_secs() > 120 {
+            } else {
+                let text = std::fs::read_to_string(&log).unwrap();
+                text[from..]
+                    .lines()
+                    .filter(|l| l.ends_with(": started") && l.contains(verb))
+                    .count()
+                    >= nth
+            };
+            if hit || t0.elapsed().as_secs() > 120 || import.try_wait().unwrap().is_some() {
                 break;
             }
-            if import.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_micros(200));
+            std::thread::sleep(std::time::Duration::from_micros(100));
         }
-        std::thread::sleep(std::time::Duration::from_micros([0, 500, 2000][i % 3]));
+        if !at_txn {
+            let delays_us: &[u64] = if driver == "thin" {
+                &[0, 20_000]
+            } else {
+                &[0, 300]
+            };
+            std::thread::sleep(std::time::Duration::from_micros(delays_us[i / 2 % 2]));
+        }
         e.kill_daemon();
         let _ = import.wait();
         e.start_daemon();
@@ -702,6 +715,9 @@ fn containerd_survives_kills_mid_unpack(driver: &'static str) {
         };
         if open || recovered > 0 {
             landed += 1;
+        }
+        if recovered > 0 {
+            in_txn += 1;
         }
         eprintln!("kill {i}: mid-request {open}, recovered {recovered} item(s)");
         // containerd's retry of the same unpack, as a client retries: its
@@ -754,10 +770,17 @@ fn containerd_survives_kills_mid_unpack(driver: &'static str) {
         assert_eq!(pool_use(&e).1, before, "thin devices left after the kills");
     }
     assert!(
-        landed * 3 >= KILLS,
-        "only {landed} of {KILLS} kills landed inside a request"
+        landed * 3 >= kills,
+        "only {landed} of {kills} kills landed inside a request"
     );
-    eprintln!("{landed} of {KILLS} kills landed inside a request");
+    // Half the kills were aimed at transactions: most must have landed
+    // inside one, with its journal written, so that the restarted daemon
+    // had work to finish or undo.
+    assert!(
+        in_txn * 4 >= kills,
+        "only {in_txn} of {kills} kills landed inside a transaction"
+    );
+    eprintln!("{landed} of {kills} kills landed inside a request, {in_txn} inside its transaction");
     e.finish();
 }
 
