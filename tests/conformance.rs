@@ -34,6 +34,7 @@ conformance!(
     real_tool_corpus_imports_to_the_trees_umoci_unpacks,
     saved_images_round_trip_with_the_same_ids_and_real_tools_read_them,
     a_layer_that_cannot_be_given_back_exactly_is_refused,
+    image_config_and_history_show_what_real_tools_wrote,
 );
 
 fn snapshot_writes_never_reach_the_parent_or_a_sibling(d: Drv) {
@@ -1003,4 +1004,97 @@ fn a_layer_that_cannot_be_given_back_exactly_is_refused(d: Drv) {
         &["image", "save", "app:v1", "-o", saved.to_str().unwrap()],
         &["layout", "is missing"],
     );
+}
+
+/// `image inspect` shows the config umoci wrote (entrypoint, cmd, env,
+/// working dir, user, ports, volumes, labels) and `image history` its
+/// history newest first: umoci's `config` step (no layer, `<missing>`) on
+/// top of its two `repack` steps, each paired with its layer in the store
+/// and that layer's size.
+fn image_config_and_history_show_what_real_tools_wrote(d: Drv) {
+    let e = Env::new("history", d);
+    let layout = common::busybox_image(&e.s);
+    let img = format!("{}:bb", layout.display());
+    common::umoci(&[
+        "config",
+        "--image",
+        &img,
+        "--config.entrypoint",
+        "/bin/sh",
+        "--config.cmd",
+        "-c",
+        "--config.cmd",
+        "echo hi",
+        "--config.env",
+        "APP=1",
+        "--config.workingdir",
+        "/srv",
+        "--config.user",
+        "1000:1000",
+        "--config.exposedports",
+        "8080/tcp",
+        "--config.volume",
+        "/data",
+        "--config.label",
+        "tier=web",
+        "--history.created_by",
+        "CMD (umoci config)",
+    ]);
+    e.ok(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--name",
+        "bb:1",
+    ]);
+    let v = image_json(&e, "bb:1");
+    let c = &v["config"];
+    assert_eq!(c["entrypoint"], serde_json::json!(["/bin/sh"]), "{v}");
+    assert_eq!(c["cmd"], serde_json::json!(["-c", "echo hi"]));
+    assert!(
+        c["env"].as_array().unwrap().contains(&Value::from("APP=1")),
+        "{c}"
+    );
+    assert_eq!(c["working_dir"], "/srv");
+    assert_eq!(c["user"], "1000:1000");
+    assert_eq!(c["exposed_ports"], serde_json::json!(["8080/tcp"]));
+    assert_eq!(c["volumes"], serde_json::json!(["/data"]));
+    assert_eq!(c["labels"]["tier"], "web");
+    assert_eq!(c["architecture"], "amd64");
+    let text = e.ok(&["image", "inspect", "bb:1"]);
+    assert!(
+        text.contains("  entrypoint  /bin/sh") && text.contains("  volumes     /data"),
+        "{text}"
+    );
+
+    let layers: Vec<String> = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    let h: Value = serde_json::from_str(&e.ok(&["image", "history", "bb:1", "--json"])).unwrap();
+    let rows = h.as_array().unwrap();
+    let got: Vec<(&str, Option<&str>)> = rows
+        .iter()
+        .map(|r| (r["created_by"].as_str().unwrap(), r["layer_id"].as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("CMD (umoci config)", None),
+            ("umoci repack", Some(layers[1].as_str())),
+            ("umoci repack", Some(layers[0].as_str())),
+        ]
+    );
+    // The bottom layer holds the static busybox.
+    assert!(rows[2]["size_bytes"].as_u64().unwrap() > 500_000, "{h}");
+    assert_eq!(rows[0]["size_bytes"], 0);
+    let text = e.ok(&["image", "history", "bb:1"]);
+    let first = text.lines().nth(1).unwrap();
+    assert!(
+        first.starts_with("<missing>") && first.contains("CMD (umoci config)"),
+        "{text}"
+    );
+    e.fails(&["image", "history", "nope:1"], &["no image 'nope:1'"]);
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde::Serialize;
+use thinlayer::image::{read_config, HistoryEntry, ImageDetails};
 use thinlayer::save::{save_images, SaveFormat};
 use thinlayer::store::ImageRecord;
 use thinlayer::util::ids::short;
@@ -28,11 +29,22 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show one image.
+    /// Show one image: its ids, layers and config (entrypoint, cmd, env,
+    /// working dir, user, ports, volumes, labels).
     Inspect {
         image: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Show how an image was built: one row per history step, newest
+    /// first, with the layer it made and that layer's size.
+    History {
+        image: String,
+        #[arg(long)]
+        json: bool,
+        /// Do not shorten ids and commands.
+        #[arg(long)]
+        no_trunc: bool,
     },
     /// Remove an image and its layers that nothing else uses.
     Rm { image: String },
@@ -67,6 +79,58 @@ struct ImageJson<'a> {
     #[serde(flatten)]
     record: &'a ImageRecord,
     created: String,
+}
+
+/// A history row as `--json` shows it.
+#[derive(Serialize)]
+struct HistoryJson {
+    #[serde(flatten)]
+    step: HistoryEntry,
+    /// The layer's id in the store, for a step that made one.
+    #[serde(rename = "layer_id")]
+    layer: Option<String>,
+    /// Bytes that layer holds on its own.
+    size_bytes: u64,
+}
+
+fn print_details(d: &ImageDetails) {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(" ")
+        }
+    };
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!("config");
+    let row = |k: &str, v: String| println!("  {k:<11} {v}");
+    row("built", opt(&d.created));
+    if let Some(a) = &d.author {
+        row("author", a.clone());
+    }
+    row("entrypoint", list(&d.entrypoint));
+    row("cmd", list(&d.cmd));
+    row("workdir", opt(&d.working_dir));
+    row("user", opt(&d.user));
+    row("ports", list(&d.exposed_ports));
+    row("volumes", list(&d.volumes));
+    if let Some(s) = &d.stop_signal {
+        row("stopsignal", s.clone());
+    }
+    for e in &d.env {
+        row("env", e.clone());
+    }
+    for (k, v) in &d.labels {
+        row("label", format!("{k}={v}"));
+    }
+}
+
+/// An RFC 3339 time to the second, as a table shows it.
+fn to_second(t: &str) -> String {
+    match (t.get(..19), t.len() > 19) {
+        (Some(s), true) => format!("{s}Z"),
+        _ => t.to_string(),
+    }
 }
 
 fn to_json(i: &ImageRecord) -> ImageJson<'_> {
@@ -111,8 +175,19 @@ pub fn run(mut store: Store, cmd: ImageCommand) -> Result<()> {
         }
         ImageCommand::Inspect { image, json } => {
             let i = store.image(&image)?.clone();
+            let details = read_config(store.image_config(&i.id)?)?.details();
             if json {
-                println!("{}", serde_json::to_string_pretty(&to_json(&i))?);
+                #[derive(Serialize)]
+                struct Inspect<'a> {
+                    #[serde(flatten)]
+                    image: ImageJson<'a>,
+                    config: ImageDetails,
+                }
+                let out = Inspect {
+                    image: to_json(&i),
+                    config: details,
+                };
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 println!("id        sha256:{}", i.id);
                 println!("names     {}", i.names.join(", "));
@@ -126,6 +201,56 @@ pub fn run(mut store: Store, cmd: ImageCommand) -> Result<()> {
                 for l in &i.layers {
                     let rec = store.layer(l.as_str())?;
                     println!("  {}  {}", l, rec.diff_id.as_deref().unwrap_or("-"));
+                }
+                print_details(&details);
+            }
+        }
+        ImageCommand::History {
+            image,
+            json,
+            no_trunc,
+        } => {
+            let i = store.image(&image)?.clone();
+            let steps = read_config(store.image_config(&i.id)?)?.history();
+            let sizes = store.usage(&i.layers)?;
+            let rows: Vec<HistoryJson> = steps
+                .into_iter()
+                .map(|h| HistoryJson {
+                    layer: h.layer.and_then(|n| i.layers.get(n)).map(|l| l.to_string()),
+                    size_bytes: h
+                        .layer
+                        .and_then(|n| sizes.get(n))
+                        .map_or(0, |u| u.exclusive_bytes),
+                    step: h,
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<14} {:<22} {:<46} {:>9}  COMMENT",
+                    "LAYER", "CREATED", "CREATED BY", "SIZE"
+                );
+                for r in rows {
+                    let layer = match (&r.layer, no_trunc) {
+                        (Some(l), true) => l.clone(),
+                        (Some(l), false) => short(l).to_string(),
+                        (None, _) => "<missing>".into(),
+                    };
+                    let by = r.step.created_by.replace('\n', " ");
+                    let by = if no_trunc || by.chars().count() <= 45 {
+                        by
+                    } else {
+                        format!("{}…", by.chars().take(44).collect::<String>())
+                    };
+                    println!(
+                        "{:<14} {:<22} {:<46} {:>9}  {}",
+                        layer,
+                        r.step.created.as_deref().map_or("-".into(), to_second),
+                        by,
+                        thinpool::Bytes(r.size_bytes).to_string(),
+                        r.step.comment.as_deref().unwrap_or("")
+                    );
                 }
             }
         }

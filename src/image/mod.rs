@@ -19,6 +19,7 @@
 //! `manifest.json` has its serde struct in `docker.rs`. Where oci-spec is stricter than the
 //! images real tools write, `oci.rs` prepares the document first (its module doc lists how).
 
+mod details;
 mod digest;
 mod docker;
 mod oci;
@@ -29,6 +30,7 @@ mod tests;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+pub use details::{read_config, HistoryEntry, ImageDetails};
 pub use digest::{chain_ids, sha256_digest, Digest, DigestParseError};
 /// The parsed image config, as in [`ImageConfig::full`].
 pub use oci_spec::image::ImageConfiguration;
