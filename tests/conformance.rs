@@ -1087,6 +1087,13 @@ fn image_config_and_history_show_what_real_tools_wrote(d: Drv) {
             ("umoci repack", Some(layers[0].as_str())),
         ]
     );
+    // A layer's size is its changeset's: the tar `layer diff` gives back.
+    for (row, layer) in [(1, &layers[1]), (2, &layers[0])] {
+        let tar = e.path().join(format!("{layer}.tar"));
+        e.ok(&["layer", "diff", layer, "-o", tar.to_str().unwrap()]);
+        let len = std::fs::metadata(&tar).unwrap().len();
+        assert_eq!(rows[row]["size_bytes"].as_u64(), Some(len), "{h}");
+    }
     // The bottom layer holds the static busybox.
     assert!(rows[2]["size_bytes"].as_u64().unwrap() > 500_000, "{h}");
     assert_eq!(rows[0]["size_bytes"], 0);

@@ -260,3 +260,21 @@ fn open_file(root: &OwnedFd, key: &[u8], size: u64) -> Result<File, ChangesetErr
     }
     Ok(File::from(fd))
 }
+/// The length of the stream `record` describes (its end: `'E'` TOTAL
+/// SHA256), without the layer's files: the changeset's uncompressed size.
+/// `None` for a record that does not end as one.
+///
+/// Errors: the record cannot be read or is not gzip.
+pub fn recorded_length(record: &Path) -> io::Result<Option<u64>> {
+    let mut all = vec![];
+    GzDecoder::new(BufReader::new(File::open(record)?)).read_to_end(&mut all)?;
+    let Some(end) = all.len().checked_sub(41) else {
+        return Ok(None);
+    };
+    if all[end] != b'E' {
+        return Ok(None);
+    }
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&all[end + 1..end + 9]);
+    Ok(Some(u64::from_le_bytes(n)))
+}

@@ -37,7 +37,8 @@ pub enum ImageCommand {
         json: bool,
     },
     /// Show how an image was built: one row per history step, newest
-    /// first, with the layer it made and that layer's size.
+    /// first, with the layer it made and that layer's size (its
+    /// uncompressed changeset).
     History {
         image: String,
         #[arg(long)]
@@ -89,7 +90,8 @@ struct HistoryJson {
     /// The layer's id in the store, for a step that made one.
     #[serde(rename = "layer_id")]
     layer: Option<String>,
-    /// Bytes that layer holds on its own.
+    /// The length of that layer's changeset (its uncompressed tar), as
+    /// `docker history` sizes a layer.
     size_bytes: u64,
 }
 
@@ -212,15 +214,19 @@ pub fn run(mut store: Store, cmd: ImageCommand) -> Result<()> {
         } => {
             let i = store.image(&image)?.clone();
             let steps = read_config(store.image_config(&i.id)?)?.history();
-            let sizes = store.usage(&i.layers)?;
+            let sizes = i
+                .layers
+                .iter()
+                .map(|l| store.changeset_length(l))
+                .collect::<thinlayer::error::Result<Vec<_>>>()?;
             let rows: Vec<HistoryJson> = steps
                 .into_iter()
                 .map(|h| HistoryJson {
                     layer: h.layer.and_then(|n| i.layers.get(n)).map(|l| l.to_string()),
                     size_bytes: h
                         .layer
-                        .and_then(|n| sizes.get(n))
-                        .map_or(0, |u| u.exclusive_bytes),
+                        .and_then(|n| sizes.get(n).copied().flatten())
+                        .unwrap_or(0),
                     step: h,
                 })
                 .collect();

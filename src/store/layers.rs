@@ -229,6 +229,18 @@ impl Store {
         })?
     }
 
+    /// The length of the changeset an image's layer was imported from (its
+    /// uncompressed tar, as `docker history` sizes a layer); `None` for a
+    /// layer without a recorded layout.
+    pub fn changeset_length(&self, id: &LayerId) -> Result<Option<u64>> {
+        let rec = self.layer_record(id)?;
+        if !rec.layout {
+            return Ok(None);
+        }
+        let path = self.layout_path(id);
+        crate::changeset::split::recorded_length(&path).map_err(Error::io("reading", &path))
+    }
+
     /// Replaces the snapshot fields of layer `id`'s record (one atomic
     /// record write: a commit or a label change).
     pub fn set_snapshot(&mut self, id: &LayerId, meta: SnapshotMeta) -> Result<()> {
