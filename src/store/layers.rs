@@ -251,11 +251,7 @@ impl Store {
                 hint: ": another request is removing it".into(),
             });
         }
-        if let Some(j) = self.pending().iter().find(|j| {
-            j.claims
-                .values()
-                .any(|c| c.key.as_deref() == Some(meta.key.as_str()))
-        }) {
+        if let Some(j) = self.claimed_by(|c| c.key.as_deref() == Some(meta.key.as_str())) {
             return Err(Error::Exists {
                 what: "snapshot",
                 name: format!("{} (being made by: {})", meta.key, j.op),

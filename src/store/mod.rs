@@ -260,14 +260,23 @@ impl Store {
         Ok(out)
     }
 
-    /// The journals of other live transactions.
-    pub(crate) fn pending(&self) -> &[Journal] {
-        &self.pending
-    }
-
     /// Whether a live transaction of another store is removing layer `id`.
     pub fn being_removed(&self, id: &LayerId) -> bool {
         self.pending.iter().any(|j| j.remove.contains(id))
+    }
+
+    /// Whether a live transaction of another store is making layer `id`
+    /// (its record, if written, is not committed yet).
+    pub(crate) fn being_made(&self, id: &LayerId) -> bool {
+        self.pending.iter().any(|j| j.create.contains(id))
+    }
+
+    /// The live transaction of another store that holds a claim `matches`
+    /// accepts (a name, a key, a parent), if any.
+    pub(crate) fn claimed_by(&self, matches: impl Fn(&Claim) -> bool) -> Option<&Journal> {
+        self.pending
+            .iter()
+            .find(|j| j.claims.values().any(&matches))
     }
 
     /// What opening the store repaired.
@@ -359,10 +368,8 @@ impl Store {
                 let owned = match sub {
                     "layers" => {
                         self.layers.keys().any(|k| k.as_str() == stem)
-                            || self
-                                .pending
-                                .iter()
-                                .any(|j| j.create.iter().any(|k| k.as_str() == stem))
+                            || LayerId::try_from(stem.to_string())
+                                .is_ok_and(|id| self.being_made(&id))
                     }
                     _ => {
                         self.images.contains_key(stem)

@@ -151,10 +151,9 @@ impl Txn<'_> {
     /// live transactions claim.
     fn check_claim(&self, claim: &Claim) -> Result<()> {
         let store = &*self.store;
-        let others = || store.pending().iter().flat_map(|j| j.claims.values());
         if let Some(n) = &claim.name {
             if store.layers.values().any(|l| l.name.as_ref() == Some(n))
-                || others().any(|c| c.name.as_ref() == Some(n))
+                || store.claimed_by(|c| c.name.as_ref() == Some(n)).is_some()
             {
                 return Err(Error::Exists {
                     what: "layer",
@@ -167,7 +166,7 @@ impl Txn<'_> {
                 .layers
                 .values()
                 .any(|l| l.snapshot.as_ref().is_some_and(|s| &s.key == k))
-                || others().any(|c| c.key.as_ref() == Some(k))
+                || store.claimed_by(|c| c.key.as_ref() == Some(k)).is_some()
             {
                 return Err(Error::Exists {
                     what: "snapshot",
@@ -177,12 +176,13 @@ impl Txn<'_> {
         }
         if let Some(p) = &claim.parent {
             let ours = self.journal.create.contains(p);
-            let uncommitted = store.pending().iter().any(|j| j.create.contains(p));
-            if !ours && (!store.layers.contains_key(p) || store.being_removed(p) || uncommitted) {
+            if !ours
+                && (!store.layers.contains_key(p) || store.being_removed(p) || store.being_made(p))
+            {
                 return Err(Error::NotFound {
                     what: "layer",
                     name: p.to_string(),
-                    hint: ": it was removed meanwhile".into(),
+                    hint: ": it was removed meanwhile, or is not made yet".into(),
                 });
             }
         }
@@ -207,20 +207,18 @@ impl Txn<'_> {
     /// layer on.
     pub fn intend_removal(&mut self, layers: &[LayerId], image: Option<&str>) -> Result<()> {
         for id in layers {
-            let being_made = self.store.pending().iter().any(|j| j.create.contains(id));
-            if being_made || self.store.being_removed(id) || !self.store.layers.contains_key(id) {
-                return Err(Error::NotFound {
-                    what: "layer",
-                    name: id.to_string(),
-                    hint: ": another command is removing it".into(),
-                });
+            let gone = |hint: &str| Error::NotFound {
+                what: "layer",
+                name: id.to_string(),
+                hint: hint.into(),
+            };
+            if self.store.being_removed(id) || !self.store.layers.contains_key(id) {
+                return Err(gone(": another command is removing it"));
             }
-            if let Some(j) = self
-                .store
-                .pending()
-                .iter()
-                .find(|j| j.claims.values().any(|c| c.parent.as_ref() == Some(id)))
-            {
+            if self.store.being_made(id) {
+                return Err(gone(": another command is still making it"));
+            }
+            if let Some(j) = self.store.claimed_by(|c| c.parent.as_ref() == Some(id)) {
                 return Err(Error::InUse {
                     what: format!("layer {}", id.short()),
                     reason: format!(
