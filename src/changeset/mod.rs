@@ -133,6 +133,7 @@ mod export;
 mod path;
 pub mod split;
 mod stream;
+pub mod summary;
 mod tree;
 
 #[cfg(test)]

@@ -51,6 +51,23 @@ pub enum ContainerCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// List the container's changes against its image, as `docker diff`:
+    /// `A` added, `C` changed, `D` deleted (init files left out).
+    Diff {
+        container: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy files between a container and the host, as `docker cp`:
+    /// `cp C:/path HOSTPATH`, `cp HOSTPATH C:/path`, or `-` for a tar
+    /// stream on stdin or stdout. Paths inside resolve as the container
+    /// sees them (its volumes included); owners and modes are kept.
+    Cp {
+        /// CONTAINER:PATH, a host path, or `-` (a tar stream on stdin).
+        src: String,
+        /// CONTAINER:PATH, a host path, or `-` (a tar stream on stdout).
+        dest: String,
+    },
     /// Remove containers and their layers.
     Rm {
         /// Unmount a mounted container first.
@@ -286,6 +303,21 @@ pub fn run(
                 .with_context(|| format!("committing container {container}"))?;
             println!("{id}");
         }
+        ContainerCommand::Diff { container, json } => {
+            let changes = open(root)?
+                .diff(&container)
+                .with_context(|| format!("listing the changes of container {container}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&changes)?);
+            } else {
+                let mut out = std::io::stdout().lock();
+                for c in &changes {
+                    use std::io::Write;
+                    writeln!(out, "{} {}", c.kind.letter(), c.path)?;
+                }
+            }
+        }
+        ContainerCommand::Cp { src, dest } => copy(root, &src, &dest)?,
         ContainerCommand::Rm {
             force,
             volumes,
@@ -304,4 +336,70 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// One end of `container cp`.
+#[derive(Debug, PartialEq, Eq)]
+enum End<'a> {
+    Container(&'a str, &'a str),
+    Host(&'a str),
+    Stream,
+}
+
+/// Reads an end as `docker cp` does: `-`, `NAME:PATH` (a colon before any
+/// `/`), or a host path (a leading `/` or `./` makes any path a host one).
+fn end(s: &str) -> End<'_> {
+    if s == "-" {
+        return End::Stream;
+    }
+    match s.split_once(':') {
+        Some((c, p)) if !c.is_empty() && !c.contains('/') => End::Container(c, p),
+        _ => End::Host(s),
+    }
+}
+
+fn copy(root: &Root, src: &str, dest: &str) -> Result<()> {
+    use thinlayer::container::cp::{CopyFrom, CopyTo};
+    let what = || format!("copying {src} to {dest}");
+    match (end(src), end(dest)) {
+        (End::Container(c, p), End::Host(h)) => open(root)?
+            .copy_out(c, p, CopyTo::Host(std::path::Path::new(h)))
+            .with_context(what)?,
+        (End::Container(c, p), End::Stream) => {
+            let mut out = std::io::stdout().lock();
+            open(root)?
+                .copy_out(c, p, CopyTo::Tar(&mut out))
+                .with_context(what)?;
+        }
+        (End::Host(h), End::Container(c, p)) => open(root)?
+            .copy_in(c, CopyFrom::Host(std::path::Path::new(h)), p)
+            .with_context(what)?,
+        (End::Stream, End::Container(c, p)) => {
+            let mut input = std::io::stdin().lock();
+            open(root)?
+                .copy_in(c, CopyFrom::Tar(&mut input), p)
+                .with_context(what)?;
+        }
+        (End::Container(..), End::Container(..)) => {
+            anyhow::bail!("copying between containers is not supported: copy to the host first")
+        }
+        _ => anyhow::bail!(
+            "one of SRC and DEST must be CONTAINER:PATH, e.g. `thinlayer container cp c1:/etc/hosts .`"
+        ),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_cp_ends_are_read_as_docker_reads_them() {
+        assert_eq!(end("-"), End::Stream);
+        assert_eq!(end("c1:/etc/hosts"), End::Container("c1", "/etc/hosts"));
+        assert_eq!(end("/tmp/a:b"), End::Host("/tmp/a:b"));
+        assert_eq!(end("./c1:x"), End::Host("./c1:x"));
+        assert_eq!(end("file"), End::Host("file"));
+    }
 }

@@ -59,6 +59,9 @@ impl Containers<'_> {
                 ))
             }
         };
+        if let Some(id) = &image {
+            add_declared_volumes(store, id, &mut mounts)?;
+        }
         // Volumes to make: anonymous ones get their names now, so the
         // record can name them before they exist.
         let mut created_volumes = vec![];
@@ -251,6 +254,39 @@ impl Containers<'_> {
         r?;
         self.remove_record(rec)
     }
+}
+
+/// Adds an anonymous volume for each path the image declares (`VOLUME`,
+/// `config.Volumes`) that no `-v` or `--volumes-from` mount covers, as
+/// Docker does; they are filled from the image like any new volume.
+fn add_declared_volumes(
+    store: &crate::store::Store,
+    image: &str,
+    mounts: &mut Vec<MountSpec>,
+) -> Result<()> {
+    let raw = match store.image_config(image) {
+        Ok(raw) => raw,
+        // An image imported before configs were kept declares nothing
+        // thinlayer can read.
+        Err(Error::Precondition(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let config = crate::image::read_config(raw)?;
+    for path in config.details().volumes {
+        let destination = spec::container_path(&path, &path).map_err(|e| Error::Corrupt {
+            what: format!("the config of image {image}"),
+            reason: format!("its declared volume {path:?} is not usable: {e}"),
+        })?;
+        if mounts.iter().all(|m| m.destination != destination) {
+            mounts.push(MountSpec {
+                source: Source::Anonymous,
+                destination,
+                readonly: false,
+                nocopy: false,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Copies a directory tree with owners, modes, times, xattrs, links and

@@ -32,6 +32,7 @@
 //! and `volumes` (the operations, all on [`Containers`]), [`spec`] (`-v`
 //! specs, the init layer), [`scoped`] (paths inside a rootfs), [`exec`].
 
+pub mod cp;
 pub mod exec;
 pub mod record;
 pub mod scoped;
@@ -57,11 +58,13 @@ use crate::error::{Error, Result};
 use crate::layer::LayerId;
 use crate::mount;
 use crate::root::Root;
+use crate::store::changes::Change;
 use crate::store::graph::by_id_prefix;
 use crate::util::time::rfc3339;
 use crate::volume::Volumes;
 pub use record::{
-    validate_name, ContainerInfo, ContainerRecord, CreatedVolume, NewContainer, State, VolumeInfo,
+    validate_name, ContainerInfo, ContainerRecord, CreatedVolume, MountInfo, NewContainer, State,
+    VolumeInfo,
 };
 use res::Res;
 
@@ -200,14 +203,7 @@ impl<'r> Containers<'r> {
         let mut out: Vec<ContainerInfo> = self
             .records
             .values()
-            .map(|r| {
-                Ok(ContainerInfo {
-                    created: rfc3339(r.created_unix),
-                    record: r.clone(),
-                    mounted: self.is_mounted(r)?,
-                    rootfs: self.rootfs(r),
-                })
-            })
+            .map(|r| self.info(r))
             .collect::<Result<_>>()?;
         out.sort_by(|a, b| {
             a.record
@@ -220,19 +216,81 @@ impl<'r> Containers<'r> {
 
     /// One container, by name, id or unique id prefix.
     pub fn inspect(&self, key: &str) -> Result<ContainerInfo> {
-        let r = self.get(key)?;
+        self.info(self.get(key)?)
+    }
+
+    fn info(&self, r: &ContainerRecord) -> Result<ContainerInfo> {
         Ok(ContainerInfo {
             created: rfc3339(r.created_unix),
             record: r.clone(),
             mounted: self.is_mounted(r)?,
             rootfs: self.rootfs(r),
+            docker_mounts: self.mount_infos(r)?,
         })
+    }
+
+    /// A container's mounts, shaped as `docker inspect` shows them.
+    fn mount_infos(&self, r: &ContainerRecord) -> Result<Vec<MountInfo>> {
+        r.mounts
+            .iter()
+            .map(|m| {
+                let mut modes = vec![];
+                if m.readonly {
+                    modes.push("ro");
+                }
+                if m.nocopy {
+                    modes.push("nocopy");
+                }
+                let (kind, name, source, driver, propagation) = match &m.source {
+                    spec::Source::Volume { name } => {
+                        let driver = self.volumes.find(name)?.map(|v| v.driver.to_string());
+                        let data = self.volumes.data_path(name);
+                        ("volume", Some(name.clone()), data, driver, "")
+                    }
+                    spec::Source::Bind { path } => ("bind", None, path.into(), None, "rprivate"),
+                    spec::Source::Anonymous => {
+                        return Err(Error::Corrupt {
+                            what: format!("container {}", r.name),
+                            reason: format!("its mount at {} names no volume", m.destination),
+                        })
+                    }
+                };
+                Ok(MountInfo {
+                    kind,
+                    name,
+                    source,
+                    destination: m.destination.clone(),
+                    driver,
+                    mode: modes.join(","),
+                    rw: !m.readonly,
+                    propagation,
+                })
+            })
+            .collect()
     }
 
     /// Makes a layer of the container's changes (without its init files)
     /// over the layer it was made from. Refused while mounted, so the
     /// filesystem is quiet.
     pub fn commit(&mut self, key: &str, name: Option<&str>) -> Result<LayerId> {
+        let rec = self.quiet(key)?;
+        let rw = rec.writable_layer()?.clone();
+        let store = self.res.open_store(&rec)?;
+        store.commit(&rw, &rec.parent, name, spec::INIT_FILES)
+    }
+
+    /// The container's changes against its image (`docker diff`), without
+    /// its init files, from the same change detection as [`Self::commit`].
+    /// Refused while mounted, so the filesystem is quiet.
+    pub fn diff(&mut self, key: &str) -> Result<Vec<Change>> {
+        let rec = self.quiet(key)?;
+        let rw = rec.writable_layer()?.clone();
+        let store = self.res.open_store(&rec)?;
+        store.changes(&rw, spec::INIT_FILES)
+    }
+
+    /// A container that is not mounted, whose layers can be read whole.
+    fn quiet(&self, key: &str) -> Result<ContainerRecord> {
         let rec = self.get(key)?.clone();
         if self.is_mounted(&rec)? {
             return Err(Error::InUse {
@@ -243,8 +301,6 @@ impl<'r> Containers<'r> {
                 ),
             });
         }
-        let rw = rec.writable_layer()?.clone();
-        let store = self.res.open_store(&rec)?;
-        store.commit(&rw, &rec.parent, name, spec::INIT_FILES)
+        Ok(rec)
     }
 }

@@ -136,6 +136,37 @@ pub struct ContainerInfo {
     pub mounted: bool,
     /// Where its rootfs is mounted while it is.
     pub rootfs: PathBuf,
+    /// Its mounts as `docker inspect` shows them (`.Mounts`).
+    #[serde(rename = "Mounts")]
+    pub docker_mounts: Vec<MountInfo>,
+}
+
+/// One mount as `docker inspect -f '{{json .Mounts}}'` shows it, with
+/// Docker's field names, so scripts written for Docker read it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MountInfo {
+    /// `volume` or `bind`.
+    #[serde(rename = "Type")]
+    pub kind: &'static str,
+    /// The volume's name (volumes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where the data is on the host.
+    pub source: PathBuf,
+    /// Where it is mounted inside the container.
+    pub destination: String,
+    /// The volume's driver, `local` or `thin` (volumes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// The mode given with it: `ro`, `nocopy`, or empty.
+    pub mode: String,
+    /// Whether it is mounted read-write.
+    #[serde(rename = "RW")]
+    pub rw: bool,
+    /// Mount propagation: `rprivate` for binds (thinlayer's only), empty
+    /// for volumes, as Docker prints them.
+    pub propagation: &'static str,
 }
 
 /// A volume as listings show it.

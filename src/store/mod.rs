@@ -51,6 +51,7 @@
 //! (layer operations), [`images`] (image records), [`txn`] (the
 //! transaction API that those and `crate::image::import` use).
 
+pub mod changes;
 pub mod graph;
 pub mod images;
 pub mod journal;

@@ -1,0 +1,428 @@
+//! What Docker users reach for, on both drivers (`root_overlay::*` on the
+//! host, `dm_thin::*` in the VM): volumes an image declares, `container
+//! diff`, `container cp` both ways, `container inspect`'s Docker-shaped
+//! mounts, and `layer prune` / `system df`.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use serde_json::{json, Value};
+
+mod common;
+use common::env::{Drv, Env};
+use common::{busybox_image, stderr, stdout, umoci, Tar};
+
+/// An environment with the busybox image imported as `bb`.
+fn setup(label: &str, d: Drv) -> (Env, std::path::PathBuf) {
+    let e = Env::new(label, d);
+    let layout = busybox_image(&e.s);
+    e.ok(&["image", "import", layout.to_str().unwrap(), "--name", "bb"]);
+    (e, layout)
+}
+
+fn sh(e: &Env, c: &str, script: &str) -> String {
+    let o = e.run(&["container", "exec", c, "--", "/bin/sh", "-c", script]);
+    assert!(
+        o.status.success(),
+        "{script} in {c} ({}): {}{}",
+        e.drv.name(),
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+fn create(e: &Env, name: &str, extra: &[&str]) {
+    let mut args = vec!["container", "create", "--name", name];
+    if !extra.contains(&"--image") && !extra.contains(&"--layer") {
+        args.extend(["--image", "bb"]);
+    }
+    args.extend(extra);
+    e.ok(&args);
+}
+
+fn inspect(e: &Env, c: &str) -> Value {
+    serde_json::from_str(&e.ok(&["container", "inspect", c, "--json"])).unwrap()
+}
+
+/// Runs `thinlayer ARGS` with `input` on stdin.
+fn with_stdin(e: &Env, args: &[&str], input: &[u8]) -> Output {
+    let mut child = e
+        .cmd(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+conformance!(
+    declared_volumes_are_made_filled_and_shared_with_volumes_from,
+    diff_lists_added_changed_and_deleted_paths_as_docker_diff_does,
+    cp_copies_both_ways_inside_the_container_s_view,
+    cp_refuses_read_only_mounts_hostile_streams_and_missing_paths,
+    inspect_shows_mounts_as_docker_inspect_does,
+);
+
+fn declared_volumes_are_made_filled_and_shared_with_volumes_from(d: Drv) {
+    let (e, layout) = setup("declared", d);
+    // VOLUME /data /cache, as a Dockerfile would declare them.
+    let l = layout.to_str().unwrap();
+    umoci(&[
+        "config",
+        "--image",
+        &format!("{l}:bb"),
+        "--tag",
+        "packed",
+        "--config.volume",
+        "/data",
+        "--config.volume",
+        "/cache",
+    ]);
+    e.ok(&[
+        "image",
+        "import",
+        &format!("{l}:packed"),
+        "--name",
+        "packed",
+    ]);
+    let img: Value =
+        serde_json::from_str(&e.ok(&["image", "inspect", "packed", "--json"])).unwrap();
+    assert_eq!(img["config"]["volumes"], json!(["/cache", "/data"]));
+
+    create(&e, "store", &["--image", "packed"]);
+    let mounts = inspect(&e, "store")["Mounts"].clone();
+    let dests: Vec<&str> = mounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["Destination"].as_str().unwrap())
+        .collect();
+    assert_eq!(dests, ["/cache", "/data"], "{mounts}");
+    for m in mounts.as_array().unwrap() {
+        assert_eq!(m["Type"], "volume");
+        assert_eq!(m["Name"].as_str().unwrap().len(), 64, "anonymous: {m}");
+        let vol: Value =
+            serde_json::from_str(&e.ok(&["volume", "inspect", m["Name"].as_str().unwrap()]))
+                .unwrap();
+        assert_eq!(vol[0]["anonymous"], true);
+    }
+    // /data is filled from the image (owner and mode kept); /cache, which
+    // the image lacks, is an empty volume.
+    assert_eq!(
+        sh(
+            &e,
+            "store",
+            "stat -c '%u:%g %a' /data; cat /data/seed; ls -A /cache | grep -v lost+found | wc -l"
+        ),
+        "1000:1000 750\nseed\n0\n"
+    );
+    sh(&e, "store", "echo packed > /data/shared; echo c > /cache/c");
+    // The data-packed volume container: another takes its volumes.
+    create(&e, "user", &["--volumes-from", "store"]);
+    assert_eq!(
+        sh(&e, "user", "cat /data/shared /data/seed /cache/c"),
+        "packed\nseed\nc\n"
+    );
+    // A -v at a declared path wins: no anonymous volume there.
+    create(&e, "own", &["--image", "packed", "-v", "mine:/data"]);
+    let own = inspect(&e, "own")["Mounts"].clone();
+    let own: Vec<(String, String)> = own
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["Destination"].as_str().unwrap().to_string(),
+                m["Name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(own.len(), 2);
+    assert_eq!(own[0], ("/data".to_string(), "mine".to_string()));
+    assert_eq!(own[1].0, "/cache");
+    assert_eq!(sh(&e, "own", "cat /data/seed"), "seed\n");
+    // rm -v takes the anonymous volumes of a container nobody else uses.
+    let before = e.list("volume").len();
+    e.ok(&["container", "rm", "-v", "own"]);
+    assert_eq!(
+        e.list("volume").len(),
+        before - 1,
+        "own's /cache volume goes, mine stays"
+    );
+}
+
+fn diff_lists_added_changed_and_deleted_paths_as_docker_diff_does(d: Drv) {
+    let (e, _) = setup("diff", d);
+    create(&e, "c", &[]);
+    assert_eq!(
+        e.ok(&["container", "diff", "c"]),
+        "",
+        "a new container has no changes"
+    );
+    sh(
+        &e,
+        "c",
+        "echo x > /tmp/new; echo v2 > /srv/app/config; rm /etc/passwd; mkdir -p /a/b; \
+         rm -rf /data; echo h > /etc/hostname",
+    );
+    let got = e.ok(&["container", "diff", "c"]);
+    assert_eq!(
+        got,
+        "A /a\nA /a/b\nD /data\nC /etc\nD /etc/passwd\nC /srv\nC /srv/app\nC /srv/app/config\nC /tmp\nA /tmp/new\n",
+        "sorted by path; the init files (/etc/hostname) never show"
+    );
+    let j: Value = serde_json::from_str(&e.ok(&["container", "diff", "c", "--json"])).unwrap();
+    assert!(j
+        .as_array()
+        .unwrap()
+        .contains(&json!({"path": "/tmp/new", "kind": "A"})));
+    // The same change detection as commit: the committed layer has them.
+    e.ok(&["container", "commit", "c", "--name", "cm"]);
+    create(&e, "from", &["--layer", "cm"]);
+    assert_eq!(
+        sh(
+            &e,
+            "from",
+            "cat /tmp/new /srv/app/config; test -e /etc/passwd || echo gone"
+        ),
+        "x\nv2\ngone\n"
+    );
+    // A container held mounted is refused, as commit is.
+    e.ok(&["container", "mount", "c"]);
+    e.fails(
+        &["container", "diff", "c"],
+        &["mounted", "container umount c"],
+    );
+    e.ok(&["container", "umount", "c"]);
+    e.fails(&["container", "diff", "nope"], &["no container"]);
+}
+
+fn cp_copies_both_ways_inside_the_container_s_view(d: Drv) {
+    let (e, _) = setup("cp", d);
+    create(&e, "c", &["-v", "vol:/vol"]);
+    let host = e.path().join("host");
+    fs::create_dir(&host).unwrap();
+
+    // Out: a file to a new name, a directory into an existing directory
+    // (owner and mode kept), a directory's contents, and a tar stream.
+    e.ok(&[
+        "container",
+        "cp",
+        "c:/srv/app/config",
+        host.join("config").to_str().unwrap(),
+    ]);
+    assert_eq!(fs::read_to_string(host.join("config")).unwrap(), "v1\n");
+    e.ok(&["container", "cp", "c:/data", host.to_str().unwrap()]);
+    let m = fs::metadata(host.join("data")).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid(), m.permissions().mode() & 0o7777),
+        (1000, 1000, 0o750)
+    );
+    assert_eq!(
+        fs::read_to_string(host.join("data/seed")).unwrap(),
+        "seed\n"
+    );
+    e.ok(&[
+        "container",
+        "cp",
+        "c:/srv/.",
+        host.join("srvcopy").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        fs::read_to_string(host.join("srvcopy/app/config")).unwrap(),
+        "v1\n"
+    );
+    let o = e.run(&["container", "cp", "c:/srv", "-"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut names: Vec<String> = tar::Archive::new(&o.stdout[..])
+        .entries()
+        .unwrap()
+        .map(|x| {
+            let p = x.unwrap().path().unwrap().to_string_lossy().into_owned();
+            p.trim_end_matches('/').to_string()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["srv", "srv/app", "srv/app/config"]);
+    // A symlink is copied as a symlink.
+    e.ok(&[
+        "container",
+        "cp",
+        "c:/var/run",
+        host.join("run-link").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        fs::read_link(host.join("run-link")).unwrap(),
+        Path::new("/run")
+    );
+
+    // In: a file into a directory (mode and owner kept), a directory into
+    // a volume, a file through the image's symlink /var/run -> /run, and
+    // a tar stream.
+    let f = host.join("in.txt");
+    fs::write(&f, "in\n").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(&f, Some(1234), Some(4321)).unwrap();
+    e.ok(&["container", "cp", f.to_str().unwrap(), "c:/tmp/"]);
+    assert_eq!(
+        sh(&e, "c", "cat /tmp/in.txt; stat -c '%a %u:%g' /tmp/in.txt"),
+        "in\n640 1234:4321\n"
+    );
+    e.ok(&[
+        "container",
+        "cp",
+        host.join("data").to_str().unwrap(),
+        "c:/vol",
+    ]);
+    assert_eq!(sh(&e, "c", "cat /vol/data/seed"), "seed\n");
+    let vol: Value = serde_json::from_str(&e.ok(&["volume", "inspect", "vol"])).unwrap();
+    let vol_is_mount = vol[0]["mount"].is_object() || vol[0]["driver"] == "thin";
+    if !vol_is_mount {
+        let data = vol[0]["mountpoint"].as_str().unwrap();
+        assert!(
+            Path::new(data).join("data/seed").exists(),
+            "the write went to the volume"
+        );
+    }
+    let marker = format!("thinlayer-cp-{}", std::process::id());
+    e.ok(&[
+        "container",
+        "cp",
+        f.to_str().unwrap(),
+        &format!("c:/var/run/{marker}"),
+    ]);
+    assert_eq!(sh(&e, "c", &format!("cat /run/{marker}")), "in\n");
+    assert!(
+        !Path::new("/run").join(&marker).exists(),
+        "the host's /run was never touched"
+    );
+    let tar = Tar::new()
+        .dir("streamed/")
+        .file("streamed/f", b"s\n")
+        .bytes();
+    let o = with_stdin(&e, &["container", "cp", "-", "c:/tmp"], &tar);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(sh(&e, "c", "cat /tmp/streamed/f"), "s\n");
+    // A file onto an existing file replaces it; the container is not left
+    // mounted by cp.
+    e.ok(&["container", "cp", f.to_str().unwrap(), "c:/srv/app/config"]);
+    assert_eq!(sh(&e, "c", "cat /srv/app/config"), "in\n");
+    assert_eq!(inspect(&e, "c")["mounted"], false);
+    // A held mount stays held.
+    e.ok(&["container", "mount", "c"]);
+    e.ok(&[
+        "container",
+        "cp",
+        "c:/tmp/in.txt",
+        host.join("again").to_str().unwrap(),
+    ]);
+    assert_eq!(inspect(&e, "c")["mounted"], true);
+    e.ok(&["container", "umount", "c"]);
+}
+
+fn cp_refuses_read_only_mounts_hostile_streams_and_missing_paths(d: Drv) {
+    let (e, _) = setup("cp-bad", d);
+    create(&e, "c", &["-v", "ro:/ro:ro"]);
+    let host = e.path().join("host");
+    fs::create_dir(&host).unwrap();
+    let f = host.join("f");
+    fs::write(&f, "f").unwrap();
+    e.fails(
+        &["container", "cp", f.to_str().unwrap(), "c:/ro/"],
+        &["read-only"],
+    );
+    assert_eq!(sh(&e, "c", "ls -A /ro | grep -v lost+found | wc -l"), "0\n");
+    // A stream that climbs out, or goes through a symlink it made.
+    for (label, t) in [
+        ("dotdot", Tar::new().file("../../escape", b"x").bytes()),
+        (
+            "symlink",
+            Tar::new()
+                .symlink("out", "/")
+                .file("out/escape", b"x")
+                .bytes(),
+        ),
+    ] {
+        let o = with_stdin(&e, &["container", "cp", "-", "c:/tmp"], &t);
+        assert_eq!(o.status.code(), Some(1), "{label}: {}", stderr(&o));
+        assert!(!Path::new("/escape").exists(), "{label}");
+        assert!(!e.path().join("escape").exists(), "{label}");
+    }
+    let o = with_stdin(&e, &["container", "cp", "-", "c:/tmp"], b"not a tar at all");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    e.fails(
+        &["container", "cp", "c:/no/such", host.to_str().unwrap()],
+        &["/no/such"],
+    );
+    e.fails(
+        &["container", "cp", f.to_str().unwrap(), "c:/no/such/dir/"],
+        &["/no/such"],
+    );
+    e.fails(
+        &["container", "cp", host.to_str().unwrap(), "c:/etc/passwd"],
+        &["directory", "onto file"],
+    );
+    e.fails(
+        &[
+            "container",
+            "cp",
+            "c:/etc",
+            host.join("f").to_str().unwrap(),
+        ],
+        &["onto file"],
+    );
+    e.fails(
+        &["container", "cp", "c:etc", host.to_str().unwrap()],
+        &["relative"],
+    );
+    e.fails(&["container", "cp", "/a", "/b"], &["CONTAINER:PATH"]);
+    e.fails(
+        &["container", "cp", "nope:/etc", host.to_str().unwrap()],
+        &["no container"],
+    );
+    assert_eq!(
+        inspect(&e, "c")["mounted"],
+        false,
+        "a failed cp leaves it unmounted"
+    );
+}
+
+fn inspect_shows_mounts_as_docker_inspect_does(d: Drv) {
+    let (e, _) = setup("inspect-mounts", d);
+    let bind = e.path().join("bind");
+    fs::create_dir(&bind).unwrap();
+    let b = bind.to_str().unwrap();
+    create(
+        &e,
+        "c",
+        &[
+            "-v",
+            "named:/n:ro",
+            "-v",
+            &format!("{b}:/b"),
+            "-v",
+            "fresh:/f:nocopy",
+        ],
+    );
+    let vols = e.root.join("volumes");
+    let got = inspect(&e, "c")["Mounts"].clone();
+    assert_eq!(
+        got,
+        json!([
+            {"Type": "volume", "Name": "named", "Source": vols.join("named/_data"),
+             "Destination": "/n", "Driver": "local", "Mode": "ro", "RW": false, "Propagation": ""},
+            {"Type": "bind", "Source": b, "Destination": "/b", "Mode": "", "RW": true,
+             "Propagation": "rprivate"},
+            {"Type": "volume", "Name": "fresh", "Source": vols.join("fresh/_data"),
+             "Destination": "/f", "Driver": "local", "Mode": "nocopy", "RW": true, "Propagation": ""},
+        ])
+    );
+    let listed: Value = serde_json::from_str(&e.ok(&["container", "ls", "--json"])).unwrap();
+    assert_eq!(listed[0]["Mounts"], got);
+}
