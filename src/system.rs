@@ -111,3 +111,175 @@ pub fn destroy_pool(root: &Root, force: bool) -> Result<String> {
     containers.forget(&ctrs, &vols)?;
     Ok(id)
 }
+
+/// One row of `system df`: a kind of object and the space it takes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DfRow {
+    /// `images`, `containers`, `layers` (outside images and containers)
+    /// or `volumes`.
+    pub kind: &'static str,
+    /// How many there are.
+    pub total: usize,
+    /// How many are in use: images a container runs, mounted containers,
+    /// layers something keeps, volumes a container mounts.
+    pub active: usize,
+    /// Bytes only they hold (a layer's blocks or files no other layer
+    /// shares; a volume's data).
+    pub size_bytes: u64,
+    /// Bytes their layers share with other layers (counted once per
+    /// layer, so shared blocks may be counted more than once).
+    pub shared_bytes: u64,
+    /// Of `size_bytes`, what removing the unused ones frees (`image rm`,
+    /// `container rm`, `layer prune`, `volume prune --all`); for layers
+    /// in a chain, at least this much.
+    pub reclaimable_bytes: u64,
+}
+
+/// The thin pool's space, for `system df`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PoolSpace {
+    /// Data space allocated (`None` while the pool is inactive).
+    pub data_used_bytes: Option<u64>,
+    /// Data space in all.
+    pub data_total_bytes: u64,
+    /// Metadata space allocated (`None` while inactive).
+    pub metadata_used_bytes: Option<u64>,
+    /// Metadata space in all.
+    pub metadata_total_bytes: u64,
+}
+
+/// What `system df` shows for one driver's store, its containers, every
+/// volume, and the pool.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DiskUsage {
+    /// The store's driver.
+    pub driver: crate::driver::DriverKind,
+    /// Images, containers, layers, volumes.
+    pub rows: Vec<DfRow>,
+    /// The pool, if the root has one.
+    pub pool: Option<PoolSpace>,
+}
+
+/// Measures what images, containers, other layers and volumes take in
+/// `driver`'s store, and the pool's space.
+pub fn disk_usage(
+    root: &Root,
+    driver: crate::driver::DriverKind,
+    overlay: &crate::driver::overlay::OverlayOptions,
+) -> Result<DiskUsage> {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use crate::layer::LayerId;
+    // Containers first: their lock comes before the store's.
+    let (containers, volumes) = {
+        let mut c = Containers::open(root)?;
+        let list: Vec<_> = c
+            .list()?
+            .into_iter()
+            .filter(|i| i.record.driver == driver)
+            .collect();
+        (list, c.volume_list(None)?)
+    };
+    let mut store = root.open_store(driver, overlay)?;
+    let ids: Vec<LayerId> = store.layers().map(|l| l.id.clone()).collect();
+    let usage: BTreeMap<LayerId, crate::driver::Usage> =
+        ids.iter().cloned().zip(store.usage(&ids)?).collect();
+    let sum = |set: &BTreeSet<LayerId>, f: fn(&crate::driver::Usage) -> u64| -> u64 {
+        set.iter().filter_map(|id| usage.get(id)).map(f).sum()
+    };
+    let excl = |u: &crate::driver::Usage| u.exclusive_bytes;
+    let shared = |u: &crate::driver::Usage| u.shared_bytes;
+
+    let in_use: BTreeSet<&str> = containers
+        .iter()
+        .filter_map(|c| c.record.image.as_deref())
+        .collect();
+    let mut image_layers = BTreeSet::new();
+    let mut active_layers = BTreeSet::new();
+    let mut active_images = 0;
+    for img in store.images() {
+        image_layers.extend(img.layers.iter().cloned());
+        if in_use.contains(img.id.as_str()) {
+            active_images += 1;
+            active_layers.extend(img.layers.iter().cloned());
+        }
+    }
+    // A container made from a layer keeps that layer's chain too.
+    for c in &containers {
+        for l in store.chain(&c.record.parent)? {
+            active_layers.insert(l.id.clone());
+        }
+    }
+    let unused_image_layers: BTreeSet<LayerId> =
+        image_layers.difference(&active_layers).cloned().collect();
+    let images = DfRow {
+        kind: "images",
+        total: store.images().count(),
+        active: active_images,
+        size_bytes: sum(&image_layers, excl),
+        shared_bytes: sum(&image_layers, shared),
+        reclaimable_bytes: sum(&unused_image_layers, excl),
+    };
+
+    let layers_of = |cs: &mut dyn Iterator<Item = &crate::container::ContainerInfo>| {
+        cs.flat_map(|c| c.record.layers.iter().cloned())
+            .collect::<BTreeSet<LayerId>>()
+    };
+    let container_layers = layers_of(&mut containers.iter());
+    let idle_layers = layers_of(&mut containers.iter().filter(|c| !c.mounted));
+    let containers_row = DfRow {
+        kind: "containers",
+        total: containers.len(),
+        active: containers.iter().filter(|c| c.mounted).count(),
+        size_bytes: sum(&container_layers, excl),
+        shared_bytes: sum(&container_layers, shared),
+        reclaimable_bytes: sum(&idle_layers, excl),
+    };
+
+    let other: BTreeSet<LayerId> = store
+        .layers()
+        .filter(|l| !image_layers.contains(&l.id) && l.container.is_none())
+        .map(|l| l.id.clone())
+        .collect();
+    let prunable: BTreeSet<LayerId> = store.prunable()?.into_iter().collect();
+    let layers = DfRow {
+        kind: "layers",
+        total: other.len(),
+        active: other.difference(&prunable).count(),
+        size_bytes: sum(&other, excl),
+        shared_bytes: sum(&other, shared),
+        reclaimable_bytes: sum(&prunable.intersection(&other).cloned().collect(), excl),
+    };
+
+    let vol_size = |v: &crate::container::VolumeInfo| v.size_bytes.unwrap_or(0);
+    let volumes_row = DfRow {
+        kind: "volumes",
+        total: volumes.len(),
+        active: volumes.iter().filter(|v| !v.used_by.is_empty()).count(),
+        size_bytes: volumes.iter().map(vol_size).sum(),
+        shared_bytes: 0,
+        reclaimable_bytes: volumes
+            .iter()
+            .filter(|v| v.used_by.is_empty())
+            .map(vol_size)
+            .sum(),
+    };
+    drop(store);
+
+    let pool = if root.has_pool() {
+        let st = root.open_pool()?.status()?;
+        Some(PoolSpace {
+            data_used_bytes: st.data.used_bytes.map(|b| b.0),
+            data_total_bytes: st.data.total_bytes.0,
+            metadata_used_bytes: st.metadata.used_bytes.map(|b| b.0),
+            metadata_total_bytes: st.metadata.total_bytes.0,
+        })
+    } else {
+        None
+    };
+    Ok(DiskUsage {
+        driver,
+        rows: vec![images, containers_row, layers, volumes_row],
+        pool,
+    })
+}

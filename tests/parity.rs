@@ -67,6 +67,7 @@ conformance!(
     cp_copies_both_ways_inside_the_container_s_view,
     cp_refuses_read_only_mounts_hostile_streams_and_missing_paths,
     inspect_shows_mounts_as_docker_inspect_does,
+    layer_prune_takes_only_what_nothing_keeps_and_system_df_counts_it,
 );
 
 fn declared_volumes_are_made_filled_and_shared_with_volumes_from(d: Drv) {
@@ -425,4 +426,150 @@ fn inspect_shows_mounts_as_docker_inspect_does(d: Drv) {
     );
     let listed: Value = serde_json::from_str(&e.ok(&["container", "ls", "--json"])).unwrap();
     assert_eq!(listed[0]["Mounts"], got);
+}
+
+fn layer_ids(e: &Env) -> Vec<String> {
+    e.list("layer")
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn df_row(df: &Value, kind: &str) -> Value {
+    df["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == kind)
+        .unwrap()
+        .clone()
+}
+
+fn layer_prune_takes_only_what_nothing_keeps_and_system_df_counts_it(d: Drv) {
+    let (e, _) = setup("prune", d);
+    let top = e.list("image")[0]["layers"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    create(&e, "c", &["-v", "vol:/vol"]);
+    sh(
+        &e,
+        "c",
+        "dd if=/dev/urandom of=/big bs=64k count=16 2>/dev/null; sync",
+    );
+    // Unnamed layers nothing keeps: a commit, a snapshot of it, a root layer.
+    let l1 = e.ok(&["container", "commit", "c"]).trim().to_string();
+    let l2 = e.ok(&["snapshot", "layer", &l1]).trim().to_string();
+    let t = e.tar("root.tar", Tar::new().file("f", &[7u8; 300_000]));
+    let l3 = e
+        .ok(&["layer", "create", "--from-tar", &t])
+        .trim()
+        .to_string();
+    // Kept: a named layer, a mounted one, and what the image and the
+    // container hold.
+    let named = e.layer(None, "named", &e.tar("n.tar", Tar::new().file("n", b"n")));
+    let mounted = e.ok(&["snapshot", "layer", &top]).trim().to_string();
+    e.ok(&["layer", "mount", &mounted]);
+
+    let df: Value = serde_json::from_str(&e.ok(&["system", "df", "--json"])).unwrap();
+    let layers = df_row(&df, "layers");
+    assert_eq!(
+        (layers["total"].as_u64(), layers["active"].as_u64()),
+        (Some(5), Some(2)),
+        "{df}"
+    );
+    assert!(
+        layers["reclaimable_bytes"].as_u64().unwrap() >= 300_000,
+        "at least the root layer's file: {df}"
+    );
+    let images = df_row(&df, "images");
+    assert_eq!(
+        (images["total"].as_u64(), images["active"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(images["size_bytes"].as_u64().unwrap() > 0);
+    let ctrs = df_row(&df, "containers");
+    assert_eq!(
+        (ctrs["total"].as_u64(), ctrs["active"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert!(
+        ctrs["size_bytes"].as_u64().unwrap() >= 1 << 20,
+        "the 1 MiB written: {df}"
+    );
+    assert_eq!(ctrs["reclaimable_bytes"], ctrs["size_bytes"], "not mounted");
+    let vols = df_row(&df, "volumes");
+    assert_eq!(
+        (vols["total"].as_u64(), vols["active"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(df["pool"].is_object(), d == Drv::Thin, "{df}");
+    let text = e.ok(&["system", "df"]);
+    assert!(text.starts_with("TYPE"), "{text}");
+
+    // A dry run lists them, children before parents, and removes nothing.
+    let before = layer_ids(&e);
+    let dry: Value =
+        serde_json::from_str(&e.ok(&["layer", "prune", "--dry-run", "--json"])).unwrap();
+    let dry: Vec<&str> = dry
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    let mut want = vec![l1.as_str(), l2.as_str(), l3.as_str()];
+    want.sort();
+    let mut got = dry.clone();
+    got.sort();
+    assert_eq!(got, want);
+    let pos = |x: &str| dry.iter().position(|y| *y == x).unwrap();
+    assert!(pos(&l2) < pos(&l1), "the child first: {dry:?}");
+    assert_eq!(layer_ids(&e), before);
+
+    // The prune removes exactly those, and records and resources agree.
+    let out = e.run(&["layer", "prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut pruned: Vec<String> = stdout(&out).lines().map(String::from).collect();
+    pruned.sort();
+    assert_eq!(pruned, want);
+    assert!(
+        stderr(&out).contains("removed 3 layer(s)"),
+        "{}",
+        stderr(&out)
+    );
+    let after = layer_ids(&e);
+    assert_eq!(after.len(), before.len() - 3);
+    assert!(after.contains(&named) && after.contains(&mounted) && after.contains(&top));
+    e.assert_consistent();
+    assert_eq!(e.ok(&["layer", "prune"]), "", "nothing left to prune");
+    assert_eq!(
+        sh(&e, "c", "wc -c < /big"),
+        "1048576\n",
+        "the container is untouched"
+    );
+
+    // Once the container, the mount and the image go, only the named
+    // layer is kept.
+    e.ok(&["layer", "umount", &mounted]);
+    e.ok(&["container", "rm", "c"]);
+    e.ok(&["image", "rm", "bb"]);
+    e.ok(&["layer", "prune"]);
+    assert_eq!(layer_ids(&e), [named]);
+    e.assert_consistent();
+    let df: Value = serde_json::from_str(&e.ok(&["system", "df", "--json"])).unwrap();
+    let layers = df_row(&df, "layers");
+    assert_eq!(
+        (
+            layers["total"].as_u64(),
+            layers["reclaimable_bytes"].as_u64()
+        ),
+        (Some(1), Some(0))
+    );
+    let vols = df_row(&df, "volumes");
+    assert_eq!(vols["active"].as_u64(), Some(0));
+    assert_eq!(vols["reclaimable_bytes"], vols["size_bytes"]);
 }

@@ -32,6 +32,15 @@ pub enum LayerCommand {
     },
     /// Remove a layer (refused while it has children, is mounted or is in an image).
     Rm { layer: String },
+    /// Remove the layers nothing keeps (no image, container, name,
+    /// containerd snapshot, mount or kept child); prints their ids.
+    Prune {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Mount a layer read-only; prints the mount point.
     Mount { layer: String },
     /// Unmount a layer mounted with `layer mount`.
@@ -168,6 +177,54 @@ pub fn run(mut store: Store, cmd: LayerCommand) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 print_tree(&store, &layers, &usage)?;
+            }
+        }
+        LayerCommand::Prune { dry_run, json } => {
+            #[derive(Serialize)]
+            struct Pruned {
+                id: String,
+                /// Bytes it held alone (before its children went, for a
+                /// dry run: at least this much is freed).
+                bytes: u64,
+            }
+            let gone: Vec<Pruned> = if dry_run {
+                let ids = store.prunable()?;
+                let usage = store.usage(&ids)?;
+                ids.iter()
+                    .zip(usage)
+                    .map(|(id, u)| Pruned {
+                        id: id.to_string(),
+                        bytes: u.exclusive_bytes,
+                    })
+                    .collect()
+            } else {
+                store
+                    .prune()
+                    .context("pruning layers")?
+                    .into_iter()
+                    .map(|(id, bytes)| Pruned {
+                        id: id.to_string(),
+                        bytes,
+                    })
+                    .collect()
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&gone)?);
+            } else {
+                for p in &gone {
+                    println!("{}", p.id);
+                }
+                let total = Bytes(gone.iter().map(|p| p.bytes).sum());
+                eprintln!(
+                    "thinlayer: {} {} layer(s), {}{total}",
+                    if dry_run { "would remove" } else { "removed" },
+                    gone.len(),
+                    if dry_run {
+                        "freeing at least "
+                    } else {
+                        "freeing "
+                    }
+                );
             }
         }
         LayerCommand::Inspect { layer, json } => {

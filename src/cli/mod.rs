@@ -7,6 +7,7 @@ mod layer;
 mod pool;
 mod progress;
 mod snapshotter;
+mod system;
 mod volume;
 
 use std::path::PathBuf;
@@ -79,6 +80,9 @@ enum Command {
     /// containerd's snapshotter: serve thinlayer's layers to containerd.
     #[command(subcommand)]
     Snapshotter(snapshotter::SnapshotterCommand),
+    /// The whole root: what its parts take.
+    #[command(subcommand)]
+    System(system::SystemCommand),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -102,5 +106,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Container(cmd) => container::run(&root, cli.driver, &overlay, cmd),
         Command::Volume(cmd) => volume::run(&root, cmd),
         Command::Snapshotter(cmd) => snapshotter::run(root, cli.driver, overlay, cmd),
+        Command::System(cmd) => system::run(&root, cli.driver, &overlay, cmd),
     }
 }
