@@ -25,10 +25,13 @@
 //! images come from `docker save` archives or OCI layouts ([`image`]).
 //! [`container::Containers`] makes containers from images and mounts their
 //! [`volume`]s in them; it holds the lock taken before any store's.
+//! [`config::Config`] is the configuration file a front end reads its
+//! defaults from.
 
 #![warn(missing_docs)]
 
 pub mod changeset;
+pub mod config;
 pub mod container;
 pub mod driver;
 pub mod error;

@@ -4,8 +4,6 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // A listing piped into `head` must end quietly when the reader goes,
     // as other Unix tools do, not panic on a failed write: take SIGPIPE's
@@ -18,7 +16,13 @@ fn main() -> ExitCode {
             nix::sys::signal::SigHandler::SigDfl,
         );
     }
-    let args = cli::Cli::parse();
+    let args = match cli::config::parse() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("thinlayer: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -110,6 +110,10 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
+# The tests see thinlayer's built-in defaults, never this machine's
+# /etc/thinlayer/config.toml (a test of the file names its own).
+export THINLAYER_CONFIG=/dev/null
+
 passed=0 failed=0 ignored=0 selected=0
 while IFS=$'\t' read -r exe mdir tname kind; do
   [[ -n $exe ]] || continue

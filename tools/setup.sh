@@ -21,6 +21,8 @@ PACKAGES=(
   protobuf-compiler golang-go golang-github-containerd-containerd-dev
   # a real engine runs containers on thinlayer snapshots
   containerd runc
+  # `man thinlayer-...` after tools/install.sh (and the test that reads a page)
+  man-db
 )
 
 missing=()

@@ -51,17 +51,22 @@ pub enum ContainerCommand {
         #[arg(long)]
         name: Option<String>,
     },
-    /// List the container's changes against its image, as `docker diff`:
-    /// `A` added, `C` changed, `D` deleted (init files left out).
+    /// List the container's changes against its image, as `docker diff`.
+    ///
+    /// One line per path, sorted: `A` added, `C` changed, `D` deleted; the
+    /// init files are left out. Refused while the container is mounted.
     Diff {
         container: String,
         #[arg(long)]
         json: bool,
     },
-    /// Copy files between a container and the host, as `docker cp`:
+    /// Copy files between a container and the host, as `docker cp`.
+    ///
     /// `cp C:/path HOSTPATH`, `cp HOSTPATH C:/path`, or `-` for a tar
     /// stream on stdin or stdout. Paths inside resolve as the container
-    /// sees them (its volumes included); owners and modes are kept.
+    /// sees them (its volumes included, symlinks never leaving its root);
+    /// owners, modes and times are kept; a write into a read-only mount is
+    /// refused.
     Cp {
         /// CONTAINER:PATH, a host path, or `-` (a tar stream on stdin).
         src: String,

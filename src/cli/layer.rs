@@ -32,8 +32,10 @@ pub enum LayerCommand {
     },
     /// Remove a layer (refused while it has children, is mounted or is in an image).
     Rm { layer: String },
-    /// Remove the layers nothing keeps (no image, container, name,
-    /// containerd snapshot, mount or kept child); prints their ids.
+    /// Remove the layers nothing keeps; prints their ids.
+    ///
+    /// A layer is kept by an image, a container, its name, a containerd
+    /// snapshot, a mount, or a kept child.
     Prune {
         /// Only list what would be removed.
         #[arg(long)]

@@ -1,6 +1,8 @@
 //! Command-line definitions (clap derive) and dispatch.
 
+pub mod config;
 mod container;
+mod docs;
 pub mod hint;
 mod image;
 mod layer;
@@ -26,7 +28,10 @@ use thinlayer::Root;
     about = "Container layers and volumes as device-mapper thin snapshots",
     long_about = "Container layers and volumes as device-mapper thin snapshots.\n\n\
         State lives under --root. The thin pool needs a kernel with the dm-thin target; \
-        on a machine without it, run thinlayer in the VM: vm-tests/run.sh -- thinlayer ..."
+        on a machine without it, run thinlayer in the VM: vm-tests/run.sh -- thinlayer ...\n\n\
+        Defaults for the flags can be set once in a configuration file \
+        (--config, /etc/thinlayer/config.toml by default); a flag or its \
+        environment variable wins over the file."
 )]
 pub struct Cli {
     /// State directory (created with mode 0700).
@@ -49,9 +54,22 @@ pub struct Cli {
     #[arg(long, env = "THINLAYER_DRIVER", default_value = "thin")]
     driver: DriverKind,
 
-    /// overlay driver mount options: index=off, metacopy=on, volatile (repeatable).
+    /// overlay driver mount options: index=off, metacopy=on, volatile
+    /// (repeatable) [default: the configuration file's overlay.options].
     #[arg(long = "overlay-opt", global = true, value_name = "OPT")]
     overlay_opts: Vec<String>,
+
+    /// Configuration file: defaults for the flags, which a flag or its
+    /// environment variable overrides. A missing default file is fine; a
+    /// file named here or in the environment must exist.
+    #[arg(
+        long,
+        global = true,
+        env = "THINLAYER_CONFIG",
+        value_name = "FILE",
+        default_value = thinlayer::config::DEFAULT_PATH
+    )]
+    config: PathBuf,
 
     #[command(subcommand)]
     command: Command,
@@ -83,9 +101,20 @@ enum Command {
     /// The whole root: what its parts take.
     #[command(subcommand)]
     System(system::SystemCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Write a man page for every command and subcommand.
+    Man(docs::ManArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    // Made from the definition itself, with the built-in defaults: neither
+    // needs a root.
+    match &cli.command {
+        Command::Completions(a) => return docs::completions(Cli::command(), a),
+        Command::Man(a) => return docs::man(Cli::command(), a),
+        _ => {}
+    }
     let root = Root::new(&cli.root)?.with_lock_timeout(Duration::from_secs(cli.lock_timeout));
     if !cli.overlay_opts.is_empty() && cli.driver != DriverKind::Overlay {
         // A usage error, like clap's own: exit 2.
@@ -107,5 +136,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Volume(cmd) => volume::run(&root, cmd),
         Command::Snapshotter(cmd) => snapshotter::run(root, cli.driver, overlay, cmd),
         Command::System(cmd) => system::run(&root, cli.driver, &overlay, cmd),
+        Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     }
 }

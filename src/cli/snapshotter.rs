@@ -28,7 +28,11 @@ pub enum SnapshotterCommand {
     /// on SIGTERM and SIGINT.
     Serve {
         /// The unix socket to listen on.
-        #[arg(long, value_name = "SOCKET")]
+        #[arg(
+            long,
+            value_name = "SOCKET",
+            default_value = "/run/thinlayer/snapshotter.sock"
+        )]
         address: PathBuf,
         /// Size of an active snapshot's filesystem when its labels name
         /// none (thin driver; at least the base size), e.g. 20G.

@@ -9,9 +9,12 @@ use thinlayer::Root;
 
 #[derive(Debug, Subcommand)]
 pub enum SystemCommand {
-    /// Show the space images, containers, other layers and volumes take
-    /// in the --driver's store, what removing the unused ones would free,
-    /// and the pool's data and metadata use (as `docker system df`).
+    /// Show the space images, containers, layers and volumes take.
+    ///
+    /// As `docker system df`, for the --driver's store: how many are in
+    /// use, the bytes only they hold, the bytes their layers share, what
+    /// removing the unused ones would free; then the pool's data and
+    /// metadata use.
     Df {
         #[arg(long)]
         json: bool,
