@@ -666,7 +666,7 @@ fn dm_pool_create_and_destroy_killed_at_any_instant_leave_a_pool_or_nothing() {
     );
     let full = t.elapsed().as_millis() as u64;
     ok(&root, &["pool", "destroy"]);
-    let (mut pools, mut none) = (0, 0);
+    let (mut pools, mut none, mut mid) = (0, 0, 0);
     for delay_ms in (0..=16u64).map(|k| full * k / 14) {
         killed(
             &[
@@ -679,9 +679,14 @@ fn dm_pool_create_and_destroy_killed_at_any_instant_leave_a_pool_or_nothing() {
             ],
             delay_ms,
         );
+        // Something of the pool exists: the kill came after it started.
+        let begun = root.join("pool").exists();
         let o = thinlayer(&root, &["pool", "status", "--json"]);
         if !o.status.success() {
             none += 1;
+            if begun {
+                mid += 1;
+            }
             assert!(stderr(&o).contains("no pool in"), "{}", stderr(&o));
             assert_nothing_left(&s, &root);
             continue;
@@ -703,7 +708,11 @@ fn dm_pool_create_and_destroy_killed_at_any_instant_leave_a_pool_or_nothing() {
         assert_nothing_left(&s, &root);
     }
     eprintln!(
-        "create takes {full}ms; killed: {pools} whole pools, {none} rolled back or never started"
+        "create takes {full}ms; killed: {pools} whole pools, {none} rolled back or never started, {mid} of them mid-create"
+    );
+    assert!(
+        mid >= 2,
+        "only {mid} kills landed mid-create: the rollback went untested"
     );
     assert!(
         pools > 0,

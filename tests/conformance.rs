@@ -334,12 +334,16 @@ fn snapshot_killed_at_any_instant_is_repaired(d: Drv) {
     e.layer(Some("base"), "timed", &t);
     let full = start.elapsed().as_millis() as u64;
     e.ok(&["layer", "rm", "timed"]);
-    let mut whole = 0;
+    let (mut whole, mut repaired) = (0, 0);
     for k in 0..=12u64 {
         e.killed_after(
             &["snapshot", "layer", "base", "--name", "k", "--from-tar", &t],
             full * k / 10,
         );
+        // The next command repairs what a kill mid-snapshot left, and says so.
+        if stderr(&e.run(&["layer", "ls"])).contains("recovered:") {
+            repaired += 1;
+        }
         e.assert_consistent();
         if e.list("layer").iter().any(|l| l["name"] == "k") {
             whole += 1;
@@ -349,7 +353,13 @@ fn snapshot_killed_at_any_instant_is_repaired(d: Drv) {
             e.ok(&["layer", "rm", "k"]);
         }
     }
-    eprintln!("snapshot takes {full}ms; {whole} of 13 killed snapshots had completed");
+    eprintln!(
+        "snapshot takes {full}ms; of 13 killed snapshots {whole} had completed, {repaired} were killed mid-snapshot"
+    );
+    assert!(
+        repaired >= 3,
+        "only {repaired} of 13 kills landed mid-snapshot: the test proves little"
+    );
 }
 
 fn concurrent_snapshots_serialize_and_all_succeed(d: Drv) {

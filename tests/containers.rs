@@ -596,10 +596,14 @@ fn container_create_killed_at_any_instant_leaves_all_or_nothing(d: Drv) {
     let full = start.elapsed().as_millis() as u64;
     e.ok(&["container", "rm", "-v", "k"]);
     e.ok(&["volume", "rm", "named"]);
-    let mut whole = 0;
+    let (mut whole, mut repaired) = (0, 0);
     for k in 0..=12u64 {
         e.killed_after(&args, full * k / 10);
-        // Listing opens the containers, which repairs what the kill left.
+        // Listing opens the containers, which repairs what the kill left,
+        // and says so.
+        if stderr(&e.run(&["container", "ls"])).contains("recovered:") {
+            repaired += 1;
+        }
         let names = containers(&e);
         e.assert_consistent();
         let vols = volumes(&e);
@@ -623,7 +627,13 @@ fn container_create_killed_at_any_instant_leaves_all_or_nothing(d: Drv) {
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
-    eprintln!("container create takes {full}ms; {whole} of 13 killed creates had completed");
+    eprintln!(
+        "container create takes {full}ms; of 13 killed creates {whole} had completed, {repaired} were killed mid-create"
+    );
+    assert!(
+        repaired >= 3,
+        "only {repaired} of 13 kills landed mid-create: the test proves little"
+    );
 }
 
 // ---- thin only: sizes and thin volumes (the VM) -----------------------
@@ -719,15 +729,21 @@ fn dm_thin_volume_killed_create_and_clone_leave_no_device() {
     e.ok(&["volume", "create", "t", "--driver", "thin", "--size", "64M"]);
     let full = start.elapsed().as_millis() as u64;
     e.ok(&["volume", "rm", "t"]);
+    let mut repaired = 0;
     for k in 0..=10u64 {
         e.killed_after(
             &["volume", "create", "t", "--driver", "thin", "--size", "64M"],
             full * k / 8,
         );
-        // Creating a thin volume opens the pool, which frees orphans.
-        e.ok(&[
+        // Creating a thin volume opens the pool, which frees orphans, and
+        // says so.
+        let o = e.run(&[
             "volume", "create", "probe", "--driver", "thin", "--size", "16M",
         ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        if stderr(&o).contains("recovered:") {
+            repaired += 1;
+        }
         e.ok(&["volume", "rm", "probe"]);
         let vols = volumes(&e);
         assert_eq!(thins(), base + vols.len() as u64, "{vols:?}");
@@ -735,6 +751,11 @@ fn dm_thin_volume_killed_create_and_clone_leave_no_device() {
             e.ok(&["volume", "rm", "t"]);
         }
     }
+    eprintln!("thin volume create takes {full}ms; {repaired} of 11 kills landed mid-create");
+    assert!(
+        repaired >= 2,
+        "only {repaired} of 11 kills landed mid-create: the test proves little"
+    );
 }
 
 #[test]
