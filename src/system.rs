@@ -283,3 +283,55 @@ pub fn disk_usage(
         pool,
     })
 }
+
+/// What `pool repair` did, for the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolRepair {
+    /// Where the damaged metadata was kept.
+    pub damaged_copy: std::path::PathBuf,
+    /// What was lost: thin devices the repair could not save, and the
+    /// records removed because of them.
+    pub lost: Vec<String>,
+    /// Thin ids the metadata had that no record named, now freed.
+    pub freed: Vec<thinpool::ThinId>,
+}
+
+/// Repairs the pool's metadata ([`Pool::repair`]), then removes the thin
+/// store's records of layers whose devices were lost (with the layers
+/// above them and the images that list them), so the store opens again.
+/// Thin volumes that lost their device are reported; `volume rm` removes
+/// them.
+pub fn repair_pool(root: &Root) -> Result<PoolRepair> {
+    let lock = lock_store(&root.thin_dir(), root.lock_timeout())?;
+    let mut pool = root.open_pool()?;
+    let r = pool.repair()?;
+    drop(pool);
+    let mut lost = vec![];
+    let mut layers = std::collections::BTreeSet::new();
+    for (id, tag) in &r.lost {
+        lost.push(format!("thin device {id} ({tag})"));
+        match ThinOwner::parse(tag) {
+            Some(ThinOwner::Layer(l)) => {
+                layers.insert(l);
+            }
+            Some(ThinOwner::Volume(v)) => lost.push(format!(
+                "thin volume {v} lost its device; remove it with `thinlayer volume rm {v}`"
+            )),
+            Some(ThinOwner::Base) => lost
+                .push("the base filesystem's device; new parentless layers need a new pool".into()),
+            None => {}
+        }
+    }
+    if !layers.is_empty() {
+        lost.extend(crate::store::lost::forget_layers(
+            &root.thin_dir(),
+            &lock,
+            &layers,
+        )?);
+    }
+    Ok(PoolRepair {
+        damaged_copy: r.damaged_copy,
+        lost,
+        freed: r.freed,
+    })
+}

@@ -53,7 +53,16 @@ fn for_pool(e: &PoolError) -> Option<String> {
         PoolError::ReadOnly => {
             ": grow the metadata with `thinlayer pool grow --metadata-size`, or check it with thin_check".into()
         }
-        PoolError::Failed => ": check its metadata with thin_check".into(),
+        PoolError::Failed => {
+            ": deactivate it and run `thinlayer pool repair`, which keeps the damaged metadata".into()
+        }
+        PoolError::MetadataDamaged { .. } => {
+            ": run `thinlayer pool repair` (it rebuilds the metadata with thin_repair and keeps the damaged copy)".into()
+        }
+        PoolError::NeedsCheck { .. } => ": run `thinlayer pool activate` without --skip-check".into(),
+        PoolError::UndoPending { .. } => {
+            ": free space or fix what blocks the delete (a device still open?), then retry".into()
+        }
         PoolError::OutOfDataSpace => {
             ": remove containers, images or volumes, or grow it with `thinlayer pool grow --data-size`".into()
         }
@@ -89,6 +98,12 @@ mod tests {
         );
         assert!(of(PoolError::ThinDevicesRemain { count: 1 }).ends_with("destroy it with the pool"));
         assert!(of(PoolError::ReadOnly).contains("pool grow --metadata-size"));
+        assert!(of(PoolError::MetadataDamaged {
+            path: "/m".into(),
+            detail: "bad checksum".into()
+        })
+        .contains("thinlayer pool repair"));
+        assert!(of(PoolError::NeedsCheck { path: "/m".into() }).contains("without --skip-check"));
         // Errors that need no hint get none.
         assert_eq!(of(thinlayer::Error::invalid("size", "too small")), "");
     }

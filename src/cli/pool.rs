@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use thinlayer::driver::thin::FsType;
+use thinlayer::thinpool::pool::MetadataCheck;
 use thinlayer::thinpool::{
     BackingKind, BackingRequest, BlockSize, Bytes, CreateOptions, OnFull, PoolStatus, SizeChange,
     SpaceStatus,
@@ -22,7 +23,21 @@ pub enum PoolCommand {
         json: bool,
     },
     /// Bring the pool back after a reboot or `pool deactivate`.
-    Activate,
+    ///
+    /// The metadata is checked with thin_check first (as LVM does); a
+    /// damaged pool is refused, with the repair command to run.
+    Activate {
+        /// Do not run thin_check (still refused if the kernel flagged the
+        /// metadata for a check).
+        #[arg(long)]
+        skip_check: bool,
+    },
+    /// Rebuild damaged metadata with thin_repair (the pool deactivated).
+    ///
+    /// The damaged metadata is kept beside it; thin devices the repair
+    /// could not save are reported, and the layers and volumes that lived
+    /// on them are removed from the records.
+    Repair,
     /// Remove the pool's dm devices and detach its loop devices; data stays.
     Deactivate,
     /// Grow the pool online (absolute size or +SIZE); never shrinks.
@@ -112,18 +127,48 @@ pub fn run(root: &Root, cmd: PoolCommand) -> Result<()> {
                 print_status(&st);
             }
         }
-        PoolCommand::Activate => {
+        PoolCommand::Activate { skip_check } => {
             let mut pool = root.open_pool()?;
             let was = pool.is_active();
-            pool.activate().context("activating the pool")?;
+            let check = if skip_check {
+                MetadataCheck::Skip
+            } else {
+                MetadataCheck::Full
+            };
+            let done = pool.activate_with(check).context("activating the pool")?;
+            if done.cleared_needs_check {
+                eprintln!("thinlayer: the kernel had flagged the metadata for a check; thin_check passed and the flag is cleared");
+            }
+            for id in &done.freed_orphans {
+                eprintln!("thinlayer: recovered: freed thin id {id}, which the metadata held but no record named");
+            }
             let st = pool.status()?;
             if was {
                 println!("pool {} is already active", st.id);
             } else {
                 println!(
-                    "activated pool {} ({} thin devices)",
-                    st.id, st.thin_devices
+                    "activated pool {} ({} thin devices{})",
+                    st.id,
+                    st.thin_devices,
+                    if done.checked {
+                        ", metadata checked"
+                    } else {
+                        ""
+                    }
                 );
+            }
+        }
+        PoolCommand::Repair => {
+            let r = thinlayer::system::repair_pool(root).context("repairing the pool")?;
+            println!(
+                "repaired the pool's metadata; the damaged copy is {}",
+                r.damaged_copy.display()
+            );
+            for l in &r.lost {
+                println!("lost: {l}");
+            }
+            for id in &r.freed {
+                println!("freed: thin id {id}, which no record named");
             }
         }
         PoolCommand::Deactivate => {

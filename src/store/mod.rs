@@ -56,6 +56,7 @@ pub mod graph;
 pub mod images;
 pub mod journal;
 pub mod layers;
+pub mod lost;
 pub mod prune;
 pub mod txn;
 

@@ -203,6 +203,34 @@ pub enum Error {
         reason: String,
     },
 
+    /// `thin_check` found the pool's metadata damaged; nothing was started.
+    #[error("the pool's metadata {path} is damaged ({detail}); nothing was started")]
+    MetadataDamaged {
+        /// The metadata file or device.
+        path: PathBuf,
+        /// What `thin_check` said.
+        detail: String,
+    },
+
+    /// The kernel flagged the metadata for a check and the check was
+    /// skipped; nothing was started.
+    #[error("the kernel flagged the pool's metadata {path} for a check after an error; it is not activated without one")]
+    NeedsCheck {
+        /// The metadata file or device.
+        path: PathBuf,
+    },
+
+    /// An earlier operation's thin device could not be deleted when it was
+    /// undone; it stays pending in the record, and the pool takes no new
+    /// change until it is gone.
+    #[error("thin device {id} of an interrupted operation could not be deleted yet ({reason}); the pool keeps it pending and takes no new change until it is gone")]
+    UndoPending {
+        /// The thin id still to delete.
+        id: ThinId,
+        /// Why the last try failed.
+        reason: String,
+    },
+
     /// An operation failed and undoing its partial work failed too; both
     /// are kept so the user knows what may be left.
     #[error("{causal}; undoing the partial work also failed: {rollback}")]

@@ -148,6 +148,10 @@ pub struct Superblock {
     pub transaction_id: TransactionId,
     /// The pool's block size.
     pub data_block_size: Bytes,
+    /// The kernel flagged the metadata for a check (`NEEDS_CHECK`, bit 0
+    /// of the superblock's flags): it met an error and put the pool
+    /// read-only.
+    pub needs_check: bool,
 }
 
 const THIN_SUPERBLOCK_MAGIC: u64 = 27022010;
@@ -166,6 +170,7 @@ impl Superblock {
         Some(Superblock {
             transaction_id: TransactionId(u64_at(48)),
             data_block_size: Bytes::from_sectors(u64::from(u32_at(336))),
+            needs_check: u32_at(4) & 1 != 0,
         })
     }
 
@@ -188,6 +193,7 @@ impl Superblock {
         b[32..40].copy_from_slice(&THIN_SUPERBLOCK_MAGIC.to_le_bytes());
         b[48..56].copy_from_slice(&self.transaction_id.0.to_le_bytes());
         b[336..340].copy_from_slice(&(self.data_block_size.sectors() as u32).to_le_bytes());
+        b[4..8].copy_from_slice(&u32::from(self.needs_check).to_le_bytes());
         b
     }
 }
@@ -248,9 +254,15 @@ mod tests {
         let sb = Superblock {
             transaction_id: TransactionId(5),
             data_block_size: Bytes(64 << 10),
+            needs_check: false,
         };
         let parsed = Superblock::parse(&sb.encode()).unwrap();
         assert_eq!(parsed, sb);
+        let flagged = Superblock {
+            needs_check: true,
+            ..sb.clone()
+        };
+        assert!(Superblock::parse(&flagged.encode()).unwrap().needs_check);
         assert_eq!(Superblock::parse(&[0u8; 4096]), None);
 
         let bs = BlockSize::DEFAULT;

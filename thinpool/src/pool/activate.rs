@@ -22,7 +22,92 @@ use crate::error::{Error, Result};
 use crate::kernel::{self, Superblock};
 use crate::loopback;
 use crate::names::Role;
-use crate::units::{Bytes, TransactionId};
+use crate::units::{Bytes, ThinId, TransactionId};
+
+/// How [`Pool::activate_with`] checks the metadata before loading it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MetadataCheck {
+    /// `thin_check` the whole metadata (LVM does it on every activation).
+    #[default]
+    Full,
+    /// Trust it, unless the kernel flagged it for a check.
+    Skip,
+}
+
+/// What [`Pool::activate_with`] did besides activating.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Activated {
+    /// `thin_check` passed on the metadata.
+    pub checked: bool,
+    /// The kernel's `needs_check` flag was set and is now cleared.
+    pub cleared_needs_check: bool,
+    /// Thin ids the metadata held that the record did not, now deleted.
+    pub freed_orphans: Vec<ThinId>,
+}
+
+/// Runs `f` on a block device holding `path`: `path` itself if it is
+/// one, the loop device bound to it if there is one, else a loop device
+/// attached for the call. The thin tools open what they read and write
+/// with `O_DIRECT`, which a file on tmpfs (before Linux 6.6) refuses; a
+/// loop device takes it on any filesystem. A loop device a killed call
+/// leaves is found and reused by the next attach of the same file.
+pub(super) fn on_block_device<T>(path: &Path, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let meta = fs::metadata(path).map_err(Error::io("inspecting", path))?;
+    if meta.file_type().is_block_device() {
+        return f(path);
+    }
+    if let Some(dev) =
+        loopback::find(path).map_err(Error::io("finding the loop device of", path))?
+    {
+        return f(&dev.path);
+    }
+    let dev = loopback::attach(path).map_err(Error::io("attaching a loop device to", path))?;
+    let out = f(&dev.path);
+    let detached = dev
+        .detach()
+        .map_err(Error::io("detaching the loop device of", path));
+    match (out, detached) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+    }
+}
+
+/// Runs `thin_check` (with `extra` options) on metadata `path`, through a
+/// block device ([`on_block_device`]); damage is
+/// [`Error::MetadataDamaged`] naming `path`.
+pub(super) fn thin_check(path: &Path, extra: &[&str]) -> Result<()> {
+    let out = on_block_device(path, |dev| {
+        std::process::Command::new("thin_check")
+            .args(extra)
+            .arg(dev)
+            .output()
+            .map_err(|e| Error::Tool {
+                tool: "thin_check".into(),
+                detail: format!("{e} (install thin-provisioning-tools)"),
+            })
+    })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    // What it found is on stderr (its progress lines on stdout); the
+    // first few lines name the damage.
+    let said = String::from_utf8_lossy(&out.stderr);
+    let detail = said
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(Error::MetadataDamaged {
+        path: path.to_path_buf(),
+        detail: if detail.is_empty() {
+            format!("thin_check exited with {}", out.status)
+        } else {
+            detail
+        },
+    })
+}
 
 /// The table of a linear device over the whole of `size` of `device`.
 fn linear_table(device: Device, size: Bytes) -> Vec<TargetLine<LinearDevTargetParams>> {
@@ -186,11 +271,43 @@ impl Pool {
     /// device, after stopping what was started ([`Error::Rollback`] if
     /// that failed too).
     pub fn activate(&mut self) -> Result<()> {
+        self.activate_with(MetadataCheck::Full).map(drop)
+    }
+
+    /// [`Pool::activate`], with the metadata checked first as `check`
+    /// says, and then thin ids the metadata holds but the record does not
+    /// know freed (what a failed rollback of an older thinlayer, or a
+    /// record lost with its operation, left).
+    ///
+    /// Errors: besides [`Pool::activate`]'s, [`Error::MetadataDamaged`]
+    /// when `thin_check` finds damage, [`Error::NeedsCheck`] when the
+    /// check is skipped but the kernel flagged the metadata, and
+    /// [`Error::Tool`] when `thin_check` cannot run; nothing is started.
+    pub fn activate_with(&mut self, check: MetadataCheck) -> Result<Activated> {
+        let mut done = Activated::default();
         if self.dev.is_some() {
-            return Ok(());
+            return Ok(done);
+        }
+        let meta = self.record.metadata.path.clone();
+        // A metadata file cut short is damage thin_repair mends: checked
+        // before the backing's size is, so the refusal names the repair.
+        if check == MetadataCheck::Full && meta.exists() {
+            thin_check(&meta, &[])?;
         }
         for b in [&self.record.data, &self.record.metadata] {
             check_backing(b)?;
+        }
+        let flagged = Superblock::read(&meta)?.is_some_and(|sb| sb.needs_check);
+        match check {
+            MetadataCheck::Full => {
+                done.checked = true;
+                if flagged {
+                    thin_check(&meta, &["--clear-needs-check-flag"])?;
+                    done.cleared_needs_check = true;
+                }
+            }
+            MetadataCheck::Skip if flagged => return Err(Error::NeedsCheck { path: meta }),
+            MetadataCheck::Skip => {}
         }
         let sb = Superblock::read(&self.record.metadata.path)?;
         let r = self.record.transaction_id;
@@ -214,7 +331,9 @@ impl Pool {
                 }),
             };
         }
-        self.recover()
+        self.recover()?;
+        done.freed_orphans = self.free_orphan_ids()?;
+        Ok(done)
     }
 
     /// Removes every dm device of this pool (thin devices first) and

@@ -52,6 +52,7 @@ mod destroy;
 mod devices;
 mod grow;
 mod on_disk;
+mod repair;
 mod status;
 mod thin;
 mod transaction;
@@ -69,8 +70,10 @@ use crate::names::{PoolNames, Role};
 use crate::record;
 use crate::units::ThinId;
 
+pub use activate::{Activated, MetadataCheck};
 pub use create::check_create_options;
 pub use on_disk::{Backing, BackingKind, PoolRecord, PoolState, ThinRecord};
+pub use repair::Repaired;
 pub use status::{parse_thin_ls, PoolMode, PoolStatus, SpaceStatus, ThinUsage};
 
 /// The pool's record, in its directory.

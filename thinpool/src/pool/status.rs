@@ -165,7 +165,7 @@ impl Pool {
         self.exclusive(|p| p.usage_locked())
     }
 
-    fn usage_locked(&self) -> Result<BTreeMap<ThinId, ThinUsage>> {
+    pub(super) fn usage_locked(&self) -> Result<BTreeMap<ThinId, ThinUsage>> {
         let meta = self.pool_dev()?.meta_dev().devnode();
         // A snapshot left held by a killed process blocks a new one.
         let _ = self.message("release_metadata_snap");

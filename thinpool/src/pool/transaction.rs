@@ -8,7 +8,9 @@ use super::Pool;
 use crate::error::{Error, Result};
 use crate::names::Role;
 use crate::recovery::{self, PendingOp, Recovery};
-use crate::units::TransactionId;
+use std::collections::BTreeSet;
+
+use crate::units::{ThinId, TransactionId};
 
 impl Pool {
     /// The kernel's status of a working pool; [`Error::Failed`] when the
@@ -52,8 +54,13 @@ impl Pool {
                 Recovery::Undo => {
                     let id = op.thin_id();
                     self.remove_thin_dev(id)?;
-                    let _ = self.message(&format!("delete {id}"));
-                    self.record.pending = None;
+                    // A failed delete keeps the operation pending: the id
+                    // may be in the metadata, and forgetting it would leak
+                    // it for good. Opening still works (status, grow);
+                    // new changes are refused until it is gone.
+                    if self.delete_if_present(id).is_ok() {
+                        self.record.pending = None;
+                    }
                 }
                 Recovery::Redo => {
                     if let PendingOp::Delete { id } = op {
@@ -104,6 +111,7 @@ impl Pool {
         after: impl FnOnce(&Self),
     ) -> Result<()> {
         self.check_writable()?;
+        self.finish_undo()?;
         let r = self.record.transaction_id;
         self.record.pending = Some(op.clone());
         self.save()?;
@@ -120,14 +128,82 @@ impl Pool {
             }
             Err(causal) => {
                 // Undo what the kernel may have done; a delete is left
-                // pending and finished by the next open.
+                // pending and finished by the next open. A new device whose
+                // delete fails stays pending too, so no id is forgotten in
+                // the metadata: the next open (or change) tries again.
                 if let PendingOp::Create { id, .. } | PendingOp::Snapshot { id, .. } = op {
-                    let _ = self.message(&format!("delete {id}"));
+                    if let Err(undo) = self.delete_if_present(id) {
+                        return Err(Error::Rollback {
+                            causal: Box::new(causal),
+                            rollback: Box::new(undo),
+                        });
+                    }
                     self.record.pending = None;
                     self.save()?;
                 }
                 Err(causal)
             }
         }
+    }
+
+    /// Deletes thin id `id` from the pool's metadata, if it is there: a
+    /// failed `delete` is checked against the metadata (`thin_ls`), so "no
+    /// such device" is success and any other failure is reported.
+    fn delete_if_present(&self, id: ThinId) -> Result<()> {
+        let Err(e) = self.message(&format!("delete {id}")) else {
+            return Ok(());
+        };
+        match self.metadata_ids() {
+            Ok(ids) if !ids.contains(&id) => Ok(()),
+            Ok(_) => Err(e),
+            Err(check) => Err(Error::Rollback {
+                causal: Box::new(e),
+                rollback: Box::new(check),
+            }),
+        }
+    }
+
+    /// Retries the delete of an undone operation that failed before, and
+    /// refuses new changes while it still fails.
+    fn finish_undo(&mut self) -> Result<()> {
+        let Some(op) = self.record.pending.clone() else {
+            return Ok(());
+        };
+        let id = op.thin_id();
+        match self.delete_if_present(id) {
+            Ok(()) => {
+                self.record.pending = None;
+                self.save()
+            }
+            Err(e) => Err(Error::UndoPending {
+                id,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Every thin id in the pool's metadata, active or not, read with
+    /// `thin_ls` from a metadata snapshot.
+    pub(super) fn metadata_ids(&self) -> Result<BTreeSet<ThinId>> {
+        Ok(self.usage_locked()?.into_keys().collect())
+    }
+
+    /// Deletes thin ids the metadata holds that the record does not know
+    /// (neither a device nor the pending operation's): what an older
+    /// rollback or a lost record left. Returns what it freed.
+    pub fn free_orphan_ids(&mut self) -> Result<Vec<ThinId>> {
+        self.exclusive(|p| {
+            let pending = p.record.pending.as_ref().map(PendingOp::thin_id);
+            let orphans: Vec<ThinId> = p
+                .metadata_ids()?
+                .into_iter()
+                .filter(|id| !p.record.thins.contains_key(id) && Some(*id) != pending)
+                .collect();
+            for id in &orphans {
+                p.remove_thin_dev(*id)?;
+                p.delete_if_present(*id)?;
+            }
+            Ok(orphans)
+        })
     }
 }
