@@ -108,32 +108,32 @@ impl ChangesetError {
     pub(crate) fn hostile(entry: &[u8], reason: impl Into<String>) -> Self {
         ChangesetError::Hostile {
             entry: show(entry),
-            reason: reason.into(),
+            reason: one_line(reason.into()),
         }
     }
 
     pub(crate) fn unsupported(entry: &[u8], reason: impl Into<String>) -> Self {
         ChangesetError::Unsupported {
             entry: show(entry),
-            reason: reason.into(),
+            reason: one_line(reason.into()),
         }
     }
 
     pub(crate) fn malformed(reason: impl Into<String>) -> Self {
         ChangesetError::Malformed {
-            reason: reason.into(),
+            reason: one_line(reason.into()),
         }
     }
 
     pub(crate) fn truncated(reason: impl Into<String>) -> Self {
         ChangesetError::Truncated {
-            reason: reason.into(),
+            reason: one_line(reason.into()),
         }
     }
 
     pub(crate) fn limit(reason: impl Into<String>) -> Self {
         ChangesetError::Limit {
-            reason: reason.into(),
+            reason: one_line(reason.into()),
         }
     }
 
@@ -154,6 +154,27 @@ pub(crate) fn show(bytes: &[u8]) -> String {
     } else {
         String::from_utf8_lossy(bytes).into_owned()
     }
+}
+
+/// `reason` with its control characters escaped (`\n` as `\\n`), so that a
+/// message stays on one line. Our own reasons quote names with `{:?}`
+/// already; this is for the text of other crates' errors that a reason
+/// carries, such as the `tar` crate's, which name a member by its raw
+/// bytes ("... when getting cksum for a<newline>b").
+fn one_line(reason: String) -> String {
+    if !reason.contains(char::is_control) {
+        return reason;
+    }
+    reason
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// `entry "x": `, or nothing when there is no entry (e.g. the compression).

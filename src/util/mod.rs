@@ -4,5 +4,7 @@
 
 pub mod du;
 pub mod ids;
+#[cfg(test)]
+pub(crate) mod prop;
 pub mod time;
 pub mod tool;
