@@ -1,7 +1,10 @@
 //! The changeset error type, grouped by what the caller does next.
 
+use std::borrow::Cow;
 use std::io;
 use std::path::Path;
+
+use crate::util::text::escape_controls;
 
 /// What went wrong applying or exporting a changeset.
 ///
@@ -108,32 +111,32 @@ impl ChangesetError {
     pub(crate) fn hostile(entry: &[u8], reason: impl Into<String>) -> Self {
         ChangesetError::Hostile {
             entry: show(entry),
-            reason: one_line(reason.into()),
+            reason: one_line(reason),
         }
     }
 
     pub(crate) fn unsupported(entry: &[u8], reason: impl Into<String>) -> Self {
         ChangesetError::Unsupported {
             entry: show(entry),
-            reason: one_line(reason.into()),
+            reason: one_line(reason),
         }
     }
 
     pub(crate) fn malformed(reason: impl Into<String>) -> Self {
         ChangesetError::Malformed {
-            reason: one_line(reason.into()),
+            reason: one_line(reason),
         }
     }
 
     pub(crate) fn truncated(reason: impl Into<String>) -> Self {
         ChangesetError::Truncated {
-            reason: one_line(reason.into()),
+            reason: one_line(reason),
         }
     }
 
     pub(crate) fn limit(reason: impl Into<String>) -> Self {
         ChangesetError::Limit {
-            reason: one_line(reason.into()),
+            reason: one_line(reason),
         }
     }
 
@@ -156,25 +159,15 @@ pub(crate) fn show(bytes: &[u8]) -> String {
     }
 }
 
-/// `reason` with its control characters escaped (`\n` as `\\n`), so that a
-/// message stays on one line. Our own reasons quote names with `{:?}`
-/// already; this is for the text of other crates' errors that a reason
-/// carries, such as the `tar` crate's, which name a member by its raw
-/// bytes ("... when getting cksum for a<newline>b").
-fn one_line(reason: String) -> String {
-    if !reason.contains(char::is_control) {
-        return reason;
+/// A reason, made one line: our own reasons quote names with `{:?}`
+/// already; this is for other crates' error text that a reason carries,
+/// such as the `tar` crate's ("... when getting cksum for a<newline>b").
+fn one_line(reason: impl Into<String>) -> String {
+    let reason = reason.into();
+    match escape_controls(&reason) {
+        Cow::Borrowed(_) => reason,
+        Cow::Owned(escaped) => escaped,
     }
-    reason
-        .chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_debug().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 /// `entry "x": `, or nothing when there is no entry (e.g. the compression).

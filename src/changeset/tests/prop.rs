@@ -176,8 +176,13 @@ fn snapshot(
         }
         let md = fs::symlink_metadata(&p)?;
         let ft = md.file_type();
+        // A file may be unreadable (mode 000, without root): that is
+        // described too.
         let content = if ft.is_file() {
-            format!("{:x}", Sha256::digest(fs::read(&p)?))
+            match fs::read(&p) {
+                Ok(b) => format!("{:x}", Sha256::digest(b)),
+                Err(e) => format!("unreadable: {e}"),
+            }
         } else if ft.is_symlink() {
             format!("-> {:?}", fs::read_link(&p)?)
         } else {
