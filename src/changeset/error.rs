@@ -1,7 +1,10 @@
 //! The changeset error type, grouped by what the caller does next.
 
+use std::borrow::Cow;
 use std::io;
 use std::path::Path;
+
+use crate::util::text::escape_controls;
 
 /// What went wrong applying or exporting a changeset.
 ///
@@ -108,32 +111,32 @@ impl ChangesetError {
     pub(crate) fn hostile(entry: &[u8], reason: impl Into<String>) -> Self {
         ChangesetError::Hostile {
             entry: show(entry),
-            reason: reason.into(),
+            reason: one_line(reason),
         }
     }
 
     pub(crate) fn unsupported(entry: &[u8], reason: impl Into<String>) -> Self {
         ChangesetError::Unsupported {
             entry: show(entry),
-            reason: reason.into(),
+            reason: one_line(reason),
         }
     }
 
     pub(crate) fn malformed(reason: impl Into<String>) -> Self {
         ChangesetError::Malformed {
-            reason: reason.into(),
+            reason: one_line(reason),
         }
     }
 
     pub(crate) fn truncated(reason: impl Into<String>) -> Self {
         ChangesetError::Truncated {
-            reason: reason.into(),
+            reason: one_line(reason),
         }
     }
 
     pub(crate) fn limit(reason: impl Into<String>) -> Self {
         ChangesetError::Limit {
-            reason: reason.into(),
+            reason: one_line(reason),
         }
     }
 
@@ -153,6 +156,17 @@ pub(crate) fn show(bytes: &[u8]) -> String {
         ".".to_string()
     } else {
         String::from_utf8_lossy(bytes).into_owned()
+    }
+}
+
+/// A reason, made one line: our own reasons quote names with `{:?}`
+/// already; this is for other crates' error text that a reason carries,
+/// such as the `tar` crate's ("... when getting cksum for a<newline>b").
+fn one_line(reason: impl Into<String>) -> String {
+    let reason = reason.into();
+    match escape_controls(&reason) {
+        Cow::Borrowed(_) => reason,
+        Cow::Owned(escaped) => escaped,
     }
 }
 

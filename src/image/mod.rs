@@ -35,6 +35,7 @@ pub use digest::{chain_ids, sha256_digest, Digest, DigestParseError};
 /// The parsed image config, as in [`ImageConfig::full`].
 pub use oci_spec::image::ImageConfiguration;
 
+use crate::util::text::escape_controls as esc;
 use source::Source;
 
 /// JSON documents (index, manifests, configs, `manifest.json`) larger than this are refused
@@ -42,10 +43,18 @@ use source::Source;
 pub const MAX_JSON_SIZE: u64 = 16 * 1024 * 1024;
 
 /// Failures of [`ImageArchive`], grouped by what the caller does next.
+///
+/// Messages are one line: the names, paths and reasons they carry come
+/// from the archive (a member named `a<newline>b`, a media type with a
+/// newline) and have their control characters escaped.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// Neither an OCI layout nor a docker-save archive: the user gave the wrong file.
-    #[error("{}: not a container image archive: {reason}", path.display())]
+    #[error(
+        "{}: not a container image archive: {}",
+        esc(&path.display().to_string()),
+        esc(reason)
+    )]
     NotAnImage {
         /// The path given to [`ImageArchive::open`].
         path: PathBuf,
@@ -54,7 +63,7 @@ pub enum ImageError {
     },
     /// The archive is recognized but broken or unsupported (bad JSON, missing field, layer
     /// count mismatch, unsupported media type, missing blob, no usable platform).
-    #[error("{what}: {reason}")]
+    #[error("{}: {}", esc(what), esc(reason))]
     Malformed {
         /// The document or member at fault (`index.json`, `manifest sha256:…`, …).
         what: String,
@@ -63,7 +72,7 @@ pub enum ImageError {
     },
     /// The archive tries to reach outside itself (`..`, absolute paths, symlinks leaving the
     /// layout, odd blob paths, conflicting duplicate members).
-    #[error("{what}: refused as hostile: {reason}")]
+    #[error("{}: refused as hostile: {}", esc(what), esc(reason))]
     Hostile {
         /// The document, member or archive at fault.
         what: String,
@@ -71,7 +80,7 @@ pub enum ImageError {
         reason: String,
     },
     /// A document read at open does not hash to its digest.
-    #[error("{what}: digest mismatch: expected {expected}, actual {actual}")]
+    #[error("{}: digest mismatch: expected {expected}, actual {actual}", esc(what))]
     DigestMismatch {
         /// The document (`manifest sha256:…`, `config …`).
         what: String,
@@ -81,7 +90,11 @@ pub enum ImageError {
         actual: Digest,
     },
     /// A JSON document is over [`MAX_JSON_SIZE`]; refused before reading.
-    #[error("{what}: too large: {size} bytes (limit {limit} bytes)", limit = MAX_JSON_SIZE)]
+    #[error(
+        "{}: too large: {size} bytes (limit {limit} bytes)",
+        esc(what),
+        limit = MAX_JSON_SIZE
+    )]
     TooLarge {
         /// The document.
         what: String,
@@ -89,7 +102,7 @@ pub enum ImageError {
         size: u64,
     },
     /// An I/O error on the archive itself.
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}: {}", esc(&path.display().to_string()), esc(&source.to_string()))]
     Io {
         /// What was being done (`open`, `read`, `stat`, …).
         op: &'static str,
@@ -339,7 +352,8 @@ impl ImageArchive {
     pub fn open_layer(&self, layer: &LayerRef) -> Result<Box<dyn Read + Send + '_>, ImageError> {
         let what = match &layer.blob_digest {
             Some(d) => format!("layer {} blob {d}", layer.index),
-            None => format!("layer {} ({})", layer.index, layer.locator.path()),
+            // The member's name, from the archive: one line in the reader's errors.
+            None => format!("layer {} ({})", layer.index, esc(layer.locator.path())),
         };
         let expect = match &layer.blob_digest {
             Some(d) => digest::Expect::Blob {

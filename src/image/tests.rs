@@ -1,6 +1,8 @@
 //! Tests: fixtures are built here (OCI layouts as directories and tars, docker-save archives in
 //! the legacy and blob layouts), plus one image built with the real `umoci` tool.
 
+mod prop;
+
 use super::oci::DOCKER_LIST;
 use super::*;
 
@@ -1235,6 +1237,47 @@ fn plain_not_an_image() {
     fs::write(d.path().join("index.json"), b"{}").unwrap();
     expect_err(d.path(), "NotAnImage", "index.json without oci-layout");
     expect_err(&t.path().join("missing"), "Io", "stat");
+}
+
+/// Found by the property tests (`tests/prop.rs`): names and values from the archive went into
+/// messages as they were, and a newline in one made the message two lines. (`expect_err`
+/// checks that the message is one line.)
+#[test]
+fn plain_errors_naming_archive_text_stay_on_one_line() {
+    // OCI: an index entry whose digest has a newline (minimized).
+    let t = TempDir::new().unwrap();
+    let mut o = Oci::default();
+    let mut d = o.image(&three_layers(), "amd64");
+    d["digest"] = json!("a\nb/layer.tar");
+    o.write(t.path(), &index(vec![d]));
+    expect_err(t.path(), "Malformed", "invalid digest 'a\\nb/layer.tar'");
+
+    // docker: a Config path with a newline (minimized).
+    let p = t.path().join("save.tar");
+    docker_legacy(&p, |_, m, _| m[0]["Config"] = json!("a\nb/layer.tar"));
+    expect_err(
+        &p,
+        "Malformed",
+        "config a\\nb/layer.tar: 'a\\nb/layer.tar' not found",
+    );
+
+    // A layer media type, and a tar member's name.
+    let t = TempDir::new().unwrap();
+    let mut layers = three_layers();
+    layers[1].mt = "text/plain\r\n".into();
+    let mut o = Oci::default();
+    let d = o.image(&layers, "amd64");
+    o.write(t.path(), &index(vec![d]));
+    expect_err(
+        t.path(),
+        "Malformed",
+        "unsupported layer media type 'text/plain\\r\\n'",
+    );
+    let p = t.path().join("save.tar");
+    docker_legacy(&p, |t, _, _| {
+        t.file("../a\nb", b"x");
+    });
+    expect_err(&p, "Hostile", "tar member '../a\\nb' is absolute");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,5 +4,8 @@
 
 pub mod du;
 pub mod ids;
+#[cfg(test)]
+pub(crate) mod prop;
+pub mod text;
 pub mod time;
 pub mod tool;

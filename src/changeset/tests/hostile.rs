@@ -433,3 +433,28 @@ fn plain_lower_layer_is_read_beneath_its_root() {
     let md = fs::metadata(layer.join("b/ssl")).unwrap();
     assert_eq!(md.permissions().mode() & 0o7777, 0o700);
 }
+
+/// Found by the property tests (`prop.rs`): the `tar` crate's own errors
+/// name a member by its raw bytes, and a newline there made the message
+/// two lines. Minimized: a member whose PAX size (0) leaves its 7 data
+/// bytes to be read as the next header, whose "name" ends in a newline.
+#[test]
+fn plain_errors_of_the_tar_crate_stay_on_one_line() {
+    let mut ar = Ar::new();
+    ar.pax(&[("size", b"0")]);
+    let mut h = ar.header(EntryType::Regular, 0o644);
+    h.set_path("f").unwrap();
+    h.set_size(7);
+    h.set_cksum();
+    ar.header_raw(&h, b"\x04\x05\x06\x07\x08\t\n");
+    let msg = refused(
+        &ar.finish(),
+        "malformed",
+        "when getting cksum for \\u{4}\\u{5}\\u{6}\\u{7}\\u{8}\\t\\n (after entry \"f\")",
+        &nothing,
+    );
+    assert!(
+        msg.starts_with("malformed changeset: numeric field"),
+        "{msg}"
+    );
+}

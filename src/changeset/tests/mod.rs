@@ -5,6 +5,7 @@
 mod entries;
 mod export;
 mod hostile;
+mod prop;
 mod roundtrip;
 mod split;
 mod whiteouts;
