@@ -21,6 +21,9 @@ PACKAGES=(
   protobuf-compiler golang-go golang-github-containerd-containerd-dev
   # a real engine runs containers on thinlayer snapshots
   containerd runc
+  # NFS volumes are tested against the kernel's NFS server in the VM
+  # (exportfs, rpc.nfsd, rpc.mountd) and mounted with mount.nfs
+  nfs-kernel-server nfs-common
 )
 
 missing=()
