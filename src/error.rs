@@ -118,6 +118,19 @@ pub enum Error {
         detail: String,
     },
 
+    /// Something outside thinlayer (an NFS server, a tool waiting on one)
+    /// did not answer in time; what was asked of it was given up and
+    /// undone. Check it (the hint says what), then retry.
+    #[error("{what} did not answer within {} s{hint}", .waited.as_secs())]
+    TimedOut {
+        /// Who did not answer, as messages name it.
+        what: String,
+        /// How long it was given.
+        waited: std::time::Duration,
+        /// What to check, starting with `: `, or empty.
+        hint: String,
+    },
+
     /// A file operation failed.
     #[error("{op} {}: {source}", .path.display())]
     Io {

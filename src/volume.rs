@@ -13,7 +13,9 @@
 //! - `local`: a directory under the root. With `--opt type=T --opt
 //!   device=D --opt o=OPTS` it is instead whatever `mount -t T -o OPTS D`
 //!   mounts (tmpfs, a filesystem image, NFS), made when a container first
-//!   mounts it and unmounted when the last mounted container lets go.
+//!   mounts it and unmounted when the last mounted container lets go. A
+//!   mount that takes longer than [`LOCAL_MOUNT_TIMEOUT`] (an NFS server
+//!   that is down) is killed and fails the container's mount.
 //! - `thin`: a thin device of `--size` in the pool with its own ext4, so
 //!   its size is a hard limit; `clone` snapshots it in O(1).
 //!
@@ -28,6 +30,7 @@ use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thinpool::{Bytes, Pool, ThinId};
@@ -131,6 +134,107 @@ impl LocalMount {
             }
         }
         Ok(map)
+    }
+
+    /// Whether this is an NFS mount (`type=nfs` or `nfs4`).
+    pub fn is_nfs(&self) -> bool {
+        matches!(self.fstype.as_str(), "nfs" | "nfs4")
+    }
+
+    /// The value of mount option `key` in `o`, if given.
+    fn option(&self, key: &str) -> Option<&str> {
+        self.options
+            .as_deref()?
+            .split(',')
+            .find_map(|o| o.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    /// An NFS device split into its server (empty in Docker's `:/export`
+    /// form, where `o=addr=` names it) and its path; `None` without a
+    /// `:`. An IPv6 server is written in brackets: `[::1]:/export`.
+    fn nfs_device(&self) -> Option<(&str, &str)> {
+        let d = self.device.as_str();
+        if let Some(rest) = d.strip_prefix('[') {
+            let (host, path) = rest.split_once("]:")?;
+            return Some((host, path));
+        }
+        d.split_once(':')
+    }
+
+    /// The NFS server: the device's host, else `o=addr=`.
+    pub fn nfs_server(&self) -> Option<&str> {
+        let (host, _) = self.nfs_device()?;
+        Some(host)
+            .filter(|h| !h.is_empty())
+            .or_else(|| self.option("addr"))
+    }
+
+    /// What `mount` is given as the source. Docker's local driver passes
+    /// `device=:/export` with `o=addr=HOST` to mount(2) itself; mount.nfs
+    /// needs the server in the device, so it is put there (`HOST:/export`).
+    pub fn mount_source(&self) -> String {
+        match self.nfs_device() {
+            Some(("", path)) if self.is_nfs() => match self.nfs_server() {
+                Some(h) if h.contains(':') => format!("[{h}]:{path}"),
+                Some(h) => format!("{h}:{path}"),
+                None => self.device.clone(),
+            },
+            _ => self.device.clone(),
+        }
+    }
+
+    /// What `mount` is given as `-o`: `o`, and for NFS `retry=0` unless
+    /// `o` says otherwise, so that a refused connection fails at once
+    /// instead of mount.nfs retrying it for two minutes.
+    pub fn mount_options(&self) -> String {
+        let o = self.options.clone().unwrap_or_default();
+        if !self.is_nfs() || self.option("retry").is_some() {
+            return o;
+        }
+        if o.is_empty() {
+            "retry=0".into()
+        } else {
+            format!("{o},retry=0")
+        }
+    }
+
+    /// Checks what can be checked before the first mount: an NFS device
+    /// names a path and a server (`HOST:/PATH`, or `:/PATH` with
+    /// `o=addr=HOST`).
+    fn check(&self) -> Result<()> {
+        if !self.is_nfs() {
+            return Ok(());
+        }
+        match self.nfs_device() {
+            Some((_, path)) if path.starts_with('/') && self.nfs_server().is_some() => Ok(()),
+            _ => Err(Error::invalid(
+                "volume option",
+                format!(
+                    "device '{}' is not an NFS export: use --opt device=HOST:/PATH, or --opt device=:/PATH with --opt o=addr=HOST",
+                    self.device
+                ),
+            )),
+        }
+    }
+
+    /// The error for a mount of volume `name` that did not finish within
+    /// `waited`: who did not answer and what to check.
+    fn timed_out(&self, name: &str, waited: Duration) -> Error {
+        let inspect = format!("`thinlayer volume inspect {name}`");
+        match (self.is_nfs(), self.nfs_server(), self.nfs_device()) {
+            (true, Some(server), Some((_, path))) => Error::TimedOut {
+                what: format!("NFS server {server} of volume '{name}'"),
+                waited,
+                hint: format!(
+                    ": check that it is up and exports {path}, and the volume's --opt o=addr=... and device ({inspect})"
+                ),
+            },
+            _ => Error::TimedOut {
+                what: format!("mount -t {} of volume '{name}'", self.fstype),
+                waited,
+                hint: format!(": check what it mounts and its options ({inspect})"),
+            },
+        }
     }
 }
 
@@ -252,6 +356,16 @@ pub const DEFAULT_THIN_SIZE: Bytes = Bytes(10 << 30);
 /// The smallest thin volume: ext4 needs room for its journal and tables.
 pub const MIN_THIN_SIZE: Bytes = Bytes(16 << 20);
 
+/// How long a local volume's mount (`mount -t nfs`, cifs, ...) may take
+/// when a container first uses the volume. Past it, `mount` and the
+/// helpers it started are killed, whatever they got as far as mounting is
+/// unmounted, and the container's mount fails with [`Error::TimedOut`].
+/// An NFS server that does not answer would otherwise hold `container
+/// mount` or `exec` for minutes (a v4 mount waits `timeo` × `retrans`,
+/// mount.nfs retries for two minutes); a healthy one answers in well
+/// under a second.
+pub const LOCAL_MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
+
 const RECORD: &str = "volume.json";
 const DATA: &str = "_data";
 fn tag(name: &str) -> String {
@@ -296,7 +410,9 @@ pub fn check_new(v: &NewVolume) -> Result<Option<LocalMount>> {
                 ));
             }
             if !opts.is_empty() {
-                mount = Some(LocalMount::try_from(opts)?);
+                let m = LocalMount::try_from(opts)?;
+                m.check()?;
+                mount = Some(m);
             }
         }
         VolumeDriver::Thin => {
@@ -577,16 +693,7 @@ impl Volumes {
                     return Err(e);
                 }
             }
-            (VolumeDriver::Local, Some(m)) => {
-                let opts = m.options.as_deref().unwrap_or("");
-                tool::mount(&m.fstype, &m.device, opts, &data, None).map_err(|e| match e {
-                    Error::Tool { detail, .. } => Error::Tool {
-                        tool: format!("mount of volume '{}'", rec.name),
-                        detail,
-                    },
-                    e => e,
-                })?;
-            }
+            (VolumeDriver::Local, Some(m)) => mount_local(rec, m, &data, LOCAL_MOUNT_TIMEOUT)?,
             (VolumeDriver::Local, None) => {}
         }
         Ok(data)
@@ -664,6 +771,37 @@ impl Volumes {
             e.map(|e| rec.driver == VolumeDriver::Thin && e.file_name() == "lost+found")
                 .unwrap_or(false)
         }))
+    }
+}
+
+/// Mounts local volume `rec`'s `m` at `data`, given `limit` to finish.
+fn mount_local(rec: &VolumeRecord, m: &LocalMount, data: &Path, limit: Duration) -> Result<()> {
+    let r = tool::mount_within(
+        &m.fstype,
+        &m.mount_source(),
+        &m.mount_options(),
+        data,
+        limit,
+    );
+    match r {
+        Ok(()) => Ok(()),
+        Err(Error::Tool { detail, .. }) => Err(Error::Tool {
+            tool: match m.nfs_server().filter(|_| m.is_nfs()) {
+                Some(server) => format!("mount of volume '{}' from NFS server {server}", rec.name),
+                None => format!("mount of volume '{}'", rec.name),
+            },
+            detail,
+        }),
+        Err(Error::TimedOut { waited, .. }) => {
+            // Killed at the instant it finished, it may have mounted.
+            let undo = match mount::is_mounted(data) {
+                Ok(true) => mount::unmount(data),
+                Ok(false) => Ok(()),
+                Err(e) => Err(e),
+            };
+            Err(m.timed_out(&rec.name, waited).with_rollback(undo))
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -750,6 +888,60 @@ mod tests {
             .parse::<VolumeDriver>()
             .unwrap_err()
             .contains("local or thin"));
+    }
+
+    fn nfs(device: &str, o: Option<&str>) -> LocalMount {
+        LocalMount {
+            fstype: "nfs".into(),
+            device: device.into(),
+            options: o.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn plain_nfs_devices_get_their_server_and_a_bounded_mount() {
+        // Docker's form: the server in addr=, put into the device for mount.nfs.
+        let m = nfs(":/export/a", Some("addr=10.0.0.5,vers=4.2"));
+        m.check().unwrap();
+        assert_eq!(m.nfs_server(), Some("10.0.0.5"));
+        assert_eq!(m.mount_source(), "10.0.0.5:/export/a");
+        assert_eq!(m.mount_options(), "addr=10.0.0.5,vers=4.2,retry=0");
+        let m6 = nfs(":/e", Some("vers=4,addr=fd00::1"));
+        assert_eq!(m6.mount_source(), "[fd00::1]:/e");
+        // mount(8)'s form is passed as it is; retry= given is kept.
+        let h = nfs("srv:/e", Some("retry=1"));
+        h.check().unwrap();
+        assert_eq!(
+            (h.mount_source().as_str(), h.nfs_server()),
+            ("srv:/e", Some("srv"))
+        );
+        assert_eq!(h.mount_options(), "retry=1");
+        assert_eq!(nfs("[::1]:/e", None).nfs_server(), Some("::1"));
+        assert_eq!(nfs("srv:/e", None).mount_options(), "retry=0");
+        // Not NFS: untouched.
+        let t = LocalMount {
+            fstype: "tmpfs".into(),
+            device: "tmpfs".into(),
+            options: None,
+        };
+        assert_eq!(
+            (t.mount_source(), t.mount_options()),
+            ("tmpfs".into(), String::new())
+        );
+        for bad in [
+            nfs(":/e", None),
+            nfs("/e", Some("addr=h")),
+            nfs("h:e", None),
+        ] {
+            let e = bad.check().unwrap_err().to_string();
+            assert!(e.contains("is not an NFS export"), "{e}");
+        }
+        let e = m.timed_out("v", Duration::from_secs(20)).to_string();
+        assert!(
+            e.starts_with("NFS server 10.0.0.5 of volume 'v' did not answer within 20 s: check that it is up and exports /export/a"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'));
     }
 
     #[test]

@@ -23,6 +23,9 @@ PACKAGES=(
   containerd runc
   # `man thinlayer-...` after tools/install.sh (and the test that reads a page)
   man-db
+  # NFS volumes are tested against the kernel's NFS server in the VM
+  # (exportfs, rpc.nfsd, rpc.mountd) and mounted with mount.nfs
+  nfs-kernel-server nfs-common
 )
 
 missing=()

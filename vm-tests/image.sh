@@ -30,6 +30,9 @@ MODULES=(
   loop
   dm-mod dm-thin-pool dm-snapshot
   ext4 xfs overlay
+  # NFS volumes: the kernel's NFS server and its NFSv4 client (nfs, sunrpc,
+  # lockd, grace, auth_rpcgss, ... come from modules.dep)
+  nfsd nfsv4
 )
 
 force=0 print=0

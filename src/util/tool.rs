@@ -1,9 +1,17 @@
 //! Running the external tools that own a format or a kernel interface
 //! (mkfs.*, resize2fs, xfs_growfs, mount(8) for overlay and remote
-//! filesystems): one way, with the tool's stderr as the error.
+//! filesystems): one way, with the tool's stderr as the error, and a
+//! time limit for those that wait on a server.
 
+use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
 
@@ -14,18 +22,81 @@ pub fn run(cmd: &mut Command, name: &str) -> Result<()> {
         tool: name.to_string(),
         detail: e.to_string(),
     })?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(Error::Tool {
-            tool: name.to_string(),
-            detail: if stderr.is_empty() {
-                format!("exited with {}", out.status)
-            } else {
-                stderr
-            },
+    check(out.status, &out.stderr, name)
+}
+
+/// A non-zero exit as [`Error::Tool`], with the tool's stderr.
+fn check(status: ExitStatus, stderr: &[u8], name: &str) -> Result<()> {
+    if status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(stderr).trim().to_string();
+    Err(Error::Tool {
+        tool: name.to_string(),
+        detail: if stderr.is_empty() {
+            format!("exited with {status}")
+        } else {
+            stderr
+        },
+    })
+}
+
+/// Runs `cmd` as [`run`] does, but gives it `limit` to finish. Past that
+/// it is killed with every process it started (it runs in a process
+/// group of its own: `mount` and the `mount.nfs` it runs go together),
+/// and the result is [`Error::TimedOut`] naming `name`. For tools that
+/// wait on something outside the machine, such as a mount of a network
+/// filesystem whose server is down, which would otherwise hold the caller
+/// for minutes.
+pub fn run_within(cmd: &mut Command, name: &str, limit: Duration) -> Result<()> {
+    let failed = |e: std::io::Error| Error::Tool {
+        tool: name.to_string(),
+        detail: e.to_string(),
+    };
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(failed)?;
+    // Read on a thread, so that a chatty tool never blocks on a full pipe;
+    // handed over by channel, so that a daemon the tool left holding the
+    // pipe cannot block us either.
+    let (tx, rx) = mpsc::channel();
+    if let Some(mut err) = child.stderr.take() {
+        std::thread::spawn(move || {
+            let mut buf = vec![];
+            let _ = err.read_to_end(&mut buf);
+            let _ = tx.send(buf);
         });
     }
-    Ok(())
+    let deadline = Instant::now() + limit;
+    // Most runs end within milliseconds: poll often at first.
+    let mut nap = Duration::from_millis(1);
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(failed)? {
+            break st;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            if let Ok(pgid) = i32::try_from(child.id()) {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+            // Reap it: SIGKILL cannot be caught, and our child only waits
+            // on its own children, which is interruptible.
+            let _ = child.wait();
+            return Err(Error::TimedOut {
+                what: name.to_string(),
+                waited: limit,
+                hint: String::new(),
+            });
+        }
+        std::thread::sleep(nap.min(deadline - now));
+        nap = (nap * 2).min(Duration::from_millis(50));
+    };
+    let stderr = rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+    check(status, &stderr, name)
 }
 
 /// `mount -t FSTYPE [-o OPTS] SOURCE TARGET`, run in `cwd` if given (overlay
@@ -37,16 +108,38 @@ pub fn mount(
     target: &Path,
     cwd: Option<&Path>,
 ) -> Result<()> {
+    let mut cmd = mount_cmd(fstype, source, opts, target);
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    run(&mut cmd, &format!("mount -t {fstype}"))
+}
+
+/// [`mount`] given `limit` to finish, as [`run_within`]: for filesystems
+/// that wait on a server (NFS, CIFS). On [`Error::TimedOut`] the tool is
+/// gone; whether it got as far as mounting is for the caller to check.
+pub fn mount_within(
+    fstype: &str,
+    source: &str,
+    opts: &str,
+    target: &Path,
+    limit: Duration,
+) -> Result<()> {
+    run_within(
+        &mut mount_cmd(fstype, source, opts, target),
+        &format!("mount -t {fstype}"),
+        limit,
+    )
+}
+
+fn mount_cmd(fstype: &str, source: &str, opts: &str, target: &Path) -> Command {
     let mut cmd = Command::new("mount");
     cmd.args(["-t", fstype]);
     if !opts.is_empty() {
         cmd.args(["-o", opts]);
     }
     cmd.arg(source).arg(target);
-    if let Some(d) = cwd {
-        cmd.current_dir(d);
-    }
-    run(&mut cmd, &format!("mount -t {fstype}"))
+    cmd
 }
 
 #[cfg(test)]
@@ -67,5 +160,42 @@ mod tests {
             .to_string();
         assert!(err.starts_with("tool failed: "), "{err}");
         run(&mut Command::new("true"), "true").unwrap();
+    }
+
+    #[test]
+    fn plain_a_tool_past_its_limit_is_killed_with_what_it_started() {
+        let limit = Duration::from_millis(300);
+        run_within(&mut Command::new("true"), "true", limit).unwrap();
+        let err = run_within(
+            Command::new("sh").args(["-c", "echo no >&2; exit 2"]),
+            "sh",
+            limit,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "sh failed: no");
+        // A shell whose child sleeps: both must go, or the grandchild
+        // would hold the pipe and the marker file would appear later.
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("late");
+        let t0 = Instant::now();
+        let err = run_within(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("(sleep 1; touch {}) & wait", marker.display())),
+            "sleeper",
+            limit,
+        )
+        .unwrap_err();
+        let took = t0.elapsed();
+        assert!(matches!(err, Error::TimedOut { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("sleeper did not answer within "),
+            "{err}"
+        );
+        assert!(took < Duration::from_millis(900), "took {took:?}");
+        std::thread::sleep(Duration::from_millis(1300));
+        assert!(!marker.exists(), "the tool's child outlived the kill");
     }
 }
