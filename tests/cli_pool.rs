@@ -904,7 +904,12 @@ fn dm_activation_frees_ids_no_record_names_and_a_failed_undo_stays_pending() {
         ],
     );
     let st = status(&root);
-    let pool = format!("/dev/mapper/{}", pool_dm_name(&st));
+    let pool = pool_dm_name(&st);
+    let dm_info = |name: &str, field: &str| {
+        dmsetup(&["info", "-c", "--noheadings", "-o", field, name])
+            .trim()
+            .to_string()
+    };
     // An id in the metadata that no record names (what an older rollback
     // that ignored a failed delete left).
     dmsetup(&["message", &pool, "0", "create_thin 9000"]);
@@ -921,31 +926,32 @@ fn dm_activation_frees_ids_no_record_names_and_a_failed_undo_stays_pending() {
     // is made until the delete goes through, and then it is gone.
     dmsetup(&["message", &pool, "0", "create_thin 9001"]);
     let holder = format!("tl-test-hold-{}", std::process::id());
+    let pool_dev = dm_info(&pool, "major,minor").replace(' ', "");
     dmsetup(&[
         "create",
         &holder,
         "--table",
-        &format!("0 2048 thin {pool} 9001"),
+        &format!("0 2048 thin {pool_dev} 9001"),
     ]);
-    let held = std::fs::File::open(format!("/dev/mapper/{holder}")).unwrap();
+    let held = std::fs::File::open(format!("/dev/{}", dm_info(&holder, "blkdevname"))).unwrap();
     let rec_path = root.join("pool/pool.json");
-    let mut rec: Value =
-        serde_json::from_str(&std::fs::read_to_string(&rec_path).unwrap()).unwrap();
+    let read_rec = || -> Value { thinpool::record::read(&rec_path).unwrap().unwrap() };
+    let mut rec = read_rec();
     rec["pending"] =
         serde_json::json!({"op": "create", "id": 9001, "size": 1048576, "tag": "test"});
-    std::fs::write(&rec_path, serde_json::to_vec_pretty(&rec).unwrap()).unwrap();
+    thinpool::record::write(&rec_path, &rec).unwrap();
     fails(
         &root,
         &["layer", "create", "--name", "x"],
         1,
         &["thin device 9001", "pending"],
     );
-    let rec: Value = serde_json::from_str(&std::fs::read_to_string(&rec_path).unwrap()).unwrap();
+    let rec = read_rec();
     assert_eq!(rec["pending"]["id"], 9001, "still pending: {rec}");
     drop(held);
     dmsetup(&["remove", &holder]);
     ok(&root, &["layer", "create", "--name", "x"]);
-    let rec: Value = serde_json::from_str(&std::fs::read_to_string(&rec_path).unwrap()).unwrap();
+    let rec = read_rec();
     assert!(rec["pending"].is_null(), "{rec}");
     ok(&root, &["pool", "deactivate"]);
     let o = thinlayer(&root, &["pool", "activate"]);

@@ -1115,3 +1115,112 @@ fn image_config_and_history_show_what_real_tools_wrote(d: Drv) {
     );
     e.fails(&["image", "history", "nope:1"], &["no image 'nope:1'"]);
 }
+
+/// The filesystem holding the root fills up: commands fail with one clear
+/// line, leave no half-written record or temporary file, and everything
+/// made before is intact; once space is back they work again.
+#[test]
+fn root_a_full_state_filesystem_fails_commands_clearly_and_loses_nothing() {
+    thinpool::testing::require_root();
+    let s = Scratch::new("statefull");
+    let fs_dir = s.path().join("fs");
+    std::fs::create_dir(&fs_dir).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16M", "tmpfs"])
+        .arg(&fs_dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let _u = Unmount(fs_dir.clone());
+    let e = Env {
+        root: fs_dir.join("root"),
+        s,
+        drv: Drv::Overlay,
+    };
+    let small = e.tar("small.tar", Tar::new().file("f", b"small"));
+    e.layer(None, "a", &small);
+    e.ok(&["volume", "create", "v"]);
+    let before_layers = e.list("layer");
+    // Fill what is left of the filesystem.
+    let filler = fs_dir.join("filler");
+    let _ = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", filler.display()))
+        .args(["bs=64k", "status=none"])
+        .stderr(Stdio::null())
+        .status();
+    let big = e.tar("big.tar", Tar::new().file("big", &vec![7u8; 1 << 20]));
+    for args in [
+        vec![
+            "snapshot",
+            "layer",
+            "a",
+            "--name",
+            "b",
+            "--from-tar",
+            big.as_str(),
+        ],
+        vec!["layer", "create", "--name", "c", "--from-tar", big.as_str()],
+        vec!["volume", "create", "w"],
+    ] {
+        let o = e.run(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: not one line: {err}"
+        );
+        assert!(err.contains("No space left"), "{args:?}: {err}");
+    }
+    // Nothing half-made: the same layers and volumes, no journal or
+    // temporary file left, and records and resources agree.
+    assert_eq!(e.list("layer"), before_layers);
+    let vols: Vec<String> = e
+        .list("volume")
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(vols, ["v"]);
+    e.assert_consistent();
+    let leftovers: Vec<PathBuf> = walk(&e.root)
+        .into_iter()
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.ends_with(".tmp")
+                || (p.parent().unwrap().ends_with("journals") && n.ends_with(".json"))
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Space back: the same commands work.
+    std::fs::remove_file(&filler).unwrap();
+    e.layer(Some("a"), "b", &big);
+    e.ok(&["volume", "create", "w"]);
+    e.with_mounted("b", |m| {
+        assert_eq!(std::fs::read(m.join("f")).unwrap(), b"small");
+        assert_eq!(std::fs::metadata(m.join("big")).unwrap().len(), 1 << 20);
+    });
+    e.assert_consistent();
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
