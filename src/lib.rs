@@ -47,6 +47,7 @@ pub mod save;
 pub mod snapshots;
 pub mod store;
 pub mod system;
+pub mod text;
 pub mod util;
 pub mod volume;
 

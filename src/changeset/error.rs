@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::io;
 use std::path::Path;
 
-use crate::util::text::escape_controls;
+use crate::text::escape_controls;
 
 /// What went wrong applying or exporting a changeset.
 ///

@@ -35,7 +35,7 @@ pub use digest::{chain_ids, sha256_digest, Digest, DigestParseError};
 /// The parsed image config, as in [`ImageConfig::full`].
 pub use oci_spec::image::ImageConfiguration;
 
-use crate::util::text::escape_controls as esc;
+use crate::text::escape_controls as esc;
 use source::Source;
 
 /// JSON documents (index, manifests, configs, `manifest.json`) larger than this are refused

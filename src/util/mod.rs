@@ -4,8 +4,5 @@
 
 pub mod du;
 pub mod ids;
-#[cfg(test)]
-pub(crate) mod prop;
-pub mod text;
 pub mod time;
 pub mod tool;

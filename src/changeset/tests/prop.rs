@@ -32,7 +32,7 @@
 //!   and sha256 of the uncompressed input.
 //!
 //! Runs are deterministic (fixed seed, no persistence): see
-//! [`crate::util::prop`]. Each test also checks that its cases reach past
+//! [`crate::text::prop`]. Each test also checks that its cases reach past
 //! the first header: some succeed, and the errors are of several kinds.
 
 use std::cell::RefCell;
@@ -47,7 +47,7 @@ use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
 
 use super::*;
-use crate::util::prop::{check, one_line};
+use crate::text::prop::{check, one_line};
 
 /// Cases of each test; with the others here and in `image`, thousands in
 /// all, in well under a minute of a debug build on two slow cores.

@@ -30,7 +30,7 @@
 //! * what opens is consistent: the config and manifest hash to the digests
 //!   the image gives, one diff_id per layer.
 //!
-//! Runs are deterministic: see [`crate::util::prop`].
+//! Runs are deterministic: see [`crate::text::prop`].
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -42,7 +42,7 @@ use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
 
 use super::*;
-use crate::util::prop::{check, one_line};
+use crate::text::prop::{check, one_line};
 
 const OCI_CASES: u32 = 2_000;
 const DOCKER_CASES: u32 = 1_000;

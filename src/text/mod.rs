@@ -1,4 +1,6 @@
-//! Text for messages.
+//! Text for messages: a room below every other (it imports none), since
+//! the errors of every room use it. `prop` (tests only) is the one way the
+//! property tests of hostile bytes run.
 
 use std::borrow::Cow;
 
@@ -38,3 +40,6 @@ mod tests {
         assert_eq!(escape_controls("a\\n\"b\""), "a\\n\"b\"");
     }
 }
+
+#[cfg(test)]
+pub(crate) mod prop;
