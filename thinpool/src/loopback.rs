@@ -83,9 +83,30 @@ impl LoopDev {
         loopdev::LoopDevice::open(&self.path)?.set_capacity()
     }
 
-    /// Unbinds the device from its file.
+    /// Unbinds the device from its file, and waits (up to 2 s) until the
+    /// kernel has: while another opener (a probe by udev or blkid, or
+    /// [`find`] itself) holds the device, `LOOP_CLR_FD` only marks it,
+    /// and the binding stays visible until the last close.
     pub fn detach(&self) -> io::Result<()> {
-        loopdev::LoopDevice::open(&self.path)?.detach()
+        let was = File::open(&self.path)
+            .and_then(|f| status(&f))
+            .map(|i| (i.lo_device, i.lo_inode))?;
+        loopdev::LoopDevice::open(&self.path)?.detach()?;
+        for _ in 0..200 {
+            // Unbound, or already bound again to another file by someone
+            // else's attach: either way no longer ours.
+            let now = File::open(&self.path)
+                .and_then(|f| status(&f))
+                .map(|i| (i.lo_device, i.lo_inode));
+            if now.map_or(true, |n| n != was) {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Err(io::Error::other(format!(
+            "{} is still bound 2 s after it was detached; something holds it open",
+            self.path.display()
+        )))
     }
 }
 
