@@ -390,18 +390,6 @@ fn concurrent_snapshots_serialize_and_all_succeed(d: Drv) {
     e.assert_consistent();
 }
 
-fn top_layer(e: &Env, image: &str) -> String {
-    let i: Value = serde_json::from_str(&e.ok(&["image", "inspect", image, "--json"])).unwrap();
-    i["layers"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 fn umoci_image_imports_to_the_same_tree_as_umoci_unpacks(d: Drv) {
     let e = Env::new("umoci", d);
     let layout = build_image(&e.s);
@@ -414,7 +402,7 @@ fn umoci_image_imports_to_the_same_tree_as_umoci_unpacks(d: Drv) {
         "test/app:v1",
     ]);
     assert!(out.contains("test/app:v1"), "{out}");
-    let top = top_layer(&e, "test/app:v1");
+    let top = e.top_layer("test/app:v1");
     e.with_mounted(&top, |m| assert_same_tree(&reference, m));
     assert_eq!(e.list("layer").len(), 3);
     e.ok(&[
@@ -449,7 +437,7 @@ fn docker_archive_from_skopeo_imports_with_its_tag(d: Drv) {
     ]));
     let out = e.ok(&["image", "import", archive.to_str().unwrap()]);
     assert!(out.contains("example/app:1.0"), "{out}");
-    let top = top_layer(&e, "example/app:1.0");
+    let top = e.top_layer("example/app:1.0");
     e.with_mounted(&top, |m| assert_same_tree(&reference, m));
 }
 
@@ -639,7 +627,7 @@ fn dm_both_drivers_give_the_same_trees_and_the_same_layer_bytes() {
     let l = layout.to_str().unwrap();
     thin.ok(&["image", "import", l, "--name", "x:1"]);
     overlay.ok(&["image", "import", l, "--name", "x:1"]);
-    let (tt, ot) = (top_layer(&thin, "x:1"), top_layer(&overlay, "x:1"));
+    let (tt, ot) = (thin.top_layer("x:1"), overlay.top_layer("x:1"));
     thin.with_mounted(&tt, |m| assert_same_tree(&reference, m));
     overlay.with_mounted(&ot, |m| assert_same_tree(&reference, m));
     let layers = |e: &Env| -> Vec<String> {
@@ -789,7 +777,7 @@ fn real_tool_corpus_imports_to_the_trees_umoci_unpacks(d: Drv) {
             &format!("corpus:{tag}"),
         ]);
         let reference = umoci_unpack(xd.path(), &layout, tag);
-        let top = top_layer(&e, &format!("corpus:{tag}"));
+        let top = e.top_layer(&format!("corpus:{tag}"));
         e.with_mounted(&top, |m| assert_same_tree(&reference, m));
         assert_layers_give_back_their_diff_ids(&e, tag, &layout);
     }
@@ -852,7 +840,7 @@ fn real_tool_corpus_imports_to_the_trees_umoci_unpacks(d: Drv) {
     ]));
     e.ok(&["image", "import", archive.to_str().unwrap()]);
     let reference = umoci_unpack(xd.path(), &layout, "step4");
-    let top = top_layer(&e, "corpus/converted:1");
+    let top = e.top_layer("corpus/converted:1");
     e.with_mounted(&top, |m| assert_same_tree(&reference, m));
     e.assert_consistent();
 }
@@ -932,7 +920,7 @@ fn saved_images_round_trip_with_the_same_ids_and_real_tools_read_them(d: Drv) {
         let fresh = Env::new(label, d);
         let out = fresh.ok(&["image", "import", file.to_str().unwrap()]);
         assert_eq!(out.trim(), format!("{id} app:v1"), "{label}");
-        let top = top_layer(&fresh, "app:v1");
+        let top = fresh.top_layer("app:v1");
         fresh.with_mounted(&top, |m| assert_same_tree(&reference, m));
         // And saving again gives the same bytes.
         let again = fresh.path().join("again.tar");
@@ -993,7 +981,7 @@ fn a_layer_that_cannot_be_given_back_exactly_is_refused(d: Drv) {
         "--name",
         "app:v1",
     ]);
-    let top = top_layer(&e, "app:v1");
+    let top = e.top_layer("app:v1");
     let split = e
         .root
         .join(d.name())

@@ -7,13 +7,12 @@
 //! the VM's kernel has nfsd (and the thin run needs dm-thin).
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 mod common;
 use common::env::{read, Drv, Env};
 use common::nfs::{silent_server, NfsServer};
-use common::{busybox_image, stderr, stdout};
+use common::{busybox_image, stderr};
 
 /// The bound a failing NFS mount must stay within: the library's 20 s
 /// timeout, plus the command's own work in a slow (TCG) VM.
@@ -57,22 +56,6 @@ fn create(e: &Env, name: &str, vol: &str) {
         "-v",
         &format!("{vol}:/shared"),
     ]);
-}
-
-fn exec(e: &Env, c: &str, script: &str) -> Output {
-    e.run(&["container", "exec", c, "--", "/bin/sh", "-c", script])
-}
-
-fn sh(e: &Env, c: &str, script: &str) -> String {
-    let o = exec(e, c, script);
-    assert!(
-        o.status.success(),
-        "{script} in {c}: exit {:?}: {}{}",
-        o.status.code(),
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
 }
 
 /// The filesystem type and source of the mount at `p`, if any.
@@ -142,10 +125,10 @@ fn dm_nfs_volume_is_mounted_with_its_first_user_and_unmounted_after_its_last() {
         Some(("nfs4".to_string(), "127.0.0.1:/vol1".to_string())),
         "mounted with c1"
     );
-    sh(&e, "c1", "echo one > /shared/from-c1");
+    e.sh("c1", "echo one > /shared/from-c1");
     // c2's exec sees c1's file, and its own write reaches the server.
     assert_eq!(
-        sh(&e, "c2", "cat /shared/from-c1; echo two > /shared/from-c2"),
+        e.sh("c2", "cat /shared/from-c1; echo two > /shared/from-c2"),
         "one\n"
     );
     assert!(!mounted(&e, "c2"), "exec unmounts what it mounted");
@@ -158,7 +141,7 @@ fn dm_nfs_volume_is_mounted_with_its_first_user_and_unmounted_after_its_last() {
     );
     // What the server writes, the containers see.
     std::fs::write(remote.join("from-server"), b"three\n").unwrap();
-    assert_eq!(sh(&e, "c1", "cat /shared/from-server"), "three\n");
+    assert_eq!(e.sh("c1", "cat /shared/from-server"), "three\n");
 
     // Unmounted after the last mounted user, whichever order they go in.
     e.ok(&["container", "mount", "c2"]);

@@ -23,18 +23,6 @@ fn setup(label: &str, d: Drv) -> (Env, std::path::PathBuf) {
     (e, layout)
 }
 
-fn sh(e: &Env, c: &str, script: &str) -> String {
-    let o = e.run(&["container", "exec", c, "--", "/bin/sh", "-c", script]);
-    assert!(
-        o.status.success(),
-        "{script} in {c} ({}): {}{}",
-        e.drv.name(),
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
-}
-
 fn create(e: &Env, name: &str, extra: &[&str]) {
     let mut args = vec!["container", "create", "--name", name];
     if !extra.contains(&"--image") && !extra.contains(&"--layer") {
@@ -116,18 +104,17 @@ fn declared_volumes_are_made_filled_and_shared_with_volumes_from(d: Drv) {
     // /data is filled from the image (owner and mode kept); /cache, which
     // the image lacks, is an empty volume.
     assert_eq!(
-        sh(
-            &e,
+        e.sh(
             "store",
             "stat -c '%u:%g %a' /data; cat /data/seed; ls -A /cache | grep -v lost+found | wc -l"
         ),
         "1000:1000 750\nseed\n0\n"
     );
-    sh(&e, "store", "echo packed > /data/shared; echo c > /cache/c");
+    e.sh("store", "echo packed > /data/shared; echo c > /cache/c");
     // The data-packed volume container: another takes its volumes.
     create(&e, "user", &["--volumes-from", "store"]);
     assert_eq!(
-        sh(&e, "user", "cat /data/shared /data/seed /cache/c"),
+        e.sh("user", "cat /data/shared /data/seed /cache/c"),
         "packed\nseed\nc\n"
     );
     // A -v at a declared path wins: no anonymous volume there.
@@ -147,7 +134,7 @@ fn declared_volumes_are_made_filled_and_shared_with_volumes_from(d: Drv) {
     assert_eq!(own.len(), 2);
     assert_eq!(own[0], ("/data".to_string(), "mine".to_string()));
     assert_eq!(own[1].0, "/cache");
-    assert_eq!(sh(&e, "own", "cat /data/seed"), "seed\n");
+    assert_eq!(e.sh("own", "cat /data/seed"), "seed\n");
     // rm -v takes the anonymous volumes of a container nobody else uses.
     let before = e.list("volume").len();
     e.ok(&["container", "rm", "-v", "own"]);
@@ -166,8 +153,7 @@ fn diff_lists_added_changed_and_deleted_paths_as_docker_diff_does(d: Drv) {
         "",
         "a new container has no changes"
     );
-    sh(
-        &e,
+    e.sh(
         "c",
         "echo x > /tmp/new; echo v2 > /srv/app/config; rm /etc/passwd; mkdir -p /a/b; \
          rm -rf /data; echo h > /etc/hostname",
@@ -187,8 +173,7 @@ fn diff_lists_added_changed_and_deleted_paths_as_docker_diff_does(d: Drv) {
     e.ok(&["container", "commit", "c", "--name", "cm"]);
     create(&e, "from", &["--layer", "cm"]);
     assert_eq!(
-        sh(
-            &e,
+        e.sh(
             "from",
             "cat /tmp/new /srv/app/config; test -e /etc/passwd || echo gone"
         ),
@@ -272,7 +257,7 @@ fn cp_copies_both_ways_inside_the_container_s_view(d: Drv) {
     std::os::unix::fs::chown(&f, Some(1234), Some(4321)).unwrap();
     e.ok(&["container", "cp", f.to_str().unwrap(), "c:/tmp/"]);
     assert_eq!(
-        sh(&e, "c", "cat /tmp/in.txt; stat -c '%a %u:%g' /tmp/in.txt"),
+        e.sh("c", "cat /tmp/in.txt; stat -c '%a %u:%g' /tmp/in.txt"),
         "in\n640 1234:4321\n"
     );
     e.ok(&[
@@ -281,7 +266,7 @@ fn cp_copies_both_ways_inside_the_container_s_view(d: Drv) {
         host.join("data").to_str().unwrap(),
         "c:/vol",
     ]);
-    assert_eq!(sh(&e, "c", "cat /vol/data/seed"), "seed\n");
+    assert_eq!(e.sh("c", "cat /vol/data/seed"), "seed\n");
     let vol: Value = serde_json::from_str(&e.ok(&["volume", "inspect", "vol"])).unwrap();
     let vol_is_mount = vol[0]["mount"].is_object() || vol[0]["driver"] == "thin";
     if !vol_is_mount {
@@ -298,7 +283,7 @@ fn cp_copies_both_ways_inside_the_container_s_view(d: Drv) {
         f.to_str().unwrap(),
         &format!("c:/var/run/{marker}"),
     ]);
-    assert_eq!(sh(&e, "c", &format!("cat /run/{marker}")), "in\n");
+    assert_eq!(e.sh("c", &format!("cat /run/{marker}")), "in\n");
     assert!(
         !Path::new("/run").join(&marker).exists(),
         "the host's /run was never touched"
@@ -309,11 +294,11 @@ fn cp_copies_both_ways_inside_the_container_s_view(d: Drv) {
         .bytes();
     let o = with_stdin(&e, &["container", "cp", "-", "c:/tmp"], &tar);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(sh(&e, "c", "cat /tmp/streamed/f"), "s\n");
+    assert_eq!(e.sh("c", "cat /tmp/streamed/f"), "s\n");
     // A file onto an existing file replaces it; the container is not left
     // mounted by cp.
     e.ok(&["container", "cp", f.to_str().unwrap(), "c:/srv/app/config"]);
-    assert_eq!(sh(&e, "c", "cat /srv/app/config"), "in\n");
+    assert_eq!(e.sh("c", "cat /srv/app/config"), "in\n");
     assert_eq!(inspect(&e, "c")["mounted"], false);
     // A held mount stays held.
     e.ok(&["container", "mount", "c"]);
@@ -338,7 +323,7 @@ fn cp_refuses_read_only_mounts_hostile_streams_and_missing_paths(d: Drv) {
         &["container", "cp", f.to_str().unwrap(), "c:/ro/"],
         &["read-only"],
     );
-    assert_eq!(sh(&e, "c", "ls -A /ro | grep -v lost+found | wc -l"), "0\n");
+    assert_eq!(e.sh("c", "ls -A /ro | grep -v lost+found | wc -l"), "0\n");
     // A stream that climbs out, or goes through a symlink it made.
     for (label, t) in [
         ("dotdot", Tar::new().file("../../escape", b"x").bytes()),
@@ -447,17 +432,9 @@ fn df_row(df: &Value, kind: &str) -> Value {
 
 fn layer_prune_takes_only_what_nothing_keeps_and_system_df_counts_it(d: Drv) {
     let (e, _) = setup("prune", d);
-    let top = e.list("image")[0]["layers"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .as_str()
-        .unwrap()
-        .to_string();
+    let top = e.top_layer("bb");
     create(&e, "c", &["-v", "vol:/vol"]);
-    sh(
-        &e,
+    e.sh(
         "c",
         "dd if=/dev/urandom of=/big bs=64k count=16 2>/dev/null; sync",
     );
@@ -547,7 +524,7 @@ fn layer_prune_takes_only_what_nothing_keeps_and_system_df_counts_it(d: Drv) {
     e.assert_consistent();
     assert_eq!(e.ok(&["layer", "prune"]), "", "nothing left to prune");
     assert_eq!(
-        sh(&e, "c", "wc -c < /big"),
+        e.sh("c", "wc -c < /big"),
         "1048576\n",
         "the container is untouched"
     );

@@ -72,6 +72,40 @@ impl Env {
         let _ = child.wait();
     }
 
+    /// `container exec C -- /bin/sh -c SCRIPT`.
+    pub fn exec(&self, c: &str, script: &str) -> Output {
+        self.run(&["container", "exec", c, "--", "/bin/sh", "-c", script])
+    }
+
+    /// Runs `script` in container `c` and returns its stdout; it must
+    /// succeed.
+    pub fn sh(&self, c: &str, script: &str) -> String {
+        let o = self.exec(c, script);
+        assert!(
+            o.status.success(),
+            "{script} in {c} ({}): exit {:?}: {}{}",
+            self.drv.name(),
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            stderr(&o)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// The id of `image`'s top layer.
+    pub fn top_layer(&self, image: &str) -> String {
+        let i: Value =
+            serde_json::from_str(&self.ok(&["image", "inspect", image, "--json"])).unwrap();
+        i["layers"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().unwrap()
     }
