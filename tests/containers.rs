@@ -874,3 +874,73 @@ fn sh_in(e: &Env, c: &str, script: &str) {
     ]);
     assert!(o.status.success(), "{script}: {}", stderr(&o));
 }
+
+#[test]
+fn dm_a_container_filling_the_pool_fails_promptly_and_writes_again_after_pool_grow() {
+    thinpool::testing::require_dm();
+    let s = thinpool::testing::Scratch::new("fill");
+    let e = Env {
+        root: s.path().join("root"),
+        s,
+        drv: Drv::Thin,
+    };
+    // A 1G filesystem over 256M of pool: the writer runs out of pool, not
+    // of filesystem.
+    e.ok(&[
+        "pool",
+        "create",
+        "--data-size",
+        "256M",
+        "--base-size",
+        "1G",
+        "--on-full",
+        "error",
+    ]);
+    let layout = busybox_image(&e.s);
+    e.ok(&["image", "import", layout.to_str().unwrap(), "--name", "bb"]);
+    create(&e, "c", &[]);
+    let mode = || -> String {
+        let st: Value = serde_json::from_str(&e.ok(&["pool", "status", "--json"])).unwrap();
+        st["mode"].as_str().unwrap().to_string()
+    };
+    // The writer fails (no hang) once the pool is full.
+    let t = std::time::Instant::now();
+    let o = e.exec("c", "dd if=/dev/zero of=/fill bs=1M count=400 conv=fsync");
+    let fill = t.elapsed();
+    assert!(!o.status.success(), "400M fit in a 256M pool");
+    let err = stderr(&o);
+    assert!(
+        err.contains("No space left") || err.contains("Input/output error"),
+        "{err}"
+    );
+    assert!(fill.as_secs() < 120, "filling took {fill:?}");
+    assert_eq!(mode(), "out-of-data-space");
+    // The next write fails at once: the kernel errors it instead of
+    // queueing it (queue mode would hold it for 60 s).
+    let t = std::time::Instant::now();
+    let o = e.exec("c", "dd if=/dev/zero of=/again bs=1M count=8 conv=fsync");
+    let again = t.elapsed();
+    assert!(!o.status.success());
+    assert!(
+        again.as_secs() < 10,
+        "a write into the full pool took {again:?}"
+    );
+    // New thin devices are refused with what to do.
+    e.fails(
+        &["container", "create", "--name", "late", "--image", "bb"],
+        &["data space is full", "pool grow"],
+    );
+    // Grown, the pool takes writes again by itself, and the container's
+    // filesystem (mounted anew, its journal replayed) takes the retry.
+    e.ok(&["pool", "grow", "--data-size", "+512M"]);
+    assert_eq!(mode(), "rw");
+    assert_eq!(
+        e.sh(
+            "c",
+            "rm -f /fill /again; dd if=/dev/zero of=/again bs=1M count=8 conv=fsync 2>/dev/null && wc -c < /again; cat /srv/app/config"
+        ),
+        "8388608\nv1\n"
+    );
+    create(&e, "late", &[]);
+    assert_eq!(e.sh("late", "cat /srv/app/config"), "v1\n");
+}
