@@ -20,6 +20,7 @@
 //! on_full = "error"          # or "queue"
 //! fs = "ext4"                # or "xfs"
 //! base_size = "10G"
+//! min_free = 10              # percent kept free: new devices refused below
 //!
 //! [snapshotter]              # `snapshotter serve`
 //! socket = "/run/thinlayer/snapshotter.sock"
@@ -36,7 +37,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
-use thinpool::{BlockSize, Bytes, OnFull};
+use thinpool::{BlockSize, Bytes, MinFree, OnFull};
 
 use crate::driver::overlay::OverlayOptions;
 use crate::driver::thin::FsType;
@@ -133,6 +134,9 @@ pub struct PoolConfig {
     /// `--base-size`.
     #[serde(default, deserialize_with = "size")]
     pub base_size: Option<Bytes>,
+    /// `--min-free`: a percentage, `10` or `"10%"`.
+    #[serde(default, deserialize_with = "percent")]
+    pub min_free: Option<MinFree>,
 }
 
 /// `[snapshotter]`: defaults of `snapshotter serve`.
@@ -202,6 +206,10 @@ impl Config {
             ("pool.on_full", self.pool.on_full.map(|o| o.to_string())),
             ("pool.fs", self.pool.fs.map(|f| f.as_str().to_string())),
             ("pool.base_size", size(&self.pool.base_size)),
+            (
+                "pool.min_free",
+                self.pool.min_free.map(|m| m.percent().to_string()),
+            ),
             ("snapshotter.socket", path(&self.snapshotter.socket)),
             (
                 "snapshotter.default_size",
@@ -241,6 +249,20 @@ fn invalid(path: &Path, text: &str, key: Option<String>, e: &toml::de::Error) ->
 
 /// A size: a string as the flags take it (`512M`, `20G`) or a number of
 /// bytes.
+fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MinFree>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Percent {
+        Number(u8),
+        Text(String),
+    }
+    match Percent::deserialize(d)? {
+        Percent::Number(n) => MinFree::new(n).map(Some),
+        Percent::Text(s) => s.parse().map(Some),
+    }
+    .map_err(serde::de::Error::custom)
+}
+
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Bytes>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -328,6 +350,7 @@ mod tests {
             on_full = "queue"
             fs = "xfs"
             base_size = 1610612736
+            min_free = "5%"
             [snapshotter]
             socket = "/run/t.sock"
             default_size = "20G"
@@ -342,7 +365,8 @@ mod tests {
         assert_eq!(c.pool.fs, Some(FsType::Xfs));
         let flags = c.flag_values();
         let get = |k| flags.iter().find(|(key, _)| *key == k).unwrap().1.clone();
-        assert_eq!(flags.len(), 11);
+        assert_eq!(flags.len(), 12);
+        assert_eq!(get("pool.min_free"), "5");
         assert_eq!(get("pool.metadata_size"), "32M");
         assert_eq!(get("pool.block_size"), "1M");
         // Not a whole number of any unit: given in bytes, which the flag takes.

@@ -944,3 +944,69 @@ fn dm_a_container_filling_the_pool_fails_promptly_and_writes_again_after_pool_gr
     create(&e, "late", &[]);
     assert_eq!(e.sh("late", "cat /srv/app/config"), "v1\n");
 }
+
+#[test]
+fn dm_below_the_free_space_reserve_new_devices_are_refused_and_writers_go_on() {
+    thinpool::testing::require_dm();
+    let s = thinpool::testing::Scratch::new("reserve");
+    let e = Env {
+        root: s.path().join("root"),
+        s,
+        drv: Drv::Thin,
+    };
+    e.ok(&[
+        "pool",
+        "create",
+        "--data-size",
+        "256M",
+        "--base-size",
+        "1G",
+        "--min-free",
+        "40",
+    ]);
+    let layout = busybox_image(&e.s);
+    e.ok(&["image", "import", layout.to_str().unwrap(), "--name", "bb"]);
+    create(&e, "c", &[]);
+    let st =
+        |e: &Env| -> Value { serde_json::from_str(&e.ok(&["pool", "status", "--json"])).unwrap() };
+    assert_eq!(st(&e)["min_free"], 40);
+    // With what the filesystem and the image hold, about 170M of 256M
+    // used: below the 40% reserve, far from full.
+    e.sh(
+        "c",
+        "dd if=/dev/zero of=/big bs=1M count=140 conv=fsync 2>/dev/null",
+    );
+    assert_eq!(st(&e)["mode"], "rw");
+    let devices = st(&e)["thin_devices"].clone();
+    for args in [
+        vec!["container", "create", "--name", "d", "--image", "bb"],
+        vec!["layer", "create", "--name", "l"],
+        vec!["volume", "create", "v", "--driver", "thin", "--size", "16M"],
+    ] {
+        e.fails(
+            &args,
+            &[
+                "data space has",
+                "below its 40% reserve",
+                "pool set --min-free",
+            ],
+        );
+    }
+    assert_eq!(st(&e)["thin_devices"], devices, "a refused device was made");
+    // The container already made keeps writing into the reserve.
+    assert_eq!(
+        e.sh(
+            "c",
+            "dd if=/dev/zero of=/more bs=1M count=8 conv=fsync 2>/dev/null && wc -c < /more"
+        ),
+        "8388608\n"
+    );
+    // A lower reserve lets new devices in again.
+    e.ok(&["pool", "set", "--min-free", "5"]);
+    assert_eq!(st(&e)["min_free"], 5);
+    create(&e, "d", &[]);
+    // A reserve out of range is a usage error, as clap gives them.
+    let o = e.run(&["pool", "set", "--min-free", "60"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("use 0 to 50"), "{}", stderr(&o));
+}

@@ -29,6 +29,7 @@ const FLAGS: &[(&str, &[&str], &str)] = &[
     ("pool.on_full", &["pool", "create"], "on_full"),
     ("pool.fs", &["pool", "create"], "fs"),
     ("pool.base_size", &["pool", "create"], "base_size"),
+    ("pool.min_free", &["pool", "create"], "min_free"),
     ("snapshotter.socket", &["snapshotter", "serve"], "address"),
     (
         "snapshotter.default_size",

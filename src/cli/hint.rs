@@ -56,6 +56,10 @@ fn for_pool(e: &PoolError) -> Option<String> {
         PoolError::Failed => {
             ": deactivate it and run `thinlayer pool repair`, which keeps the damaged metadata".into()
         }
+        PoolError::BelowReserve { space, .. } => format!(
+            ": remove containers, images or volumes, grow it with `thinlayer pool grow --{}-size`, or lower the reserve with `thinlayer pool set --min-free`",
+            if *space == "data" { "data" } else { "metadata" }
+        ),
         PoolError::MetadataDamaged { .. } => {
             ": run `thinlayer pool repair` (it rebuilds the metadata with thin_repair and keeps the damaged copy)".into()
         }

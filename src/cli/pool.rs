@@ -7,8 +7,8 @@ use clap::{Args, Subcommand};
 use thinlayer::driver::thin::FsType;
 use thinlayer::thinpool::pool::MetadataCheck;
 use thinlayer::thinpool::{
-    BackingKind, BackingRequest, BlockSize, Bytes, CreateOptions, OnFull, PoolStatus, SizeChange,
-    SpaceStatus,
+    BackingKind, BackingRequest, BlockSize, Bytes, CreateOptions, MinFree, OnFull, PoolStatus,
+    SizeChange, SpaceStatus,
 };
 use thinlayer::Root;
 
@@ -40,6 +40,12 @@ pub enum PoolCommand {
     Repair,
     /// Remove the pool's dm devices and detach its loop devices; data stays.
     Deactivate,
+    /// Change a setting of the pool.
+    Set {
+        /// The free data and metadata space kept in reserve (0 to 50%).
+        #[arg(long, value_name = "PCT")]
+        min_free: MinFree,
+    },
     /// Grow the pool online (absolute size or +SIZE); never shrinks.
     Grow(GrowArgs),
     /// Remove the pool, its layers and images, and its files.
@@ -70,6 +76,10 @@ pub struct CreateArgs {
     /// What a write to a full pool does: fail with ENOSPC, or wait for `pool grow`.
     #[arg(long, value_name = "POLICY", default_value = "error")]
     on_full: OnFull,
+    /// Free data and metadata space kept in reserve: below it, new layers,
+    /// containers and volumes are refused (as Docker's dm.min_free_space).
+    #[arg(long, value_name = "PCT", default_value = "10")]
+    min_free: MinFree,
     /// Filesystem of the base device, and so of every layer: ext4 or xfs.
     #[arg(long, value_name = "FS", default_value = "ext4")]
     fs: FsType,
@@ -103,6 +113,7 @@ pub fn run(root: &Root, cmd: PoolCommand) -> Result<()> {
                 metadata: backing(a.metadata_dev, a.metadata_size),
                 block_size,
                 on_full: a.on_full,
+                min_free: a.min_free,
             };
             let pool = thinlayer::system::create_pool(root, &opts, a.fs, a.base_size)
                 .with_context(|| format!("creating a pool in {}", root.path().display()))?;
@@ -171,6 +182,12 @@ pub fn run(root: &Root, cmd: PoolCommand) -> Result<()> {
                 println!("freed: thin id {id}, which no record named");
             }
         }
+        PoolCommand::Set { min_free } => {
+            let mut pool = root.open_pool()?;
+            pool.set_min_free(min_free)
+                .context("changing the pool's reserve")?;
+            println!("pool {}: min free {min_free}", pool.record().id);
+        }
         PoolCommand::Deactivate => {
             let mut pool = root.open_pool()?;
             let was = pool.is_active();
@@ -231,6 +248,7 @@ fn print_status(st: &PoolStatus) {
         ),
         ("block size", st.block_size.to_string()),
         ("on full", st.on_full.to_string()),
+        ("min free", st.min_free.to_string()),
         ("transaction", st.transaction_id.to_string()),
         ("thin devices", st.thin_devices.to_string()),
         ("data", space(&st.data)),

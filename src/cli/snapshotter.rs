@@ -103,11 +103,13 @@ fn status_of(e: &Error, what: &str) -> Status {
         Error::Precondition(_) | Error::InUse { .. } | Error::NoPool { .. } => {
             Status::failed_precondition(msg)
         }
-        Error::Pool(thinpool::Error::ReadOnly | thinpool::Error::OutOfDataSpace) => {
-            Status::resource_exhausted(format!(
-                "{msg}: remove snapshots, or grow the pool with `thinlayer pool grow`"
-            ))
-        }
+        Error::Pool(
+            thinpool::Error::ReadOnly
+            | thinpool::Error::OutOfDataSpace
+            | thinpool::Error::BelowReserve { .. },
+        ) => Status::resource_exhausted(format!(
+            "{msg}: remove snapshots, or grow the pool with `thinlayer pool grow`"
+        )),
         _ if no_space(e) => Status::resource_exhausted(msg),
         Error::Lock(_) => Status::unavailable(msg),
         _ => Status::internal(msg),

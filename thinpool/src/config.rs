@@ -48,6 +48,61 @@ impl std::str::FromStr for OnFull {
     }
 }
 
+/// The share of the pool's data and metadata space kept free: below it,
+/// new thin devices are refused (Docker's `dm.min_free_space`), so the
+/// devices already made keep room to write. 0 to 50 percent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MinFree(u8);
+
+impl MinFree {
+    /// Docker's default: 10%.
+    pub const DEFAULT: MinFree = MinFree(10);
+
+    /// `percent`, checked: 0 to 50.
+    pub fn new(percent: u8) -> std::result::Result<MinFree, String> {
+        if percent > 50 {
+            return Err(format!(
+                "a reserve of {percent}% would refuse new devices in a half-empty pool: use 0 to 50"
+            ));
+        }
+        Ok(MinFree(percent))
+    }
+
+    /// The share, in percent.
+    pub fn percent(self) -> u8 {
+        self.0
+    }
+
+    /// Whether `free` of `total` is below the reserve.
+    pub fn is_above(self, free: u64, total: u64) -> bool {
+        u128::from(free) * 100 >= u128::from(total) * u128::from(self.0)
+    }
+}
+
+impl Default for MinFree {
+    fn default() -> Self {
+        MinFree::DEFAULT
+    }
+}
+
+impl std::str::FromStr for MinFree {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let n = s.trim().trim_end_matches('%');
+        let p: u8 = n
+            .parse()
+            .map_err(|_| format!("'{s}' is not a percentage: use e.g. 10 or 10%"))?;
+        MinFree::new(p)
+    }
+}
+
+impl std::fmt::Display for MinFree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
 impl std::fmt::Display for OnFull {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -88,6 +143,8 @@ pub struct CreateOptions {
     pub block_size: BlockSize,
     /// What a write to the full pool does.
     pub on_full: OnFull,
+    /// The free space below which new thin devices are refused.
+    pub min_free: MinFree,
 }
 
 impl Default for CreateOptions {
@@ -97,6 +154,7 @@ impl Default for CreateOptions {
             metadata: BackingRequest::File(None),
             block_size: BlockSize::DEFAULT,
             on_full: OnFull::Error,
+            min_free: MinFree::DEFAULT,
         }
     }
 }
@@ -187,6 +245,17 @@ pub fn check_metadata_size(meta: Bytes, data: Bytes, block: BlockSize) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_min_free_reads_percentages_and_bounds_them() {
+        assert_eq!("10".parse::<MinFree>().unwrap(), MinFree::DEFAULT);
+        assert_eq!("25%".parse::<MinFree>().unwrap().percent(), 25);
+        assert!("51".parse::<MinFree>().unwrap_err().contains("0 to 50"));
+        assert!("x".parse::<MinFree>().unwrap_err().contains("percentage"));
+        let m = MinFree::DEFAULT;
+        assert!(m.is_above(10, 100) && !m.is_above(9, 100));
+        assert!(MinFree::new(0).unwrap().is_above(0, 100));
+    }
 
     #[test]
     fn plain_default_metadata_follows_kernel_guidance_with_a_floor() {

@@ -10,6 +10,7 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::config::MinFree;
 use crate::lock::LockError;
 use crate::names::PoolId;
 use crate::record::RecordError;
@@ -201,6 +202,20 @@ pub enum Error {
         what: String,
         /// How it disagrees.
         reason: String,
+    },
+
+    /// The pool's free data or metadata space is below its reserve: new
+    /// thin devices are refused, so those already made keep room to write.
+    #[error("the pool's {space} space has {free} free of {total}, below its {reserve} reserve; new thin devices are refused until space is freed or the pool grows")]
+    BelowReserve {
+        /// `data` or `metadata`.
+        space: &'static str,
+        /// What is free.
+        free: Bytes,
+        /// All of it.
+        total: Bytes,
+        /// The reserve.
+        reserve: MinFree,
     },
 
     /// `thin_check` found the pool's metadata damaged; nothing was started.

@@ -36,7 +36,7 @@ pub mod record;
 pub mod recovery;
 pub mod units;
 
-pub use config::{BackingRequest, CreateOptions, OnFull};
+pub use config::{BackingRequest, CreateOptions, MinFree, OnFull};
 pub use error::{Error, Result};
 pub use names::PoolId;
 pub use pool::{

@@ -222,6 +222,7 @@ impl Pool {
             created_unix: now_unix(),
             block_size: opts.block_size,
             on_full: opts.on_full,
+            min_free: opts.min_free,
             data: data.backing(),
             metadata: meta.backing(),
             transaction_id: TransactionId(0),

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::OnFull;
+use crate::config::{MinFree, OnFull};
 use crate::error::{Error, Result};
 use crate::names::PoolId;
 use crate::recovery::PendingOp;
@@ -29,6 +29,10 @@ pub struct PoolRecord {
     pub block_size: BlockSize,
     /// What a write to the full pool does.
     pub on_full: OnFull,
+    /// The free space below which new thin devices are refused (10% for
+    /// a record written before the reserve existed).
+    #[serde(default)]
+    pub min_free: MinFree,
     /// The data backing.
     pub data: Backing,
     /// The metadata backing.
@@ -181,6 +185,7 @@ impl PoolRecord {
             created_unix: 0,
             block_size: BlockSize::DEFAULT,
             on_full: OnFull::Error,
+            min_free: MinFree::DEFAULT,
             data: backing("data", data),
             metadata: backing("metadata", metadata),
             transaction_id,

@@ -9,7 +9,7 @@ use devicemapper::{DmDevice, ThinPoolStatus, ThinPoolStatusSummary};
 use serde::{Deserialize, Serialize};
 
 use super::{Backing, BackingKind, Pool};
-use crate::config::{OnFull, METADATA_BLOCK};
+use crate::config::{MinFree, OnFull, METADATA_BLOCK};
 use crate::error::{Error, Result};
 use crate::loopback;
 use crate::units::{Bytes, ThinId, TransactionId};
@@ -69,6 +69,8 @@ pub struct PoolStatus {
     pub block_size: Bytes,
     /// What a write to the full pool does.
     pub on_full: OnFull,
+    /// The free space below which new thin devices are refused.
+    pub min_free: MinFree,
     /// The kernel's transaction id while active, the record's otherwise.
     pub transaction_id: TransactionId,
     /// How many thin devices the record has.
@@ -207,6 +209,7 @@ impl Pool {
             needs_check: None,
             block_size: r.block_size.bytes(),
             on_full: r.on_full,
+            min_free: r.min_free,
             transaction_id: r.transaction_id,
             thin_devices: r.thins.len(),
             data: SpaceStatus::of(&r.data),

@@ -10,7 +10,7 @@ use crate::names::Role;
 use crate::recovery::{self, PendingOp, Recovery};
 use std::collections::BTreeSet;
 
-use crate::units::{ThinId, TransactionId};
+use crate::units::{Bytes, ThinId, TransactionId};
 
 impl Pool {
     /// The kernel's status of a working pool; [`Error::Failed`] when the
@@ -32,11 +32,43 @@ impl Pool {
 
     /// Refuses new devices on a pool whose data space is full: their first
     /// write would fail (as Docker's devicemapper driver refuses them).
+    /// Below the reserve ([`crate::MinFree`]) of data or metadata space,
+    /// they are refused too, while there is still room for the devices
+    /// already made to write.
     pub(super) fn check_room(&self) -> Result<()> {
-        match self.working_status()?.summary {
-            ThinPoolStatusSummary::OutOfSpace => Err(Error::OutOfDataSpace),
-            _ => Ok(()),
+        let w = self.working_status()?;
+        if w.summary == ThinPoolStatusSummary::OutOfSpace {
+            return Err(Error::OutOfDataSpace);
         }
+        let reserve = self.record.min_free;
+        let block = self.record.block_size.bytes().0;
+        let meta_block = crate::config::METADATA_BLOCK.0;
+        let u = &w.usage;
+        for (space, used, total, unit) in [
+            ("data", u.used_data.0, u.total_data.0, block),
+            ("metadata", u.used_meta.0, u.total_meta.0, meta_block),
+        ] {
+            let free = total.saturating_sub(used);
+            if !reserve.is_above(free, total) {
+                return Err(Error::BelowReserve {
+                    space,
+                    free: Bytes(free * unit),
+                    total: Bytes(total * unit),
+                    reserve,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the reserve below which new thin devices are refused.
+    ///
+    /// Errors: those of writing the record.
+    pub fn set_min_free(&mut self, min_free: crate::MinFree) -> Result<()> {
+        self.exclusive(|p| {
+            p.record.min_free = min_free;
+            p.save()
+        })
     }
 
     fn set_transaction(&self, from: TransactionId) -> Result<()> {
