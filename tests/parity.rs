@@ -56,6 +56,7 @@ conformance!(
     cp_refuses_read_only_mounts_hostile_streams_and_missing_paths,
     inspect_shows_mounts_as_docker_inspect_does,
     layer_prune_takes_only_what_nothing_keeps_and_system_df_counts_it,
+    image_rm_of_one_of_several_names_untags_it,
 );
 
 fn declared_volumes_are_made_filled_and_shared_with_volumes_from(d: Drv) {
@@ -549,4 +550,33 @@ fn layer_prune_takes_only_what_nothing_keeps_and_system_df_counts_it(d: Drv) {
     let vols = df_row(&df, "volumes");
     assert_eq!(vols["active"].as_u64(), Some(0));
     assert_eq!(vols["reclaimable_bytes"], vols["size_bytes"]);
+}
+
+fn image_rm_of_one_of_several_names_untags_it(d: Drv) {
+    let (e, layout) = setup("untag", d);
+    // The same image imported under a second name: one image, two names.
+    e.ok(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--name",
+        "again:1",
+    ]);
+    let images = e.list("image");
+    assert_eq!(images.len(), 1);
+    assert_eq!(
+        images[0]["names"].as_array().unwrap().len(),
+        2,
+        "{images:?}"
+    );
+    create(&e, "c", &[]);
+    // Untagging takes only the name, even while a container uses the image.
+    assert_eq!(e.ok(&["image", "rm", "again:1"]).trim(), "untagged again:1");
+    let images = e.list("image");
+    assert_eq!(images[0]["names"], json!(["bb:latest"]));
+    e.fails(&["image", "rm", "bb"], &["in use", "container rm"]);
+    e.ok(&["container", "rm", "c"]);
+    assert!(e.ok(&["image", "rm", "bb"]).starts_with("removed image bb"));
+    assert!(e.list("image").is_empty());
+    assert!(e.list("layer").is_empty());
 }

@@ -1012,3 +1012,243 @@ fn dm_containerd_on_a_full_pool_is_refused_cleanly_and_recovers() {
     assert_eq!(e.layers(), 0);
     e.finish();
 }
+
+/// A crowd on one root: 8 workers, each running 50 mixed commands
+/// (snapshots, imports, container create/exec/commit/rm, volumes, layer
+/// rm, and refused ones), while a client sends the daemon 50
+/// Prepare/Commit/Prepare/Remove/Remove cycles. Every valid command
+/// succeeds (waiting for a lock is fine, timing out is not), every invalid
+/// one fails with one line, the whole run ends in bounded time, and
+/// afterwards records, resources and mounts agree exactly.
+fn crowd(driver: &'static str, pool: &[&str], bound_secs: u64) {
+    use containerd_snapshots::api::snapshots::v1::{
+        snapshots_client::SnapshotsClient, CommitSnapshotRequest, PrepareSnapshotRequest,
+        RemoveSnapshotRequest,
+    };
+    let s = thinpool::testing::Scratch::new(&format!("crowd-{driver}"));
+    let e = Engine::start_in(&s, driver, pool, &[]);
+    let layout = common::busybox_image(&s);
+    let layout = layout.to_str().unwrap().to_string();
+    e.thinlayer(&["image", "import", &layout, "--name", "bb"]);
+    let img: serde_json::Value =
+        serde_json::from_str(&e.thinlayer(&["image", "inspect", "bb", "--json"])).unwrap();
+    let top = img["layers"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    let base_layers = e.layers();
+    let commands = std::sync::atomic::AtomicUsize::new(0);
+    let run = |args: &[&str]| {
+        commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Command::new(env!("CARGO_BIN_EXE_thinlayer"))
+            .arg("--root")
+            .arg(&e.root)
+            .args(["--driver", driver])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let o = run(args);
+        assert!(
+            o.status.success(),
+            "{args:?} failed in the crowd: {}",
+            common::stderr(&o)
+        );
+    };
+    let refused = |args: &[&str], needle: &str| {
+        let o = run(args);
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+    let sock = e.sock("tl.sock");
+    let t0 = std::time::Instant::now();
+    std::thread::scope(|sc| {
+        for w in 0..8 {
+            let (ok, refused, top, layout) = (&ok, &refused, &top, &layout);
+            sc.spawn(move || {
+                for n in 0..50 {
+                    let id = format!("w{w}-{n}");
+                    match (w + n) % 6 {
+                        0 => {
+                            ok(&["snapshot", "layer", top, "--name", &format!("s-{id}")]);
+                            ok(&["layer", "rm", &format!("s-{id}")]);
+                        }
+                        1 => {
+                            ok(&["volume", "create", &format!("v-{id}")]);
+                            ok(&["volume", "rm", &format!("v-{id}")]);
+                        }
+                        2 => {
+                            let c = format!("c-{id}");
+                            ok(&[
+                                "container",
+                                "create",
+                                "--name",
+                                &c,
+                                "--image",
+                                "bb",
+                                "-v",
+                                "/anon",
+                            ]);
+                            ok(&[
+                                "container",
+                                "exec",
+                                &c,
+                                "--",
+                                "/bin/sh",
+                                "-c",
+                                "echo w > /anon/f; echo w > /f",
+                            ]);
+                            ok(&["container", "rm", "-v", &c]);
+                        }
+                        3 => {
+                            let c = format!("k-{id}");
+                            ok(&["container", "create", "--name", &c, "--image", "bb"]);
+                            ok(&["container", "commit", &c, "--name", &format!("m-{id}")]);
+                            ok(&["container", "rm", &c]);
+                            ok(&["layer", "rm", &format!("m-{id}")]);
+                        }
+                        4 => {
+                            // In use: by the image, or as the parent of a snapshot of another worker.
+                            refused(&["layer", "rm", top], "is in use");
+                            refused(
+                                &["container", "create", "--name", "bad/name", "--image", "bb"],
+                                "container name",
+                            );
+                        }
+                        _ => {
+                            ok(&["image", "import", layout, "--name", &format!("i-{id}")]);
+                            ok(&["image", "rm", &format!("i-{id}")]);
+                        }
+                    }
+                }
+            });
+        }
+        sc.spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let channel = tonic::transport::Endpoint::from_static("http://thinlayer")
+                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                        tokio::net::UnixStream::connect(sock.clone())
+                    }))
+                    .await
+                    .unwrap();
+                let mut c = SnapshotsClient::new(channel);
+                let sn = || "thinlayer".to_string();
+                for n in 0..50 {
+                    let (p, name, q) = (format!("p{n}"), format!("n{n}"), format!("q{n}"));
+                    c.prepare(PrepareSnapshotRequest {
+                        snapshotter: sn(),
+                        key: p.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                    c.commit(CommitSnapshotRequest {
+                        snapshotter: sn(),
+                        name: name.clone(),
+                        key: p,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                    c.prepare(PrepareSnapshotRequest {
+                        snapshotter: sn(),
+                        key: q.clone(),
+                        parent: name.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                    c.remove(RemoveSnapshotRequest {
+                        snapshotter: sn(),
+                        key: q,
+                    })
+                    .await
+                    .unwrap();
+                    c.remove(RemoveSnapshotRequest {
+                        snapshotter: sn(),
+                        key: name,
+                    })
+                    .await
+                    .unwrap();
+                }
+            });
+        });
+    });
+    let took = t0.elapsed();
+    eprintln!(
+        "crowd on {driver}: 400 operations ({} commands) and 250 daemon requests in {took:?}",
+        commands.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(
+        took.as_secs() < bound_secs,
+        "the crowd took {took:?}: something waited on a lock held too long"
+    );
+    // Records, resources and mounts agree: only the image's layers remain.
+    assert_eq!(e.layers(), base_layers);
+    for what in ["container", "volume"] {
+        let v: serde_json::Value =
+            serde_json::from_str(&e.thinlayer(&[what, "ls", "--json"])).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 0, "{what}s left: {v}");
+    }
+    match driver {
+        "thin" => {
+            let st: serde_json::Value =
+                serde_json::from_str(&e.thinlayer(&["pool", "status", "--json"])).unwrap();
+            assert_eq!(
+                st["thin_devices"].as_u64().unwrap() as usize,
+                base_layers + 1,
+                "{st}"
+            );
+        }
+        _ => {
+            let dirs = std::fs::read_dir(e.root.join("overlay/data"))
+                .unwrap()
+                .count();
+            assert_eq!(dirs, base_layers);
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = e.root.to_str().unwrap();
+    assert!(
+        !mounts.contains(root),
+        "mounts left under the root:\n{mounts}"
+    );
+    let journals = e.root.join(driver).join("journals");
+    let left: Vec<_> = std::fs::read_dir(&journals)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|j| j.file_name().to_string_lossy().ends_with(".json"))
+        .collect();
+    assert!(left.is_empty(), "journals left: {left:?}");
+    let mut e = e;
+    e.down();
+    if driver == "thin" {
+        // The pool comes back through a checked activation.
+        e.thinlayer(&["pool", "deactivate"]);
+        assert!(e
+            .thinlayer(&["pool", "activate"])
+            .contains("metadata checked"));
+    }
+    e.finish();
+}
+
+#[test]
+fn root_a_crowd_of_commands_and_daemon_requests_all_succeed_and_agree_on_overlay() {
+    thinpool::testing::require_root();
+    crowd("overlay", &[], 300);
+}
+
+#[test]
+fn dm_a_crowd_of_commands_and_daemon_requests_all_succeed_and_agree_on_thin() {
+    thinpool::testing::require_dm();
+    crowd("thin", &["--data-size", "4G", "--base-size", "256M"], 900);
+}

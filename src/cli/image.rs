@@ -278,14 +278,17 @@ pub fn run(mut store: Store, cmd: ImageCommand) -> Result<()> {
             }
         }
         ImageCommand::Rm { image } => {
-            let removed = store
+            match store
                 .remove_image(&image)
-                .with_context(|| format!("removing image {image}"))?;
-            println!(
-                "removed image {image} and {} layer{}",
-                removed.len(),
-                if removed.len() == 1 { "" } else { "s" }
-            );
+                .with_context(|| format!("removing image {image}"))?
+            {
+                thinlayer::store::ImageRemoval::Untagged(name) => println!("untagged {name}"),
+                thinlayer::store::ImageRemoval::Removed(removed) => println!(
+                    "removed image {image} and {} layer{}",
+                    removed.len(),
+                    if removed.len() == 1 { "" } else { "s" }
+                ),
+            }
         }
     }
     Ok(())

@@ -101,9 +101,21 @@ impl Store {
     }
 
     /// Removes an image and those of its layers nothing else uses (another
-    /// image, a child layer outside it, a mount). Returns the removed layers.
-    pub fn remove_image(&mut self, key: &str) -> Result<Vec<LayerId>> {
+    /// image, a child layer outside it, a mount). Named by one of several
+    /// names, only that name goes, as `docker rmi` untags: the image stays
+    /// under its other names (even while a container uses it).
+    pub fn remove_image(&mut self, key: &str) -> Result<ImageRemoval> {
         let img = self.image(key)?.clone();
+        if let Ok(name) = normalize_image_name(key) {
+            if img.names.len() > 1 && img.names.contains(&name) {
+                let mut rec = img.clone();
+                rec.names.retain(|n| *n != name);
+                self.transaction(format!("untag image {}", short(&img.id)), |txn| {
+                    txn.put_image(rec)
+                })?;
+                return Ok(ImageRemoval::Untagged(name));
+            }
+        }
         let users: Vec<&str> = self
             .layers
             .values()
@@ -140,8 +152,17 @@ impl Store {
             txn.remove_image(&img.id)?;
             remove.iter().try_for_each(|id| txn.remove_layer(id))
         })?;
-        Ok(remove)
+        Ok(ImageRemoval::Removed(remove))
     }
+}
+
+/// What [`Store::remove_image`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageRemoval {
+    /// The image keeps its other names; this one went.
+    Untagged(String),
+    /// The image went, with these of its layers.
+    Removed(Vec<LayerId>),
 }
 
 /// `name` or `name:tag` → `name:tag` (tag `latest` by default). Names are

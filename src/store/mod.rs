@@ -75,7 +75,7 @@ use crate::error::{Error, Result};
 use crate::layer::{LayerId, LayerRecord};
 
 pub use crate::mount::{scratch_dir, sweep_scratch};
-pub use images::{normalize_image_name, ImageRecord};
+pub use images::{normalize_image_name, ImageRecord, ImageRemoval};
 pub use journal::{Claim, Journal};
 pub use layers::LayerDiff;
 pub use txn::{ExpectDiffId, NewLayer, Txn};
