@@ -508,22 +508,10 @@ fn image_import_killed_at_any_instant_leaves_all_or_nothing(d: Drv) {
 #[test]
 fn dm_xfs_base_with_changesets_from_stdin_and_two_mounted_snapshots() {
     thinpool::testing::require_dm();
-    let s = Scratch::new("xfs");
-    let e = Env {
-        root: s.path().join("root"),
-        s,
-        drv: Drv::Thin,
-    };
-    e.ok(&[
-        "pool",
-        "create",
-        "--data-size",
-        "2G",
-        "--base-size",
-        "512M",
-        "--fs",
+    let e = Env::thin_with_pool(
         "xfs",
-    ]);
+        &["--data-size", "2G", "--base-size", "512M", "--fs", "xfs"],
+    );
     let bytes = Tar::new().file("hello", b"from stdin").bytes();
     let mut child = e
         .cmd(&["layer", "create", "--name", "x", "--from-tar", "-"])

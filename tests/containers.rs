@@ -878,24 +878,19 @@ fn sh_in(e: &Env, c: &str, script: &str) {
 #[test]
 fn dm_a_container_filling_the_pool_fails_promptly_and_writes_again_after_pool_grow() {
     thinpool::testing::require_dm();
-    let s = thinpool::testing::Scratch::new("fill");
-    let e = Env {
-        root: s.path().join("root"),
-        s,
-        drv: Drv::Thin,
-    };
     // A 1G filesystem over 256M of pool: the writer runs out of pool, not
     // of filesystem.
-    e.ok(&[
-        "pool",
-        "create",
-        "--data-size",
-        "256M",
-        "--base-size",
-        "1G",
-        "--on-full",
-        "error",
-    ]);
+    let e = Env::thin_with_pool(
+        "fill",
+        &[
+            "--data-size",
+            "256M",
+            "--base-size",
+            "1G",
+            "--on-full",
+            "error",
+        ],
+    );
     let layout = busybox_image(&e.s);
     e.ok(&["image", "import", layout.to_str().unwrap(), "--name", "bb"]);
     create(&e, "c", &[]);
@@ -948,22 +943,17 @@ fn dm_a_container_filling_the_pool_fails_promptly_and_writes_again_after_pool_gr
 #[test]
 fn dm_below_the_free_space_reserve_new_devices_are_refused_and_writers_go_on() {
     thinpool::testing::require_dm();
-    let s = thinpool::testing::Scratch::new("reserve");
-    let e = Env {
-        root: s.path().join("root"),
-        s,
-        drv: Drv::Thin,
-    };
-    e.ok(&[
-        "pool",
-        "create",
-        "--data-size",
-        "256M",
-        "--base-size",
-        "1G",
-        "--min-free",
-        "40",
-    ]);
+    let e = Env::thin_with_pool(
+        "reserve",
+        &[
+            "--data-size",
+            "256M",
+            "--base-size",
+            "1G",
+            "--min-free",
+            "40",
+        ],
+    );
     let layout = busybox_image(&e.s);
     e.ok(&["image", "import", layout.to_str().unwrap(), "--name", "bb"]);
     create(&e, "c", &[]);

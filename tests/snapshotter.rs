@@ -1032,14 +1032,7 @@ fn crowd(driver: &'static str, pool: &[&str], per_worker: usize, bound_secs: u64
     e.thinlayer(&["image", "import", &layout, "--name", "bb"]);
     let img: serde_json::Value =
         serde_json::from_str(&e.thinlayer(&["image", "inspect", "bb", "--json"])).unwrap();
-    let top = img["layers"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .as_str()
-        .unwrap()
-        .to_string();
+    let top = common::last_layer(&img);
     let base_layers = e.layers();
     let commands = std::sync::atomic::AtomicUsize::new(0);
     let run = |args: &[&str]| {

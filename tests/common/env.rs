@@ -43,6 +43,21 @@ impl Env {
         e
     }
 
+    /// A thin root in a fresh scratch directory, its pool made with `pool`
+    /// (`pool create` options) instead of [`Env::new`]'s.
+    pub fn thin_with_pool(label: &str, pool: &[&str]) -> Env {
+        let s = Scratch::new(label);
+        let e = Env {
+            root: s.path().join("root"),
+            s,
+            drv: Drv::Thin,
+        };
+        let mut args = vec!["pool", "create"];
+        args.extend_from_slice(pool);
+        e.ok(&args);
+        e
+    }
+
     pub fn path(&self) -> &Path {
         self.s.path()
     }
@@ -96,14 +111,7 @@ impl Env {
     pub fn top_layer(&self, image: &str) -> String {
         let i: Value =
             serde_json::from_str(&self.ok(&["image", "inspect", image, "--json"])).unwrap();
-        i["layers"]
-            .as_array()
-            .unwrap()
-            .last()
-            .unwrap()
-            .as_str()
-            .unwrap()
-            .to_string()
+        super::last_layer(&i)
     }
 
     pub fn run(&self, args: &[&str]) -> Output {

@@ -17,6 +17,16 @@ pub fn thinlayer(root: &Path, args: &[&str]) -> Output {
         .expect("running thinlayer")
 }
 
+/// The id of the top layer in `image inspect --json` output.
+pub fn last_layer(image: &serde_json::Value) -> String {
+    image["layers"]
+        .as_array()
+        .and_then(|l| l.last())
+        .and_then(|l| l.as_str())
+        .unwrap_or_else(|| panic!("no layers in {image}"))
+        .to_string()
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
