@@ -419,7 +419,14 @@ fn umoci_image_imports_to_the_same_tree_as_umoci_unpacks(d: Drv) {
         "{ls}"
     );
     e.fails(&["layer", "rm", &top], &["belongs to image"]);
-    e.ok(&["image", "rm", "test/app:v1"]);
+    // One image with two names: removing one untags it, as docker rmi
+    // does; removing the last removes the image and its layers.
+    assert_eq!(
+        e.ok(&["image", "rm", "test/app:v1"]).trim(),
+        "untagged test/app:v1"
+    );
+    assert_eq!(e.list("layer").len(), 3);
+    e.ok(&["image", "rm", "test/app:again"]);
     assert_eq!(e.list("layer").len(), 0);
     e.assert_consistent();
 }
