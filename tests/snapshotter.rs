@@ -796,6 +796,22 @@ fn dm_containerd_survives_snapshotter_kills_mid_unpack_on_thin() {
     containerd_survives_kills_mid_unpack("thin");
 }
 
+/// A client of containerd's snapshots API on the daemon's socket `sock`,
+/// straight, without containerd.
+async fn snapshots_client(
+    sock: PathBuf,
+) -> containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient<
+    tonic::transport::Channel,
+> {
+    let channel = tonic::transport::Endpoint::from_static("http://thinlayer")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            tokio::net::UnixStream::connect(sock.clone())
+        }))
+        .await
+        .unwrap();
+    containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient::new(channel)
+}
+
 /// Requests on different snapshots run at once. A `Remove` of a snapshot
 /// holding 30 000 files (the overlay driver deletes them, about a second
 /// of work, without the store's lock) is sent straight to the daemon's
@@ -805,9 +821,7 @@ fn dm_containerd_survives_snapshotter_kills_mid_unpack_on_thin() {
 /// running. With one lock around each whole request it would wait.
 #[test]
 fn root_snapshotter_serves_requests_at_once_on_overlay() {
-    use containerd_snapshots::api::snapshots::v1::{
-        snapshots_client::SnapshotsClient, PrepareSnapshotRequest, RemoveSnapshotRequest,
-    };
+    use containerd_snapshots::api::snapshots::v1::{PrepareSnapshotRequest, RemoveSnapshotRequest};
     thinpool::testing::require_root();
     let s = thinpool::testing::Scratch::new("engine-at-once");
     let e = Engine::start_in(&s, "overlay", &[], &[]);
@@ -832,15 +846,7 @@ fn root_snapshotter_serves_requests_at_once_on_overlay() {
     let log = e.dir.join("daemon.log");
     let sock = e.sock("tl.sock");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(async {
-        let channel = tonic::transport::Endpoint::from_static("http://thinlayer")
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                tokio::net::UnixStream::connect(sock.clone())
-            }))
-            .await
-            .unwrap();
-        SnapshotsClient::new(channel)
-    });
+    let client = rt.block_on(snapshots_client(sock));
     let big = "thinlayer-test/1/big";
     let mut c = client.clone();
     let slow = rt.spawn(async move {
@@ -1022,8 +1028,7 @@ fn dm_containerd_on_a_full_pool_is_refused_cleanly_and_recovers() {
 /// afterwards records, resources and mounts agree exactly.
 fn crowd(driver: &'static str, pool: &[&str], per_worker: usize, bound_secs: u64) {
     use containerd_snapshots::api::snapshots::v1::{
-        snapshots_client::SnapshotsClient, CommitSnapshotRequest, PrepareSnapshotRequest,
-        RemoveSnapshotRequest,
+        CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
     };
     let s = thinpool::testing::Scratch::new(&format!("crowd-{driver}"));
     let e = Engine::start_in(&s, driver, pool, &[]);
@@ -1126,13 +1131,7 @@ fn crowd(driver: &'static str, pool: &[&str], per_worker: usize, bound_secs: u64
         sc.spawn(move || {
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async {
-                let channel = tonic::transport::Endpoint::from_static("http://thinlayer")
-                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                        tokio::net::UnixStream::connect(sock.clone())
-                    }))
-                    .await
-                    .unwrap();
-                let mut c = SnapshotsClient::new(channel);
+                let mut c = snapshots_client(sock).await;
                 let sn = || "thinlayer".to_string();
                 for n in 0..50 {
                     let (p, name, q) = (format!("p{n}"), format!("n{n}"), format!("q{n}"));

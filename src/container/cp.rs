@@ -259,9 +259,13 @@ impl Containers<'_> {
     /// applier's errors for a hostile or malformed stream.
     pub fn copy_in(&mut self, key: &str, from: CopyFrom<'_>, path: &str) -> Result<()> {
         let sp = split(path)?;
-        if let CopyFrom::Host(src) = &from {
-            fs::symlink_metadata(src).map_err(Error::io("reading", *src))?;
-        }
+        // Read before anything is mounted: a missing source fails first.
+        let src_dir = match &from {
+            CopyFrom::Host(src) => fs::symlink_metadata(src)
+                .map_err(Error::io("reading", *src))?
+                .is_dir(),
+            CopyFrom::Tar(_) => false,
+        };
         self.with_rootfs(key, |cname, rootfs| {
             let parent = resolve_dir(rootfs, cname, &sp.dir)?;
             // What the destination is now, resolved as the container would.
@@ -299,9 +303,6 @@ impl Containers<'_> {
                     Ok(())
                 }
                 CopyFrom::Host(src) => {
-                    let src_dir = fs::symlink_metadata(src)
-                        .map_err(Error::io("reading", src))?
-                        .is_dir();
                     let base = src
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())

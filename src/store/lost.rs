@@ -5,12 +5,11 @@
 //! refuses a layer whose device is missing.
 
 use std::collections::BTreeSet;
-use std::fs;
 use std::path::Path;
 
 use super::images::{config_path, ImageRecord};
 use super::{image_path, layer_path, layout_path, read_dir_records, StoreLock};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::layer::{LayerId, LayerRecord};
 
 /// Removes the records of layers `lost`, of every layer above them, and
@@ -38,14 +37,14 @@ pub fn forget_layers(
     let mut said = vec![];
     for img in read_dir_records::<ImageRecord>(&dir.join("images"))? {
         if img.layers.iter().any(|l| gone.contains(l)) {
-            remove(&image_path(dir, &img.id))?;
-            remove(&config_path(dir, &img.id))?;
+            thinpool::record::remove(&image_path(dir, &img.id))?;
+            thinpool::record::remove(&config_path(dir, &img.id))?;
             said.push(format!("image {} lost layers, and is removed", img.label()));
         }
     }
     for l in layers.iter().filter(|l| gone.contains(&l.id)) {
-        remove(&layer_path(dir, &l.id))?;
-        remove(&layout_path(dir, &l.id))?;
+        thinpool::record::remove(&layer_path(dir, &l.id))?;
+        thinpool::record::remove(&layout_path(dir, &l.id))?;
         said.push(if lost.contains(&l.id) {
             format!("layer {} lost its device, and is removed", l.label())
         } else {
@@ -53,12 +52,4 @@ pub fn forget_layers(
         });
     }
     Ok(said)
-}
-
-fn remove(p: &Path) -> Result<()> {
-    match fs::remove_file(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("removing", p)(e)),
-    }
 }

@@ -16,6 +16,7 @@ use devicemapper::{
 };
 
 use super::devices::{detach_loops, remove_devices};
+use super::tools::thin_check;
 use super::{Backing, BackingKind, Pool};
 use crate::config::OnFull;
 use crate::error::{Error, Result};
@@ -43,70 +44,6 @@ pub struct Activated {
     pub cleared_needs_check: bool,
     /// Thin ids the metadata held that the record did not, now deleted.
     pub freed_orphans: Vec<ThinId>,
-}
-
-/// Runs `f` on a block device holding `path`: `path` itself if it is
-/// one, the loop device bound to it if there is one, else a loop device
-/// attached for the call. The thin tools open what they read and write
-/// with `O_DIRECT`, which a file on tmpfs (before Linux 6.6) refuses; a
-/// loop device takes it on any filesystem. A loop device a killed call
-/// leaves is found and reused by the next attach of the same file.
-pub(super) fn on_block_device<T>(path: &Path, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-    let meta = fs::metadata(path).map_err(Error::io("inspecting", path))?;
-    if meta.file_type().is_block_device() {
-        return f(path);
-    }
-    if let Some(dev) =
-        loopback::find(path).map_err(Error::io("finding the loop device of", path))?
-    {
-        return f(&dev.path);
-    }
-    let dev = loopback::attach(path).map_err(Error::io("attaching a loop device to", path))?;
-    let out = f(&dev.path);
-    let detached = dev
-        .detach()
-        .map_err(Error::io("detaching the loop device of", path));
-    match (out, detached) {
-        (Ok(v), Ok(())) => Ok(v),
-        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-    }
-}
-
-/// Runs `thin_check` (with `extra` options) on metadata `path`, through a
-/// block device ([`on_block_device`]); damage is
-/// [`Error::MetadataDamaged`] naming `path`.
-pub(super) fn thin_check(path: &Path, extra: &[&str]) -> Result<()> {
-    let out = on_block_device(path, |dev| {
-        std::process::Command::new("thin_check")
-            .args(extra)
-            .arg(dev)
-            .output()
-            .map_err(|e| Error::Tool {
-                tool: "thin_check".into(),
-                detail: format!("{e} (install thin-provisioning-tools)"),
-            })
-    })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    // What it found is on stderr (its progress lines on stdout); the
-    // first few lines name the damage.
-    let said = String::from_utf8_lossy(&out.stderr);
-    let detail = said
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .take(3)
-        .collect::<Vec<_>>()
-        .join("; ");
-    Err(Error::MetadataDamaged {
-        path: path.to_path_buf(),
-        detail: if detail.is_empty() {
-            format!("thin_check exited with {}", out.status)
-        } else {
-            detail
-        },
-    })
 }
 
 /// The table of a linear device over the whole of `size` of `device`.

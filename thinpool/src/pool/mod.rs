@@ -55,6 +55,7 @@ mod on_disk;
 mod repair;
 mod status;
 mod thin;
+mod tools;
 mod transaction;
 
 use std::collections::BTreeMap;

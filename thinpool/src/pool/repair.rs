@@ -6,7 +6,8 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 
-use super::activate::{on_block_device, thin_check, MetadataCheck};
+use super::activate::MetadataCheck;
+use super::tools::{on_block_device, run_ok, thin_check};
 use super::{BackingKind, Pool};
 use crate::error::{Error, Result};
 use crate::kernel::Superblock;
@@ -59,7 +60,7 @@ impl Pool {
         drop(f);
         let made = on_block_device(&meta, |input| {
             on_block_device(&fresh, |output| {
-                run_tool(
+                run_ok(
                     Command::new("thin_repair")
                         .arg("-i")
                         .arg(input)
@@ -67,6 +68,7 @@ impl Pool {
                         .arg(output),
                     "thin_repair",
                 )
+                .map(drop)
             })
         })
         .and_then(|()| thin_check(&fresh, &[]));
@@ -115,18 +117,4 @@ impl Pool {
             freed,
         })
     }
-}
-
-fn run_tool(cmd: &mut Command, tool: &str) -> Result<()> {
-    let out = cmd.output().map_err(|e| Error::Tool {
-        tool: tool.into(),
-        detail: format!("{e} (install thin-provisioning-tools)"),
-    })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(Error::Tool {
-        tool: tool.into(),
-        detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    })
 }

@@ -172,27 +172,20 @@ impl Pool {
         // A snapshot left held by a killed process blocks a new one.
         let _ = self.message("release_metadata_snap");
         self.message("reserve_metadata_snap")?;
-        let out = Command::new("thin_ls")
-            .args([
-                "--metadata-snap",
-                "--no-headers",
-                "-o",
-                "DEV,MAPPED_BYTES,EXCLUSIVE_BYTES,SHARED_BYTES",
-            ])
-            .arg(&meta)
-            .output();
+        let out = super::tools::run_ok(
+            Command::new("thin_ls")
+                .args([
+                    "--metadata-snap",
+                    "--no-headers",
+                    "-o",
+                    "DEV,MAPPED_BYTES,EXCLUSIVE_BYTES,SHARED_BYTES",
+                ])
+                .arg(&meta),
+            "thin_ls",
+        );
         let released = self.message("release_metadata_snap");
-        let out = out.map_err(|e| Error::Tool {
-            tool: "thin_ls".into(),
-            detail: format!("{e} (install thin-provisioning-tools)"),
-        })?;
+        let out = out?;
         released?;
-        if !out.status.success() {
-            return Err(Error::Tool {
-                tool: "thin_ls".into(),
-                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
         parse_thin_ls(&String::from_utf8_lossy(&out.stdout))
     }
 
