@@ -125,7 +125,9 @@ pub fn scratch_dir(dir: &Path) -> Result<PathBuf> {
         fs::create_dir_all(&tmp).map_err(Error::io("creating", &tmp))?;
         let guard = thinpool::lock::LockGuard::acquire(
             &tmp.join(format!("{pid}.lock")),
-            std::time::Duration::ZERO,
+            // Only a sweeper that found the file before we locked it holds
+            // it, for a moment; the lock then moves to a fresh file.
+            std::time::Duration::from_secs(10),
         )?;
         unmount_under(&mine)?;
         held.push((tmp.clone(), guard));

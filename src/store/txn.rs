@@ -110,7 +110,10 @@ impl Txn<'_> {
             // The lock first: a journal is never seen without it held.
             let id = LayerId::generate()?.as_str()[..16].to_string();
             let lock = self.store.dir.join(journal::DIR).join(format!("{id}.lock"));
-            let guard = LockGuard::acquire(&lock, std::time::Duration::ZERO)?;
+            // The id is fresh: only a sweeper of dead transactions' locks
+            // can hold it, for a moment, and the lock then moves to a
+            // fresh file.
+            let guard = LockGuard::acquire(&lock, std::time::Duration::from_secs(10))?;
             self.store.own_txn = Some(id.clone());
             self.live = Some((id, guard));
         }

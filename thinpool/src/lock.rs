@@ -4,7 +4,10 @@
 //! its whole run. The lock file is never removed (not even by `pool
 //! destroy`), so a process waiting on it can never end up holding a lock on
 //! an unlinked file while a newcomer locks a fresh one. The holder writes
-//! its pid into the file so a waiter can say who it is waiting for.
+//! its pid into the file so a waiter can say who it is waiting for. Lock
+//! files that are removed (a dead process's scratch lock, swept while
+//! held) are checked after locking: a lock taken on a file the path no
+//! longer names is dropped and taken again on the file that is there.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
@@ -55,28 +58,39 @@ impl LockGuard {
     ///
     /// Errors: [`LockError::Busy`] after `timeout`; [`LockError::Io`].
     pub fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard, LockError> {
+        Self::acquire_from(path, timeout, open_lock_file(path)?)
+    }
+
+    /// [`acquire`](Self::acquire), from `file` as opened at `path`.
+    fn acquire_from(path: &Path, timeout: Duration, file: File) -> Result<LockGuard, LockError> {
         let io_err = |op| {
             let path = path.to_path_buf();
             move |source| LockError::Io { op, path, source }
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(io_err("opening"))?;
+        let mut file = file;
         let start = Instant::now();
         // Short waits first: holders of a shared store or pool keep the
         // lock for milliseconds.
         let mut nap = Duration::from_millis(1);
         let mut file = loop {
-            file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(locked) => break locked,
-                Err((f, Errno::EWOULDBLOCK)) => f,
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(locked) => {
+                    // Lock files that are swept away (scratch directories'
+                    // ones) may have been unlinked, or replaced by a fresh
+                    // file, between our open and our lock: a lock on an
+                    // inode the path no longer names excludes no one, so
+                    // take the file the path names now (no wait: nobody
+                    // held it).
+                    if names_same_file(&locked, path).map_err(io_err("checking"))? {
+                        break locked;
+                    }
+                    drop(locked);
+                    file = open_lock_file(path)?;
+                    continue;
+                }
+                Err((f, Errno::EWOULDBLOCK)) => file = f,
                 Err((_, e)) => return Err(io_err("locking")(io::Error::from(e))),
-            };
+            }
             if start.elapsed() >= timeout {
                 let mut s = String::new();
                 let _ = file.read_to_string(&mut s);
@@ -116,6 +130,33 @@ impl LockGuard {
     }
 }
 
+/// Opens (making it if missing) the lock file at `path`.
+fn open_lock_file(path: &Path) -> Result<File, LockError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| LockError::Io {
+            op: "opening",
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Whether `path` still names the open `file` (same device and inode).
+fn names_same_file(file: &File, path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let held = file.metadata()?;
+    match std::fs::metadata(path) {
+        Ok(now) => Ok(now.dev() == held.dev() && now.ino() == held.ino()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 impl Drop for LockGuard {
     fn drop(&mut self) {
         let _ = self.file.set_len(0);
@@ -142,5 +183,26 @@ mod tests {
         assert!(msg.contains("retry"), "{msg}");
         drop(first);
         LockGuard::acquire(&path, Duration::ZERO).unwrap();
+    }
+
+    #[test]
+    fn plain_a_lock_file_removed_before_it_was_locked_is_taken_afresh() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1234.lock");
+        // Opened, then swept away by another process before our flock.
+        let stale = File::create(&path).unwrap();
+        let stale_ino = stale.metadata().unwrap().ino();
+        // A second name keeps the old inode alive, so its number is not
+        // reused by the fresh file.
+        std::fs::hard_link(&path, dir.path().join("kept")).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let guard = LockGuard::acquire_from(&path, Duration::ZERO, stale).unwrap();
+        let held = guard.file.metadata().unwrap().ino();
+        assert_ne!(held, stale_ino, "the lock stayed on the unlinked file");
+        assert_eq!(held, std::fs::metadata(&path).unwrap().ino());
+        // So a newcomer is excluded, as it would not be by a lock on the
+        // unlinked file.
+        assert!(LockGuard::try_acquire(&path).unwrap().is_none());
     }
 }
