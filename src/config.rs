@@ -21,6 +21,10 @@
 //! fs = "ext4"                # or "xfs"
 //! base_size = "10G"
 //! min_free = 10              # percent kept free: new devices refused below
+//! autoextend_threshold = 80  # percent used at which the pool grows itself
+//! autoextend_step = "10G"    # how much each grow adds
+//! autoextend_max = "500G"    # the largest the data grows to
+//! queue_timeout = 60         # seconds a queued write waits (on_full = "queue")
 //!
 //! [snapshotter]              # `snapshotter serve`
 //! socket = "/run/thinlayer/snapshotter.sock"
@@ -37,7 +41,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
-use thinpool::{BlockSize, Bytes, MinFree, OnFull};
+use thinpool::{BlockSize, Bytes, MinFree, OnFull, QueueTimeout, Threshold};
 
 use crate::driver::overlay::OverlayOptions;
 use crate::driver::thin::FsType;
@@ -137,6 +141,18 @@ pub struct PoolConfig {
     /// `--min-free`: a percentage, `10` or `"10%"`.
     #[serde(default, deserialize_with = "percent")]
     pub min_free: Option<MinFree>,
+    /// `--autoextend-threshold`: a percentage, `80` or `"80%"`.
+    #[serde(default, deserialize_with = "percent")]
+    pub autoextend_threshold: Option<Threshold>,
+    /// `--autoextend-step`.
+    #[serde(default, deserialize_with = "size")]
+    pub autoextend_step: Option<Bytes>,
+    /// `--autoextend-max`.
+    #[serde(default, deserialize_with = "size")]
+    pub autoextend_max: Option<Bytes>,
+    /// `--queue-timeout`, in seconds.
+    #[serde(default, deserialize_with = "seconds")]
+    pub queue_timeout: Option<QueueTimeout>,
 }
 
 /// `[snapshotter]`: defaults of `snapshotter serve`.
@@ -210,6 +226,18 @@ impl Config {
                 "pool.min_free",
                 self.pool.min_free.map(|m| m.percent().to_string()),
             ),
+            (
+                "pool.autoextend_threshold",
+                self.pool
+                    .autoextend_threshold
+                    .map(|t| t.percent().to_string()),
+            ),
+            ("pool.autoextend_step", size(&self.pool.autoextend_step)),
+            ("pool.autoextend_max", size(&self.pool.autoextend_max)),
+            (
+                "pool.queue_timeout",
+                self.pool.queue_timeout.map(|t| t.secs().to_string()),
+            ),
             ("snapshotter.socket", path(&self.snapshotter.socket)),
             (
                 "snapshotter.default_size",
@@ -249,7 +277,11 @@ fn invalid(path: &Path, text: &str, key: Option<String>, e: &toml::de::Error) ->
 
 /// A size: a string as the flags take it (`512M`, `20G`) or a number of
 /// bytes.
-fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MinFree>, D::Error> {
+fn percent<'de, D, P>(d: D) -> Result<Option<P>, D::Error>
+where
+    D: Deserializer<'de>,
+    P: std::str::FromStr<Err = String>,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Percent {
@@ -257,8 +289,22 @@ fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MinFree>, D::Error>
         Text(String),
     }
     match Percent::deserialize(d)? {
-        Percent::Number(n) => MinFree::new(n).map(Some),
+        Percent::Number(n) => n.to_string().parse().map(Some),
         Percent::Text(s) => s.parse().map(Some),
+    }
+    .map_err(serde::de::Error::custom)
+}
+
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<QueueTimeout>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Secs {
+        Number(u32),
+        Text(String),
+    }
+    match Secs::deserialize(d)? {
+        Secs::Number(n) => QueueTimeout::new(n).map(Some),
+        Secs::Text(s) => s.parse().map(Some),
     }
     .map_err(serde::de::Error::custom)
 }

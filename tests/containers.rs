@@ -1000,3 +1000,183 @@ fn dm_below_the_free_space_reserve_new_devices_are_refused_and_writers_go_on() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("use 0 to 50"), "{}", stderr(&o));
 }
+
+/// The pool's dm table line (`0 LEN thin-pool META DATA BLOCK LWM ...`).
+fn pool_table(e: &Env) -> Vec<String> {
+    let st: Value = serde_json::from_str(&e.ok(&["pool", "status", "--json"])).unwrap();
+    let id = thinpool::PoolId::try_from(st["id"].as_str().unwrap().to_string()).unwrap();
+    let name = thinpool::names::PoolNames::new(id).name_string(thinpool::names::Role::Pool);
+    let o = std::process::Command::new("dmsetup")
+        .args(["table", &name])
+        .env("DM_DISABLE_UDEV", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "dmsetup table {name}: {}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn dm_a_watched_pool_autoextends_on_its_low_water_event_and_no_write_fails() {
+    thinpool::testing::require_dm();
+    // 256M of data, grown at 60% use by 256M up to 1G; queue mode, so a
+    // write that outruns a grow waits for it (20 s at most, then fails:
+    // the test would see that).
+    let e = Env::thin_with_pool(
+        "autoext",
+        &[
+            "--data-size",
+            "256M",
+            "--base-size",
+            "2G",
+            "--on-full",
+            "queue",
+            "--queue-timeout",
+            "20",
+            "--autoextend-threshold",
+            "60",
+            "--autoextend-step",
+            "256M",
+            "--autoextend-max",
+            "1G",
+        ],
+    );
+    let st =
+        |e: &Env| -> Value { serde_json::from_str(&e.ok(&["pool", "status", "--json"])).unwrap() };
+    let s0 = st(&e);
+    assert_eq!(s0["autoextend"]["threshold"], 60);
+    assert_eq!(s0["kernel_queue_timeout"], 20);
+    // The low-water mark is the free blocks left at 60%: 40% of 4096.
+    let table = pool_table(&e);
+    assert_eq!(table[2], "thin-pool");
+    assert_eq!(table[6], "1638", "low-water mark in {table:?}");
+
+    let layout = busybox_image(&e.s);
+    e.ok(&["image", "import", layout.to_str().unwrap(), "--name", "bb"]);
+    create(&e, "c", &[]);
+    let mut monitor = e
+        .cmd(&["pool", "monitor", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = monitor.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            let line = line.unwrap();
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|err| panic!("monitor printed '{line}': {err}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+    assert_eq!(first["event"], "watching", "{first}");
+    // 600M through a pool of 256M: every block past 60% raises the
+    // low-water event, the monitor grows the pool, the writer never fails.
+    assert_eq!(
+        e.sh(
+            "c",
+            "dd if=/dev/zero of=/big bs=1M count=600 conv=fsync 2>/dev/null && wc -c < /big"
+        ),
+        "629145600\n"
+    );
+    let grown = st(&e);
+    let data = grown["data"]["total_bytes"].as_u64().unwrap();
+    assert!(data >= 768 << 20, "the pool did not grow enough: {grown}");
+    assert_eq!(grown["mode"], "rw");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = monitor.wait().unwrap();
+    assert!(status.success(), "the monitor exited with {status}");
+    reader.join().unwrap();
+    let events: Vec<Value> = rx.try_iter().collect();
+    let grows: Vec<&Value> = events
+        .iter()
+        .filter(|v| v["event"] == "autoextend" && v["outcome"] == "grew")
+        .collect();
+    assert!(!grows.is_empty(), "no autoextend reported: {events:?}");
+    // Woken by the kernel's event, not by the 30 s timer.
+    assert!(
+        grows.iter().all(|g| g["wake"] == "event"),
+        "a grow came from a timer, not an event: {grows:?}"
+    );
+    let last = grows.last().unwrap()["data"][1].as_u64().unwrap();
+    assert_eq!(last, data, "{grows:?}");
+    // The grown pool's low-water mark follows its size.
+    let blocks = data / (64 << 10);
+    let lwm = blocks - (blocks * 60).div_ceil(100);
+    assert_eq!(pool_table(&e)[6], lwm.to_string());
+    // Turned off, the mark is 0 again; the max below the size is refused.
+    e.fails(
+        &["pool", "set", "--autoextend-max", "256M"],
+        &["autoextend max", "below the pool's data size"],
+    );
+    e.ok(&["pool", "set", "--no-autoextend"]);
+    assert_eq!(st(&e)["autoextend"], Value::Null);
+    assert_eq!(pool_table(&e)[6], "0");
+    assert_eq!(e.sh("c", "cat /srv/app/config"), "v1\n");
+}
+
+#[test]
+fn dm_queue_mode_fails_a_writer_after_its_timeout_and_pool_grow_brings_rw_back() {
+    thinpool::testing::require_dm();
+    let e = Env::thin_with_pool(
+        "queue",
+        &[
+            "--data-size",
+            "256M",
+            "--base-size",
+            "1G",
+            "--on-full",
+            "queue",
+            "--queue-timeout",
+            "3",
+        ],
+    );
+    let st =
+        |e: &Env| -> Value { serde_json::from_str(&e.ok(&["pool", "status", "--json"])).unwrap() };
+    assert_eq!(st(&e)["kernel_queue_timeout"], 3);
+    // No "error_if_no_space" feature in queue mode; `pool set` switches
+    // the live table.
+    assert!(!pool_table(&e).contains(&"error_if_no_space".to_string()));
+    let layout = busybox_image(&e.s);
+    e.ok(&["image", "import", layout.to_str().unwrap(), "--name", "bb"]);
+    create(&e, "c", &[]);
+    // The writer waits at most the queue timeout once the pool is full,
+    // then fails: far from the kernel's 60 s default.
+    let t = std::time::Instant::now();
+    let o = e.exec("c", "dd if=/dev/zero of=/fill bs=1M count=400 conv=fsync");
+    let took = t.elapsed();
+    assert!(!o.status.success(), "400M fit in a 256M pool");
+    assert!(took.as_secs() < 45, "the writer was held {took:?}");
+    let s = st(&e);
+    assert_eq!(s["mode"], "out-of-data-space");
+    let advice = s["advice"].as_str().unwrap();
+    assert!(
+        advice.contains("wait up to 3s") && advice.contains("pool grow"),
+        "{advice}"
+    );
+    let text = e.ok(&["pool", "status"]);
+    assert!(text.contains("what to do:"), "{text}");
+    e.ok(&["pool", "grow", "--data-size", "+512M"]);
+    assert_eq!(st(&e)["mode"], "rw");
+    assert_eq!(
+        e.sh(
+            "c",
+            "rm -f /fill; dd if=/dev/zero of=/again bs=1M count=8 conv=fsync 2>/dev/null && wc -c < /again"
+        ),
+        "8388608\n"
+    );
+    e.ok(&["pool", "set", "--on-full", "error"]);
+    assert!(pool_table(&e).contains(&"error_if_no_space".to_string()));
+    assert_eq!(st(&e)["on_full"], "error");
+}

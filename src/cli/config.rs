@@ -30,6 +30,18 @@ const FLAGS: &[(&str, &[&str], &str)] = &[
     ("pool.fs", &["pool", "create"], "fs"),
     ("pool.base_size", &["pool", "create"], "base_size"),
     ("pool.min_free", &["pool", "create"], "min_free"),
+    (
+        "pool.autoextend_threshold",
+        &["pool", "create"],
+        "autoextend_threshold",
+    ),
+    (
+        "pool.autoextend_step",
+        &["pool", "create"],
+        "autoextend_step",
+    ),
+    ("pool.autoextend_max", &["pool", "create"], "autoextend_max"),
+    ("pool.queue_timeout", &["pool", "create"], "queue_timeout"),
     ("snapshotter.socket", &["snapshotter", "serve"], "address"),
     (
         "snapshotter.default_size",

@@ -6,9 +6,10 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use thinlayer::driver::thin::FsType;
 use thinlayer::thinpool::pool::MetadataCheck;
+use thinlayer::thinpool::pool::{AutoextendChange, SettingsChange};
 use thinlayer::thinpool::{
     BackingKind, BackingRequest, BlockSize, Bytes, CreateOptions, MinFree, OnFull, PoolStatus,
-    SizeChange, SpaceStatus,
+    QueueTimeout, SizeChange, SpaceStatus, Threshold,
 };
 use thinlayer::Root;
 
@@ -40,11 +41,15 @@ pub enum PoolCommand {
     Repair,
     /// Remove the pool's dm devices and detach its loop devices; data stays.
     Deactivate,
-    /// Change a setting of the pool.
-    Set {
-        /// The free data and metadata space kept in reserve (0 to 50%).
-        #[arg(long, value_name = "PCT")]
-        min_free: MinFree,
+    /// Change settings of the pool; an active pool follows at once.
+    Set(SetArgs),
+    /// Watch the pool: grow it by its autoextend settings and report mode
+    /// changes, woken by device-mapper events; runs until SIGTERM or
+    /// SIGINT (contrib/systemd/thinlayer-monitor.service).
+    Monitor {
+        /// Print one JSON object per event.
+        #[arg(long)]
+        json: bool,
     },
     /// Grow the pool online (absolute size or +SIZE); never shrinks.
     Grow(GrowArgs),
@@ -80,12 +85,65 @@ pub struct CreateArgs {
     /// containers and volumes are refused (as Docker's dm.min_free_space).
     #[arg(long, value_name = "PCT", default_value = "10")]
     min_free: MinFree,
+    /// Seconds a queued write (--on-full queue) waits in a full pool
+    /// before it fails (the kernel's no_space_timeout, one for all pools).
+    #[arg(long, value_name = "SECS", default_value = "60")]
+    queue_timeout: QueueTimeout,
+    #[command(flatten)]
+    autoextend: AutoextendArgs,
     /// Filesystem of the base device, and so of every layer: ext4 or xfs.
     #[arg(long, value_name = "FS", default_value = "ext4")]
     fs: FsType,
     /// Size of the base filesystem, and so of every layer.
     #[arg(long, value_name = "SIZE", default_value = "10G")]
     base_size: Bytes,
+}
+
+/// Autoextend flags, shared by `pool create` and `pool set`.
+#[derive(Debug, Args)]
+#[group(skip)]
+pub struct AutoextendArgs {
+    /// Grow the pool by itself when data or metadata use reaches this
+    /// share (50 to 99%), as LVM's thin_pool_autoextend_threshold; needs
+    /// --autoextend-max to turn it on.
+    #[arg(long, value_name = "PCT")]
+    autoextend_threshold: Option<Threshold>,
+    /// How much data each autoextend adds [default: 20% of the data size];
+    /// the metadata grows by the same share of its size.
+    #[arg(long, value_name = "SIZE")]
+    autoextend_step: Option<Bytes>,
+    /// The largest the data grows to by autoextend.
+    #[arg(long, value_name = "SIZE")]
+    autoextend_max: Option<Bytes>,
+}
+
+impl AutoextendArgs {
+    fn change(&self) -> AutoextendChange {
+        AutoextendChange {
+            threshold: self.autoextend_threshold,
+            step: self.autoextend_step,
+            max: self.autoextend_max,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// The free data and metadata space kept in reserve (0 to 50%).
+    #[arg(long, value_name = "PCT")]
+    min_free: Option<MinFree>,
+    /// What a write to a full pool does: error or queue.
+    #[arg(long, value_name = "POLICY")]
+    on_full: Option<OnFull>,
+    /// Seconds a queued write waits in a full pool before it fails (the
+    /// kernel's no_space_timeout: one value for every pool).
+    #[arg(long, value_name = "SECS")]
+    queue_timeout: Option<QueueTimeout>,
+    #[command(flatten)]
+    autoextend: AutoextendArgs,
+    /// Turn autoextend off.
+    #[arg(long, conflicts_with_all = ["autoextend_threshold", "autoextend_step", "autoextend_max"])]
+    no_autoextend: bool,
 }
 
 #[derive(Debug, Args)]
@@ -108,12 +166,25 @@ pub fn run(root: &Root, cmd: PoolCommand) -> Result<()> {
                 Some(d) => BackingRequest::Device(d, size),
                 None => BackingRequest::File(size),
             };
+            let data = backing(a.data_dev, a.data_size);
+            let autoextend = a
+                .autoextend
+                .change()
+                .merge(
+                    None,
+                    data.size()
+                        .unwrap_or(thinlayer::thinpool::config::DEFAULT_DATA_SIZE),
+                    block_size,
+                )
+                .context("checking the autoextend settings")?;
             let opts = CreateOptions {
-                data: backing(a.data_dev, a.data_size),
+                data,
                 metadata: backing(a.metadata_dev, a.metadata_size),
                 block_size,
                 on_full: a.on_full,
                 min_free: a.min_free,
+                autoextend,
+                queue_timeout: a.queue_timeout,
             };
             let pool = thinlayer::system::create_pool(root, &opts, a.fs, a.base_size)
                 .with_context(|| format!("creating a pool in {}", root.path().display()))?;
@@ -182,12 +253,39 @@ pub fn run(root: &Root, cmd: PoolCommand) -> Result<()> {
                 println!("freed: thin id {id}, which no record named");
             }
         }
-        PoolCommand::Set { min_free } => {
+        PoolCommand::Set(a) => {
+            if a.min_free.is_none()
+                && a.on_full.is_none()
+                && a.queue_timeout.is_none()
+                && a.autoextend.change().is_empty()
+                && !a.no_autoextend
+            {
+                anyhow::bail!(
+                    "nothing to change: give --min-free, --on-full, --queue-timeout, --autoextend-threshold/-step/-max or --no-autoextend"
+                );
+            }
             let mut pool = root.open_pool()?;
-            pool.set_min_free(min_free)
-                .context("changing the pool's reserve")?;
-            println!("pool {}: min free {min_free}", pool.record().id);
+            let change = SettingsChange {
+                min_free: a.min_free,
+                on_full: a.on_full,
+                queue_timeout: a.queue_timeout,
+                autoextend: a.autoextend.change(),
+                no_autoextend: a.no_autoextend,
+            };
+            pool.set(&change).context("changing the pool's settings")?;
+            let r = pool.record();
+            println!(
+                "pool {}: min free {}, on full {} (queue timeout {}), autoextend {}",
+                r.id,
+                r.min_free,
+                r.on_full,
+                r.queue_timeout,
+                r.autoextend
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "off".into())
+            );
         }
+        PoolCommand::Monitor { json } => monitor(root, json)?,
         PoolCommand::Deactivate => {
             let mut pool = root.open_pool()?;
             let was = pool.is_active();
@@ -249,6 +347,22 @@ fn print_status(st: &PoolStatus) {
         ("block size", st.block_size.to_string()),
         ("on full", st.on_full.to_string()),
         ("min free", st.min_free.to_string()),
+        (
+            "queue timeout",
+            match st.kernel_queue_timeout {
+                Some(k) if k != st.queue_timeout.secs() && st.active => format!(
+                    "{} (the kernel's is {k}s: another pool set it)",
+                    st.queue_timeout
+                ),
+                _ => st.queue_timeout.to_string(),
+            },
+        ),
+        (
+            "autoextend",
+            st.autoextend
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "off".into()),
+        ),
         ("transaction", st.transaction_id.to_string()),
         ("thin devices", st.thin_devices.to_string()),
         ("data", space(&st.data)),
@@ -257,7 +371,41 @@ fn print_status(st: &PoolStatus) {
     for (k, v) in rows {
         println!("{k:<13} {v}");
     }
+    if let Some(a) = &st.advice {
+        println!("what to do: {a}");
+    }
     if st.needs_check == Some(true) {
         println!("warning: the kernel flagged the metadata as needing a check: run thin_check");
     }
+}
+
+/// `pool monitor`: watches until SIGTERM or SIGINT.
+fn monitor(root: &Root, json: bool) -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    // The signals are blocked here and taken by one thread with sigwait:
+    // no handler runs in the middle of the watcher's work.
+    let mut sigs = SigSet::empty();
+    sigs.add(Signal::SIGTERM);
+    sigs.add(Signal::SIGINT);
+    sigs.thread_block().context("blocking SIGTERM and SIGINT")?;
+    {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            if sigs.wait().is_ok() {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+    let dir = root.pool_dir();
+    thinlayer::thinpool::monitor::watch(&dir, &stop, &mut |e| {
+        if json {
+            println!("{}", serde_json::to_string(e).unwrap_or_default());
+        } else {
+            println!("{e}");
+        }
+    })
+    .with_context(|| format!("watching the pool in {}", dir.display()))
 }

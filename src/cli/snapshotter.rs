@@ -369,6 +369,20 @@ pub fn run(
             nix::sys::signal::SigHandler::SigIgn,
         )?;
     }
+    // The thin pool is watched while the daemon serves: autoextend and
+    // mode changes, woken by device-mapper events (as `pool monitor`).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = (driver == DriverKind::Thin).then(|| {
+        let (stop, dir) = (Arc::clone(&stop), service.root.pool_dir());
+        std::thread::spawn(move || {
+            let watched = thinlayer::thinpool::monitor::watch(&dir, &stop, &mut |e| {
+                eprintln!("thinlayer: snapshotter: pool monitor: {e}");
+            });
+            if let Err(e) = watched {
+                eprintln!("thinlayer: snapshotter: the pool monitor stopped: {}", e);
+            }
+        })
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -399,5 +413,9 @@ pub fn run(
             .context("serving")
     });
     let _ = std::fs::remove_file(&socket);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
     served
 }

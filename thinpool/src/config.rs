@@ -112,6 +112,188 @@ impl std::fmt::Display for OnFull {
     }
 }
 
+/// When and how far a pool grows by itself (LVM's
+/// `thin_pool_autoextend_threshold` and `_percent`): once the data or
+/// metadata in use crosses `threshold` percent, a loop-backed pool's
+/// files grow online by `step` (the metadata by the same share of its
+/// size), the data never beyond `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Autoextend {
+    /// The share of data or metadata in use that triggers a grow.
+    pub threshold: Threshold,
+    /// How much data each grow adds.
+    pub step: Bytes,
+    /// The largest the data grows to.
+    pub max: Bytes,
+}
+
+impl Autoextend {
+    /// The data size a grow from `data` reaches, `None` at the maximum.
+    pub fn next_data(&self, data: Bytes) -> Option<Bytes> {
+        let next = Bytes(data.0.saturating_add(self.step.0).min(self.max.0));
+        (next > data).then_some(next)
+    }
+
+    /// The metadata size a grow from `meta` reaches when the data grows
+    /// from `data`: the step's share of the metadata, at least 1 MiB, and
+    /// always what the grown data needs; `None` at the target's maximum.
+    pub fn next_metadata(&self, meta: Bytes, data: Bytes, block: BlockSize) -> Option<Bytes> {
+        let share = u128::from(meta.0) * u128::from(self.step.0) / u128::from(data.0.max(1));
+        let grown = meta
+            .0
+            .saturating_add(u64::try_from(share).unwrap_or(u64::MAX).max(1 << 20));
+        let need = guided_metadata(self.next_data(data).unwrap_or(data), block).0;
+        let next = round_up(Bytes(grown.max(need)), METADATA_BLOCK).min(MAX_METADATA);
+        (next > meta).then_some(next)
+    }
+
+    /// Checks the settings against each other and the pool's block size.
+    ///
+    /// Errors: [`Error::Invalid`] for a step that is not a whole number
+    /// of blocks, or a maximum that is not one or is below the data size
+    /// `data` the pool has now.
+    pub fn check(&self, data: Bytes, block: BlockSize) -> Result<()> {
+        if self.step.0 == 0 || !self.step.is_multiple_of(block.bytes()) {
+            return Err(Error::invalid(
+                "autoextend step",
+                format!(
+                    "{} is not a positive whole number of the pool's {block} blocks",
+                    self.step
+                ),
+            ));
+        }
+        check_data_size(self.max, block).map_err(|e| match e {
+            Error::Invalid { reason, .. } => Error::invalid("autoextend max", reason),
+            e => e,
+        })?;
+        if self.max < data {
+            return Err(Error::invalid(
+                "autoextend max",
+                format!(
+                    "{} is below the pool's data size {data}; a pool never shrinks",
+                    self.max
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The share of space in use that triggers an autoextend: 50 to 99
+/// percent (LVM takes 50 to 100, where 100 turns it off; here that is
+/// no [`Autoextend`] at all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Threshold(u8);
+
+impl Threshold {
+    /// `percent`, checked: 50 to 99.
+    pub fn new(percent: u8) -> std::result::Result<Threshold, String> {
+        if !(50..=99).contains(&percent) {
+            return Err(format!(
+                "an autoextend threshold of {percent}% is out of range: use 50 to 99 (LVM's range; leave autoextend off instead of 100)"
+            ));
+        }
+        Ok(Threshold(percent))
+    }
+
+    /// The share, in percent.
+    pub fn percent(self) -> u8 {
+        self.0
+    }
+
+    /// Whether `used` of `total` has reached the threshold.
+    pub fn is_reached(self, used: u64, total: u64) -> bool {
+        u128::from(used) * 100 >= u128::from(total) * u128::from(self.0)
+    }
+
+    /// The kernel's low-water mark for `blocks` data blocks: the free
+    /// blocks left when the threshold is reached (the pool raises a
+    /// device-mapper event when fewer are free).
+    pub fn low_water(self, blocks: u64) -> u64 {
+        let used = (u128::from(blocks) * u128::from(self.0)).div_ceil(100);
+        blocks - u64::try_from(used).unwrap_or(blocks).min(blocks)
+    }
+}
+
+impl std::str::FromStr for Threshold {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let n = s.trim().trim_end_matches('%');
+        let p: u8 = n
+            .parse()
+            .map_err(|_| format!("'{s}' is not a percentage: use e.g. 80 or 80%"))?;
+        Threshold::new(p)
+    }
+}
+
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+impl std::fmt::Display for Autoextend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "at {} used, by {} up to {}",
+            self.threshold, self.step, self.max
+        )
+    }
+}
+
+/// How long a write to a full pool in [`OnFull::Queue`] mode waits before
+/// it fails: the kernel's `dm_thin_pool` `no_space_timeout`, which is one
+/// setting for every pool on the machine (0 waits forever, which is
+/// refused here; the kernel's default is 60 s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct QueueTimeout(u32);
+
+impl QueueTimeout {
+    /// The kernel's default: 60 seconds.
+    pub const DEFAULT: QueueTimeout = QueueTimeout(60);
+
+    /// `secs`, checked: 1 second to 1 day.
+    pub fn new(secs: u32) -> std::result::Result<QueueTimeout, String> {
+        if !(1..=86_400).contains(&secs) {
+            return Err(format!(
+                "a queue timeout of {secs}s is out of range: use 1 to 86400 seconds (a writer must not wait forever)"
+            ));
+        }
+        Ok(QueueTimeout(secs))
+    }
+
+    /// The timeout in seconds.
+    pub fn secs(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for QueueTimeout {
+    fn default() -> Self {
+        QueueTimeout::DEFAULT
+    }
+}
+
+impl std::str::FromStr for QueueTimeout {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let n = s.trim().trim_end_matches('s');
+        let secs: u32 = n
+            .parse()
+            .map_err(|_| format!("'{s}' is not a number of seconds: use e.g. 30 or 30s"))?;
+        QueueTimeout::new(secs)
+    }
+}
+
+impl std::fmt::Display for QueueTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}s", self.0)
+    }
+}
+
 /// Where the pool's data or metadata lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BackingRequest {
@@ -145,6 +327,10 @@ pub struct CreateOptions {
     pub on_full: OnFull,
     /// The free space below which new thin devices are refused.
     pub min_free: MinFree,
+    /// How the pool grows by itself; `None` for never.
+    pub autoextend: Option<Autoextend>,
+    /// How long a queued write waits in a full pool ([`OnFull::Queue`]).
+    pub queue_timeout: QueueTimeout,
 }
 
 impl Default for CreateOptions {
@@ -155,6 +341,8 @@ impl Default for CreateOptions {
             block_size: BlockSize::DEFAULT,
             on_full: OnFull::Error,
             min_free: MinFree::DEFAULT,
+            autoextend: None,
+            queue_timeout: QueueTimeout::DEFAULT,
         }
     }
 }
@@ -245,6 +433,57 @@ pub fn check_metadata_size(meta: Bytes, data: Bytes, block: BlockSize) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_autoextend_steps_to_its_maximum_and_checks_its_settings() {
+        let bs = BlockSize::DEFAULT;
+        let a = Autoextend {
+            threshold: "80".parse().unwrap(),
+            step: Bytes(64 << 20),
+            max: Bytes(160 << 20),
+        };
+        a.check(Bytes(64 << 20), bs).unwrap();
+        assert_eq!(a.next_data(Bytes(64 << 20)), Some(Bytes(128 << 20)));
+        assert_eq!(a.next_data(Bytes(128 << 20)), Some(Bytes(160 << 20)));
+        assert_eq!(a.next_data(Bytes(160 << 20)), None);
+        // The metadata grows by the step's share (100% here), and by at
+        // least 1 MiB.
+        let m = a
+            .next_metadata(Bytes(4 << 20), Bytes(64 << 20), bs)
+            .unwrap();
+        assert_eq!(m, Bytes(8 << 20));
+        let m = a
+            .next_metadata(Bytes(48 << 20), Bytes(64 << 30), bs)
+            .unwrap();
+        assert_eq!(m, Bytes(49 << 20));
+        // And at least what the data needs.
+        let m = a
+            .next_metadata(Bytes(2 << 20), Bytes(64 << 30), bs)
+            .unwrap();
+        assert_eq!(m, Bytes(48 << 20));
+        assert_eq!(a.next_metadata(MAX_METADATA, Bytes(1 << 30), bs), None);
+
+        let bad = Autoextend {
+            step: Bytes(1000),
+            ..a
+        };
+        assert!(bad
+            .check(Bytes(64 << 20), bs)
+            .unwrap_err()
+            .to_string()
+            .contains("blocks"));
+        let err = a.check(Bytes(1 << 30), bs).unwrap_err().to_string();
+        assert!(err.contains("below the pool's data size"), "{err}");
+
+        let t: Threshold = "80%".parse().unwrap();
+        assert!(t.is_reached(80, 100) && !t.is_reached(79, 100));
+        assert_eq!(t.low_water(1000), 200);
+        assert_eq!(t.low_water(3), 0);
+        assert!("100".parse::<Threshold>().unwrap_err().contains("50 to 99"));
+        assert!("40".parse::<Threshold>().unwrap_err().contains("50 to 99"));
+        assert_eq!("30s".parse::<QueueTimeout>().unwrap().secs(), 30);
+        assert!("0".parse::<QueueTimeout>().unwrap_err().contains("forever"));
+    }
 
     #[test]
     fn plain_min_free_reads_percentages_and_bounds_them() {

@@ -43,6 +43,28 @@ pub fn open_dm() -> Result<DM> {
     Ok(dm)
 }
 
+/// The thin-pool target's `no_space_timeout` parameter: how long a write
+/// to a full pool in queue mode waits before it fails. One value for the
+/// whole kernel.
+pub const NO_SPACE_TIMEOUT: &str = "/sys/module/dm_thin_pool/parameters/no_space_timeout";
+
+/// Sets the kernel's [`NO_SPACE_TIMEOUT`] to `secs`.
+///
+/// Errors: [`Error::Io`] when the parameter cannot be written.
+pub fn set_no_space_timeout(secs: u32) -> Result<()> {
+    std::fs::write(NO_SPACE_TIMEOUT, secs.to_string())
+        .map_err(Error::io("writing", NO_SPACE_TIMEOUT))
+}
+
+/// The kernel's [`NO_SPACE_TIMEOUT`] in seconds, if it can be read.
+pub fn no_space_timeout() -> Option<u32> {
+    std::fs::read_to_string(NO_SPACE_TIMEOUT)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Whether the running kernel has the device-mapper driver (a control
 /// node alone proves nothing: tools create it even where the driver is
 /// missing).

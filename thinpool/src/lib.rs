@@ -30,13 +30,16 @@ pub mod error;
 pub mod kernel;
 pub mod lock;
 pub mod loopback;
+pub mod monitor;
 pub mod names;
 pub mod pool;
 pub mod record;
 pub mod recovery;
 pub mod units;
 
-pub use config::{BackingRequest, CreateOptions, MinFree, OnFull};
+pub use config::{
+    Autoextend, BackingRequest, CreateOptions, MinFree, OnFull, QueueTimeout, Threshold,
+};
 pub use error::{Error, Result};
 pub use names::PoolId;
 pub use pool::{

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use devicemapper::{DevId, DM};
 use thinpool::names::{PoolNames, Role};
-use thinpool::pool::{PoolRecord, RECORD_FILE};
+use thinpool::pool::{AutoextendChange, Autoextended, PoolRecord, SettingsChange, RECORD_FILE};
 use thinpool::recovery::PendingOp;
 use thinpool::testing::{require_dm, Scratch};
 use thinpool::{
@@ -405,4 +405,80 @@ fn dm_names_of_two_pools_never_collide() {
         "destroying one pool touched the other"
     );
     pb.destroy(false).unwrap();
+}
+
+#[test]
+fn dm_metadata_running_out_is_refused_before_the_kernel_turns_the_pool_read_only() {
+    require_dm();
+    let s = Scratch::new("meta-full");
+    // The smallest metadata the target takes: 512 blocks of 4K. Each new
+    // thin device costs at least one (its mapping tree's root).
+    let opts = CreateOptions {
+        data: BackingRequest::File(Some(Bytes(256 << 20))),
+        metadata: BackingRequest::File(Some(Bytes(2 << 20))),
+        ..CreateOptions::default()
+    };
+    let mut pool = Pool::create(&s.path().join("pool"), &opts).unwrap();
+    let mut made = 0;
+    let err = loop {
+        match pool.create_thin(Bytes(1 << 20), &format!("t{made}")) {
+            Ok(_) => made += 1,
+            Err(e) => break e,
+        }
+        assert!(made < 5000, "metadata never ran low");
+    };
+    match &err {
+        Error::BelowReserve { space, .. } => assert_eq!(*space, "metadata", "{err}"),
+        e => panic!("expected the metadata reserve to refuse, got: {e}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains("pool grow") || msg.contains("min-free"),
+        "{msg}"
+    );
+    assert!(made > 100, "refused after only {made} devices: {msg}");
+    let st = pool.status().unwrap();
+    // Refused while the kernel still writes: rw, nothing flagged, every
+    // device the record has is in the metadata.
+    assert_eq!(st.mode, Some(thinpool::PoolMode::Rw), "{st:?}");
+    assert_eq!(st.needs_check, Some(false));
+    assert_eq!(st.thin_devices, made);
+    let used = st.metadata.used_bytes.unwrap().0;
+    assert!(
+        used * 100 >= st.metadata.total_bytes.0 * 85,
+        "refused with {used} of {} used",
+        st.metadata.total_bytes
+    );
+    // Autoextend grows the metadata alone (the data is far from its
+    // threshold), by the step's share of it: a 64M step on 256M of data
+    // adds a quarter, and at least 1M.
+    let change = SettingsChange {
+        autoextend: AutoextendChange {
+            threshold: Some("80".parse().unwrap()),
+            step: Some(Bytes(64 << 20)),
+            max: Some(Bytes(1 << 30)),
+        },
+        ..SettingsChange::default()
+    };
+    pool.set(&change).unwrap();
+    assert_eq!(
+        pool.autoextend().unwrap(),
+        Autoextended::Grew {
+            data: (Bytes(256 << 20), Bytes(256 << 20)),
+            metadata: (Bytes(2 << 20), Bytes(3 << 20)),
+        }
+    );
+    pool.create_thin(Bytes(1 << 20), "after-autoextend")
+        .unwrap();
+    // And `pool grow` of the metadata alone reaches the kernel too.
+    pool.grow(None, Some(SizeChange::By(Bytes(2 << 20))))
+        .unwrap();
+    let st = pool.status().unwrap();
+    assert_eq!(st.metadata.total_bytes, Bytes(5 << 20));
+    pool.create_thin(Bytes(1 << 20), "after-grow").unwrap();
+    assert_eq!(pool.status().unwrap().mode, Some(thinpool::PoolMode::Rw));
+    pool.deactivate().unwrap();
+    pool.activate().unwrap();
+    assert_eq!(pool.thins().len(), made + 2);
+    pool.destroy(true).unwrap();
 }

@@ -18,7 +18,7 @@ use devicemapper::{
 use super::devices::{detach_loops, remove_devices};
 use super::tools::thin_check;
 use super::{Backing, BackingKind, Pool};
-use crate::config::OnFull;
+use crate::config::{OnFull, METADATA_BLOCK};
 use crate::error::{Error, Result};
 use crate::kernel::{self, Superblock};
 use crate::loopback;
@@ -128,11 +128,17 @@ impl Pool {
             meta,
             data,
             Sectors(self.record.block_size.sectors()),
-            DataBlocks(0),
+            DataBlocks(self.low_water_blocks()),
             pool_features(self.record.on_full),
         )
         .map_err(Error::dm("creating the thin-pool device"))?;
         self.dev = Some(dev);
+        // An adopted pool keeps its old low-water mark and features
+        // (devicemapper compares neither): bring them to the record's.
+        self.sync_pool_params()?;
+        if self.record.on_full == OnFull::Queue {
+            kernel::set_no_space_timeout(self.record.queue_timeout.secs())?;
+        }
         Ok(())
     }
 
@@ -157,6 +163,7 @@ impl Pool {
     /// Takes over an active pool, rolling forward a grow that was killed
     /// between recording the new size and reloading the tables.
     pub(super) fn adopt(&mut self) -> Result<()> {
+        let mut meta_grew = false;
         for (role, b) in [
             (Role::Meta, &self.record.metadata),
             (Role::Data, &self.record.data),
@@ -179,7 +186,10 @@ impl Pool {
                 )));
             }
             match table.sectors.cmp(&b.size.sectors()) {
-                std::cmp::Ordering::Less => self.reload_length(role, b.size.sectors(), &table)?,
+                std::cmp::Ordering::Less => {
+                    self.reload_length(role, b.size.sectors(), &table)?;
+                    meta_grew |= role == Role::Meta;
+                }
                 std::cmp::Ordering::Equal => {}
                 std::cmp::Ordering::Greater => {
                     return Err(mismatch(format!(
@@ -191,8 +201,14 @@ impl Pool {
             }
         }
         if let Some(table) = self.kernel_table(Role::Pool)? {
-            if table.sectors < self.record.data.size.sectors() {
-                self.reload_length(Role::Pool, self.record.data.size.sectors(), &table)?;
+            // The pool takes a grown data or metadata device when its
+            // table is loaded and resumed again (its preresume resizes
+            // both); a metadata-only grow reloads the same table.
+            let meta_short = meta_grew
+                || self.kernel_metadata_blocks()? < self.record.metadata.size.0 / METADATA_BLOCK.0;
+            if table.sectors < self.record.data.size.sectors() || meta_short {
+                let sectors = table.sectors.max(self.record.data.size.sectors());
+                self.reload_length(Role::Pool, sectors, &table)?;
             }
         }
         self.start_devices()

@@ -110,6 +110,25 @@ pub fn check_create_options(opts: &CreateOptions) -> Result<()> {
     plan(Path::new("/"), opts).map(|_| ())
 }
 
+/// Checks autoextend settings for a pool of `data` in `block` blocks on
+/// backings of `kinds`: only files grow by themselves.
+///
+/// Errors: [`Error::Invalid`].
+pub(super) fn check_autoextend(
+    a: &config::Autoextend,
+    data: Bytes,
+    block: crate::units::BlockSize,
+    kinds: [BackingKind; 2],
+) -> Result<()> {
+    if kinds.contains(&BackingKind::Device) {
+        return Err(Error::invalid(
+            "autoextend",
+            "it grows the pool's files, and this pool is on block devices: grow the devices, then run `thinlayer pool grow`",
+        ));
+    }
+    a.check(data, block)
+}
+
 /// Resolves and checks the backings of a pool to be created in `dir`.
 fn plan(dir: &Path, opts: &CreateOptions) -> Result<(ResolvedBacking, ResolvedBacking)> {
     if let (BackingRequest::Device(d, _), BackingRequest::Device(m, _)) =
@@ -146,6 +165,9 @@ fn plan(dir: &Path, opts: &CreateOptions) -> Result<(ResolvedBacking, ResolvedBa
         (None, _) => config::default_metadata(data_size, opts.block_size),
     };
     config::check_metadata_size(meta_size, data_size, opts.block_size)?;
+    if let Some(a) = &opts.autoextend {
+        check_autoextend(a, data_size, opts.block_size, [data.kind, meta.kind])?;
+    }
     Ok((data.sized(data_size), meta.sized(meta_size)))
 }
 
@@ -223,6 +245,8 @@ impl Pool {
             block_size: opts.block_size,
             on_full: opts.on_full,
             min_free: opts.min_free,
+            autoextend: opts.autoextend,
+            queue_timeout: opts.queue_timeout,
             data: data.backing(),
             metadata: meta.backing(),
             transaction_id: TransactionId(0),

@@ -54,12 +54,23 @@ impl Pool {
     /// Reloads a device's single-line table with a new length (same target
     /// and parameters) and resumes it.
     pub(super) fn reload_length(&self, role: Role, sectors: u64, table: &LiveTable) -> Result<()> {
+        self.reload_table(role, sectors, &table.target, &table.params)
+    }
+
+    /// Reloads a device's single-line table and resumes it.
+    pub(super) fn reload_table(
+        &self,
+        role: Role,
+        sectors: u64,
+        target: &str,
+        params: &str,
+    ) -> Result<()> {
         let name = self.names.name(role);
         let id = DevId::Name(&name);
         self.dm
             .table_load(
                 &id,
-                &[(0, sectors, table.target.clone(), table.params.clone())],
+                &[(0, sectors, target.to_string(), params.to_string())],
                 DmOptions::default(),
             )
             .map_err(Error::dm(format!("reloading {}", &*name)))?;
@@ -67,6 +78,24 @@ impl Pool {
             .device_suspend(&id, DmOptions::default())
             .map_err(Error::dm(format!("resuming {}", &*name)))?;
         Ok(())
+    }
+
+    /// The metadata blocks the kernel's pool uses (from its status line,
+    /// read by name: for adopting, before this handle has the device);
+    /// `u64::MAX` when the status says none (a failed pool: nothing to
+    /// resize).
+    pub(super) fn kernel_metadata_blocks(&self) -> Result<u64> {
+        let name = self.names.name(Role::Pool);
+        let (_, lines) = self
+            .dm
+            .table_status(&DevId::Name(&name), DmOptions::default())
+            .map_err(Error::dm(format!("reading the status of {}", &*name)))?;
+        let total = lines
+            .first()
+            .and_then(|(_, _, _, status)| status.split_whitespace().nth(1))
+            .and_then(|f| f.split_once('/'))
+            .and_then(|(_, total)| total.parse().ok());
+        Ok(total.unwrap_or(u64::MAX))
     }
 
     /// The kernel's pool device; [`Error::Inactive`] while there is none.

@@ -53,6 +53,7 @@ mod devices;
 mod grow;
 mod on_disk;
 mod repair;
+mod settings;
 mod status;
 mod thin;
 mod tools;
@@ -75,6 +76,7 @@ pub use activate::{Activated, MetadataCheck};
 pub use create::check_create_options;
 pub use on_disk::{Backing, BackingKind, PoolRecord, PoolState, ThinRecord};
 pub use repair::Repaired;
+pub use settings::{AutoextendChange, Autoextended, SettingsChange};
 pub use status::{parse_thin_ls, PoolMode, PoolStatus, SpaceStatus, ThinUsage};
 
 /// The pool's record, in its directory.
@@ -278,6 +280,27 @@ impl Pool {
             self.record = self.read_record()?;
         }
         Ok(())
+    }
+
+    /// [`Pool::refresh`], and follows the kernel: a pool another process
+    /// activated is adopted (under the lock), one it deactivated is let go.
+    ///
+    /// Errors: those of reading the record and adopting the pool.
+    pub fn refresh_devices(&mut self) -> Result<()> {
+        self.refresh()?;
+        match (self.kernel_has(Role::Pool)?, self.dev.is_some()) {
+            (true, false) => self.exclusive(|p| {
+                if p.kernel_has(Role::Pool)? {
+                    p.adopt()?;
+                }
+                Ok(())
+            }),
+            (false, true) => {
+                self.dev = None;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Writes the record, atomically and durably.

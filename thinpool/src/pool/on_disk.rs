@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{MinFree, OnFull};
+use crate::config::{Autoextend, MinFree, OnFull, QueueTimeout};
 use crate::error::{Error, Result};
 use crate::names::PoolId;
 use crate::recovery::PendingOp;
@@ -33,6 +33,12 @@ pub struct PoolRecord {
     /// a record written before the reserve existed).
     #[serde(default)]
     pub min_free: MinFree,
+    /// How the pool grows by itself; `None` for never.
+    #[serde(default)]
+    pub autoextend: Option<Autoextend>,
+    /// How long a queued write waits in the full pool.
+    #[serde(default)]
+    pub queue_timeout: QueueTimeout,
     /// The data backing.
     pub data: Backing,
     /// The metadata backing.
@@ -186,6 +192,8 @@ impl PoolRecord {
             block_size: BlockSize::DEFAULT,
             on_full: OnFull::Error,
             min_free: MinFree::DEFAULT,
+            autoextend: None,
+            queue_timeout: QueueTimeout::DEFAULT,
             data: backing("data", data),
             metadata: backing("metadata", metadata),
             transaction_id,

@@ -9,7 +9,7 @@ use devicemapper::{DmDevice, ThinPoolStatus, ThinPoolStatusSummary};
 use serde::{Deserialize, Serialize};
 
 use super::{Backing, BackingKind, Pool};
-use crate::config::{MinFree, OnFull, METADATA_BLOCK};
+use crate::config::{Autoextend, MinFree, OnFull, QueueTimeout, METADATA_BLOCK};
 use crate::error::{Error, Result};
 use crate::loopback;
 use crate::units::{Bytes, ThinId, TransactionId};
@@ -50,6 +50,26 @@ impl From<ThinPoolStatusSummary> for PoolMode {
     }
 }
 
+/// What to do about a pool in `mode` (`None` for `rw`).
+pub fn advice(mode: PoolMode, on_full: OnFull, queue_timeout: QueueTimeout) -> Option<String> {
+    match mode {
+        PoolMode::Rw => None,
+        PoolMode::OutOfDataSpace => Some(format!(
+            "the data space is full: writes to new blocks {}; run `thinlayer pool grow --data-size +SIZE` (or free space), and the pool returns to rw by itself",
+            match on_full {
+                OnFull::Error => "fail with ENOSPC".to_string(),
+                OnFull::Queue => format!("wait up to {queue_timeout}, then fail"),
+            }
+        )),
+        PoolMode::ReadOnly => Some(
+            "the metadata is full or damaged, so no block can be allocated: run `thinlayer pool grow --metadata-size +SIZE`; if the pool stays read-only, run `thinlayer pool deactivate` and `thinlayer pool repair`".into(),
+        ),
+        PoolMode::Fail => Some(
+            "the kernel has failed the pool: unmount its layers, run `thinlayer pool deactivate`, then `thinlayer pool repair`".into(),
+        ),
+    }
+}
+
 /// A pool's status: what the record says, and what the kernel says when
 /// the pool is active. The serialized field names are a stable interface.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -71,6 +91,15 @@ pub struct PoolStatus {
     pub on_full: OnFull,
     /// The free space below which new thin devices are refused.
     pub min_free: MinFree,
+    /// How the pool grows by itself; `None` for never.
+    pub autoextend: Option<Autoextend>,
+    /// How long a queued write waits in the full pool, as the record asks.
+    pub queue_timeout: QueueTimeout,
+    /// The kernel's `no_space_timeout` in seconds (one for every pool),
+    /// when it can be read.
+    pub kernel_queue_timeout: Option<u32>,
+    /// What to do about the pool's mode, when it is not `rw`.
+    pub advice: Option<String>,
     /// The kernel's transaction id while active, the record's otherwise.
     pub transaction_id: TransactionId,
     /// How many thin devices the record has.
@@ -203,6 +232,10 @@ impl Pool {
             block_size: r.block_size.bytes(),
             on_full: r.on_full,
             min_free: r.min_free,
+            autoextend: r.autoextend,
+            queue_timeout: r.queue_timeout,
+            kernel_queue_timeout: crate::kernel::no_space_timeout(),
+            advice: None,
             transaction_id: r.transaction_id,
             thin_devices: r.thins.len(),
             data: SpaceStatus::of(&r.data),
@@ -223,6 +256,7 @@ impl Pool {
                 ThinPoolStatus::Error | ThinPoolStatus::Fail => st.mode = Some(PoolMode::Fail),
             }
         }
+        st.advice = st.mode.and_then(|m| advice(m, r.on_full, r.queue_timeout));
         Ok(st)
     }
 }

@@ -15,7 +15,7 @@ use crate::units::{Bytes, ThinId, TransactionId};
 impl Pool {
     /// The kernel's status of a working pool; [`Error::Failed`] when the
     /// kernel has failed it.
-    fn working_status(&self) -> Result<ThinPoolWorkingStatus> {
+    pub(super) fn working_status(&self) -> Result<ThinPoolWorkingStatus> {
         match self.kernel_status()? {
             ThinPoolStatus::Working(w) => Ok(*w),
             ThinPoolStatus::Error | ThinPoolStatus::Fail => Err(Error::Failed),
@@ -59,16 +59,6 @@ impl Pool {
             }
         }
         Ok(())
-    }
-
-    /// Sets the reserve below which new thin devices are refused.
-    ///
-    /// Errors: those of writing the record.
-    pub fn set_min_free(&mut self, min_free: crate::MinFree) -> Result<()> {
-        self.exclusive(|p| {
-            p.record.min_free = min_free;
-            p.save()
-        })
     }
 
     fn set_transaction(&self, from: TransactionId) -> Result<()> {
