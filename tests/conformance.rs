@@ -26,6 +26,7 @@ conformance!(
     layer_rm_refuses_while_children_mounts_or_images_exist,
     sizes_follow_what_was_written,
     snapshot_killed_at_any_instant_is_repaired,
+    every_kill_point_of_the_protocol_is_hit_and_recovered,
     concurrent_snapshots_serialize_and_all_succeed,
     umoci_image_imports_to_the_same_tree_as_umoci_unpacks,
     docker_archive_from_skopeo_imports_with_its_tag,
@@ -365,6 +366,83 @@ fn snapshot_killed_at_any_instant_is_repaired(d: Drv) {
     assert!(
         repaired >= 3,
         "only {repaired} of 16 kills landed mid-snapshot: the test proves little"
+    );
+}
+
+/// Random kills land where the time goes; this kills a snapshot and a
+/// removal at each named instant of the protocol between two durable
+/// writes (`thinpool::killpoint`), so that every one of them is hit and
+/// its recovery checked: a layer killed while being made is undone, one
+/// killed while being removed is removed, records and resources agree,
+/// and (thin) the pool's metadata holds no id the records do not name.
+fn every_kill_point_of_the_protocol_is_hit_and_recovered(d: Drv) {
+    use std::os::unix::process::ExitStatusExt;
+    use thinpool::killpoint;
+    let e = Env::new("killpoints", d);
+    let t = e.tar("t.tar", Tar::new().file("payload", &vec![7u8; 1 << 20]));
+    e.layer(None, "base", &t);
+    let mut hit = std::collections::BTreeSet::new();
+    for &point in killpoint::ALL {
+        for removal in [false, true] {
+            let args = if removal {
+                e.layer(Some("base"), "k", &t);
+                vec!["layer", "rm", "k"]
+            } else {
+                vec!["snapshot", "layer", "base", "--name", "k", "--from-tar", &t]
+            };
+            let o = e.cmd(&args).env(killpoint::ENV, point).output().unwrap();
+            let what = format!("{} killed at {point}", args[..2].join(" "));
+            if o.status.signal() != Some(9) {
+                // The point is not on this command's path.
+                assert!(o.status.success(), "{what}: {}", stderr(&o));
+                if !removal {
+                    e.ok(&["layer", "rm", "k"]);
+                }
+                continue;
+            }
+            hit.insert(point);
+            let ls = e.run(&["layer", "ls"]);
+            assert!(
+                stderr(&ls).contains("recovered:"),
+                "{what}: the next command recovered nothing: {}",
+                stderr(&ls)
+            );
+            e.assert_consistent();
+            // Neither a half-made layer nor a half-removed one survives.
+            assert!(
+                !e.list("layer").iter().any(|l| l["name"] == "k"),
+                "{what}: the layer is still there"
+            );
+        }
+    }
+    if d == Drv::Thin {
+        // Reloading the pool frees ids its metadata holds and no record
+        // names: no kill may have left one.
+        e.ok(&["pool", "deactivate"]);
+        let o = e.run(&["pool", "activate"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            !stderr(&o).contains("freed thin id"),
+            "a kill left an orphan thin id: {}",
+            stderr(&o)
+        );
+    }
+    e.with_mounted("base", |m| {
+        assert_eq!(std::fs::metadata(m.join("payload")).unwrap().len(), 1 << 20)
+    });
+    let want: Vec<&str> = killpoint::ALL
+        .iter()
+        .copied()
+        .filter(|p| d == Drv::Thin || !p.starts_with("pool-"))
+        .collect();
+    assert_eq!(
+        hit.into_iter().collect::<Vec<_>>(),
+        {
+            let mut w = want;
+            w.sort();
+            w
+        },
+        "kill points never hit"
     );
 }
 

@@ -5,6 +5,7 @@
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 
+use thinpool::killpoint;
 use thinpool::lock::LockGuard;
 
 use super::journal::{self, Claim, Journal};
@@ -119,6 +120,7 @@ impl Txn<'_> {
         }
         let id = &self.live.as_ref().expect("made above").0;
         thinpool::record::write(&self.store.journal_path(id), &self.journal)?;
+        killpoint::here(killpoint::STORE_JOURNAL_WRITTEN);
         Ok(())
     }
 
@@ -275,7 +277,9 @@ impl Txn<'_> {
         let rec = self
             .store
             .unlocked(|driver| make_resource(driver, id, &chain, &layout, new))??;
+        killpoint::here(killpoint::STORE_RESOURCE_MADE);
         thinpool::record::write(&self.store.layer_path(id), &rec)?;
+        killpoint::here(killpoint::STORE_LAYER_RECORDED);
         Ok(self.store.layers.entry(id.clone()).or_insert(rec))
     }
 
@@ -290,6 +294,7 @@ impl Txn<'_> {
     pub fn remove_layer(&mut self, id: &LayerId) -> Result<()> {
         if let Some(rec) = self.store.layers.get(id).cloned() {
             self.store.unlocked(|d| d.remove(&rec))??;
+            killpoint::here(killpoint::STORE_RESOURCE_REMOVED);
             thinpool::record::remove(&self.store.layer_path(id))?;
             // Without its record, a layout left by a kill is swept at open.
             thinpool::record::remove(&self.store.layout_path(id))?;

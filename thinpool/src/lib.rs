@@ -28,6 +28,7 @@
 pub mod config;
 pub mod error;
 pub mod kernel;
+pub mod killpoint;
 pub mod lock;
 pub mod loopback;
 pub mod monitor;

@@ -6,6 +6,7 @@ use devicemapper::{ThinPoolStatus, ThinPoolStatusSummary, ThinPoolWorkingStatus}
 
 use super::Pool;
 use crate::error::{Error, Result};
+use crate::killpoint;
 use crate::names::Role;
 use crate::recovery::{self, PendingOp, Recovery};
 use std::collections::BTreeSet;
@@ -137,14 +138,19 @@ impl Pool {
         let r = self.record.transaction_id;
         self.record.pending = Some(op.clone());
         self.save()?;
+        killpoint::here(killpoint::POOL_PENDING_RECORDED);
         let sent = before(self).and_then(|()| {
             let sent = self.message(msg);
             after(self);
             sent
         });
-        let result = sent.and_then(|()| self.set_transaction(r));
+        let result = sent.and_then(|()| {
+            killpoint::here(killpoint::POOL_MESSAGE_SENT);
+            self.set_transaction(r)
+        });
         match result {
             Ok(()) => {
+                killpoint::here(killpoint::POOL_TRANSACTION_SET);
                 self.record.commit(op);
                 self.save()
             }

@@ -1,0 +1,52 @@
+//! Named instants of the crash-safety protocol, at which a test can have
+//! the process killed (`SIGKILL`, as `kill -9` or a power cut would stop
+//! it: no destructor, no flush, no unlock but the kernel's). Random kills
+//! land where the time goes; these make sure every step between two
+//! durable writes is hit at least once, and the recovery after it proven.
+//!
+//! A point does nothing unless the environment variable [`ENV`] names it.
+
+use std::sync::OnceLock;
+
+/// The environment variable naming the point to be killed at.
+pub const ENV: &str = "THINLAYER_KILL_AT";
+
+/// The pool recorded a thin-device change as pending; no message sent.
+pub const POOL_PENDING_RECORDED: &str = "pool-pending-recorded";
+/// The pool's message (create, snapshot, delete) was sent; the
+/// transaction id not yet moved.
+pub const POOL_MESSAGE_SENT: &str = "pool-message-sent";
+/// The kernel's transaction id moved; the pool's record not yet
+/// committed.
+pub const POOL_TRANSACTION_SET: &str = "pool-transaction-set";
+/// A store transaction's journal was written (its intent recorded).
+pub const STORE_JOURNAL_WRITTEN: &str = "store-journal-written";
+/// A new layer's resource (thin device or directory) was made and
+/// filled; its record not yet written.
+pub const STORE_RESOURCE_MADE: &str = "store-resource-made";
+/// A new layer's record was written; the journal not yet removed.
+pub const STORE_LAYER_RECORDED: &str = "store-layer-recorded";
+/// A layer's resource was removed; its record not yet.
+pub const STORE_RESOURCE_REMOVED: &str = "store-resource-removed";
+
+/// Every point, in protocol order.
+pub const ALL: &[&str] = &[
+    STORE_JOURNAL_WRITTEN,
+    POOL_PENDING_RECORDED,
+    POOL_MESSAGE_SENT,
+    POOL_TRANSACTION_SET,
+    STORE_RESOURCE_MADE,
+    STORE_LAYER_RECORDED,
+    STORE_RESOURCE_REMOVED,
+];
+
+/// Kills the process if [`ENV`] names `point`.
+pub fn here(point: &'static str) {
+    static WANTED: OnceLock<Option<String>> = OnceLock::new();
+    debug_assert!(ALL.contains(&point), "unknown kill point {point}");
+    if WANTED.get_or_init(|| std::env::var(ENV).ok()).as_deref() == Some(point) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        // Not reached: SIGKILL cannot be caught.
+        std::process::abort();
+    }
+}
