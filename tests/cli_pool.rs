@@ -371,8 +371,96 @@ fn dm_pool_create_with_defaults_matches_dmsetup_status() {
         human.contains("mode          rw") && human.contains("100G"),
         "{human}"
     );
+    base_filesystem_takes_only_what_it_writes(&root, &st);
     ok(&root, &["pool", "destroy"]);
     assert_nothing_left(&s, &root);
+}
+
+/// The pool provisions only what mkfs writes for the default 10G base:
+/// its inode tables and journal are read as the thin device's zeros, not
+/// written; no lazy-init thread writes them later (a layer mounted
+/// read-write for a while provisions next to nothing); and e2fsck finds
+/// the base and the layer clean.
+fn base_filesystem_takes_only_what_it_writes(root: &Path, st: &Value) {
+    let used = || status(root)["data"]["used_bytes"].as_u64().unwrap();
+    let after_create = used();
+    assert!(
+        after_create <= 16 << 20,
+        "the base filesystem provisioned {} MiB",
+        after_create >> 20
+    );
+    ok(root, &["layer", "create", "--name", "l"]);
+    let thins = || -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(root.join("pool/pool.json")).unwrap();
+        let rec: Value = serde_json::from_str(text.split_once('\n').unwrap().1).unwrap();
+        rec["thins"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(id, t)| (id.clone(), t["tag"].as_str().unwrap_or("").to_string()))
+            .collect()
+    };
+    let all = thins();
+    let base = &all.iter().find(|(_, t)| t == "base").expect("no base").0;
+    let layer = &all.iter().find(|(_, t)| t != "base").expect("no layer").0;
+    let sectors = (10u64 << 30) / 512;
+    // By number: thinlayer makes its devices without /dev/mapper nodes.
+    let pool = dmsetup(&[
+        "info",
+        "-c",
+        "--noheadings",
+        "-o",
+        "major,minor",
+        &pool_dm_name(st),
+    ])
+    .trim()
+    .to_string();
+    let check = |id: &str, rw: bool| {
+        let name = format!("tl-test-fsck-{}-{id}", std::process::id());
+        let table = format!("0 {sectors} thin {pool} {id}");
+        let mut args = vec!["create", &name, "--table", &table];
+        if !rw {
+            args.push("--readonly");
+        }
+        dmsetup(&args);
+        let dev = format!("/dev/mapper/{name}");
+        if rw {
+            // Mounted read-write as a container's layer is: ext4's lazy
+            // init would start zeroing inode tables now.
+            let mnt = tempfile::tempdir().unwrap();
+            let st = Command::new("mount")
+                .arg(&dev)
+                .arg(mnt.path())
+                .status()
+                .unwrap();
+            assert!(st.success());
+            std::thread::sleep(Duration::from_secs(3));
+            let st = Command::new("umount").arg(mnt.path()).status().unwrap();
+            assert!(st.success());
+        }
+        let fsck = Command::new("e2fsck").args(["-fn", &dev]).output().unwrap();
+        dmsetup(&["remove", &name]);
+        assert!(
+            fsck.status.success(),
+            "e2fsck of thin device {id}: {}{}",
+            String::from_utf8_lossy(&fsck.stdout),
+            String::from_utf8_lossy(&fsck.stderr)
+        );
+    };
+    check(layer, true);
+    let after_mount = used();
+    assert!(
+        after_mount - after_create <= 2 << 20,
+        "a layer mounted read-write for 3 s provisioned {} KiB",
+        (after_mount - after_create) >> 10
+    );
+    check(base, false);
+    eprintln!(
+        "base filesystem (10G ext4): {} KiB of pool after create, {} KiB more after a read-write mount",
+        after_create >> 10,
+        (after_mount - after_create) >> 10
+    );
+    ok(root, &["layer", "rm", "l"]);
 }
 
 #[test]
