@@ -1051,3 +1051,60 @@ fn dm_activation_frees_ids_no_record_names_and_a_failed_undo_stays_pending() {
     );
     assert_eq!(status(&root)["thin_devices"], 2, "base and x");
 }
+
+/// Bytes the host filesystem holds for a file (a sparse file's holes take
+/// none).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn dm_deleting_a_layer_gives_its_blocks_back_to_the_host_filesystem() {
+    require_dm();
+    let s = Scratch::new("discard");
+    let root = s.path().join("root");
+    ok(&root, &["pool", "create", "--data-size", "1G"]);
+    // 32 MiB that no other layer shares (incompressible, so no filesystem
+    // trick keeps it small).
+    let mut data = vec![0u8; 32 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let tar = common::Tar::new()
+        .file("big", &data)
+        .write(&s.path().join("big.tar"));
+    ok(
+        &root,
+        &[
+            "layer",
+            "create",
+            "--name",
+            "big",
+            "--from-tar",
+            tar.to_str().unwrap(),
+        ],
+    );
+    let file = root.join("pool/data");
+    let used = || status(&root)["data"]["used_bytes"].as_u64().unwrap();
+    let (pool_before, file_before) = (used(), allocated(&file));
+    ok(&root, &["layer", "rm", "big"]);
+    let (pool_after, file_after) = (used(), allocated(&file));
+    let pool_freed = pool_before - pool_after;
+    let file_freed = file_before.saturating_sub(file_after);
+    eprintln!(
+        "layer rm: the pool freed {} KiB, the data file gave back {} KiB",
+        pool_freed >> 10,
+        file_freed >> 10
+    );
+    assert!(pool_freed >= 32 << 20, "the pool freed {pool_freed}");
+    assert!(
+        file_freed * 10 >= pool_freed * 9,
+        "the data file gave back {file_freed} of the {pool_freed} bytes the pool freed"
+    );
+    ok(&root, &["pool", "destroy"]);
+}

@@ -102,13 +102,30 @@ fn has_thin_pool(dm: &DM) -> Result<bool> {
         .any(|t| t.0 == "thin-pool"))
 }
 
-/// The block-device ioctl issued here.
+/// The block-device ioctls issued here.
 mod sys {
-    use linux_raw_sys::ioctl::BLKGETSIZE64;
+    use linux_raw_sys::ioctl::{BLKDISCARD, BLKGETSIZE64};
 
     // The kernel declares it `_IOR(0x12, 114, size_t)` but always writes a
     // u64, on 32-bit machines too.
     nix::ioctl_read_bad!(blkgetsize64, BLKGETSIZE64, u64);
+    // `_IO(0x12, 119)`, reading a `{start, length}` pair of u64 in bytes.
+    nix::ioctl_write_ptr_bad!(blkdiscard, BLKDISCARD, [u64; 2]);
+}
+
+/// Discards `len` bytes from `start` of the block device open (for
+/// writing) as `file`: `BLKDISCARD`. On a thin device, blocks it alone
+/// maps are freed in the pool and the discard passes down to the data
+/// device (a loop device punches holes in its file).
+///
+/// Errors: `EOPNOTSUPP` where the device takes no discards; `EINVAL` for a
+/// range not aligned to its sectors.
+pub fn discard(file: &File, start: Bytes, len: Bytes) -> io::Result<()> {
+    let range = [start.0, len.0];
+    // SAFETY: `file` stays open for the call, and BLKDISCARD reads two
+    // u64 through its argument, which points at an array we own.
+    unsafe { sys::blkdiscard(file.as_raw_fd(), &range) }.map_err(io::Error::from)?;
+    Ok(())
 }
 
 /// Size of the block device open as `file`, from `BLKGETSIZE64`.

@@ -1,5 +1,6 @@
 //! Thin devices: create, snapshot, delete, activate, deactivate, grow.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use devicemapper::{DevId, DmDevice, DmFlags, DmOptions, Sectors, ThinDev, ThinDevId};
@@ -7,6 +8,7 @@ use devicemapper::{DevId, DmDevice, DmFlags, DmOptions, Sectors, ThinDev, ThinDe
 use super::devices::remove_device;
 use super::Pool;
 use crate::error::{Error, Result};
+use crate::kernel;
 use crate::names::Role;
 use crate::recovery::PendingOp;
 use crate::units::{Bytes, ThinId};
@@ -104,6 +106,10 @@ impl Pool {
             return Err(Error::NoSuchThin(id));
         }
         self.pool_dev()?;
+        // Its blocks go back to the host before the device goes: the
+        // delete frees them in the pool only, and a loop-backed pool's
+        // file would keep them allocated for good.
+        self.discard_thin(id);
         // Deactivation (which may wait for the device to close) outside
         // the lock; the delete itself under it.
         self.remove_thin_dev(id)?;
@@ -119,6 +125,30 @@ impl Pool {
                 |_| {},
             )
         })
+    }
+
+    /// Discards the whole of thin device `id` (activating it if needed):
+    /// the pool frees the blocks it alone maps and passes the discards
+    /// down to the data device, so a loop-backed pool's file gives the
+    /// space back to the host filesystem (containerd's devmapper
+    /// snapshotter's `discard_blocks`). Best effort: a device that is
+    /// open elsewhere, or a pool whose data device takes no discards,
+    /// keeps its blocks until the delete frees them in the pool.
+    fn discard_thin(&mut self, id: ThinId) {
+        let Some(size) = self.record.thins.get(&id).map(|t| t.size) else {
+            return;
+        };
+        let Ok(dev) = self.activate_thin(id) else {
+            return;
+        };
+        // O_EXCL: never under a mounted filesystem or another opener.
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&dev)
+        {
+            let _ = kernel::discard(&f, Bytes(0), size);
+        }
     }
 
     /// Activates a thin device and returns its device node (`/dev/dm-N`,
