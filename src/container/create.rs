@@ -5,6 +5,9 @@ use std::fs;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
+
+use thinpool::lock::LockGuard;
 
 use super::scoped;
 use super::spec::{self, MountSpec, Source};
@@ -104,15 +107,30 @@ impl Containers<'_> {
             remove_volumes: false,
             created_unix: now_unix(),
         };
+        // Held until the record says `created`: while it is, no other
+        // process undoes the record, and this one works on the container
+        // without the containers' lock.
+        let alive = self.liveness_lock(&id);
+        let guard = LockGuard::acquire(&alive, Duration::ZERO)?;
         self.save(&rec)?;
         self.records.insert(id.clone(), rec.clone());
         if let Err(e) = self.make(&mut rec) {
+            if self.lock.is_none() {
+                // The containers' lock could not be taken back: the next
+                // command undoes the record once this process is gone.
+                return Err(e);
+            }
             let undo = self.undo_create(&rec);
+            if undo.is_ok() {
+                let _ = fs::remove_file(&alive);
+            }
             return Err(e.with_rollback(undo));
         }
         rec.state = State::Created;
         self.save(&rec)?;
         self.records.insert(id, rec.clone());
+        let _ = fs::remove_file(&alive);
+        drop(guard);
         Ok(rec)
     }
 
@@ -166,12 +184,22 @@ impl Containers<'_> {
         }
         let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let init = spec::init_changeset(&rec.hostname, &host_resolv, now_unix());
-        let store = self.res.open_store(rec)?;
-        let layers =
-            store.create_container_layers(&rec.parent, &rec.id, &mut init.as_slice(), rec.size)?;
-        rec.layers = layers.to_vec();
+        // The layers, and filling the volumes from them, without the
+        // containers' lock: other creates run meanwhile. The record claims
+        // the name and the volumes; the store's journal claims the layers.
+        let layers = self.unlocked(|c| {
+            let store = c.res.open_store(rec)?;
+            let layers = store.create_container_layers(
+                &rec.parent,
+                &rec.id,
+                &mut init.as_slice(),
+                rec.size,
+            )?;
+            Ok(layers.to_vec())
+        })?;
+        rec.layers = layers;
         self.save(rec)?;
-        self.populate(rec)
+        self.unlocked(|c| c.populate(rec))
     }
 
     /// Fills each new, empty volume from what the image has at its path

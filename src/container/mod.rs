@@ -50,7 +50,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use thinpool::lock::LockGuard;
 
@@ -71,7 +71,8 @@ use res::Res;
 /// The containers and volumes of a root, open and locked.
 pub struct Containers<'r> {
     dir: PathBuf,
-    _lock: LockGuard,
+    /// The containers' lock; `None` only inside [`Containers::unlocked`].
+    lock: Option<LockGuard>,
     volumes: Volumes,
     records: BTreeMap<String, ContainerRecord>,
     res: Res<'r>,
@@ -90,33 +91,47 @@ impl<'r> Containers<'r> {
             .map_err(Error::io("creating", &dir))?;
         let lock = LockGuard::acquire(&dir.join("lock"), root.lock_timeout())?;
         let volumes = Volumes::open(&root.volumes_dir())?;
-        let mut records = BTreeMap::new();
-        let rd = fs::read_dir(&dir).map_err(Error::io("listing", &dir))?;
-        for e in rd.flatten() {
-            let p = e.path();
-            if !p.is_dir() {
-                continue;
-            }
-            match thinpool::record::read::<ContainerRecord>(&p.join("config.json"))? {
-                Some(r) => {
-                    records.insert(r.id.clone(), r);
-                }
-                // A removal killed after its record went.
-                None if !mount::is_mounted(&p.join("rootfs"))? => {
-                    fs::remove_dir_all(&p).map_err(Error::io("removing", &p))?;
-                }
-                None => {}
-            }
-        }
+        let records = read_records(&dir)?;
         let mut c = Containers {
             dir,
-            _lock: lock,
+            lock: Some(lock),
             volumes,
             records,
             res: Res::new(root),
         };
         c.recover()?;
         Ok(c)
+    }
+
+    /// Runs `work` without the containers' lock, so that other container
+    /// and volume commands go on meanwhile, then closes the stores `work`
+    /// opened (a store's lock is never held while waiting for the
+    /// containers': the lock order), takes the lock again and reads the
+    /// records and volumes anew. What `work` touches must be claimed by a
+    /// record of this process (a container being created, its liveness
+    /// lock held: [`Self::liveness_lock`]).
+    ///
+    /// Errors: `work`'s; then the lock cannot be taken again, or the
+    /// records cannot be read.
+    pub(super) fn unlocked<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.res.release();
+        self.lock = None;
+        let out = work(self);
+        self.res.release();
+        self.lock = Some(LockGuard::acquire(
+            &self.dir.join("lock"),
+            self.res.root.lock_timeout(),
+        )?);
+        self.records = read_records(&self.dir)?;
+        self.volumes = Volumes::open(&self.res.root.volumes_dir())?;
+        out
+    }
+
+    /// The lock a process holds while it creates container `id` without
+    /// the containers' lock: recovery leaves a `creating` record alone
+    /// while it is held.
+    pub(super) fn liveness_lock(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.lock"))
     }
 
     fn recover(&mut self) -> Result<()> {
@@ -142,7 +157,14 @@ impl<'r> Containers<'r> {
         for rec in unfinished {
             match rec.state {
                 State::Creating => {
+                    // A live creator holds it: not ours to undo.
+                    let lock = self.liveness_lock(&rec.id);
+                    let Some(guard) = LockGuard::try_acquire(&lock)? else {
+                        continue;
+                    };
                     self.undo_create(&rec)?;
+                    let _ = fs::remove_file(&lock);
+                    drop(guard);
                     self.res
                         .repairs
                         .push(format!("undid the creation of container {}", rec.name));
@@ -182,15 +204,23 @@ impl<'r> Containers<'r> {
         Ok(thinpool::record::write(&d.join("config.json"), rec)?)
     }
 
-    /// Finds a container by name, id or unique id prefix.
+    /// Finds a container by name, id or unique id prefix; one another
+    /// command is still creating is refused.
     pub fn get(&self, key: &str) -> Result<&ContainerRecord> {
-        if let Some(r) = self.records.get(key) {
-            return Ok(r);
+        let r = if let Some(r) = self.records.get(key) {
+            r
+        } else if let Some(r) = self.records.values().find(|r| r.name == key) {
+            r
+        } else {
+            by_id_prefix("container", key, self.records.values(), |r| r.id.as_str())?
+        };
+        if r.state == State::Creating {
+            return Err(Error::InUse {
+                what: format!("container {}", r.name),
+                reason: "another command is still creating it; retry when it is done".into(),
+            });
         }
-        if let Some(r) = self.records.values().find(|r| r.name == key) {
-            return Ok(r);
-        }
-        by_id_prefix("container", key, self.records.values(), |r| r.id.as_str())
+        Ok(r)
     }
 
     /// Whether the container's rootfs is mounted.
@@ -303,4 +333,28 @@ impl<'r> Containers<'r> {
         }
         Ok(rec)
     }
+}
+
+/// Every container record in `dir`; a directory left without its record
+/// by a killed removal is swept.
+fn read_records(dir: &Path) -> Result<BTreeMap<String, ContainerRecord>> {
+    let mut records = BTreeMap::new();
+    let rd = fs::read_dir(dir).map_err(Error::io("listing", dir))?;
+    for e in rd.flatten() {
+        let p = e.path();
+        if !p.is_dir() {
+            continue;
+        }
+        match thinpool::record::read::<ContainerRecord>(&p.join("config.json"))? {
+            Some(r) => {
+                records.insert(r.id.clone(), r);
+            }
+            // A removal killed after its record went.
+            None if !mount::is_mounted(&p.join("rootfs"))? => {
+                fs::remove_dir_all(&p).map_err(Error::io("removing", &p))?;
+            }
+            None => {}
+        }
+    }
+    Ok(records)
 }

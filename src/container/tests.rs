@@ -183,3 +183,35 @@ fn plain_overlay_container_with_a_size_is_refused_before_anything_is_made() {
     assert_eq!(fake.state().calls, calls, "the driver was called");
     assert!(Containers::open(&r).unwrap().list().unwrap().is_empty());
 }
+
+/// A container another live process is creating (its `creating` record,
+/// its liveness lock held) is left alone by this process's recovery and
+/// refused by its commands; once that process is gone, the next open
+/// undoes it.
+#[test]
+fn plain_a_create_in_flight_elsewhere_is_not_undone_until_its_process_is_gone() {
+    let (t, fake) = setup();
+    let r = root(t.path(), &fake);
+    let rec = Containers::open(&r).unwrap().create(&request()).unwrap();
+    let dir = r.containers_dir();
+    // As another process would leave it mid-create, holding its lock.
+    let mut creating = rec.clone();
+    creating.state = State::Creating;
+    thinpool::record::write(&dir.join(&rec.id).join("config.json"), &creating).unwrap();
+    let alive = LockGuard::acquire(&dir.join(format!("{}.lock", rec.id)), Duration::ZERO).unwrap();
+    let c = Containers::open(&r).unwrap();
+    assert!(c.repairs().is_empty(), "{:?}", c.repairs());
+    let err = c.get("web").unwrap_err().to_string();
+    assert!(err.contains("still creating it"), "{err}");
+    drop(c);
+    drop(alive);
+    let c = Containers::open(&r).unwrap();
+    assert_eq!(
+        c.repairs(),
+        ["undid the creation of container web".to_string()]
+    );
+    assert!(c.get("web").is_err());
+    assert!(!dir.join(format!("{}.lock", rec.id)).exists());
+    drop(c);
+    assert_consistent(&r, &fake);
+}
