@@ -972,6 +972,13 @@ fn dm_containerd_on_a_full_pool_is_refused_cleanly_and_recovers() {
         log.lines().any(|l| l.contains("/late: ResourceExhausted")),
         "the daemon did not answer ResourceExhausted:\n{log}"
     );
+    // The daemon watches its pool (as `pool monitor`): the kernel's event
+    // for the full pool woke it, and it said so.
+    assert!(
+        log.contains("pool monitor: watching pool")
+            && log.contains("pool monitor: pool mode: out-of-data-space"),
+        "the daemon's pool monitor did not report the full pool:\n{log}"
+    );
     // An unpack of another image into the full pool fails and leaves
     // nothing.
     let other = {
