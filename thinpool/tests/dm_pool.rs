@@ -482,3 +482,58 @@ fn dm_metadata_running_out_is_refused_before_the_kernel_turns_the_pool_read_only
     assert_eq!(pool.thins().len(), made + 2);
     pool.destroy(true).unwrap();
 }
+
+#[test]
+fn dm_metadata_exhausted_past_a_zero_reserve_turns_read_only_and_an_offline_grow_brings_it_back() {
+    require_dm();
+    let s = Scratch::new("meta-out");
+    let opts = CreateOptions {
+        data: BackingRequest::File(Some(Bytes(256 << 20))),
+        metadata: BackingRequest::File(Some(Bytes(2 << 20))),
+        min_free: thinpool::MinFree::new(0).unwrap(),
+        ..CreateOptions::default()
+    };
+    let mut pool = Pool::create(&s.path().join("pool"), &opts).unwrap();
+    let mut made = 0;
+    let err = loop {
+        match pool.create_thin(Bytes(1 << 20), &format!("t{made}")) {
+            Ok(_) => made += 1,
+            Err(e) => break e,
+        }
+        assert!(made < 5000, "metadata never ran out");
+    };
+    let st = pool.status().unwrap();
+    eprintln!(
+        "after {made} devices: {err}; mode {:?}, needs_check {:?}, advice {:?}",
+        st.mode, st.needs_check, st.advice
+    );
+    assert_eq!(st.thin_devices, made, "a failed create was recorded");
+    // The kernel turned the pool read-only (it grows no read-only pool),
+    // and the failed create's undo waits: nothing was forgotten.
+    assert_eq!(st.mode, Some(thinpool::PoolMode::ReadOnly), "{st:?}");
+    assert!(
+        matches!(err, Error::Rollback { .. } | Error::ReadOnly),
+        "{err}"
+    );
+    assert!(st.advice.unwrap().contains("pool grow --metadata-size"));
+    assert!(matches!(
+        pool.create_thin(Bytes(1 << 20), "refused"),
+        Err(Error::ReadOnly | Error::UndoPending { .. })
+    ));
+    // As the advice says: deactivated, the metadata grown offline, the
+    // activation loads it; the kernel resizes it and the pool is rw, the
+    // pending undo finished.
+    pool.deactivate().unwrap();
+    pool.grow(None, Some(SizeChange::By(Bytes(2 << 20))))
+        .unwrap();
+    pool.activate().unwrap();
+    let st = pool.status().unwrap();
+    assert_eq!(st.mode, Some(thinpool::PoolMode::Rw), "{st:?}");
+    assert_eq!(st.metadata.total_bytes, Bytes(4 << 20));
+    assert_eq!(pool.record().pending, None);
+    pool.create_thin(Bytes(1 << 20), "after").unwrap();
+    assert_eq!(pool.thins().len(), made + 1);
+    pool.deactivate().unwrap();
+    pool.activate().unwrap();
+    pool.destroy(true).unwrap();
+}

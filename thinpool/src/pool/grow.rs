@@ -80,17 +80,18 @@ fn extend_backing(b: &Backing, new: Bytes) -> Result<()> {
 }
 
 impl Pool {
-    /// Grows the data and/or metadata of the active pool online (`None`
-    /// keeps a size). A loop-backed pool's files are extended; a
+    /// Grows the data and/or metadata of the pool (`None` keeps a size):
+    /// online when it is active; when it is not, the next activation
+    /// loads the grown devices (the way back for a pool the kernel turned
+    /// read-only when its metadata ran out, which it will not grow while
+    /// read-only). A loop-backed pool's files are extended; a
     /// device-backed pool's devices must already be large enough.
     ///
     /// Errors: [`Error::Invalid`] for a shrink or a size the rules refuse;
     /// [`Error::GrowNeedsMetadata`] when only the data grows and the
-    /// metadata would be too small for it; [`Error::DeviceTooSmall`];
-    /// [`Error::Inactive`].
+    /// metadata would be too small for it; [`Error::DeviceTooSmall`].
     pub fn grow(&mut self, data: Option<SizeChange>, metadata: Option<SizeChange>) -> Result<()> {
         let (new_data, new_meta) = plan(&self.record, data, metadata)?;
-        self.pool_dev()?;
         for (b, new) in [
             (&self.record.data, new_data),
             (&self.record.metadata, new_meta),
@@ -102,6 +103,9 @@ impl Pool {
         self.record.data.size = new_data;
         self.record.metadata.size = new_meta;
         self.save()?;
+        if self.dev.is_none() {
+            return Ok(());
+        }
         self.dev = None;
         self.adopt()
     }

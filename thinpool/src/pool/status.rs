@@ -62,7 +62,7 @@ pub fn advice(mode: PoolMode, on_full: OnFull, queue_timeout: QueueTimeout) -> O
             }
         )),
         PoolMode::ReadOnly => Some(
-            "the metadata is full or damaged, so no block can be allocated: run `thinlayer pool grow --metadata-size +SIZE`; if the pool stays read-only, run `thinlayer pool deactivate` and `thinlayer pool repair`".into(),
+            "the metadata is full or damaged, so no block can be allocated, and the kernel grows no read-only pool: unmount its layers, run `thinlayer pool deactivate`, `thinlayer pool grow --metadata-size +SIZE` and `thinlayer pool activate`; if it stays read-only, deactivate it and run `thinlayer pool repair`".into(),
         ),
         PoolMode::Fail => Some(
             "the kernel has failed the pool: unmount its layers, run `thinlayer pool deactivate`, then `thinlayer pool repair`".into(),

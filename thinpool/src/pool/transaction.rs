@@ -221,6 +221,11 @@ impl Pool {
     /// rollback or a lost record left. Returns what it freed.
     pub fn free_orphan_ids(&mut self) -> Result<Vec<ThinId>> {
         self.exclusive(|p| {
+            // A read-only pool takes no metadata snapshot and no delete:
+            // the orphans wait for an activation that finds it writable.
+            if p.working_status()?.summary == ThinPoolStatusSummary::ReadOnly {
+                return Ok(vec![]);
+            }
             let pending = p.record.pending.as_ref().map(PendingOp::thin_id);
             let orphans: Vec<ThinId> = p
                 .metadata_ids()?
