@@ -1209,15 +1209,7 @@ fn root_a_full_state_filesystem_fails_commands_clearly_and_loses_nothing() {
         }
     }
     let _u = Unmount(fs_dir.clone());
-    let e = Env {
-        root: fs_dir.join("root"),
-        s,
-        drv: Drv::Overlay,
-    };
-    let small = e.tar("small.tar", Tar::new().file("f", b"small"));
-    e.layer(None, "a", &small);
-    e.ok(&["volume", "create", "v"]);
-    let before_layers = e.list("layer");
+    let (e, before_layers) = root_with_a_layer_and_a_volume(s, &fs_dir);
     // Fill what is left of the filesystem.
     let filler = fs_dir.join("filler");
     let _ = Command::new("dd")
@@ -1230,7 +1222,13 @@ fn root_a_full_state_filesystem_fails_commands_clearly_and_loses_nothing() {
     refused_and_nothing_lost(&e, &big, &before_layers, &["No space left"]);
     // Space back: the same commands work.
     std::fs::remove_file(&filler).unwrap();
-    e.layer(Some("a"), "b", &big);
+    works_again(&e, &big);
+}
+
+/// The commands refused before now work: `b` over `a` with `big`, and
+/// volume `w`.
+fn works_again(e: &Env, big: &str) {
+    e.layer(Some("a"), "b", big);
     e.ok(&["volume", "create", "w"]);
     e.with_mounted("b", |m| {
         assert_eq!(std::fs::read(m.join("f")).unwrap(), b"small");
@@ -1239,10 +1237,32 @@ fn root_a_full_state_filesystem_fails_commands_clearly_and_loses_nothing() {
     e.assert_consistent();
 }
 
+/// An overlay root in `fs_dir/root` with layer `a` (file `f`: "small")
+/// and volume `v`; and its layers as listed.
+fn root_with_a_layer_and_a_volume(s: Scratch, fs_dir: &std::path::Path) -> (Env, Vec<Value>) {
+    let e = Env {
+        root: fs_dir.join("root"),
+        s,
+        drv: Drv::Overlay,
+    };
+    let small = e.tar("small.tar", Tar::new().file("f", b"small"));
+    e.layer(None, "a", &small);
+    e.ok(&["volume", "create", "v"]);
+    let layers = e.list("layer");
+    (e, layers)
+}
+
 /// The three commands that write most to the state directory fail with
 /// one line holding one of `needles`, and nothing is half-made
 /// ([`nothing_half_made`]).
 fn refused_and_nothing_lost(e: &Env, big: &str, before_layers: &[Value], needles: &[&str]) {
+    refused_in_one_line(e, big, needles);
+    nothing_half_made(e, before_layers);
+}
+
+/// The three commands that write most to the state directory fail with
+/// one line holding one of `needles`.
+fn refused_in_one_line(e: &Env, big: &str, needles: &[&str]) {
     for args in [
         vec!["snapshot", "layer", "a", "--name", "b", "--from-tar", big],
         vec!["layer", "create", "--name", "c", "--from-tar", big],
@@ -1258,7 +1278,6 @@ fn refused_and_nothing_lost(e: &Env, big: &str, before_layers: &[Value], needles
         );
         assert!(needles.iter().any(|n| err.contains(n)), "{args:?}: {err}");
     }
-    nothing_half_made(e, before_layers);
 }
 
 /// The root has exactly `before_layers` and volume `v`, no journal or
@@ -1338,47 +1357,14 @@ fn dm_a_state_filesystem_returning_eio_fails_commands_clearly_and_loses_nothing(
     let _c = Cleanup(name.clone(), lo.clone(), fs_dir.clone());
     run(Command::new("mkfs.ext4").args(["-q", &dev]));
     run(Command::new("mount").arg(&dev).arg(&fs_dir));
-    let e = Env {
-        root: fs_dir.join("root"),
-        s,
-        drv: Drv::Overlay,
-    };
-    let small = e.tar("small.tar", Tar::new().file("f", b"small"));
-    e.layer(None, "a", &small);
-    e.ok(&["volume", "create", "v"]);
-    let before_layers = e.list("layer");
+    let (e, before_layers) = root_with_a_layer_and_a_volume(s, &fs_dir);
     let big = e.tar("big.tar", Tar::new().file("big", &vec![7u8; 1 << 20]));
     // The disk fails: every read and write of it returns EIO.
     dmsetup(&["suspend", &name]);
     dmsetup(&["load", &name, "--table", &format!("0 {sectors} error")]);
     dmsetup(&["resume", &name]);
-    for args in [
-        vec![
-            "snapshot",
-            "layer",
-            "a",
-            "--name",
-            "b",
-            "--from-tar",
-            big.as_str(),
-        ],
-        vec!["layer", "create", "--name", "c", "--from-tar", big.as_str()],
-        vec!["volume", "create", "w"],
-    ] {
-        let o = e.run(&args);
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
-        assert_eq!(
-            err.trim_end().lines().count(),
-            1,
-            "{args:?}: not one line: {err}"
-        );
-        // ext4 turns itself read-only at its first failed journal write.
-        assert!(
-            err.contains("Input/output error") || err.contains("Read-only file system"),
-            "{args:?}: {err}"
-        );
-    }
+    // ext4 turns itself read-only at its first failed journal write.
+    refused_in_one_line(&e, &big, &["Input/output error", "Read-only file system"]);
     // The disk comes back; the filesystem is checked and mounted again,
     // as after a reboot.
     run(Command::new("umount").arg(&fs_dir));
@@ -1397,13 +1383,7 @@ fn dm_a_state_filesystem_returning_eio_fails_commands_clearly_and_loses_nothing(
     // What was made before is there, nothing half-made is, and the same
     // commands now work.
     nothing_half_made(&e, &before_layers);
-    e.layer(Some("a"), "b", &big);
-    e.ok(&["volume", "create", "w"]);
-    e.with_mounted("b", |m| {
-        assert_eq!(std::fs::read(m.join("f")).unwrap(), b"small");
-        assert_eq!(std::fs::metadata(m.join("big")).unwrap().len(), 1 << 20);
-    });
-    e.assert_consistent();
+    works_again(&e, &big);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<PathBuf> {

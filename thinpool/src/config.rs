@@ -86,14 +86,19 @@ impl Default for MinFree {
     }
 }
 
+/// `s` as a whole percentage (`10` or `10%`); `example` is shown in the
+/// error.
+fn parse_percent(s: &str, example: u8) -> std::result::Result<u8, String> {
+    s.trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("'{s}' is not a percentage: use e.g. {example} or {example}%"))
+}
+
 impl std::str::FromStr for MinFree {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let n = s.trim().trim_end_matches('%');
-        let p: u8 = n
-            .parse()
-            .map_err(|_| format!("'{s}' is not a percentage: use e.g. 10 or 10%"))?;
-        MinFree::new(p)
+        MinFree::new(parse_percent(s, 10)?)
     }
 }
 
@@ -219,11 +224,7 @@ impl Threshold {
 impl std::str::FromStr for Threshold {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let n = s.trim().trim_end_matches('%');
-        let p: u8 = n
-            .parse()
-            .map_err(|_| format!("'{s}' is not a percentage: use e.g. 80 or 80%"))?;
-        Threshold::new(p)
+        Threshold::new(parse_percent(s, 80)?)
     }
 }
 

@@ -407,26 +407,40 @@ fn dm_names_of_two_pools_never_collide() {
     pb.destroy(false).unwrap();
 }
 
+/// A pool of 256M data and the smallest metadata the target takes (2M:
+/// 512 blocks of 4K), with reserve `min_free`.
+fn tiny_metadata_pool(s: &Scratch, min_free: thinpool::MinFree) -> Pool {
+    let opts = CreateOptions {
+        data: BackingRequest::File(Some(Bytes(256 << 20))),
+        metadata: BackingRequest::File(Some(Bytes(2 << 20))),
+        min_free,
+        ..CreateOptions::default()
+    };
+    Pool::create(&s.path().join("pool"), &opts).unwrap()
+}
+
+/// Creates 1M thin devices until one is refused: how many were made, and
+/// the refusal. Each costs at least one metadata block (its mapping
+/// tree's root).
+fn create_until_refused(pool: &mut Pool) -> (usize, Error) {
+    let mut made = 0;
+    loop {
+        match pool.create_thin(Bytes(1 << 20), &format!("t{made}")) {
+            Ok(_) => made += 1,
+            Err(e) => return (made, e),
+        }
+        assert!(made < 5000, "the metadata never ran low");
+    }
+}
+
 #[test]
 fn dm_metadata_running_out_is_refused_before_the_kernel_turns_the_pool_read_only() {
     require_dm();
     let s = Scratch::new("meta-full");
     // The smallest metadata the target takes: 512 blocks of 4K. Each new
     // thin device costs at least one (its mapping tree's root).
-    let opts = CreateOptions {
-        data: BackingRequest::File(Some(Bytes(256 << 20))),
-        metadata: BackingRequest::File(Some(Bytes(2 << 20))),
-        ..CreateOptions::default()
-    };
-    let mut pool = Pool::create(&s.path().join("pool"), &opts).unwrap();
-    let mut made = 0;
-    let err = loop {
-        match pool.create_thin(Bytes(1 << 20), &format!("t{made}")) {
-            Ok(_) => made += 1,
-            Err(e) => break e,
-        }
-        assert!(made < 5000, "metadata never ran low");
-    };
+    let mut pool = tiny_metadata_pool(&s, thinpool::MinFree::DEFAULT);
+    let (made, err) = create_until_refused(&mut pool);
     match &err {
         Error::BelowReserve { space, .. } => assert_eq!(*space, "metadata", "{err}"),
         e => panic!("expected the metadata reserve to refuse, got: {e}"),
@@ -487,21 +501,8 @@ fn dm_metadata_running_out_is_refused_before_the_kernel_turns_the_pool_read_only
 fn dm_metadata_exhausted_past_a_zero_reserve_turns_read_only_and_an_offline_grow_brings_it_back() {
     require_dm();
     let s = Scratch::new("meta-out");
-    let opts = CreateOptions {
-        data: BackingRequest::File(Some(Bytes(256 << 20))),
-        metadata: BackingRequest::File(Some(Bytes(2 << 20))),
-        min_free: thinpool::MinFree::new(0).unwrap(),
-        ..CreateOptions::default()
-    };
-    let mut pool = Pool::create(&s.path().join("pool"), &opts).unwrap();
-    let mut made = 0;
-    let err = loop {
-        match pool.create_thin(Bytes(1 << 20), &format!("t{made}")) {
-            Ok(_) => made += 1,
-            Err(e) => break e,
-        }
-        assert!(made < 5000, "metadata never ran out");
-    };
+    let mut pool = tiny_metadata_pool(&s, thinpool::MinFree::new(0).unwrap());
+    let (made, err) = create_until_refused(&mut pool);
     let st = pool.status().unwrap();
     eprintln!(
         "after {made} devices: {err}; mode {:?}, needs_check {:?}, advice {:?}",
