@@ -67,6 +67,9 @@ pub struct Fixture {
     pub bin: PathBuf,
     /// The size of the pool's base filesystem (every thin layer's size).
     pub base: Bytes,
+    /// containerd's benchsuite, built by tools/build-containerd-bench.sh
+    /// (scenario containerd-bench).
+    pub containerd_bench: Option<PathBuf>,
     n: u64,
 }
 
@@ -98,6 +101,7 @@ impl Fixture {
             work: work.to_path_buf(),
             bin,
             base,
+            containerd_bench: None,
             n: 0,
         })
     }

@@ -52,13 +52,17 @@ struct Args {
     #[arg(long)]
     reps: Option<usize>,
     /// Only these scenarios (ids: provision, first-write, metadata, new-data, lookup, page-cache,
-    /// space, containerd, import).
+    /// space, containerd, import, containerd-bench).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Remake report.md, the plots and the findings from DIR/samples.json
     /// (a finished run) without measuring anything.
     #[arg(long, value_name = "DIR")]
     render: Option<PathBuf>,
+    /// containerd's benchsuite binary (tools/build-containerd-bench.sh)
+    /// [default: containerd-bench.test in the thinlayer binary's target directory].
+    #[arg(long, value_name = "PATH")]
+    containerd_bench: Option<PathBuf>,
     /// Say in the report that this ran under emulation (set by tools/bench.sh in the VM).
     #[arg(long, env = "THINLAYER_BENCH_EMULATED")]
     emulated: bool,
@@ -84,6 +88,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("space", scenarios::space),
     ("containerd", one!(scenarios::containerd)),
     ("import", one!(scenarios::import)),
+    ("containerd-bench", one!(scenarios::containerd_bench)),
 ];
 
 /// A progress bar on a terminal; otherwise (a log, the VM's console) a
@@ -226,7 +231,14 @@ fn main() -> Result<()> {
     } else {
         (Bytes(32 << 30), Bytes(4 << 30))
     };
+    let containerd_bench = args.containerd_bench.clone().or_else(|| {
+        bin.parent()
+            .and_then(|d| d.parent())
+            .map(|t| t.join("containerd-bench.test"))
+            .filter(|p| p.exists())
+    });
     let mut fx = Fixture::new(&args.work, data, base, bin)?;
+    fx.containerd_bench = containerd_bench;
     let chosen: Vec<&(&str, ScenarioFn)> = SCENARIOS
         .iter()
         .filter(|(id, _)| args.only.is_empty() || args.only.iter().any(|o| o == id))

@@ -15,8 +15,10 @@ use thinlayer::layer::LayerId;
 use crate::fixture::{drop_caches, ms, run, timed, Changeset, Drv, Fixture};
 use crate::peers::{DmFloor, Lvm};
 
+pub mod containerd_bench;
 mod data;
 use crate::samples::{PlotSpec, Ratio, Scenario, Series, SeriesRef, Target, TargetOp, Unit};
+pub use containerd_bench::containerd_bench;
 pub use data::{new_data, page_cache_sharing, space};
 
 /// How much work: `--quick` (a smoke test) or a full run.

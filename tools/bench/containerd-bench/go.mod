@@ -1,0 +1,3 @@
+module thinlayer-cbench
+
+go 1.19
