@@ -34,7 +34,7 @@ import json, sys
 run = json.load(open(sys.argv[1]))
 got = {s["id"]: s for s in run["scenarios"]}
 bad = []
-want = "provision first-write metadata new-data lookup page-cache space delete containerd import containerd-bench".split()
+want = "provision first-write metadata new-data lookup page-cache space delete containerd import".split()
 for sid in want:
     s = got.get(sid)
     if s is None:
@@ -44,8 +44,7 @@ for sid in want:
     for d in ("thin", "overlay"):
         if d not in drivers:
             bad.append(f"scenario {sid} has no {d} samples")
-extra = {"provision": ("dmsetup", "dm-ioctl", "lvm"), "new-data": ("linear",),
-         "containerd-bench": ("devmapper (containerd, in-process)", "overlayfs (containerd, in-process)")}
+extra = {"provision": ("dmsetup", "dm-ioctl", "lvm"), "new-data": ("linear",)}
 for sid, names in extra.items():
     drivers = {x["driver"] for x in got.get(sid, {"series": []})["series"] if x["samples"]}
     bad += [f"scenario {sid} has no {n} samples" for n in names if n not in drivers]
