@@ -433,12 +433,15 @@ fn create_until_refused(pool: &mut Pool) -> (usize, Error) {
     }
 }
 
+/// The metadata running out, every way: refused at the reserve while the
+/// pool is still rw; with the reserve at 0, the kernel turns the pool
+/// read-only and the create that hit it keeps its undo pending; an offline
+/// grow brings it back; then autoextend and an online grow of the
+/// metadata alone reach the kernel.
 #[test]
-fn dm_metadata_running_out_is_refused_before_the_kernel_turns_the_pool_read_only() {
+fn dm_metadata_running_out_is_refused_at_the_reserve_and_recovered_past_it() {
     require_dm();
     let s = Scratch::new("meta-full");
-    // The smallest metadata the target takes: 512 blocks of 4K. Each new
-    // thin device costs at least one (its mapping tree's root).
     let mut pool = tiny_metadata_pool(&s, thinpool::MinFree::DEFAULT);
     let (made, err) = create_until_refused(&mut pool);
     match &err {
@@ -463,54 +466,23 @@ fn dm_metadata_running_out_is_refused_before_the_kernel_turns_the_pool_read_only
         "refused with {used} of {} used",
         st.metadata.total_bytes
     );
-    // Autoextend grows the metadata alone (the data is far from its
-    // threshold), by the step's share of it: a 64M step on 256M of data
-    // adds a quarter, and at least 1M.
-    let change = SettingsChange {
-        autoextend: AutoextendChange {
-            threshold: Some("80".parse().unwrap()),
-            step: Some(Bytes(64 << 20)),
-            max: Some(Bytes(1 << 30)),
-        },
+
+    // No reserve: the kernel runs out and turns the pool read-only (it
+    // grows no read-only pool); the failed create's undo waits, so
+    // nothing is forgotten.
+    let zero = SettingsChange {
+        min_free: Some(thinpool::MinFree::new(0).unwrap()),
         ..SettingsChange::default()
     };
-    pool.set(&change).unwrap();
-    assert_eq!(
-        pool.autoextend().unwrap(),
-        Autoextended::Grew {
-            data: (Bytes(256 << 20), Bytes(256 << 20)),
-            metadata: (Bytes(2 << 20), Bytes(3 << 20)),
-        }
-    );
-    pool.create_thin(Bytes(1 << 20), "after-autoextend")
-        .unwrap();
-    // And `pool grow` of the metadata alone reaches the kernel too.
-    pool.grow(None, Some(SizeChange::By(Bytes(2 << 20))))
-        .unwrap();
-    let st = pool.status().unwrap();
-    assert_eq!(st.metadata.total_bytes, Bytes(5 << 20));
-    pool.create_thin(Bytes(1 << 20), "after-grow").unwrap();
-    assert_eq!(pool.status().unwrap().mode, Some(thinpool::PoolMode::Rw));
-    pool.deactivate().unwrap();
-    pool.activate().unwrap();
-    assert_eq!(pool.thins().len(), made + 2);
-    pool.destroy(true).unwrap();
-}
-
-#[test]
-fn dm_metadata_exhausted_past_a_zero_reserve_turns_read_only_and_an_offline_grow_brings_it_back() {
-    require_dm();
-    let s = Scratch::new("meta-out");
-    let mut pool = tiny_metadata_pool(&s, thinpool::MinFree::new(0).unwrap());
-    let (made, err) = create_until_refused(&mut pool);
+    pool.set(&zero).unwrap();
+    let (more, err) = create_until_refused(&mut pool);
+    let made = made + more;
     let st = pool.status().unwrap();
     eprintln!(
-        "after {made} devices: {err}; mode {:?}, needs_check {:?}, advice {:?}",
-        st.mode, st.needs_check, st.advice
+        "metadata exhausted after {made} devices: {err}; mode {:?}, needs_check {:?}",
+        st.mode, st.needs_check
     );
     assert_eq!(st.thin_devices, made, "a failed create was recorded");
-    // The kernel turned the pool read-only (it grows no read-only pool),
-    // and the failed create's undo waits: nothing was forgotten.
     assert_eq!(st.mode, Some(thinpool::PoolMode::ReadOnly), "{st:?}");
     assert!(
         matches!(err, Error::Rollback { .. } | Error::ReadOnly),
@@ -525,16 +497,43 @@ fn dm_metadata_exhausted_past_a_zero_reserve_turns_read_only_and_an_offline_grow
     // activation loads it; the kernel resizes it and the pool is rw, the
     // pending undo finished.
     pool.deactivate().unwrap();
-    pool.grow(None, Some(SizeChange::By(Bytes(2 << 20))))
+    pool.grow(None, Some(SizeChange::By(Bytes(1 << 20))))
         .unwrap();
     pool.activate().unwrap();
     let st = pool.status().unwrap();
     assert_eq!(st.mode, Some(thinpool::PoolMode::Rw), "{st:?}");
-    assert_eq!(st.metadata.total_bytes, Bytes(4 << 20));
+    assert_eq!(st.metadata.total_bytes, Bytes(3 << 20));
     assert_eq!(pool.record().pending, None);
-    pool.create_thin(Bytes(1 << 20), "after").unwrap();
-    assert_eq!(pool.thins().len(), made + 1);
+    pool.create_thin(Bytes(1 << 20), "after-repair").unwrap();
+
+    // Autoextend grows the metadata alone (two thirds used; the data is
+    // far from its threshold) by the step's share of it: a 64M step on
+    // 256M of data adds a quarter, and at least 1M.
+    let change = SettingsChange {
+        autoextend: AutoextendChange {
+            threshold: Some("50".parse().unwrap()),
+            step: Some(Bytes(64 << 20)),
+            max: Some(Bytes(1 << 30)),
+        },
+        ..SettingsChange::default()
+    };
+    pool.set(&change).unwrap();
+    assert_eq!(
+        pool.autoextend().unwrap(),
+        Autoextended::Grew {
+            data: (Bytes(256 << 20), Bytes(256 << 20)),
+            metadata: (Bytes(3 << 20), Bytes(4 << 20)),
+        }
+    );
+    assert_eq!(pool.status().unwrap().metadata.total_bytes, Bytes(4 << 20));
+    // And `pool grow` of the metadata alone, online, reaches the kernel.
+    pool.grow(None, Some(SizeChange::By(Bytes(2 << 20))))
+        .unwrap();
+    assert_eq!(pool.status().unwrap().metadata.total_bytes, Bytes(6 << 20));
+    pool.create_thin(Bytes(1 << 20), "after-grow").unwrap();
+    assert_eq!(pool.status().unwrap().mode, Some(thinpool::PoolMode::Rw));
     pool.deactivate().unwrap();
     pool.activate().unwrap();
+    assert_eq!(pool.thins().len(), made + 2);
     pool.destroy(true).unwrap();
 }
