@@ -84,22 +84,26 @@ recover_and_check() {
 # left.
 check_records() {
   python3 - "$TL" "$DIR/expect" "$THINLAYER_ROOT" <<'PY'
-import hashlib, json, os, subprocess, sys
+import hashlib, json, os, subprocess, sys, threading
+from concurrent.futures import ThreadPoolExecutor
 
 tl, expect, root = sys.argv[1:4]
 failures = []
+lock = threading.Lock()
 
 
 def fail(msg):
-    failures.append(msg)
-    print(f"FAIL {msg}", flush=True)
+    with lock:
+        failures.append(msg)
+        print(f"FAIL {msg}", flush=True)
 
 
 def run(*args):
     r = subprocess.run([tl, *args], capture_output=True, text=True)
     for line in r.stderr.splitlines():
         if "recover" in line.lower() or "lost" in line.lower() or "freed" in line.lower():
-            print(f"RECOVERED {' '.join(args[:2])}: {line}", flush=True)
+            with lock:
+                print(f"RECOVERED {' '.join(args[:2])}: {line}", flush=True)
     if r.returncode != 0:
         raise RuntimeError(f"thinlayer {' '.join(args)}: exit {r.returncode}: {r.stderr.strip()}")
     return r.stdout
@@ -114,13 +118,17 @@ def sha(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-# Containers first: undoing a container cut mid-create removes its layers,
-# so the layers are listed after.
+# Commands run a few at a time where nothing orders them: each thinlayer
+# command costs the guest most of a second. Containers first: undoing a
+# container cut mid-create removes its layers, so the layers are listed
+# after; images after layers, whose listing recovers their store.
+pool_of = ThreadPoolExecutor(3)
 containers = js("container", "ls")
-volumes = js("volume", "ls")
+volumes_f = pool_of.submit(js, "volume", "ls")
+status_f = pool_of.submit(js, "pool", "status")
 layers = js("layer", "ls")
 images = js("image", "ls")
-status = js("pool", "status")
+volumes, status = volumes_f.result(), status_f.result()
 if status.get("needs_check"):
     fail(f"the kernel flagged the pool's metadata for a check: {status}")
 
@@ -138,18 +146,14 @@ def in_mounted(kind, name, check):
         run(kind, "umount", name)
 
 
-checked = 0
-for line in open(expect):
+def check(line):
     f = line.split()
-    if not f:
-        continue
     what, name = f[0], f[1]
-    checked += 1
     try:
         if what == "layer":
             if name not in layer_by_name:
                 fail(f"layer {name} reported made before the cut is gone")
-                continue
+                return
             got = f[2] if f[2] == "-" else in_mounted("layer", name, lambda m: sha(os.path.join(m, "data")))
             if got != f[2]:
                 fail(f"layer {name}: /data has sha256 {got}, {f[2]} was written")
@@ -160,7 +164,7 @@ for line in open(expect):
             img = image_names.get(f"{name}:latest")
             if img is None:
                 fail(f"image {name} reported imported before the cut is gone")
-                continue
+                return
             if f[2] != "-":
                 top = img["layers"][-1]
                 got = in_mounted("layer", top, lambda m: sha(os.path.join(m, f[3])))
@@ -170,7 +174,7 @@ for line in open(expect):
             c = container_by_name.get(name)
             if c is None:
                 fail(f"container {name} reported made before the cut is gone")
-                continue
+                return
             if f[2] != "-":
                 def both(m):
                     return sha(os.path.join(m, "f")), sha(os.path.join(m, "vol/f"))
@@ -188,6 +192,11 @@ for line in open(expect):
             fail(f"unknown expectation: {line.strip()}")
     except (RuntimeError, OSError) as e:
         fail(f"{what} {name}: {e}")
+
+
+lines = [l for l in open(expect) if l.split()]
+checked = len(lines)
+list(pool_of.map(check, lines))
 
 # Records and devices: the pool's record names exactly the thin ids the
 # kernel's metadata holds (read with thin_ls from a metadata snapshot of
