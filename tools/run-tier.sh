@@ -3,7 +3,8 @@
 # function name: plain_*, root_*, dm_* (the full libtest name matches
 # `(^|::)TIER_`, so tests may sit in modules).
 #
-#   tools/run-tier.sh TIER [--no-build] [FILTER...] [LIBTEST-FLAG...] [-- LIBTEST-ARGS...]
+#   tools/run-tier.sh TIER [--no-build] [--vm-driven only|skip] [--print-selected]
+#                     [FILTER...] [LIBTEST-FLAG...] [-- LIBTEST-ARGS...]
 #   tools/run-tier.sh --build-only
 #
 #   TIER          plain | root | dm
@@ -11,6 +12,15 @@
 #   --no-build    don't run cargo: use the binaries listed by the last build
 #                 (what the VM does: its view of the repo is read-only)
 #   --build-only  build the test binaries and write the list, run nothing
+#   --vm-driven only|skip
+#                 only the tests of test targets named vm_*, or all but them.
+#                 Those boot their own VMs with vm-tests/run.sh (a power cut
+#                 needs a host to pull the plug), so they run on the host,
+#                 never in the guest: vm-tests/dm-tier.sh runs the rest in the
+#                 VM with `skip`, then these on the host with `only`
+#   --print-selected
+#                 print the names of the tests that would run, one a line, run
+#                 nothing; exit 0 even if there are none
 #   LIBTEST-FLAG  any other -x/--xyz argument (e.g. --nocapture,
 #                 --test-threads=1) is passed to every test binary; so is
 #                 everything after --
@@ -32,12 +42,18 @@ LIST=${THINLAYER_TIER_LIST:-$REPO/target/tier-bins.txt}
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
-tier= build=1 build_only=0
+tier= build=1 build_only=0 vm_driven= print_selected=0
 filters=() testargs=()
 while (($#)); do
   case $1 in
     --no-build) build=0 ;;
     --build-only) build_only=1 ;;
+    --vm-driven)
+      vm_driven=${2:-}
+      [[ $vm_driven == only || $vm_driven == skip ]] ||
+        { echo "run-tier.sh: --vm-driven takes only or skip" >&2; exit 2; }
+      shift ;;
+    --print-selected) print_selected=1 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; testargs+=("$@"); break ;;
     -*) testargs+=("$1") ;;
@@ -103,7 +119,7 @@ elif [[ ! -f $LIST ]]; then
   exit 1
 fi
 
-if [[ $tier == dm && -z ${THINLAYER_IN_VM:-} ]] && ! grep -qw device-mapper /proc/misc 2>/dev/null; then
+if [[ $tier == dm && -z ${THINLAYER_IN_VM:-} && $vm_driven != only ]] && ((!print_selected)) && ! grep -qw device-mapper /proc/misc 2>/dev/null; then
   echo "run-tier.sh: note: this kernel has no device-mapper; the dm tier is meant to run in the VM: vm-tests/dm-tier.sh" >&2
 fi
 
@@ -117,6 +133,10 @@ export THINLAYER_CONFIG=/dev/null
 passed=0 failed=0 ignored=0 selected=0
 while IFS=$'\t' read -r exe mdir tname kind; do
   [[ -n $exe ]] || continue
+  case $vm_driven in
+    only) [[ $tname == vm_* ]] || continue ;;
+    skip) [[ $tname != vm_* ]] || continue ;;
+  esac
   if [[ ! -x $exe ]]; then
     echo "run-tier.sh: ERROR: listed test binary $exe is missing (stale list? rebuild)" >&2
     failed=$((failed + 1)); continue
@@ -143,6 +163,10 @@ while IFS=$'\t' read -r exe mdir tname kind; do
   fi
   mapfile -t sel <"$tmp/sel"
   ((${#sel[@]})) || continue
+  if ((print_selected)); then
+    printf '%s\n' "${sel[@]}"
+    continue
+  fi
   selected=$((selected + ${#sel[@]}))
 
   echo "=== $tier tier: ${#sel[@]} test(s) from $tname ($kind): $exe"
@@ -163,6 +187,7 @@ while IFS=$'\t' read -r exe mdir tname kind; do
   passed=$((passed + p)) failed=$((failed + f)) ignored=$((ignored + i))
 done <"$LIST"
 
+((print_selected)) && exit 0
 status=0
 if ((selected == 0)); then
   echo "run-tier.sh: ERROR: no $tier tests selected${filters[*]:+ (filters: ${filters[*]})} in the $(wc -l <"$LIST") binaries of $LIST" >&2

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Runs the dm tier: builds the test binaries on the host, then boots the VM
-# ONCE and runs `tools/run-tier.sh dm --no-build ARGS...` in it.
+# ONCE and runs `tools/run-tier.sh dm --no-build ARGS...` in it; then, on the
+# host, the dm tests that boot their own VMs (test targets named vm_*, e.g.
+# the power-cut test: a host must pull the plug).
 #
 #   vm-tests/dm-tier.sh [FILTER...] [LIBTEST-FLAG...]     e.g. vm-tests/dm-tier.sh dm_pool_create
 #
 # Options for the VM (before the filters): --timeout SECS (default 1800),
 # --mem SIZE, --cpus N, --verbose; see vm-tests/run.sh.
-# The workspace is $THINLAYER_REPO if set, else this repo. Exit status: the tier's.
+# The workspace is $THINLAYER_REPO if set, else this repo. Exit status: the
+# tier's (non-zero if either part failed, or if the filters select nothing);
+# each part prints its own `dm tier: N passed, M failed` line.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,5 +37,21 @@ while IFS=$'\t' read -r exe mdir _; do
   [[ -n $exe ]] && shares+=(--share "$(dirname "$(dirname "$exe")")" --share "$mdir")
 done <"$THINLAYER_TIER_LIST"
 
+in_guest=$("$RUN_TIER" dm --no-build --vm-driven skip --print-selected "$@" | wc -l)
+on_host=$("$RUN_TIER" dm --no-build --vm-driven only --print-selected "$@" | wc -l)
+if ((in_guest + on_host == 0)); then
+  echo "dm-tier.sh: ERROR: no dm tests selected${*:+ (arguments: $*)}" >&2
+  exit 1
+fi
+
 cd "$REPO"
-exec "$HERE/run.sh" "${vmopts[@]}" "${shares[@]}" -- "$(cd "$(dirname "$RUN_TIER")" && pwd)/run-tier.sh" dm --no-build "$@"
+status=0
+if ((in_guest)); then
+  "$HERE/run.sh" "${vmopts[@]}" "${shares[@]}" -- \
+    "$(cd "$(dirname "$RUN_TIER")" && pwd)/run-tier.sh" dm --no-build --vm-driven skip "$@" || status=$?
+fi
+if ((on_host)); then
+  echo "=== dm tier on the host: $on_host test(s) that boot their own VMs"
+  "$RUN_TIER" dm --no-build --vm-driven only "$@" || ((status)) || status=1
+fi
+exit $status

@@ -27,6 +27,19 @@
 #                    /tmp, deleted after) formatted ext4 and mounted at
 #                    /var/tmp/disk in the guest: real block I/O and a real page
 #                    cache, where the tmpfs /tmp would keep everything in memory
+#   --keep-disk FILE the --disk is the host's FILE, kept after the VM stops: made
+#                    (sparse, of --disk SIZE) and formatted when FILE does not
+#                    exist, else mounted as it is (a journal left by a VM that
+#                    died is replayed), so a next VM sees what this one wrote
+#   --power-cut-after ERE SECS
+#                    cut the power: SECS seconds (e.g. 2.5) after the first
+#                    console line matching the extended regex ERE, SIGKILL QEMU
+#                    itself (no shutdown, no sync in the guest; what QEMU had
+#                    written to the disk's file stays, what the guest had not
+#                    yet written is lost). Exit status 137 and a `run.sh: POWER
+#                    CUT` line when it struck; the command's status as usual if
+#                    the guest finished first. The last line of the output may
+#                    be cut short.
 #   --script FILE    copy FILE into the guest and run it with bash, ARGS after it
 #   --verbose        full kernel log and init progress on the console
 #
@@ -37,7 +50,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 CACHE=${THINLAYER_VM_DIR:-$REPO/target/vm}
 
-timeout_s=600 mem=4G cpus=2 script= verbose=0 out= disk=
+timeout_s=600 mem=4G cpus=2 script= verbose=0 out= disk= keep_disk= cut_re= cut_after=
 shares=()
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 while (($#)); do
@@ -54,6 +67,9 @@ while (($#)); do
     --out=*) out=$(realpath -m "${1#*=}"); shift ;;
     --disk) disk=${2:?}; shift 2 ;;
     --disk=*) disk=${1#*=}; shift ;;
+    --keep-disk) keep_disk=$(realpath -m "${2:?}"); shift 2 ;;
+    --keep-disk=*) keep_disk=$(realpath -m "${1#*=}"); shift ;;
+    --power-cut-after) cut_re=${2:?}; cut_after=${3:?}; shift 3 ;;
     --script) script=${2:?}; shift 2; break ;;
     --script=*) script=${1#*=}; shift; break ;;
     --verbose) verbose=1; shift ;;
@@ -71,6 +87,15 @@ if [[ -n $script && ! -f $script ]]; then
 fi
 [[ $timeout_s =~ ^[0-9]+$ ]] || { echo "run.sh: bad --timeout $timeout_s" >&2; exit 2; }
 [[ -z $disk || $disk =~ ^[0-9]+[KMGT]?$ ]] || { echo "run.sh: bad --disk $disk (use e.g. 40G)" >&2; exit 2; }
+if [[ -n $keep_disk && ! -e $keep_disk && -z $disk ]]; then
+  echo "run.sh: --keep-disk $keep_disk does not exist yet: give its size with --disk SIZE" >&2; exit 2
+fi
+if [[ -n $cut_re ]]; then
+  [[ $cut_after =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "run.sh: bad --power-cut-after delay $cut_after (seconds, e.g. 2.5)" >&2; exit 2; }
+  # An ERE awk rejects would otherwise only show as a cut that never came.
+  awk -v re="$cut_re" 'BEGIN { if ("" ~ re) {} }' </dev/null 2>/dev/null ||
+    { echo "run.sh: bad --power-cut-after regex: $cut_re" >&2; exit 2; }
+fi
 
 "$HERE/image.sh"
 # shellcheck disable=SC1091
@@ -79,6 +104,7 @@ fi
 T=$(mktemp -d /tmp/thinlayer-vm.XXXXXX)
 cleanup() {
   local pid
+  [[ -z ${cutter:-} ]] || kill "$cutter" 2>/dev/null || :
   # Interrupted (INT/TERM): take the VM down with us.
   if pid=$(cat "$T/qemu.pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null; then
     kill "$pid" 2>/dev/null; sleep 0.5; kill -9 "$pid" 2>/dev/null
@@ -134,7 +160,9 @@ nonce=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
   echo "VERBOSE=$verbose"
   echo "SHARES=$(q "$(printf '%s\n' "${shares[@]}")")"
   echo "OUT=$(q "$out")"
-  echo "DISK=$([[ -n $disk ]] && echo /var/tmp/disk)"
+  echo "DISK=$([[ -n $disk || -n $keep_disk ]] && echo /var/tmp/disk)"
+  # A kept disk that already exists holds the last VM's files: mount, never format.
+  echo "DISK_FORMAT=$([[ -n $keep_disk && -e $keep_disk ]] && echo 0 || echo 1)"
 } >"$T/cpio/thinlayer/job.conf"
 
 # Base initramfs + a second cpio archive with the job (the kernel unpacks both).
@@ -166,9 +194,30 @@ if [[ -n $out ]]; then
   )
 fi
 
-if [[ -n $disk ]]; then
+if [[ -n $keep_disk ]]; then
+  [[ -e $keep_disk ]] || truncate -s "$disk" "$keep_disk"
+  qemu+=(-drive "file=$keep_disk,if=virtio,format=raw,cache=writeback,discard=unmap")
+elif [[ -n $disk ]]; then
   truncate -s "$disk" "$T/disk.img"
   qemu+=(-drive "file=$T/disk.img,if=virtio,format=raw,cache=writeback,discard=unmap")
+fi
+# QEMU's own pid (qemu.pid is the timeout wrapper's): what a power cut kills.
+qemu+=(-pidfile "$T/qemu.self.pid")
+
+# The power cut: awk (below) touches cut.go at the first line matching the
+# ERE; this waits for it, then SECS more, then SIGKILLs QEMU, if it is still
+# this run's QEMU (its command line names this run's directory).
+cutter=
+if [[ -n $cut_re ]]; then
+  (
+    while [[ ! -e $T/cut.go ]]; do sleep 0.05; done
+    sleep "$cut_after"
+    pid=$(cat "$T/qemu.self.pid" 2>/dev/null) || exit 0
+    grep -qF "$T/initrd" "/proc/$pid/cmdline" 2>/dev/null || exit 0
+    echo "$pid" >"$T/cut.done"
+    kill -9 "$pid"
+  ) &
+  cutter=$!
 fi
 
 statusf="$T/status"
@@ -188,10 +237,13 @@ set +e
     "${qemu[@]}" &
   fi
   echo $! >"$T/qemu.pid"
-  wait $!
+  # 2>/dev/null: no "Killed" job notice from bash after a power cut.
+  wait $! 2>/dev/null
   echo $? >"$T/qemu.rc"
-} </dev/null | awk "${awk_interactive[@]}" -v marker="THINLAYER-VM-EXIT $nonce" -v sf="$statusf" '
+} </dev/null | awk "${awk_interactive[@]}" -v marker="THINLAYER-VM-EXIT $nonce" -v sf="$statusf" \
+  -v cut_re="$cut_re" -v cut_go="$T/cut.go" '
   { sub(/\r+$/, "") }
+  cut_re != "" && !cut_armed && $0 ~ cut_re { cut_armed = 1; printf "" > cut_go; close(cut_go) }
   (i = index($0, marker)) {
     rest = substr($0, i + length(marker))
     if (match(rest, /^ [0-9]+/)) {
@@ -204,6 +256,11 @@ set +e
   { print; fflush() }' &
 wait $!
 set -e
+if [[ -n $cutter ]]; then
+  kill "$cutter" 2>/dev/null || :
+  wait "$cutter" 2>/dev/null || :
+  cutter=
+fi
 elapsed=$(echo "$(date +%s.%N) $start" | awk '{printf "%.1f", $1 - $2}')
 qrc=$(cat "$T/qemu.rc" 2>/dev/null || echo '?')
 
@@ -211,6 +268,10 @@ if [[ -s $statusf ]]; then
   rc=$(cat "$statusf")
   ((verbose)) && echo "run.sh: guest command exited with status $rc (VM ran ${elapsed}s)" >&2
   exit "$rc"
+fi
+if [[ -s $T/cut.done ]]; then
+  echo "run.sh: POWER CUT: killed QEMU (SIGKILL) ${cut_after}s after the first line matching '$cut_re'; VM ran ${elapsed}s" >&2
+  exit 137
 fi
 if [[ $qrc == 124 || $qrc == 137 ]]; then
   echo "run.sh: TIMEOUT: the VM did not finish within ${timeout_s}s; killed it (command: $*)" >&2
