@@ -468,17 +468,34 @@ impl Volumes {
             .mode(0o700)
             .create(dir)
             .map_err(Error::io("creating", dir))?;
-        let v = Volumes {
+        Ok(Volumes {
             dir: dir.to_path_buf(),
-        };
-        let rd = fs::read_dir(dir).map_err(Error::io("listing", dir))?;
+        })
+    }
+
+    /// What a volume create or removal killed midway left: directories
+    /// without a record (and nothing mounted in them). The caller frees
+    /// the thin devices no volume claims ([`Volumes::reconcile_thin`])
+    /// before it sweeps them ([`Volumes::sweep`]), so that a kill in
+    /// between leaves them for the next command to find again.
+    pub fn unfinished(&self) -> Result<Vec<PathBuf>> {
+        let mut out = vec![];
+        let rd = fs::read_dir(&self.dir).map_err(Error::io("listing", &self.dir))?;
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() && !p.join(RECORD).exists() && !mount::is_mounted(&p.join(DATA))? {
-                fs::remove_dir_all(&p).map_err(Error::io("removing", &p))?;
+                out.push(p);
             }
         }
-        Ok(v)
+        Ok(out)
+    }
+
+    /// Removes directories [`Volumes::unfinished`] found.
+    pub fn sweep(&self, dirs: &[PathBuf]) -> Result<()> {
+        for d in dirs {
+            fs::remove_dir_all(d).map_err(Error::io("removing", d))?;
+        }
+        Ok(())
     }
 
     fn vol_dir(&self, name: &str) -> PathBuf {
@@ -580,6 +597,10 @@ impl Volumes {
                 .mode(0o755)
                 .create(dir.join(DATA))
                 .map_err(Error::io("creating", dir.join(DATA)))?;
+            // Durable before a thin device is made: the directory without
+            // a record is how the next command knows to look for one no
+            // volume claims ([`Volumes::unfinished`]).
+            thinpool::record::sync_dir(&self.dir).map_err(Error::io("syncing", &self.dir))?;
             fill(&mut rec, pools)?;
             thinpool::record::write(&dir.join(RECORD), &rec)?;
             Ok(())
@@ -984,13 +1005,20 @@ mod tests {
     }
 
     #[test]
-    fn plain_a_killed_create_is_cleaned_on_open() {
+    fn plain_what_a_killed_create_left_is_found_then_swept() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("volumes");
-        Volumes::open(&root).unwrap();
+        let vols = Volumes::open(&root).unwrap();
+        vols.create(&local(Some("whole")), &mut NoPool).unwrap();
         fs::create_dir_all(root.join("half/_data")).unwrap();
         let vols = Volumes::open(&root).unwrap();
+        // Found, not yet removed: the caller frees unclaimed thin devices
+        // first.
+        let left = vols.unfinished().unwrap();
+        assert_eq!(left, [root.join("half")]);
+        vols.sweep(&left).unwrap();
         assert!(!root.join("half").exists());
-        assert!(vols.list().unwrap().is_empty());
+        let names: Vec<String> = vols.list().unwrap().into_iter().map(|v| v.name).collect();
+        assert_eq!(names, ["whole"]);
     }
 }

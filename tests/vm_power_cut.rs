@@ -139,8 +139,6 @@ enum Line {
     Ok(String, String, String),
     Fail(String),
     Recovered,
-    /// A known gap in recovery the guest worked around (see guest.sh).
-    Known(String),
     Checked(usize),
     Workload,
     Other,
@@ -156,7 +154,6 @@ fn parse(l: &str) -> Line {
         ["OK", k, n, s] if is_sha(s) => Line::Ok(k.to_string(), n.to_string(), s.to_string()),
         ["FAIL", ..] => Line::Fail(l.to_string()),
         ["RECOVERED", ..] => Line::Recovered,
-        ["KNOWN-ISSUE", ..] => Line::Known(l.to_string()),
         ["CHECKED", n, ..] => n.parse().map_or(Line::Other, Line::Checked),
         ["WORKLOAD", "ROUND", _] => Line::Workload,
         _ => Line::Other,
@@ -324,18 +321,13 @@ fn explain(b: &Boot) -> String {
     )
 }
 
-/// Adds what boot `b` said recovery repaired, and the known issues it
-/// worked around, to the run's tallies.
-fn tally(b: &Boot, label: &str, recovered: &mut usize, known: &mut Vec<String>) {
+/// Adds what boot `b` said recovery repaired to the run's tally.
+fn tally(b: &Boot, recovered: &mut usize) {
     *recovered += b
         .lines
         .iter()
         .filter(|l| matches!(l, Line::Recovered))
         .count();
-    known.extend(b.lines.iter().filter_map(|l| match l {
-        Line::Known(k) => Some(format!("{label}: {k}")),
-        _ => None,
-    }));
 }
 
 /// The guest's CHECKED count after a cut must be every expectation.
@@ -375,7 +367,6 @@ fn dm_power_cut_at_random_instants_loses_nothing_that_reported_success() {
     let mut model = Model::default();
     let mut report = Vec::new();
     let (mut oks, mut recovered) = (0, 0usize);
-    let mut known = Vec::new();
     let mut checks = Vec::new();
     for round in 1..=CUTS {
         let label = format!("boot {round}");
@@ -430,7 +421,7 @@ fn dm_power_cut_at_random_instants_loses_nothing_that_reported_success() {
             !open.is_empty(),
             "{label}: the cut {delay:.2}s after the workload's first success found no operation in flight"
         );
-        tally(&b, &label, &mut recovered, &mut known);
+        tally(&b, &mut recovered);
         oks += b.lines.iter().filter(|l| matches!(l, Line::Ok(..))).count();
         for l in &b.lines {
             model.apply(round, l);
@@ -448,13 +439,10 @@ fn dm_power_cut_at_random_instants_loses_nothing_that_reported_success() {
     assert_eq!(b.status, Some(0), "{label}: {}", explain(&b));
     assert_checked(&b, label, n);
     checks.push(n);
-    tally(&b, label, &mut recovered, &mut known);
+    tally(&b, &mut recovered);
     // The summary goes to stderr itself, past libtest's capture: CI logs
     // show where the cuts landed even when the test passes.
     let mut summary = report.join("\n");
-    for k in &known {
-        write!(summary, "\n{k}").unwrap();
-    }
     writeln!(
         summary,
         "\npower cut: {CUTS} cuts, {oks} operations reported success, expectations held after each cut: {checks:?}, \

@@ -135,6 +135,8 @@ impl<'r> Containers<'r> {
     }
 
     fn recover(&mut self) -> Result<()> {
+        self.finish_volumes()?;
+        self.sweep_liveness_locks()?;
         // A `pool destroy --force` killed after the pool went: what lived
         // in it is gone too.
         if !self.res.root.has_pool() {
@@ -176,6 +178,59 @@ impl<'r> Containers<'r> {
                         .push(format!("finished removing container {}", rec.name));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Removes liveness locks no live creator holds and no `creating`
+    /// record needs: what a create killed before its record, or after it
+    /// was marked `created`, left.
+    fn sweep_liveness_locks(&mut self) -> Result<()> {
+        let rd = fs::read_dir(&self.dir).map_err(Error::io("listing", &self.dir))?;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".lock") else {
+                continue;
+            };
+            if self
+                .records
+                .get(id)
+                .is_some_and(|r| r.state == State::Creating)
+            {
+                continue;
+            }
+            if let Some(g) = LockGuard::try_acquire(&e.path())? {
+                let _ = fs::remove_file(e.path());
+                drop(g);
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes volume creates and removals a kill interrupted: a thin
+    /// volume's device may outlive its record (a create killed before the
+    /// record, a removal after it), so thin devices no volume claims are
+    /// freed first, then what is left of the volumes' directories goes.
+    /// With the pool inactive the devices cannot go: all of it waits for
+    /// a command that finds the pool active.
+    fn finish_volumes(&mut self) -> Result<()> {
+        let unfinished = self.volumes.unfinished()?;
+        if unfinished.is_empty() {
+            return Ok(());
+        }
+        if self.res.root.has_pool() {
+            match crate::volume::PoolAccess::pool(&mut self.res) {
+                Ok(_) => {}
+                Err(Error::Pool(thinpool::Error::Inactive)) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        self.volumes.sweep(&unfinished)?;
+        for d in &unfinished {
+            let name = d.file_name().unwrap_or_default().to_string_lossy();
+            self.res.repairs.push(format!(
+                "removed what an interrupted create or removal of volume {name} left"
+            ));
         }
         Ok(())
     }
