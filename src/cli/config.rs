@@ -183,6 +183,18 @@ mod tests {
                     "snapshotter.default_size" => {
                         arg_default(&pristine, &["pool", "create"], "base_size").unwrap()
                     }
+                    // Autoextend is off unless set; turned on, it takes
+                    // these for what is not given, except the maximum,
+                    // which it always needs (any example will do).
+                    "pool.autoextend_threshold" => {
+                        thinlayer::thinpool::pool::DEFAULT_AUTOEXTEND_THRESHOLD.to_string()
+                    }
+                    "pool.autoextend_step" => thinlayer::thinpool::Bytes(
+                        DEFAULT_DATA_SIZE.0 / 100
+                            * thinlayer::thinpool::pool::DEFAULT_AUTOEXTEND_STEP_PERCENT,
+                    )
+                    .to_string(),
+                    "pool.autoextend_max" => value.clone(),
                     _ => panic!("{key}: no default to compare with"),
                 }
             });

@@ -76,7 +76,11 @@ pub use activate::{Activated, MetadataCheck};
 pub use create::check_create_options;
 pub use on_disk::{Backing, BackingKind, PoolRecord, PoolState, ThinRecord};
 pub use repair::Repaired;
-pub use settings::{AutoextendChange, Autoextended, SettingsChange};
+pub use settings::{
+    AutoextendChange, Autoextended, SettingsChange,
+    DEFAULT_STEP_PERCENT as DEFAULT_AUTOEXTEND_STEP_PERCENT,
+    DEFAULT_THRESHOLD as DEFAULT_AUTOEXTEND_THRESHOLD,
+};
 pub use status::{parse_thin_ls, PoolMode, PoolStatus, SpaceStatus, ThinUsage};
 
 /// The pool's record, in its directory.
