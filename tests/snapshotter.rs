@@ -1247,14 +1247,14 @@ fn root_a_crowd_of_commands_and_daemon_requests_all_succeed_and_agree_on_overlay
     crowd("overlay", &[], 50, 300);
 }
 
-/// Operations per worker of the thin crowd: 12 by default (about 60 s in
+/// Operations per worker of the thin crowd: 10 by default (about 60 s in
 /// the VM, so CI stays in its budget); `THINLAYER_CROWD_OPS=50` runs the
 /// full 400 (234 s in the VM when it was last run).
 fn thin_crowd_ops() -> usize {
     std::env::var("THINLAYER_CROWD_OPS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(12)
+        .unwrap_or(10)
 }
 
 #[test]
