@@ -155,10 +155,7 @@ pub fn sweep_scratch(dir: &Path) -> Result<Vec<PathBuf>> {
         if let Some(pid) = name.strip_suffix(".lock") {
             // A lock whose directory is gone, of a dead process.
             if !tmp.join(pid).exists() {
-                if let Some(g) = thinpool::lock::LockGuard::try_acquire(&p)? {
-                    let _ = fs::remove_file(&p);
-                    drop(g);
-                }
+                thinpool::lock::LockGuard::remove_if_free(&p)?;
             }
             continue;
         }
@@ -176,8 +173,8 @@ pub fn sweep_scratch(dir: &Path) -> Result<Vec<PathBuf>> {
         };
         done.extend(unmount_under(&p)?);
         let _ = fs::remove_dir_all(&p);
-        if guard.is_some() {
-            let _ = fs::remove_file(&lock);
+        if let Some(g) = guard {
+            g.remove();
         }
     }
     Ok(done)

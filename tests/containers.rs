@@ -15,9 +15,22 @@ use common::{busybox_image, scratch_image, stderr, stdout};
 /// An environment with the busybox image imported as `bb`.
 fn setup(label: &str, d: Drv) -> Env {
     let e = Env::new(label, d);
+    import_busybox(&e);
+    e
+}
+
+/// A thin root on a pool made with `pool`'s options, the busybox image
+/// imported as `bb`, and container `c` made from it.
+fn setup_on_pool(label: &str, pool: &[&str]) -> Env {
+    let e = Env::thin_with_pool(label, pool);
+    import_busybox(&e);
+    create(&e, "c", &[]);
+    e
+}
+
+fn import_busybox(e: &Env) {
     let layout = busybox_image(&e.s);
     e.ok(&["image", "import", layout.to_str().unwrap(), "--name", "bb"]);
-    e
 }
 
 fn create(e: &Env, name: &str, extra: &[&str]) -> String {
@@ -33,6 +46,10 @@ fn create(e: &Env, name: &str, extra: &[&str]) -> String {
 
 fn json(e: &Env, args: &[&str]) -> Value {
     serde_json::from_str(&e.ok(args)).unwrap()
+}
+
+fn pool_status(e: &Env) -> Value {
+    json(e, &["pool", "status", "--json"])
 }
 
 fn volumes(e: &Env) -> Vec<String> {
@@ -641,7 +658,7 @@ fn dm_thin_volume_has_a_hard_size_and_clones_in_place() {
         e.fails(&["volume", "rm", "tv"], &["in use", "c"]);
         e.ok(&["container", "rm", "c", "c2"]);
         e.ok(&["volume", "rm", "tv", "tv2"]);
-        let st: Value = serde_json::from_str(&e.ok(&["pool", "status", "--json"])).unwrap();
+        let st = pool_status(&e);
         let layers = if d == Drv::Thin {
             e.list("layer").len() as u64
         } else {
@@ -683,7 +700,7 @@ fn dm_thin_volume_killed_create_and_clone_leave_no_device() {
     thinpool::testing::require_dm();
     let e = Env::new("thinvol-kill", Drv::Thin);
     let thins = || -> u64 {
-        let st: Value = serde_json::from_str(&e.ok(&["pool", "status", "--json"])).unwrap();
+        let st = pool_status(&e);
         st["thin_devices"].as_u64().unwrap()
     };
     let base = thins();
@@ -877,7 +894,7 @@ fn dm_a_container_filling_the_pool_fails_promptly_and_writes_again_after_pool_gr
     thinpool::testing::require_dm();
     // A 1G filesystem over 256M of pool: the writer runs out of pool, not
     // of filesystem.
-    let e = Env::thin_with_pool(
+    let e = setup_on_pool(
         "fill",
         &[
             "--data-size",
@@ -888,11 +905,8 @@ fn dm_a_container_filling_the_pool_fails_promptly_and_writes_again_after_pool_gr
             "error",
         ],
     );
-    let layout = busybox_image(&e.s);
-    e.ok(&["image", "import", layout.to_str().unwrap(), "--name", "bb"]);
-    create(&e, "c", &[]);
     let mode = || -> String {
-        let st: Value = serde_json::from_str(&e.ok(&["pool", "status", "--json"])).unwrap();
+        let st = pool_status(&e);
         st["mode"].as_str().unwrap().to_string()
     };
     // The writer fails (no hang) once the pool is full.
@@ -940,7 +954,7 @@ fn dm_a_container_filling_the_pool_fails_promptly_and_writes_again_after_pool_gr
 #[test]
 fn dm_below_the_free_space_reserve_new_devices_are_refused_and_writers_go_on() {
     thinpool::testing::require_dm();
-    let e = Env::thin_with_pool(
+    let e = setup_on_pool(
         "reserve",
         &[
             "--data-size",
@@ -951,15 +965,10 @@ fn dm_below_the_free_space_reserve_new_devices_are_refused_and_writers_go_on() {
             "40",
         ],
     );
-    let layout = busybox_image(&e.s);
-    e.ok(&["image", "import", layout.to_str().unwrap(), "--name", "bb"]);
-    create(&e, "c", &[]);
-    let st =
-        |e: &Env| -> Value { serde_json::from_str(&e.ok(&["pool", "status", "--json"])).unwrap() };
-    assert_eq!(st(&e)["min_free"], 40);
+    assert_eq!(pool_status(&e)["min_free"], 40);
     // Written up to about 75% of the pool, whatever the filesystem and
     // the image hold: below the 40% reserve, far from full.
-    let s0 = st(&e);
+    let s0 = pool_status(&e);
     let (used, total) = (
         s0["data"]["used_bytes"].as_u64().unwrap(),
         s0["data"]["total_bytes"].as_u64().unwrap(),
@@ -969,8 +978,8 @@ fn dm_below_the_free_space_reserve_new_devices_are_refused_and_writers_go_on() {
         "c",
         &format!("dd if=/dev/zero of=/big bs=1M count={mib} conv=fsync 2>/dev/null"),
     );
-    assert_eq!(st(&e)["mode"], "rw");
-    let devices = st(&e)["thin_devices"].clone();
+    assert_eq!(pool_status(&e)["mode"], "rw");
+    let devices = pool_status(&e)["thin_devices"].clone();
     for args in [
         vec!["container", "create", "--name", "d", "--image", "bb"],
         vec!["layer", "create", "--name", "l"],
@@ -985,7 +994,11 @@ fn dm_below_the_free_space_reserve_new_devices_are_refused_and_writers_go_on() {
             ],
         );
     }
-    assert_eq!(st(&e)["thin_devices"], devices, "a refused device was made");
+    assert_eq!(
+        pool_status(&e)["thin_devices"],
+        devices,
+        "a refused device was made"
+    );
     // The container already made keeps writing into the reserve.
     assert_eq!(
         e.sh(
@@ -996,7 +1009,7 @@ fn dm_below_the_free_space_reserve_new_devices_are_refused_and_writers_go_on() {
     );
     // A lower reserve lets new devices in again.
     e.ok(&["pool", "set", "--min-free", "5"]);
-    assert_eq!(st(&e)["min_free"], 5);
+    assert_eq!(pool_status(&e)["min_free"], 5);
     create(&e, "d", &[]);
     // A reserve out of range is a usage error, as clap gives them.
     let o = e.run(&["pool", "set", "--min-free", "60"]);
@@ -1006,7 +1019,7 @@ fn dm_below_the_free_space_reserve_new_devices_are_refused_and_writers_go_on() {
 
 /// The pool's dm table line (`0 LEN thin-pool META DATA BLOCK LWM ...`).
 fn pool_table(e: &Env) -> Vec<String> {
-    let st: Value = serde_json::from_str(&e.ok(&["pool", "status", "--json"])).unwrap();
+    let st = pool_status(e);
     let id = thinpool::PoolId::try_from(st["id"].as_str().unwrap().to_string()).unwrap();
     let name = thinpool::names::PoolNames::new(id).name_string(thinpool::names::Role::Pool);
     let o = std::process::Command::new("dmsetup")
@@ -1027,7 +1040,7 @@ fn dm_a_watched_pool_autoextends_on_its_low_water_event_and_no_write_fails() {
     // 256M of data, grown at 60% use by 256M up to 1G; queue mode, so a
     // write that outruns a grow waits for it (20 s at most, then fails:
     // the test would see that).
-    let e = Env::thin_with_pool(
+    let e = setup_on_pool(
         "autoext",
         &[
             "--data-size",
@@ -1046,9 +1059,7 @@ fn dm_a_watched_pool_autoextends_on_its_low_water_event_and_no_write_fails() {
             "1G",
         ],
     );
-    let st =
-        |e: &Env| -> Value { serde_json::from_str(&e.ok(&["pool", "status", "--json"])).unwrap() };
-    let s0 = st(&e);
+    let s0 = pool_status(&e);
     assert_eq!(s0["autoextend"]["threshold"], 60);
     assert_eq!(s0["kernel_queue_timeout"], 20);
     // The low-water mark is the free blocks left at 60%: 40% of 4096.
@@ -1056,9 +1067,6 @@ fn dm_a_watched_pool_autoextends_on_its_low_water_event_and_no_write_fails() {
     assert_eq!(table[2], "thin-pool");
     assert_eq!(table[6], "1638", "low-water mark in {table:?}");
 
-    let layout = busybox_image(&e.s);
-    e.ok(&["image", "import", layout.to_str().unwrap(), "--name", "bb"]);
-    create(&e, "c", &[]);
     let mut monitor = e
         .cmd(&["pool", "monitor", "--json"])
         .stdout(std::process::Stdio::piped())
@@ -1090,7 +1098,7 @@ fn dm_a_watched_pool_autoextends_on_its_low_water_event_and_no_write_fails() {
         ),
         "419430400\n"
     );
-    let grown = st(&e);
+    let grown = pool_status(&e);
     let data = grown["data"]["total_bytes"].as_u64().unwrap();
     assert!(data >= 768 << 20, "the pool did not grow enough: {grown}");
     assert_eq!(grown["mode"], "rw");
@@ -1125,7 +1133,7 @@ fn dm_a_watched_pool_autoextends_on_its_low_water_event_and_no_write_fails() {
         &["autoextend max", "below the pool's data size"],
     );
     e.ok(&["pool", "set", "--no-autoextend"]);
-    assert_eq!(st(&e)["autoextend"], Value::Null);
+    assert_eq!(pool_status(&e)["autoextend"], Value::Null);
     assert_eq!(pool_table(&e)[6], "0");
     assert_eq!(e.sh("c", "cat /srv/app/config"), "v1\n");
 }
@@ -1133,7 +1141,7 @@ fn dm_a_watched_pool_autoextends_on_its_low_water_event_and_no_write_fails() {
 #[test]
 fn dm_queue_mode_fails_a_writer_after_its_timeout_and_pool_grow_brings_rw_back() {
     thinpool::testing::require_dm();
-    let e = Env::thin_with_pool(
+    let e = setup_on_pool(
         "queue",
         &[
             "--data-size",
@@ -1146,15 +1154,10 @@ fn dm_queue_mode_fails_a_writer_after_its_timeout_and_pool_grow_brings_rw_back()
             "3",
         ],
     );
-    let st =
-        |e: &Env| -> Value { serde_json::from_str(&e.ok(&["pool", "status", "--json"])).unwrap() };
-    assert_eq!(st(&e)["kernel_queue_timeout"], 3);
+    assert_eq!(pool_status(&e)["kernel_queue_timeout"], 3);
     // No "error_if_no_space" feature in queue mode; `pool set` switches
     // the live table.
     assert!(!pool_table(&e).contains(&"error_if_no_space".to_string()));
-    let layout = busybox_image(&e.s);
-    e.ok(&["image", "import", layout.to_str().unwrap(), "--name", "bb"]);
-    create(&e, "c", &[]);
     // The writer waits at most the queue timeout once the pool is full,
     // then fails: far from the kernel's 60 s default.
     let t = std::time::Instant::now();
@@ -1162,7 +1165,7 @@ fn dm_queue_mode_fails_a_writer_after_its_timeout_and_pool_grow_brings_rw_back()
     let took = t.elapsed();
     assert!(!o.status.success(), "400M fit in a 256M pool");
     assert!(took.as_secs() < 45, "the writer was held {took:?}");
-    let s = st(&e);
+    let s = pool_status(&e);
     assert_eq!(s["mode"], "out-of-data-space");
     let advice = s["advice"].as_str().unwrap();
     assert!(
@@ -1172,7 +1175,7 @@ fn dm_queue_mode_fails_a_writer_after_its_timeout_and_pool_grow_brings_rw_back()
     let text = e.ok(&["pool", "status"]);
     assert!(text.contains("what to do:"), "{text}");
     e.ok(&["pool", "grow", "--data-size", "+512M"]);
-    assert_eq!(st(&e)["mode"], "rw");
+    assert_eq!(pool_status(&e)["mode"], "rw");
     assert_eq!(
         e.sh(
             "c",
@@ -1182,5 +1185,5 @@ fn dm_queue_mode_fails_a_writer_after_its_timeout_and_pool_grow_brings_rw_back()
     );
     e.ok(&["pool", "set", "--on-full", "error"]);
     assert!(pool_table(&e).contains(&"error_if_no_space".to_string()));
-    assert_eq!(st(&e)["on_full"], "error");
+    assert_eq!(pool_status(&e)["on_full"], "error");
 }

@@ -122,15 +122,14 @@ impl Containers<'_> {
             }
             let undo = self.undo_create(&rec);
             if undo.is_ok() {
-                let _ = fs::remove_file(&alive);
+                guard.remove();
             }
             return Err(e.with_rollback(undo));
         }
         rec.state = State::Created;
         self.save(&rec)?;
         self.records.insert(id, rec.clone());
-        let _ = fs::remove_file(&alive);
-        drop(guard);
+        guard.remove();
         Ok(rec)
     }
 

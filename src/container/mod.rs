@@ -165,8 +165,7 @@ impl<'r> Containers<'r> {
                         continue;
                     };
                     self.undo_create(&rec)?;
-                    let _ = fs::remove_file(&lock);
-                    drop(guard);
+                    guard.remove();
                     self.res
                         .repairs
                         .push(format!("undid the creation of container {}", rec.name));
@@ -199,10 +198,7 @@ impl<'r> Containers<'r> {
             {
                 continue;
             }
-            if let Some(g) = LockGuard::try_acquire(&e.path())? {
-                let _ = fs::remove_file(e.path());
-                drop(g);
-            }
+            LockGuard::remove_if_free(&e.path())?;
         }
         Ok(())
     }

@@ -212,8 +212,7 @@ impl Store {
                         self.finish(&j)?;
                     }
                     thinpool::record::remove(&path)?;
-                    let _ = fs::remove_file(&lock);
-                    drop(guard);
+                    guard.remove();
                 }
             }
         }
@@ -225,11 +224,7 @@ impl Store {
             if self.own_txn.as_deref() == Some(txn) || names.contains(&format!("{txn}.json")) {
                 continue;
             }
-            let lock = jdir.join(name);
-            if let Some(g) = LockGuard::try_acquire(&lock)? {
-                let _ = fs::remove_file(&lock);
-                drop(g);
-            }
+            LockGuard::remove_if_free(&jdir.join(name))?;
         }
         Ok(())
     }

@@ -357,8 +357,7 @@ impl Txn<'_> {
     fn end(&mut self) -> Result<()> {
         if let Some((id, guard)) = self.live.take() {
             thinpool::record::remove(&self.store.journal_path(&id))?;
-            let _ = std::fs::remove_file(guard.path());
-            drop(guard);
+            guard.remove();
             self.store.own_txn = None;
         }
         Ok(())

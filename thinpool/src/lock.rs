@@ -117,6 +117,22 @@ impl LockGuard {
         &self.path
     }
 
+    /// Removes the lock file, then lets go of the lock: what a holder does
+    /// once what the lock stood for is gone. A process that opened the file
+    /// before it went and locks it after finds the path no longer names it
+    /// and takes the file that is there ([`LockGuard::acquire`]).
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// Removes the lock file at `path` if no one holds it (its holder is
+    /// dead); whether it did.
+    ///
+    /// Errors: [`LockError::Io`].
+    pub fn remove_if_free(path: &Path) -> Result<bool, LockError> {
+        Ok(Self::try_acquire(path)?.map(LockGuard::remove).is_some())
+    }
+
     /// Takes the lock at `path` if no one holds it; `None` if someone
     /// does (a live process: the kernel drops a dead one's locks).
     ///

@@ -163,7 +163,6 @@ impl Pool {
     /// Takes over an active pool, rolling forward a grow that was killed
     /// between recording the new size and reloading the tables.
     pub(super) fn adopt(&mut self) -> Result<()> {
-        let mut meta_grew = false;
         for (role, b) in [
             (Role::Meta, &self.record.metadata),
             (Role::Data, &self.record.data),
@@ -186,10 +185,7 @@ impl Pool {
                 )));
             }
             match table.sectors.cmp(&b.size.sectors()) {
-                std::cmp::Ordering::Less => {
-                    self.reload_length(role, b.size.sectors(), &table)?;
-                    meta_grew |= role == Role::Meta;
-                }
+                std::cmp::Ordering::Less => self.reload_length(role, b.size.sectors(), &table)?,
                 std::cmp::Ordering::Equal => {}
                 std::cmp::Ordering::Greater => {
                     return Err(mismatch(format!(
@@ -203,9 +199,10 @@ impl Pool {
         if let Some(table) = self.kernel_table(Role::Pool)? {
             // The pool takes a grown data or metadata device when its
             // table is loaded and resumed again (its preresume resizes
-            // both); a metadata-only grow reloads the same table.
-            let meta_short = meta_grew
-                || self.kernel_metadata_blocks()? < self.record.metadata.size.0 / METADATA_BLOCK.0;
+            // both); a metadata-only grow, or one killed before the pool
+            // took it, reloads the same table.
+            let meta_short =
+                self.kernel_metadata_blocks()? < self.record.metadata.size.0 / METADATA_BLOCK.0;
             if table.sectors < self.record.data.size.sectors() || meta_short {
                 let sectors = table.sectors.max(self.record.data.size.sectors());
                 self.reload_length(Role::Pool, sectors, &table)?;
