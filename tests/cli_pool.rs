@@ -1023,7 +1023,9 @@ fn dm_activation_frees_ids_no_record_names_and_a_failed_undo_stays_pending() {
     ]);
     let held = std::fs::File::open(format!("/dev/{}", dm_info(&holder, "blkdevname"))).unwrap();
     let rec_path = root.join("pool/pool.json");
-    let read_rec = || -> Value { thinpool::record::read(&rec_path).unwrap().unwrap() };
+    let read_rec = || -> Value {
+        serde_json::to_value(thinpool::testing::settled_record(&root.join("pool"))).unwrap()
+    };
     let mut rec = read_rec();
     rec["pending"] =
         serde_json::json!({"op": "create", "id": 9001, "size": 1048576, "tag": "test"});

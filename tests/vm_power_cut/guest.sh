@@ -199,8 +199,11 @@ list(pool_of.map(check, lines))
 
 # Records and devices: the pool's record names exactly the thin ids the
 # kernel's metadata holds (read with thin_ls from a metadata snapshot of
-# the live pool), nothing is pending, and each id's tag names a record
-# that names it back (a layer, a thin volume, the base).
+# the live pool), nothing is pending but the last change, which the
+# kernel committed (the kernel's transaction id is the commit: the record
+# is not written again after a change, thinpool::recovery), and each id's
+# tag names a record that names it back (a layer, a thin volume, the
+# base).
 def record(path):
     with open(path) as fh:
         head = fh.readline()
@@ -217,13 +220,37 @@ def devices():
     pools = [l.split()[0] for l in out.splitlines() if l.strip() and not l.startswith("No devices")]
     if len(pools) != 1:
         raise ValueError(f"expected one thin pool, dmsetup has {pools}")
+    # The kernel's transaction id before the record: a record is written
+    # before the kernel moves on.
+    fields = subprocess.run(["dmsetup", "status", "--noflush", pools[0]], capture_output=True,
+                            text=True, check=True).stdout.split()
+    kernel_tx = int(fields[3])
+    rec = settle(record(os.path.join(root, "pool", "pool.json")), kernel_tx)
     subprocess.run(["dmsetup", "message", pools[0], "0", "reserve_metadata_snap"], check=True)
     try:
         r = subprocess.run(["thin_ls", "-m", "--no-headers", "-o", "DEV", meta], capture_output=True,
                            text=True, check=True)
     finally:
         subprocess.run(["dmsetup", "message", pools[0], "0", "release_metadata_snap"], check=True)
-    return sorted(int(x) for x in r.stdout.split()), record(os.path.join(root, "pool", "pool.json"))
+    return sorted(int(x) for x in r.stdout.split()), rec
+
+
+def settle(pool, kernel_tx):
+    """The record as a reader sees it: its pending change applied when the
+    kernel is one transaction past it; any other pending change, or a
+    kernel anywhere else, is a failure."""
+    op = pool.get("pending")
+    if op is not None and kernel_tx == pool["transaction_id"] + 1:
+        if op["op"] == "delete":
+            pool["thins"].pop(str(op["id"]), None)
+        else:
+            pool["thins"][str(op["id"])] = {"tag": op["tag"]}
+        pool["transaction_id"] = kernel_tx
+        pool["pending"] = None
+    if pool["transaction_id"] != kernel_tx:
+        fail(f"the kernel is at transaction {kernel_tx}, the pool's record at "
+             f"{pool['transaction_id']} (pending: {op})")
+    return pool
 
 
 def volume_devices(pool, volumes):
@@ -240,7 +267,7 @@ try:
     kernel_ids, pool = devices()
     recorded = sorted(int(k) for k in pool["thins"])
     if pool.get("pending") is not None:
-        fail(f"the pool's record has a change pending after recovery: {pool['pending']}")
+        fail(f"the pool's record has a change in flight after recovery: {pool['pending']}")
     if kernel_ids != recorded:
         fail(f"thin devices {kernel_ids} in the metadata, {recorded} in the pool's record")
     tags = [t["tag"] for t in pool["thins"].values()]

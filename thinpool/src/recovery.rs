@@ -7,12 +7,16 @@
 //! 2. the dm messages are sent: the change itself (`create_thin`,
 //!    `create_snap`, `delete`), then `set_transaction_id R R+1`; the
 //!    thin-pool target commits its metadata after each message;
-//! 3. the record is written with the change applied, the new transaction id
-//!    and no pending operation.
+//! 3. once `set_transaction_id` returns, the kernel has committed R+1 with
+//!    the change: that is the commit. The record is not written again
+//!    (one durable write per change); the next change writes it with this
+//!    one applied, and meanwhile every reader that finds the kernel at
+//!    R+1 applies the pending operation as committed.
 //!
 //! A process killed anywhere leaves the kernel at transaction R (the change
 //! may or may not have been committed) or R+1 (it was). [`decide`] maps that
-//! to an action, and the pool applies it the next time it is opened.
+//! to an action, and the pool applies it the next time it is opened (or, for
+//! a commit, whenever it reads the record).
 
 use serde::{Deserialize, Serialize};
 

@@ -25,6 +25,28 @@ pub fn require_root() {
     }
 }
 
+/// The record of the pool in `dir` as a reader sees it, without opening
+/// the pool (which would recover whatever a kill left): a pending
+/// operation the kernel's active pool has committed is applied
+/// ([`PoolRecord::settle`]). Panics when there is no record.
+pub fn settled_record(dir: &Path) -> PoolRecord {
+    let kernel = DM::new().ok().and_then(|dm| {
+        let probe: PoolRecord = record::read(&dir.join(RECORD_FILE)).ok()??;
+        let name = PoolNames::new(probe.id).name(Role::Pool);
+        let flags = DmOptions::default().set_flags(devicemapper::DmFlags::DM_NOFLUSH);
+        let (_, lines) = dm.table_status(&DevId::Name(&name), flags).ok()?;
+        let tx = lines.first()?.3.split_whitespace().next()?.parse().ok()?;
+        Some(crate::units::TransactionId(tx))
+    });
+    let mut rec: PoolRecord = record::read(&dir.join(RECORD_FILE))
+        .expect("reading the pool record")
+        .expect("a pool record");
+    if let Some(k) = kernel {
+        rec.settle(k);
+    }
+    rec
+}
+
 /// Panics unless the kernel has device-mapper with the thin-pool target.
 pub fn require_dm() {
     require_root();

@@ -56,7 +56,8 @@ fn message(pool: &Pool, msg: &str) {
 
 fn rewrite_record(dir: &Path, f: impl FnOnce(&mut PoolRecord)) {
     let path = dir.join(RECORD_FILE);
-    let mut rec: PoolRecord = thinpool::record::read(&path).unwrap().unwrap();
+    // As the last change left it: its operation committed by the kernel.
+    let mut rec = thinpool::testing::settled_record(dir);
     f(&mut rec);
     thinpool::record::write(&path, &rec).unwrap();
 }
@@ -259,9 +260,7 @@ fn dm_open_refuses_a_record_the_kernel_contradicts() {
     assert!(matches!(err, Error::Mismatch { .. }), "{err}");
     assert!(err.to_string().contains("kernel is at 5"), "{err}");
     // Deactivated, the same check runs against the superblock on disk.
-    let mut rec: PoolRecord = thinpool::record::read(&dir.join(RECORD_FILE))
-        .unwrap()
-        .unwrap();
+    let mut rec = thinpool::testing::settled_record(&dir);
     rec.transaction_id = TransactionId(5);
     thinpool::record::write(&dir.join(RECORD_FILE), &rec).unwrap();
     let mut pool = Pool::open(&dir).unwrap();

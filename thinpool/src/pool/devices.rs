@@ -103,10 +103,17 @@ impl Pool {
         self.dev.as_ref().ok_or(Error::Inactive)
     }
 
-    /// The thin-pool target's status line, parsed.
+    /// The thin-pool target's status line, parsed. Read with `noflush`:
+    /// without it the kernel commits the pool's metadata for every status
+    /// read (a flush down to the metadata file), and nothing here needs
+    /// that: the counts and the transaction id are the kernel's in-core
+    /// ones either way, and every change commits by itself.
     pub(super) fn kernel_status(&self) -> Result<ThinPoolStatus> {
         self.pool_dev()?
-            .status(&self.dm, DmOptions::default())
+            .status(
+                &self.dm,
+                DmOptions::default().set_flags(DmFlags::DM_NOFLUSH),
+            )
             .map_err(Error::dm("reading the pool status"))
     }
 

@@ -70,7 +70,7 @@ use crate::kernel;
 use crate::lock::LockGuard;
 use crate::names::{PoolNames, Role};
 use crate::record;
-use crate::units::ThinId;
+use crate::units::{ThinId, TransactionId};
 
 pub use activate::{Activated, MetadataCheck};
 pub use create::check_create_options;
@@ -280,9 +280,23 @@ impl Pool {
     /// replaced atomically), to see thin devices other processes made or
     /// deleted since. A pool holding its lock has nothing to learn.
     pub fn refresh(&mut self) -> Result<()> {
-        if self.lock.is_none() {
-            self.record = self.read_record()?;
+        if self.lock.is_some() {
+            return Ok(());
         }
+        // The kernel first, then the record: a record is written before
+        // the kernel moves on, so a pending operation exactly one
+        // transaction behind a kernel read earlier is committed, and any
+        // other is still in flight (or a dead process's, finished by the
+        // next change under the lock).
+        let kernel = match self.dev {
+            Some(_) => Some(TransactionId(self.working_status()?.transaction_id)),
+            None => None,
+        };
+        let mut record = self.read_record()?;
+        if let Some(kernel) = kernel {
+            record.settle(kernel);
+        }
+        self.record = record;
         Ok(())
     }
 

@@ -119,6 +119,26 @@ impl PoolRecord {
         Ok(id)
     }
 
+    /// Applies the pending operation if the kernel, at transaction
+    /// `kernel`, has committed it ([`crate::recovery`]): what a reader of
+    /// the record does, since the record is not written again after a
+    /// change. `kernel` must be read before the record was: the record is
+    /// written before the kernel moves on, so this never commits an
+    /// operation still in flight. Whether it applied one.
+    pub fn settle(&mut self, kernel: TransactionId) -> bool {
+        match &self.pending {
+            Some(op)
+                if crate::recovery::decide(op, self.transaction_id, kernel)
+                    == crate::recovery::Recovery::Commit =>
+            {
+                let op = op.clone();
+                self.commit(op);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Applies a thin-device change the kernel has committed: the record
     /// moves to the next transaction id and has nothing pending.
     pub fn commit(&mut self, op: PendingOp) {

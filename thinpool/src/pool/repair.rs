@@ -93,7 +93,9 @@ impl Pool {
         let parent = meta.parent().unwrap_or(std::path::Path::new("."));
         crate::record::sync_dir(parent).map_err(Error::io("syncing", parent))?;
         // The repaired metadata is the truth now: its transaction, no
-        // operation in flight (what one left is reconciled below).
+        // operation in flight (what one left is reconciled below). A
+        // change it committed is the record's first.
+        self.record.settle(sb.transaction_id);
         self.record.transaction_id = sb.transaction_id;
         self.record.pending = None;
         self.save()?;

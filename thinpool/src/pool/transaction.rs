@@ -72,7 +72,12 @@ impl Pool {
         let kernel = TransactionId(self.working_status()?.transaction_id);
         let record = self.record.transaction_id;
         if let Some(op) = self.record.pending.clone() {
-            match recovery::decide(&op, record, kernel) {
+            let decision = recovery::decide(&op, record, kernel);
+            let written = !matches!(decision, Recovery::Commit);
+            match decision {
+                // The kernel's transaction id is the commit record: the
+                // record keeps the operation pending until its next write,
+                // and every reader commits it the same way.
                 Recovery::Commit => self.record.commit(op),
                 Recovery::Undo => {
                     let id = op.thin_id();
@@ -100,7 +105,9 @@ impl Pool {
                     })
                 }
             }
-            self.save()?;
+            if written {
+                self.save()?;
+            }
         } else if kernel != record {
             return Err(Error::Mismatch {
                 what: "transaction id".into(),
@@ -123,9 +130,16 @@ impl Pool {
 
     /// Runs one thin-device change through the transaction protocol
     /// ([`crate::recovery`]): record it as pending, send `msg` and
-    /// `set_transaction_id`, then commit it to the record. `before` runs
+    /// `set_transaction_id`, then commit it in memory. `before` runs
     /// just before `msg` is sent, `after` just after (to suspend and
     /// resume an origin around a snapshot).
+    ///
+    /// One durable record write per change: the kernel commits its
+    /// metadata with the new transaction id before `set_transaction_id`
+    /// returns, and a record whose pending operation is one transaction
+    /// behind the kernel is read as committed ([`Pool::refresh`],
+    /// [`Pool::recover`]), so the record is not written again until the
+    /// next change (which writes it with this one committed).
     pub(super) fn transact(
         &mut self,
         op: PendingOp,
@@ -152,7 +166,7 @@ impl Pool {
             Ok(()) => {
                 killpoint::here(killpoint::POOL_TRANSACTION_SET);
                 self.record.commit(op);
-                self.save()
+                Ok(())
             }
             Err(causal) => {
                 // Undo what the kernel may have done; a delete is left
