@@ -107,23 +107,26 @@ impl<'r> Containers<'r> {
     /// and volume commands go on meanwhile, then closes the stores `work`
     /// opened (a store's lock is never held while waiting for the
     /// containers': the lock order), takes the lock again and reads the
-    /// records and volumes anew. What `work` touches must be claimed by a
-    /// record of this process (a container being created, its liveness
-    /// lock held: [`Self::liveness_lock`]).
+    /// records and volumes anew, unless no other process took the lock
+    /// meanwhile (container and volume records change only under it). What
+    /// `work` touches must be claimed by a record of this process (a
+    /// container being created, its liveness lock held:
+    /// [`Self::liveness_lock`]).
     ///
     /// Errors: `work`'s; then the lock cannot be taken again, or the
     /// records cannot be read.
     pub(super) fn unlocked<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.res.release();
-        self.lock = None;
+        let before = self.lock.take().map(|g| g.generation());
         let out = work(self);
         self.res.release();
-        self.lock = Some(LockGuard::acquire(
-            &self.dir.join("lock"),
-            self.res.root.lock_timeout(),
-        )?);
-        self.records = read_records(&self.dir)?;
-        self.volumes = Volumes::open(&self.res.root.volumes_dir())?;
+        let lock = LockGuard::acquire(&self.dir.join("lock"), self.res.root.lock_timeout())?;
+        let untouched = before.is_some_and(|g| lock.generation() == g + 1);
+        self.lock = Some(lock);
+        if !untouched {
+            self.records = read_records(&self.dir)?;
+            self.volumes = Volumes::open(&self.res.root.volumes_dir())?;
+        }
         out
     }
 

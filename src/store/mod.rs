@@ -244,17 +244,20 @@ impl Store {
 
     /// Runs `work` on the driver without the store's lock, so that other
     /// operations go on meanwhile, then takes the lock again and reads the
-    /// records anew. What `work` touches must be claimed by this store's
-    /// transaction (or be read-only). Errors: the lock cannot be taken
-    /// again ([`Error::Lock`]), or the records cannot be read.
+    /// records anew, unless no other process took the lock meanwhile
+    /// (every change to the records is made under it, so they are as this
+    /// store last read them). What `work` touches must be claimed by this
+    /// store's transaction (or be read-only). Errors: the lock cannot be
+    /// taken again ([`Error::Lock`]), or the records cannot be read.
     pub fn unlocked<T>(&mut self, work: impl FnOnce(&mut dyn Driver) -> T) -> Result<T> {
-        self.lock = None;
+        let before = self.lock.take().map(|g| g.generation());
         let out = work(self.driver.as_mut());
-        self.lock = Some(LockGuard::acquire(
-            &self.dir.join("lock"),
-            self.lock_timeout,
-        )?);
-        self.load()?;
+        let lock = LockGuard::acquire(&self.dir.join("lock"), self.lock_timeout)?;
+        let untouched = before.is_some_and(|g| lock.generation() == g + 1);
+        self.lock = Some(lock);
+        if !untouched {
+            self.load()?;
+        }
         Ok(out)
     }
 

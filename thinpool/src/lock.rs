@@ -8,10 +8,17 @@
 //! files that are removed (a dead process's scratch lock, swept while
 //! held) are checked after locking: a lock taken on a file the path no
 //! longer names is dropped and taken again on the file that is there.
+//!
+//! The file also counts how many times the lock has been taken (its
+//! generation), so a holder that let go and took it again knows whether
+//! anyone held it in between ([`LockGuard::generation`]): if not, what it
+//! read under the lock before is still true. The file is one fixed-width
+//! line, `<pid or -> <generation>`, overwritten in place (after its first
+//! write it needs no new block, even on a full filesystem).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{self, Read, Seek};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -50,6 +57,23 @@ pub enum LockError {
 pub struct LockGuard {
     file: Flock<File>,
     path: PathBuf,
+    generation: u64,
+}
+
+/// The lock file's line: `<holder's pid or -> <generation>`, padded to a
+/// fixed width so that rewriting it never changes the file's size.
+fn lock_line(pid: Option<u32>, generation: u64) -> String {
+    let pid = pid.map_or("-".to_string(), |p| p.to_string());
+    format!("{pid:<11}{generation:<20}\n")
+}
+
+/// The holder's pid and the generation in a lock file's text; a bare pid
+/// (as older versions wrote) is generation 0.
+fn parse_lock_line(text: &str) -> (Option<u32>, u64) {
+    let mut words = text.split_whitespace();
+    let pid = words.next().and_then(|w| w.parse().ok());
+    let generation = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    (pid, generation)
 }
 
 impl LockGuard {
@@ -96,20 +120,38 @@ impl LockGuard {
                 let _ = file.read_to_string(&mut s);
                 return Err(LockError::Busy {
                     path: path.to_path_buf(),
-                    holder: s.trim().parse().ok(),
+                    holder: parse_lock_line(&s).0,
                     waited: timeout,
                 });
             }
             std::thread::sleep(nap);
             nap = (nap * 2).min(Duration::from_millis(50));
         };
-        file.set_len(0).map_err(io_err("writing"))?;
-        file.rewind().map_err(io_err("writing"))?;
-        let _ = write!(file, "{}", std::process::id());
+        let mut text = String::new();
+        file.rewind().map_err(io_err("reading"))?;
+        file.read_to_string(&mut text).map_err(io_err("reading"))?;
+        let generation = parse_lock_line(&text).1 + 1;
+        // A generation that could not be written would let a later holder
+        // believe nobody held the lock: taking it fails instead.
+        let line = lock_line(Some(std::process::id()), generation);
+        file.write_all_at(line.as_bytes(), 0)
+            .map_err(io_err("writing"))?;
+        if text.len() > line.len() {
+            file.set_len(line.len() as u64).map_err(io_err("writing"))?;
+        }
         Ok(LockGuard {
             file,
             path: path.to_path_buf(),
+            generation,
         })
+    }
+
+    /// How many times the lock has been taken, this time included, as
+    /// counted in its file (a new or removed file starts again at 1). A
+    /// holder that let go at generation `g` and takes it again at `g + 1`
+    /// knows that no one held it in between.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The lock file.
@@ -175,7 +217,10 @@ fn names_same_file(file: &File, path: &Path) -> io::Result<bool> {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        let _ = self.file.set_len(0);
+        // The pid goes; the generation stays for the next holder.
+        let _ = self
+            .file
+            .write_all_at(lock_line(None, self.generation).as_bytes(), 0);
     }
 }
 
@@ -199,6 +244,41 @@ mod tests {
         assert!(msg.contains("retry"), "{msg}");
         drop(first);
         LockGuard::acquire(&path, Duration::ZERO).unwrap();
+    }
+
+    #[test]
+    fn plain_the_generation_counts_every_holder_and_survives_the_file_s_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let first = LockGuard::acquire(&path, Duration::ZERO).unwrap();
+        assert_eq!(first.generation(), 1);
+        let mine = first.generation();
+        drop(first);
+        // Taken again with no one in between: the next generation.
+        let again = LockGuard::acquire(&path, Duration::ZERO).unwrap();
+        assert_eq!(again.generation(), mine + 1);
+        drop(again);
+        // Someone else in between: more than one step.
+        drop(LockGuard::acquire(&path, Duration::ZERO).unwrap());
+        let later = LockGuard::acquire(&path, Duration::ZERO).unwrap();
+        assert_eq!(later.generation(), mine + 3);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(parse_lock_line(&text), (Some(std::process::id()), 4));
+        drop(later);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(parse_lock_line(&text), (None, 4));
+        // An older version's bare pid reads as generation 0.
+        std::fs::write(&path, "4242").unwrap();
+        assert_eq!(
+            LockGuard::acquire(&path, Duration::ZERO)
+                .unwrap()
+                .generation(),
+            1
+        );
+        // A file whose pid is longer than the line is cut to the line.
+        std::fs::write(&path, "9".repeat(64)).unwrap();
+        drop(LockGuard::acquire(&path, Duration::ZERO).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap().len(), 32);
     }
 
     #[test]
