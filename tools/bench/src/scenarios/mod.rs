@@ -277,7 +277,7 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
              process (`dm-ioctl`: message, create, load, resume, mount), which is the true floor. The peer is \
              LVM (`lvm`): `lvcreate -s` of a thin LV in a volume group of its own (lvm2's tools, udev off, \
              one process per call, chains of snapshots of snapshots) and the same mount. Then {n} `thinlayer container create` processes started at once (wall time until all \
-             finished; they serialize on the containers' lock). {} repetitions, drivers alternating.",
+             finished). {} repetitions, drivers alternating.",
             plan.reps
         ),
         unit: Unit::Millis,
