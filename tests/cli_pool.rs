@@ -391,8 +391,8 @@ fn base_filesystem_takes_only_what_it_writes(root: &Path, st: &Value) {
     );
     ok(root, &["layer", "create", "--name", "l"]);
     let thins = || -> Vec<(String, String)> {
-        let text = std::fs::read_to_string(root.join("pool/pool.json")).unwrap();
-        let rec: Value = serde_json::from_str(text.split_once('\n').unwrap().1).unwrap();
+        let rec =
+            serde_json::to_value(thinpool::testing::settled_record(&root.join("pool"))).unwrap();
         rec["thins"]
             .as_object()
             .unwrap()

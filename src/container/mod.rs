@@ -121,7 +121,8 @@ impl<'r> Containers<'r> {
         let out = work(self);
         self.res.release();
         let lock = LockGuard::acquire(&self.dir.join("lock"), self.res.root.lock_timeout())?;
-        let untouched = before.is_some_and(|g| lock.generation() == g + 1);
+        let untouched =
+            matches!((before, lock.generation()), (Some(Some(g)), Some(now)) if now == g + 1);
         self.lock = Some(lock);
         if !untouched {
             self.records = read_records(&self.dir)?;

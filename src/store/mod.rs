@@ -253,7 +253,8 @@ impl Store {
         let before = self.lock.take().map(|g| g.generation());
         let out = work(self.driver.as_mut());
         let lock = LockGuard::acquire(&self.dir.join("lock"), self.lock_timeout)?;
-        let untouched = before.is_some_and(|g| lock.generation() == g + 1);
+        let untouched =
+            matches!((before, lock.generation()), (Some(Some(g)), Some(now)) if now == g + 1);
         self.lock = Some(lock);
         if !untouched {
             self.load()?;

@@ -57,7 +57,7 @@ pub enum LockError {
 pub struct LockGuard {
     file: Flock<File>,
     path: PathBuf,
-    generation: u64,
+    generation: Option<u64>,
 }
 
 /// The lock file's line: `<holder's pid or -> <generation>`, padded to a
@@ -130,15 +130,27 @@ impl LockGuard {
         let mut text = String::new();
         file.rewind().map_err(io_err("reading"))?;
         file.read_to_string(&mut text).map_err(io_err("reading"))?;
-        let generation = parse_lock_line(&text).1 + 1;
-        // A generation that could not be written would let a later holder
-        // believe nobody held the lock: taking it fails instead.
-        let line = lock_line(Some(std::process::id()), generation);
-        file.write_all_at(line.as_bytes(), 0)
-            .map_err(io_err("writing"))?;
-        if text.len() > line.len() {
-            file.set_len(line.len() as u64).map_err(io_err("writing"))?;
-        }
+        let next = parse_lock_line(&text).1 + 1;
+        let line = lock_line(Some(std::process::id()), next);
+        let written = file.write_all_at(line.as_bytes(), 0).and_then(|()| {
+            if text.len() > line.len() {
+                file.set_len(line.len() as u64)?;
+            }
+            Ok(())
+        });
+        let generation = match written {
+            Ok(()) => Some(next),
+            // An empty lock file on a full filesystem has no block for the
+            // line. No holder has counted in it, so none can take this one
+            // for nobody; this holder goes without a count. Rewriting a line
+            // already there needs no new block: its failure is an I/O
+            // error, and fails the lock.
+            Err(_) if text.is_empty() => {
+                let _ = file.set_len(0);
+                None
+            }
+            Err(e) => return Err(io_err("writing")(e)),
+        };
         Ok(LockGuard {
             file,
             path: path.to_path_buf(),
@@ -147,10 +159,12 @@ impl LockGuard {
     }
 
     /// How many times the lock has been taken, this time included, as
-    /// counted in its file (a new or removed file starts again at 1). A
-    /// holder that let go at generation `g` and takes it again at `g + 1`
-    /// knows that no one held it in between.
-    pub fn generation(&self) -> u64 {
+    /// counted in its file. A holder that let go at generation `g` and
+    /// takes it again at `g + 1` knows that no one held it in between, for
+    /// a lock file that is never removed (a new file counts from 1 again).
+    /// `None` when the count could not be written (a new file on a full
+    /// filesystem): the holder knows nothing then.
+    pub fn generation(&self) -> Option<u64> {
         self.generation
     }
 
@@ -218,9 +232,9 @@ fn names_same_file(file: &File, path: &Path) -> io::Result<bool> {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         // The pid goes; the generation stays for the next holder.
-        let _ = self
-            .file
-            .write_all_at(lock_line(None, self.generation).as_bytes(), 0);
+        if let Some(g) = self.generation {
+            let _ = self.file.write_all_at(lock_line(None, g).as_bytes(), 0);
+        }
     }
 }
 
@@ -251,17 +265,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lock");
         let first = LockGuard::acquire(&path, Duration::ZERO).unwrap();
-        assert_eq!(first.generation(), 1);
-        let mine = first.generation();
+        assert_eq!(first.generation(), Some(1));
+        let mine = first.generation().unwrap();
         drop(first);
         // Taken again with no one in between: the next generation.
         let again = LockGuard::acquire(&path, Duration::ZERO).unwrap();
-        assert_eq!(again.generation(), mine + 1);
+        assert_eq!(again.generation(), Some(mine + 1));
         drop(again);
         // Someone else in between: more than one step.
         drop(LockGuard::acquire(&path, Duration::ZERO).unwrap());
         let later = LockGuard::acquire(&path, Duration::ZERO).unwrap();
-        assert_eq!(later.generation(), mine + 3);
+        assert_eq!(later.generation(), Some(mine + 3));
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(parse_lock_line(&text), (Some(std::process::id()), 4));
         drop(later);
@@ -273,7 +287,7 @@ mod tests {
             LockGuard::acquire(&path, Duration::ZERO)
                 .unwrap()
                 .generation(),
-            1
+            Some(1)
         );
         // A file whose pid is longer than the line is cut to the line.
         std::fs::write(&path, "9".repeat(64)).unwrap();
