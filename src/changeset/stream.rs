@@ -162,78 +162,10 @@ impl<R: Read> Read for InputTap<R> {
     }
 }
 
-/// The sha256 of the stream (its diff_id). The first [`OFFLOAD_AFTER`]
-/// bytes are hashed inline; past them the hash moves to a thread of its
-/// own, fed in [`HASH_CHUNK`] pieces through a bounded channel, so that a
-/// large layer's hashing runs on another core than its file writes (the
-/// decompression already has a third: `import::ahead`).
-enum StreamHash {
-    Inline(Sha256),
-    Offloaded {
-        pending: Vec<u8>,
-        tx: std::sync::mpsc::SyncSender<Vec<u8>>,
-        done: std::thread::JoinHandle<[u8; 32]>,
-    },
-    /// Only while moving from one to the other.
-    Moving,
-}
-
-const OFFLOAD_AFTER: u64 = 4 << 20;
-const HASH_CHUNK: usize = 1 << 20;
-
-impl StreamHash {
-    /// Hashes `bytes`, which end at offset `pos` of the stream.
-    fn update(&mut self, bytes: &[u8], pos: u64) {
-        match self {
-            StreamHash::Inline(h) if pos < OFFLOAD_AFTER => h.update(bytes),
-            StreamHash::Inline(_) => {
-                let StreamHash::Inline(mut h) = std::mem::replace(self, StreamHash::Moving) else {
-                    unreachable!("matched above")
-                };
-                h.update(bytes);
-                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-                let done = std::thread::spawn(move || {
-                    for chunk in rx {
-                        h.update(&chunk);
-                    }
-                    h.finalize().into()
-                });
-                *self = StreamHash::Offloaded {
-                    pending: Vec::with_capacity(HASH_CHUNK),
-                    tx,
-                    done,
-                };
-            }
-            StreamHash::Offloaded { pending, tx, .. } => {
-                pending.extend_from_slice(bytes);
-                if pending.len() >= HASH_CHUNK {
-                    let full = std::mem::replace(pending, Vec::with_capacity(HASH_CHUNK));
-                    // The thread only ends when the sender goes: the send
-                    // cannot fail while it lives.
-                    let _ = tx.send(full);
-                }
-            }
-            StreamHash::Moving => unreachable!("never left moving"),
-        }
-    }
-
-    fn finalize(self) -> [u8; 32] {
-        match self {
-            StreamHash::Inline(h) => h.finalize().into(),
-            StreamHash::Offloaded { pending, tx, done } => {
-                let _ = tx.send(pending);
-                drop(tx);
-                done.join().expect("the hashing thread does not panic")
-            }
-            StreamHash::Moving => unreachable!("never left moving"),
-        }
-    }
-}
-
 /// The reader the `tar` crate reads from.
 pub(crate) struct Monitor<'a> {
     inner: Box<dyn Read + 'a>,
-    hasher: StreamHash,
+    hasher: Sha256,
     record: Option<super::split::Recorder<'a>>,
     shared: Rc<Shared>,
     /// Zeros still to hand out after the input ended between members.
@@ -249,7 +181,7 @@ impl<'a> Monitor<'a> {
         shared.recording.set(record.is_some());
         Monitor {
             inner,
-            hasher: StreamHash::Inline(Sha256::new()),
+            hasher: Sha256::new(),
             record,
             shared,
             synthetic: 0,
@@ -277,7 +209,7 @@ impl<'a> Monitor<'a> {
     /// (`"sha256:<hex>"`, stream length), after ending the layout record.
     pub(crate) fn finish(self) -> Result<(String, u64), ChangesetError> {
         let total = self.shared.pos.get();
-        let digest: [u8; 32] = self.hasher.finalize();
+        let digest: [u8; 32] = self.hasher.finalize().into();
         if let Some(r) = self.record {
             r.finish(total, &digest).map_err(|e| ChangesetError::Io {
                 op: "recording the layout of",
@@ -347,8 +279,8 @@ impl Read for Monitor<'_> {
                         return Err(copy);
                     }
                 }
+                self.hasher.update(&buf[..n]);
                 shared.pos.set(shared.pos.get() + n as u64);
-                self.hasher.update(&buf[..n], shared.pos.get());
                 if capturing {
                     shared.capture.borrow_mut().extend_from_slice(&buf[..n]);
                 }
