@@ -207,7 +207,10 @@ pub fn create(
         created_ns: now,
         updated_ns: now,
     };
-    let id = store.transaction(format!("prepare snapshot {key}"), |txn| {
+    // With a size to grow to, the layer is not complete at its record:
+    // that transaction's journal must survive a power cut.
+    let op = format!("prepare snapshot {key}");
+    let work = |txn: &mut crate::store::Txn<'_>| {
         // Claims the key and pins the parent while the device is made.
         let id = txn.reserve_layer(Claim {
             parent: parent_id.clone(),
@@ -226,7 +229,11 @@ pub fn create(
             txn.resize_layer(&id, s)?;
         }
         Ok(id)
-    })?;
+    };
+    let id = match size {
+        None => store.claims_transaction(op, work)?,
+        Some(_) => store.transaction(op, work)?,
+    };
     Ok(vec![store.mount_spec(&id, kind == SnapshotKind::Active)?])
 }
 

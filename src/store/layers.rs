@@ -54,7 +54,7 @@ impl Store {
             }
             None => None,
         };
-        self.transaction("create layer", |txn| {
+        self.claims_transaction("create layer", |txn| {
             let id = txn.reserve_layer(super::Claim {
                 parent: parent.clone(),
                 name: name.map(str::to_string),

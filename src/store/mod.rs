@@ -208,8 +208,21 @@ impl Store {
                     }
                 }
                 Some(guard) => {
-                    if let Some(j) = thinpool::record::read::<Journal>(&path)? {
-                        self.finish(&j)?;
+                    match thinpool::record::read::<Journal>(&path) {
+                        Ok(Some(j)) => self.finish(&j)?,
+                        Ok(None) => {}
+                        // A claims-only journal is written without fsync: a
+                        // power cut can tear it. Its layers are complete
+                        // (their records were written) or orphan resources,
+                        // which `recover` frees once the records are read.
+                        Err(thinpool::record::RecordError::Corrupt { .. })
+                            if txn.ends_with(txn::CLAIMS_SUFFIX) =>
+                        {
+                            self.repairs.push(format!(
+                                "dropped the torn claims journal of a transaction cut off by a power loss ({txn})"
+                            ));
+                        }
+                        Err(e) => return Err(e.into()),
                     }
                     thinpool::record::remove(&path)?;
                     guard.remove();

@@ -101,6 +101,38 @@ fn plain_store_create_killed_after_its_record_is_undone() {
 }
 
 #[test]
+fn plain_store_drops_a_claims_journal_torn_by_a_power_cut_and_keeps_what_was_recorded() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let (kept, lost) = {
+        let mut store = open(t.path(), &fake).unwrap();
+        let kept = store.create_layer(None, Some("kept"), None).unwrap();
+        let lost = store.create_layer(None, Some("lost"), None).unwrap();
+        (kept, lost)
+    };
+    // After a power cut: `lost`'s record never reached the disk (its
+    // resource did), and the claims-only journal of the create is torn.
+    std::fs::remove_file(layer_path(t.path(), &lost)).unwrap();
+    let jdir = t.path().join(journal::DIR);
+    let name = format!("0123456789abcdef{}", txn::CLAIMS_SUFFIX);
+    std::fs::write(jdir.join(format!("{name}.json")), b"thinlayer-rec").unwrap();
+    std::fs::write(jdir.join(format!("{name}.lock")), "").unwrap();
+    let store = open(t.path(), &fake).unwrap();
+    assert!(store.layer("kept").is_ok_and(|l| l.id == kept));
+    assert!(store.layer("lost").is_err());
+    let said = store.repairs().join("\n");
+    assert!(said.contains("dropped the torn claims journal"), "{said}");
+    assert!(said.contains("which no layer claimed"), "{said}");
+    assert_consistent(&store, &fake);
+    drop(store);
+    // A journal written durably is never torn: damage to one is refused.
+    std::fs::write(jdir.join("fedcba9876543210.json"), b"thinlayer-rec").unwrap();
+    std::fs::write(jdir.join("fedcba9876543210.lock"), "").unwrap();
+    let err = open(t.path(), &fake).unwrap_err();
+    assert!(err.to_string().contains("corrupt"), "{err}");
+}
+
+#[test]
 fn plain_store_remove_killed_at_every_step_is_finished() {
     let t = tempfile::tempdir().unwrap();
     let fake = Fake::default();

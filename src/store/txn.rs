@@ -7,6 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use thinpool::killpoint;
 use thinpool::lock::LockGuard;
+use thinpool::record::Durability;
 
 use super::journal::{self, Claim, Journal};
 use super::{ImageRecord, Store};
@@ -58,7 +59,17 @@ pub struct Txn<'s> {
     /// Its id and the lock that says it is alive, from its first journal
     /// write.
     live: Option<(String, LockGuard)>,
+    /// A claims-only transaction ([`Store::claims_transaction`]).
+    claims_only: bool,
+    /// Directories whose changes are synced when the transaction ends
+    /// (a claims-only transaction's layer records).
+    unsynced: Vec<std::path::PathBuf>,
 }
+
+/// The end of a claims-only transaction's id (and so of its journal's
+/// and lock's names): its journal is written without fsync, so a power
+/// cut can leave it torn, and the next open drops it then.
+pub(super) const CLAIMS_SUFFIX: &str = "-claims";
 
 impl Drop for Txn<'_> {
     fn drop(&mut self) {
@@ -79,6 +90,33 @@ impl Store {
         op: impl Into<String>,
         work: impl FnOnce(&mut Txn<'_>) -> Result<T>,
     ) -> Result<T> {
+        self.transaction_as(op, false, work)
+    }
+
+    /// [`Store::transaction`] for one that makes layers and whose last
+    /// change is their records: `create layer`, a snapshot's prepare. Its
+    /// journal only tells other live processes what it claims, and a
+    /// killed process's journal is undone as any; so it is written
+    /// without fsync. After a power cut it may be lost or torn: then a
+    /// layer whose record was written is complete and stays, and one
+    /// whose record was not is an orphan resource that the next open
+    /// frees (`Driver::reconcile`). The records' directory and the
+    /// journal's removal are synced together as it ends, before it
+    /// returns: what it reports made survives a power cut.
+    pub fn claims_transaction<T>(
+        &mut self,
+        op: impl Into<String>,
+        work: impl FnOnce(&mut Txn<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.transaction_as(op, true, work)
+    }
+
+    fn transaction_as<T>(
+        &mut self,
+        op: impl Into<String>,
+        claims_only: bool,
+        work: impl FnOnce(&mut Txn<'_>) -> Result<T>,
+    ) -> Result<T> {
         let mut txn = Txn {
             store: self,
             journal: Journal {
@@ -86,6 +124,8 @@ impl Store {
                 ..Journal::default()
             },
             live: None,
+            claims_only,
+            unsynced: vec![],
         };
         match work(&mut txn) {
             Ok(v) => {
@@ -109,7 +149,10 @@ impl Txn<'_> {
     fn write_journal(&mut self) -> Result<()> {
         if self.live.is_none() {
             // The lock first: a journal is never seen without it held.
-            let id = LayerId::generate()?.as_str()[..16].to_string();
+            let mut id = LayerId::generate()?.as_str()[..16].to_string();
+            if self.claims_only {
+                id.push_str(CLAIMS_SUFFIX);
+            }
             let lock = self.store.dir.join(journal::DIR).join(format!("{id}.lock"));
             // The id is fresh: only a sweeper of dead transactions' locks
             // can hold it, for a moment, and the lock then moves to a
@@ -119,7 +162,11 @@ impl Txn<'_> {
             self.live = Some((id, guard));
         }
         let id = &self.live.as_ref().expect("made above").0;
-        thinpool::record::write(&self.store.journal_path(id), &self.journal)?;
+        let durability = match self.claims_only {
+            true => Durability::Volatile,
+            false => Durability::Durable,
+        };
+        thinpool::record::write_as(&self.store.journal_path(id), &self.journal, durability)?;
         killpoint::here(killpoint::STORE_JOURNAL_WRITTEN);
         Ok(())
     }
@@ -278,7 +325,18 @@ impl Txn<'_> {
             .store
             .unlocked(|driver| make_resource(driver, id, &chain, &layout, new))??;
         killpoint::here(killpoint::STORE_RESOURCE_MADE);
-        thinpool::record::write(&self.store.layer_path(id), &rec)?;
+        let path = self.store.layer_path(id);
+        if self.claims_only {
+            // Its name is synced as the transaction ends, with the
+            // journal's removal.
+            thinpool::record::write_as(&path, &rec, Durability::NameUnsynced)?;
+            let dir = path.parent().expect("a record is in a directory");
+            if !self.unsynced.iter().any(|d| d == dir) {
+                self.unsynced.push(dir.to_path_buf());
+            }
+        } else {
+            thinpool::record::write(&path, &rec)?;
+        }
         killpoint::here(killpoint::STORE_LAYER_RECORDED);
         Ok(self.store.layers.entry(id.clone()).or_insert(rec))
     }
@@ -356,7 +414,22 @@ impl Txn<'_> {
     /// Commits: the journal goes, and with it any way back.
     fn end(&mut self) -> Result<()> {
         if let Some((id, guard)) = self.live.take() {
-            thinpool::record::remove(&self.store.journal_path(&id))?;
+            let journal = self.store.journal_path(&id);
+            if self.claims_only {
+                // The records' names and the journal's removal, synced
+                // after both are made: on a journaling filesystem the first
+                // sync commits both, and the journal is never gone while a
+                // record it made is not there (unless that record's name is
+                // lost too, and the layer not reported: its resource is an
+                // orphan, freed at the next open).
+                thinpool::record::remove_unsynced(&journal)?;
+                let jdir = journal.parent().expect("a journal is in a directory");
+                for dir in self.unsynced.drain(..).chain([jdir.to_path_buf()]) {
+                    thinpool::record::sync_dir(&dir).map_err(Error::io("syncing", &dir))?;
+                }
+            } else {
+                thinpool::record::remove(&journal)?;
+            }
             guard.remove();
             self.store.own_txn = None;
         }

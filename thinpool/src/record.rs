@@ -130,6 +130,34 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, RecordError> 
 ///
 /// Errors: [`RecordError::Io`], after which the old record is intact.
 pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), RecordError> {
+    write_as(path, value, Durability::Durable)
+}
+
+/// How far [`write_as`] goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// The record and its name survive a power cut once the write returns.
+    Durable,
+    /// The record's bytes are synced, its name is not: it survives a power
+    /// cut once the caller syncs the directory ([`sync_dir`]), which can
+    /// then cover several changes in it (or, on a journaling filesystem,
+    /// in others) with one commit.
+    NameUnsynced,
+    /// Nothing is synced: other processes see the whole record or the old
+    /// one, but a power cut may lose it or leave it torn (read back as
+    /// [`RecordError::Corrupt`]). For what only live processes read.
+    Volatile,
+}
+
+/// Replaces the record at `path` atomically for readers, as durably as
+/// `durability` says.
+///
+/// Errors: [`RecordError::Io`], after which the old record is intact.
+pub fn write_as<T: Serialize>(
+    path: &Path,
+    value: &T,
+    durability: Durability,
+) -> Result<(), RecordError> {
     let io_err = |op: &'static str, p: &Path| {
         let p = p.to_path_buf();
         move |source| RecordError::Io {
@@ -149,14 +177,32 @@ pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), RecordError> {
         .open(&tmp)
         .map_err(io_err("creating", &tmp))?;
     f.write_all(&bytes).map_err(io_err("writing", &tmp))?;
-    f.sync_all().map_err(io_err("syncing", &tmp))?;
+    if durability != Durability::Volatile {
+        f.sync_all().map_err(io_err("syncing", &tmp))?;
+    }
     drop(f);
     fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
-    sync_dir(dir).map_err(io_err("syncing directory", dir))
+    if durability == Durability::Durable {
+        sync_dir(dir).map_err(io_err("syncing directory", dir))?;
+    }
+    Ok(())
 }
 
 /// Removes a record durably; a missing record is not an error.
 pub fn remove(path: &Path) -> Result<(), RecordError> {
+    remove_unsynced(path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    sync_dir(dir).map_err(|source| RecordError::Io {
+        op: "syncing directory",
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Removes a record (and a temp file a killed write left); durable once
+/// the caller syncs the directory ([`sync_dir`]). A missing record is not
+/// an error.
+pub fn remove_unsynced(path: &Path) -> Result<(), RecordError> {
     match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -169,12 +215,7 @@ pub fn remove(path: &Path) -> Result<(), RecordError> {
         }
     }
     let _ = fs::remove_file(tmp_path(path));
-    let dir = path.parent().unwrap_or(Path::new("."));
-    sync_dir(dir).map_err(|source| RecordError::Io {
-        op: "syncing directory",
-        path: dir.to_path_buf(),
-        source,
-    })
+    Ok(())
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
