@@ -185,13 +185,40 @@ fn page_cache_findings(series: &[Series]) -> Vec<String> {
 
 fn space_findings(series: &[Series]) -> Vec<String> {
     let m = |d: &str, v: &str| median(series, d, v);
+    let mut out = vec![];
+    let gone = "container rm after scenarios 2–4";
+    if let (Some(pool), Some(file)) = (
+        m("thin (pool data freed)", gone),
+        m("thin (data file freed)", gone),
+    ) {
+        out.push(format!(
+            "Removing the container freed {:.1} MiB in the pool, and the pool's sparse data file gave \
+             {:.1} MiB of it back to the host filesystem ({:.0}%): the blocks a deleted thin device \
+             held are discarded down to the file.",
+            mib(pool),
+            mib(file),
+            100.0 * file / pool.max(1.0),
+        ));
+    }
+    if let Some(v) = variant(series, "thin (pool data size)", "right after") {
+        if let (Some(used), Some(size)) =
+            (m("thin (pool data)", &v), m("thin (pool data size)", &v))
+        {
+            out.push(format!(
+                "A pool made with the defaults holds {:.1} MiB of its {:.0} MiB of data before any layer: \
+                 the base filesystem is made without zeroing what a thin device reads as zeros.",
+                mib(used),
+                mib(size),
+            ));
+        }
+    }
     let steps: Vec<String> = series
         .iter()
-        .filter(|s| s.driver == "thin (pool data)")
+        .filter(|s| s.driver == "thin (pool data)" && !s.variant.starts_with("right after"))
         .map(|s| s.variant.clone())
         .collect();
     let [first, second, last] = steps.as_slice() else {
-        return vec![];
+        return out;
     };
     let (Some(t1), Some(o1), Some(t2), Some(o2), Some(t3), Some(o3)) = (
         m("thin (pool data)", first),
@@ -201,9 +228,9 @@ fn space_findings(series: &[Series]) -> Vec<String> {
         m("thin (pool data)", last),
         m("overlay (upper dir)", last),
     ) else {
-        return vec![];
+        return out;
     };
-    vec![format!(
+    out.insert(0, format!(
         "After the first writes thin holds {:.2} MiB of new pool data against {:.2} MiB in overlay's upper \
          directory: a 64 KiB block per write, plus the blocks of ext4's journal and inode tables the writes \
          touch, against whole copied-up files. The new data step adds {:.1} MiB to the pool and {:.1} MiB \
@@ -215,7 +242,8 @@ fn space_findings(series: &[Series]) -> Vec<String> {
         mib(o3 - o2),
         mib(t3),
         mib(o3),
-    )]
+    ));
+    out
 }
 
 fn containerd_findings(series: &[Series]) -> Vec<String> {
@@ -504,6 +532,33 @@ mod tests {
         );
         let f = findings(&slow);
         assert!(f[0].contains("verification bounds thinlayer"), "{}", f[0]);
+    }
+
+    #[test]
+    fn plain_space_findings_say_what_the_host_got_back_and_what_a_new_pool_holds() {
+        let mib = |x: f64| x * (1u64 << 20) as f64;
+        let fresh = "right after `pool create` (default 10G base)";
+        let gone = "container rm after scenarios 2–4";
+        let mut all = vec![];
+        for (i, step) in ["first", "second", "third"].iter().enumerate() {
+            let k = (i + 1) as f64;
+            all.push(series("thin (pool data)", step, None, mib(k)));
+            all.push(series("overlay (upper dir)", step, None, mib(2.0 * k)));
+        }
+        all.push(series("thin (pool data freed)", gone, None, mib(100.0)));
+        all.push(series("thin (data file freed)", gone, None, mib(95.0)));
+        all.push(series("thin (pool data)", fresh, None, mib(5.0)));
+        all.push(series("thin (pool data size)", fresh, None, mib(2048.0)));
+        let f = findings(&scenario("space", all)).join(" ");
+        assert!(
+            f.contains("gave 95.0 MiB of it back") && f.contains("(95%)"),
+            "{f}"
+        );
+        assert!(f.contains("holds 5.0 MiB of its 2048 MiB"), "{f}");
+        assert!(
+            f.contains("After the first writes thin holds 1.00 MiB"),
+            "{f}"
+        );
     }
 
     #[test]

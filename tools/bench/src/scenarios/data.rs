@@ -5,13 +5,14 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{Context, Result};
 use devicemapper::DM;
 use thinlayer::driver::overlay::OverlayOptions;
 
-use super::{size_label, sref, Collect, Plan, Tick};
-use crate::fixture::{drop_caches, timed, Changeset, Drv, Fixture, Noise};
+use super::{ge, le, size_label, sref, Collect, Plan, Tick};
+use crate::fixture::{drop_caches, run, timed, Changeset, Drv, Fixture, Noise};
 use crate::peers::Linear;
 use crate::samples::{PlotSpec, Ratio, Scenario, Unit};
 
@@ -273,6 +274,13 @@ fn allocated(dir: &Path) -> Result<u64> {
     Ok(total)
 }
 
+/// Bytes the filesystem holds for `file` (st_blocks): a sparse file's
+/// holes take none.
+fn file_allocated(file: &Path) -> Result<u64> {
+    let m = fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
+    Ok(m.blocks() * 512)
+}
+
 /// Space in use: (pool data, pool metadata) for thin, and the overlay
 /// store's allocated bytes.
 fn usage(f: &Fixture, overlay_dir: &Path) -> Result<(u64, u64, u64)> {
@@ -313,6 +321,8 @@ pub fn space(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Vec<Scenari
     ];
     let mut c = Collect::default();
     let mut del = Collect::default();
+    let data_file = f.root.open_pool()?.status()?.data.path;
+    let gone = "container rm after scenarios 2–4";
     for rep in 0..reps {
         for drv in Drv::interleaved(rep) {
             let layer = base.of(drv);
@@ -365,6 +375,7 @@ pub fn space(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Vec<Scenari
                     ),
                 }
             }
+            let before = (usage(f, &overlay_dir)?.0, file_allocated(&data_file)?);
             let (t, ()) = timed(|| f.remove_container(&name))?;
             del.add(
                 drv.name(),
@@ -372,8 +383,47 @@ pub fn space(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Vec<Scenari
                 None,
                 t,
             );
+            if drv == Drv::Thin {
+                // What the pool freed, and what of it the host got back:
+                // the blocks the pool's sparse data file no longer holds.
+                let after = (usage(f, &overlay_dir)?.0, file_allocated(&data_file)?);
+                c.add(
+                    "thin (pool data freed)",
+                    gone,
+                    None,
+                    before.0.saturating_sub(after.0) as f64,
+                );
+                c.add(
+                    "thin (data file freed)",
+                    gone,
+                    None,
+                    before.1.saturating_sub(after.1) as f64,
+                );
+            }
             tick.tick("space");
         }
+    }
+    // A pool made with the defaults (10G base filesystem): what its data
+    // holds before any layer, against its size.
+    let fresh = "right after `pool create` (default 10G base)";
+    for _ in 0..reps.min(3) {
+        let root = f.scratch("fresh-pool");
+        let tl = |args: &[&str]| run(Command::new(&f.bin).arg("--root").arg(&root).args(args));
+        tl(&["pool", "create", "--data-size", "2G"])?;
+        let st: serde_json::Value = serde_json::from_str(&tl(&["pool", "status", "--json"])?)?;
+        tl(&["pool", "destroy"])?;
+        let num = |k: &str| {
+            st["data"][k]
+                .as_u64()
+                .with_context(|| format!("pool status has no data.{k}: {st}"))
+        };
+        c.add("thin (pool data)", fresh, None, num("used_bytes")? as f64);
+        c.add(
+            "thin (pool data size)",
+            fresh,
+            None,
+            num("total_bytes")? as f64,
+        );
     }
     let written = sizes.len() as u64 * 4096 + seq + rand_n as u64 * 4096;
     let ratio = |step: &str, headline: bool| Ratio {
@@ -393,7 +443,10 @@ pub fn space(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Vec<Scenari
              scenario 4's ({} written sequentially, {rand_n} random 4 KiB writes): {} of data in all. \
              After each step, `sync`, then the space added since the container was made, cumulative: \
              pool data and pool metadata used (dm-thin's status) for thin, allocated bytes of the overlay \
-             store (its upper and work directories) for overlay. {reps} repetitions.",
+             store (its upper and work directories) for overlay. Then the container is removed: what \
+             the pool freed against what the pool's sparse data file gave back to the host filesystem \
+             (its allocated blocks). And a pool made apart with the defaults (`pool create --data-size \
+             2G`, a 10G base filesystem): its data used before any layer. {reps} repetitions.",
             sizes.iter().map(|s| size_label(*s)).collect::<Vec<_>>().join(" and "),
             size_label(seq),
             crate::report::format_value(Unit::Bytes, written as f64),
@@ -403,6 +456,20 @@ pub fn space(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Vec<Scenari
             ratio(steps[0], true),
             ratio(steps[1], false),
             ratio(steps[2], false),
+            Ratio {
+                name: "pool data used / pool data size, right after `pool create`".into(),
+                numerator: sref("thin (pool data)", fresh),
+                denominator: sref("thin (pool data size)", fresh),
+                target: le(16.0 / 2048.0, "≤ 16 MiB of 2 GiB (0.0078)"),
+                headline: true,
+            },
+            Ratio {
+                name: "space the host got back / space the pool freed, container rm".into(),
+                numerator: sref("thin (data file freed)", gone),
+                denominator: sref("thin (pool data freed)", gone),
+                target: ge(0.9, "≥ 0.9"),
+                headline: true,
+            },
         ],
         series: c.series,
         plot: None,

@@ -214,19 +214,28 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
     }
     let deep = format!("depth {}", depths.last().unwrap());
     let mut ratios = vec![
-        Ratio {
-            name: "thin provisioning / dmsetup sequence, depth 1".into(),
-            numerator: sref("thin", "depth 1"),
-            denominator: sref("dmsetup", "depth 1"),
-            target: le(1.5, "≤ 1.5"),
-            headline: true,
-        },
+        // The in-process ioctls are the floor; the dmsetup sequence (three
+        // processes) is a reference, not a floor.
         Ratio {
             name: "thin provisioning / dm ioctl floor, depth 1".into(),
             numerator: sref("thin", "depth 1"),
             denominator: sref("dm-ioctl", "depth 1"),
-            target: None,
+            target: le(1.5, "≤ 1.5"),
             headline: true,
+        },
+        Ratio {
+            name: format!("thin provisioning / dm ioctl floor, {deep}"),
+            numerator: sref("thin", &deep),
+            denominator: sref("dm-ioctl", &deep),
+            target: le(1.5, "≤ 1.5"),
+            headline: true,
+        },
+        Ratio {
+            name: "thin provisioning / dmsetup sequence, depth 1".into(),
+            numerator: sref("thin", "depth 1"),
+            denominator: sref("dmsetup", "depth 1"),
+            target: None,
+            headline: false,
         },
         Ratio {
             name: "thin provisioning / LVM thin snapshot, depth 1".into(),
@@ -253,8 +262,8 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
             name: format!("thin / overlay, {variant}"),
             numerator: sref("thin", &variant),
             denominator: sref("overlay", &variant),
-            target: None,
-            headline: false,
+            target: le(1.0, "≤ 1.0"),
+            headline: true,
         },
     ];
     ratios.push(Ratio {
