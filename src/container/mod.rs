@@ -117,12 +117,11 @@ impl<'r> Containers<'r> {
     /// records cannot be read.
     pub(super) fn unlocked<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.res.release();
-        let before = self.lock.take().map(|g| g.generation());
+        let before = self.lock.take().and_then(|g| g.generation());
         let out = work(self);
         self.res.release();
         let lock = LockGuard::acquire(&self.dir.join("lock"), self.res.root.lock_timeout())?;
-        let untouched =
-            matches!((before, lock.generation()), (Some(Some(g)), Some(now)) if now == g + 1);
+        let untouched = lock.follows(before);
         self.lock = Some(lock);
         if !untouched {
             self.records = read_records(&self.dir)?;

@@ -263,11 +263,10 @@ impl Store {
     /// store's transaction (or be read-only). Errors: the lock cannot be
     /// taken again ([`Error::Lock`]), or the records cannot be read.
     pub fn unlocked<T>(&mut self, work: impl FnOnce(&mut dyn Driver) -> T) -> Result<T> {
-        let before = self.lock.take().map(|g| g.generation());
+        let before = self.lock.take().and_then(|g| g.generation());
         let out = work(self.driver.as_mut());
         let lock = LockGuard::acquire(&self.dir.join("lock"), self.lock_timeout)?;
-        let untouched =
-            matches!((before, lock.generation()), (Some(Some(g)), Some(now)) if now == g + 1);
+        let untouched = lock.follows(before);
         self.lock = Some(lock);
         if !untouched {
             self.load()?;

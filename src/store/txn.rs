@@ -61,9 +61,9 @@ pub struct Txn<'s> {
     live: Option<(String, LockGuard)>,
     /// A claims-only transaction ([`Store::claims_transaction`]).
     claims_only: bool,
-    /// Directories whose changes are synced when the transaction ends
-    /// (a claims-only transaction's layer records).
-    unsynced: Vec<std::path::PathBuf>,
+    /// A claims-only transaction wrote layer records whose names are
+    /// synced when it ends.
+    records_unsynced: bool,
 }
 
 /// The end of a claims-only transaction's id (and so of its journal's
@@ -125,7 +125,7 @@ impl Store {
             },
             live: None,
             claims_only,
-            unsynced: vec![],
+            records_unsynced: false,
         };
         match work(&mut txn) {
             Ok(v) => {
@@ -330,10 +330,7 @@ impl Txn<'_> {
             // Its name is synced as the transaction ends, with the
             // journal's removal.
             thinpool::record::write_as(&path, &rec, Durability::NameUnsynced)?;
-            let dir = path.parent().expect("a record is in a directory");
-            if !self.unsynced.iter().any(|d| d == dir) {
-                self.unsynced.push(dir.to_path_buf());
-            }
+            self.records_unsynced = true;
         } else {
             thinpool::record::write(&path, &rec)?;
         }
@@ -423,9 +420,11 @@ impl Txn<'_> {
                 // lost too, and the layer not reported: its resource is an
                 // orphan, freed at the next open).
                 thinpool::record::remove_unsynced(&journal)?;
-                let jdir = journal.parent().expect("a journal is in a directory");
-                for dir in self.unsynced.drain(..).chain([jdir.to_path_buf()]) {
-                    thinpool::record::sync_dir(&dir).map_err(Error::io("syncing", &dir))?;
+                let layers = std::mem::take(&mut self.records_unsynced)
+                    .then(|| self.store.dir.join("layers"));
+                let journals = self.store.dir.join(journal::DIR);
+                for dir in layers.iter().chain([&journals]) {
+                    thinpool::record::sync_dir(dir).map_err(Error::io("syncing", dir))?;
                 }
             } else {
                 thinpool::record::remove(&journal)?;

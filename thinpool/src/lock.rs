@@ -168,6 +168,14 @@ impl LockGuard {
         self.generation
     }
 
+    /// Whether this holder took the lock right after the one whose
+    /// generation was `previous`, with no one in between: what that holder
+    /// read under the lock is still true. `false` whenever either count is
+    /// unknown.
+    pub fn follows(&self, previous: Option<u64>) -> bool {
+        matches!((previous, self.generation), (Some(g), Some(now)) if now == g + 1)
+    }
+
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -271,11 +279,13 @@ mod tests {
         // Taken again with no one in between: the next generation.
         let again = LockGuard::acquire(&path, Duration::ZERO).unwrap();
         assert_eq!(again.generation(), Some(mine + 1));
+        assert!(again.follows(Some(mine)) && !again.follows(None));
         drop(again);
         // Someone else in between: more than one step.
         drop(LockGuard::acquire(&path, Duration::ZERO).unwrap());
         let later = LockGuard::acquire(&path, Duration::ZERO).unwrap();
         assert_eq!(later.generation(), Some(mine + 3));
+        assert!(!later.follows(Some(mine + 1)));
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(parse_lock_line(&text), (Some(std::process::id()), 4));
         drop(later);
