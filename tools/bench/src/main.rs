@@ -186,8 +186,9 @@ fn main() -> Result<()> {
         let path = dir.join("samples.json");
         let mut run =
             samples::Run::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let cpus = run.environment.cpus;
         for sc in &mut run.scenarios {
-            sc.findings = findings::findings(sc);
+            sc.findings = findings::findings(sc, cpus);
         }
         return write_outputs(&run, dir);
     }
@@ -292,8 +293,9 @@ fn main() -> Result<()> {
             eprintln!("thinlayer-bench: {id}: started");
         }
         let mut s = run(&mut fx, plan, &progress).with_context(|| format!("scenario {id}"))?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         for sc in &mut s {
-            sc.findings = findings::findings(sc);
+            sc.findings = findings::findings(sc, cpus);
         }
         if progress.bar.is_none() {
             eprintln!(

@@ -23,7 +23,7 @@ const MKFS_EXT4: &[&str] = &[
     "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
 ];
 
-fn mount_ext4(dev: &Path, target: &Path, readonly: bool) -> Result<()> {
+pub fn mount_ext4(dev: &Path, target: &Path, readonly: bool) -> Result<()> {
     let flags = if readonly {
         nix::mount::MsFlags::MS_RDONLY
     } else {
@@ -41,18 +41,25 @@ pub struct DmFloor {
     /// `major:minor` of the pool device (thinlayer makes no /dev/mapper nodes).
     pool_dev: String,
     sectors: u64,
+    /// The pool's first thin device: its base filesystem.
+    pub base: ThinId,
 }
 
 impl DmFloor {
     pub fn new(f: &Fixture) -> Result<DmFloor> {
-        let pool = f.root.open_pool()?;
+        Self::of_root(&f.root)
+    }
+
+    /// The floor on `root`'s pool, over its base filesystem's size.
+    pub fn of_root(root: &thinlayer::root::Root) -> Result<DmFloor> {
+        let pool = root.open_pool()?;
         let names = PoolNames::new(pool.record().id.clone());
-        let base = pool
+        let (base, size) = pool
             .thins()
-            .values()
+            .iter()
             .next()
-            .context("the pool has no thin device")?
-            .size;
+            .map(|(id, t)| (*id, t.size))
+            .context("the pool has no thin device")?;
         let pool_name = names.name_string(Role::Pool);
         let dev = Self::dmsetup(&[
             "info",
@@ -65,12 +72,13 @@ impl DmFloor {
         Ok(DmFloor {
             pool: pool_name,
             pool_dev: dev.trim().to_string(),
-            sectors: base.sectors(),
+            sectors: size.sectors(),
+            base,
         })
     }
 
     /// A thin id far above the ones thinlayer hands out.
-    fn id(k: u32) -> ThinId {
+    pub fn id(k: u32) -> ThinId {
         ThinId(ThinId::MAX.0 - k)
     }
 
@@ -102,13 +110,48 @@ impl DmFloor {
     /// The same sequence as [`DmFloor::provision`] with the ioctls made
     /// in this process (no dmsetup processes): the true floor.
     pub fn provision_ioctl(&self, dm: &DM, k: u32, origin: ThinId, target: &Path) -> Result<()> {
+        let dev = self.activate_snapshot(dm, k, origin)?;
+        mount_ext4(&dev, target, true)?;
+        Ok(())
+    }
+
+    /// Snapshot `origin` (inactive) as floor device `k` and activate it,
+    /// with ioctls from this process: `create_snap`, create, load, resume.
+    /// Returns the device's node.
+    pub fn activate_snapshot(&self, dm: &DM, k: u32, origin: ThinId) -> Result<PathBuf> {
+        self.activate_snapshot_of(dm, k, origin, None)
+    }
+
+    /// [`DmFloor::activate_snapshot`] of an origin that may be active as
+    /// floor device `active_origin`: suspended around `create_snap` and
+    /// resumed, as the kernel requires of an active origin.
+    pub fn activate_snapshot_of(
+        &self,
+        dm: &DM,
+        k: u32,
+        origin: ThinId,
+        active_origin: Option<u32>,
+    ) -> Result<PathBuf> {
         let id = Self::id(k);
         let pool = DmNameBuf::new(self.pool.clone())?;
-        dm.target_msg(
+        let origin_name = active_origin
+            .map(|o| DmNameBuf::new(Self::name(o)))
+            .transpose()?;
+        if let Some(o) = &origin_name {
+            dm.device_suspend(
+                &DevId::Name(o),
+                DmOptions::default().set_flags(devicemapper::DmFlags::DM_SUSPEND),
+            )?;
+        }
+        let sent = dm.target_msg(
             &DevId::Name(&pool),
             None,
             &format!("create_snap {} {}", id.0, origin.0),
-        )?;
+        );
+        if let Some(o) = &origin_name {
+            dm.device_suspend(&DevId::Name(o), DmOptions::default())?;
+        }
+        sent?;
         let name = DmNameBuf::new(Self::name(k))?;
         let info = dm.device_create(&name, None, DmOptions::default())?;
         let table = [(
@@ -119,8 +162,61 @@ impl DmFloor {
         )];
         dm.table_load(&DevId::Name(&name), &table, DmOptions::default())?;
         dm.device_suspend(&DevId::Name(&name), DmOptions::default())?;
-        let dev = format!("/dev/dm-{}", info.device().minor);
-        mount_ext4(Path::new(&dev), target, true)?;
+        Ok(PathBuf::from(format!("/dev/dm-{}", info.device().minor)))
+    }
+
+    /// The kernel's part of one thin `container create` over `origin`, as
+    /// floor devices `k` (the init layer) and `k + 1` (the writable
+    /// layer): snapshot and activate the init layer, mount it at
+    /// `target`, write the init layer's files, unmount, deactivate, and
+    /// snapshot it. Its own control fd, so threads run it at once.
+    pub fn container_create(&self, k: u32, origin: ThinId, target: &Path) -> Result<()> {
+        let dm = DM::new().context("opening /dev/mapper/control")?;
+        let dev = self.activate_snapshot(&dm, k, origin)?;
+        mount_ext4(&dev, target, false)?;
+        let written = (|| -> Result<()> {
+            for dir in ["dev", "dev/pts", "dev/shm", "proc", "sys", "etc"] {
+                fs::create_dir_all(target.join(dir))?;
+            }
+            let _ = fs::remove_file(target.join("etc/mtab"));
+            std::os::unix::fs::symlink("/proc/mounts", target.join("etc/mtab"))?;
+            fs::write(target.join("etc/hostname"), "floor\n")?;
+            fs::write(
+                target.join("etc/hosts"),
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tfloor\n",
+            )?;
+            fs::write(target.join("etc/resolv.conf"), "nameserver 127.0.0.53\n")?;
+            Ok(())
+        })();
+        let unmounted = nix::mount::umount(target).context("unmounting the floor's init layer");
+        let deactivated = self.deactivate(&dm, k);
+        written?;
+        unmounted?;
+        deactivated?;
+        let pool = DmNameBuf::new(self.pool.clone())?;
+        dm.target_msg(
+            &DevId::Name(&pool),
+            None,
+            &format!("create_snap {} {}", Self::id(k + 1).0, Self::id(k).0),
+        )?;
+        Ok(())
+    }
+
+    /// Removes floor device `k`'s dm device (its thin id stays), by ioctl.
+    pub fn deactivate(&self, dm: &DM, k: u32) -> Result<()> {
+        let name = DmNameBuf::new(Self::name(k))?;
+        dm.device_remove(&DevId::Name(&name), DmOptions::default())?;
+        Ok(())
+    }
+
+    /// Deletes floor device `k`'s thin id from the pool, by ioctl.
+    pub fn delete(&self, dm: &DM, k: u32) -> Result<()> {
+        let pool = DmNameBuf::new(self.pool.clone())?;
+        dm.target_msg(
+            &DevId::Name(&pool),
+            None,
+            &format!("delete {}", Self::id(k).0),
+        )?;
         Ok(())
     }
 

@@ -16,7 +16,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::{le, sref, Collect, Plan, Tick};
-use crate::fixture::{run, Fixture};
+use crate::fixture::{ms, run, Fixture};
+use crate::peers::{mount_ext4, DmFloor};
 use crate::samples::{Ratio, Scenario, Unit};
 
 /// containerd's devmapper snapshotter's thin pool, made as containerd's
@@ -45,6 +46,14 @@ pub const OVERLAYFS: &str = "overlayfs (containerd, in-process)";
 pub const DEVMAPPER: &str = "devmapper (containerd, in-process)";
 pub const THIN: &str = "thin (thinlayer, proxy)";
 pub const OVERLAY: &str = "overlay (thinlayer, proxy)";
+/// The benchsuite's work done on thinlayer's pool with no snapshotter: the
+/// kernel's part of a block-level snapshotter.
+pub const FLOOR: &str = "dm-thin floor (ioctls, in-process)";
+
+/// The benchsuite's `layerCount`.
+const LAYERS: usize = 16;
+/// The benchsuite's `fileSizeBytes`.
+const FILE_SIZE: usize = 1 << 20;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Target {
@@ -52,14 +61,16 @@ enum Target {
     Devmapper,
     Thin,
     Overlay,
+    Floor,
 }
 
 impl Target {
-    const ALL: [Target; 4] = [
+    const ALL: [Target; 5] = [
         Target::Overlayfs,
         Target::Devmapper,
         Target::Thin,
         Target::Overlay,
+        Target::Floor,
     ];
 
     fn name(self) -> &'static str {
@@ -68,11 +79,12 @@ impl Target {
             Target::Devmapper => DEVMAPPER,
             Target::Thin => THIN,
             Target::Overlay => OVERLAY,
+            Target::Floor => FLOOR,
         }
     }
 
-    /// All four, rotated by `rep`: each takes every place in turn.
-    fn interleaved(rep: usize) -> [Target; 4] {
+    /// All of them, rotated by `rep`: each takes every place in turn.
+    fn interleaved(rep: usize) -> [Target; 5] {
         let mut all = Self::ALL;
         all.rotate_left(rep % Self::ALL.len());
         all
@@ -256,12 +268,191 @@ pub fn parse_benchsuite(stdout: &str) -> Result<Vec<(String, f64)>> {
     Ok(out)
 }
 
+/// What the benchsuite's `makeApplier` does to layer `layer` (1-based):
+/// each of the files `a` to `j` is created (1 MiB of random bytes),
+/// updated (4 random bytes written in its middle) or removed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum FileOp {
+    Create,
+    Update,
+    Remove,
+}
+
+fn file_ops(layer: usize) -> [(FileOp, &'static str); 10] {
+    use FileOp::{Create as C, Remove as R, Update as U};
+    // In the benchsuite's order: its third case names /f before /e.
+    if layer.is_multiple_of(3) {
+        [
+            (U, "a"),
+            (U, "b"),
+            (C, "c"),
+            (U, "d"),
+            (C, "f"),
+            (U, "e"),
+            (R, "g"),
+            (C, "h"),
+            (U, "i"),
+            (C, "j"),
+        ]
+    } else if layer.is_multiple_of(2) {
+        [
+            (U, "a"),
+            (C, "b"),
+            (R, "c"),
+            (C, "d"),
+            (U, "e"),
+            (R, "f"),
+            (C, "g"),
+            (U, "h"),
+            (C, "i"),
+            (U, "j"),
+        ]
+    } else {
+        ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"].map(|n| (C, n))
+    }
+}
+
+/// Applies layer `layer`'s file operations under `root`, as the
+/// benchsuite's appliers do (no fsync; the unmount writes them back).
+fn apply_layer(root: &Path, layer: usize, noise: &mut crate::fixture::Noise) -> Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    for (op, name) in file_ops(layer) {
+        let path = root.join(name);
+        match op {
+            FileOp::Create => {
+                let mut data = vec![0u8; FILE_SIZE];
+                noise.read_exact(&mut data)?;
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o777)
+                    .open(&path)?;
+                file.write_all(&data)?;
+            }
+            FileOp::Update => {
+                let file = fs::OpenOptions::new().write(true).open(&path)?;
+                let size = file.metadata()?.len();
+                let mut four = [0u8; 4];
+                noise.read_exact(&mut four)?;
+                file.write_all_at(&four, size / 2)?;
+            }
+            FileOp::Remove => match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            },
+        }
+    }
+    Ok(())
+}
+
+/// The benchsuite's loop with no snapshotter, on thinlayer's pool by
+/// in-process ioctls: for each layer, prepare (`create_snap` of the
+/// previous layer, suspended around it while it is active, then create,
+/// load, resume), write (mount ext4, the layer's file operations,
+/// unmount) and commit (nothing: a committed layer is only a record, and
+/// its device may stay active). Returns (phase, ms) as
+/// [`parse_benchsuite`] does; every device and thin id it made goes after
+/// the timings.
+fn floor_run(
+    fl: &DmFloor,
+    dm: &devicemapper::DM,
+    mnt: &Path,
+    seed: u64,
+) -> Result<Vec<(String, f64)>> {
+    let mut noise = crate::fixture::Noise::new(seed);
+    let (mut prepare, mut write) = (0.0, 0.0);
+    // A commit asks nothing of the kernel.
+    let commit = 0.0;
+    let mut made = 0u32;
+    let mut active = vec![];
+    let start = Instant::now();
+    let result = (|| -> Result<()> {
+        let mut origin = (fl.base, None);
+        for layer in 1..=LAYERS {
+            let k = layer as u32;
+            let t = Instant::now();
+            made = k;
+            let dev = fl.activate_snapshot_of(dm, k, origin.0, origin.1)?;
+            active.push(k);
+            prepare += ms(t);
+            let t = Instant::now();
+            mount_ext4(&dev, mnt, false)?;
+            let applied = apply_layer(mnt, layer, &mut noise);
+            let unmounted = nix::mount::umount(mnt).context("unmounting the floor's layer");
+            applied?;
+            unmounted?;
+            write += ms(t);
+            origin = (DmFloor::id(k), Some(k));
+        }
+        Ok(())
+    })();
+    let total = ms(start);
+    if result.is_err() {
+        let _ = nix::mount::umount(mnt);
+    }
+    let deactivated: Vec<Result<()>> = active.iter().map(|k| fl.deactivate(dm, *k)).collect();
+    // The first failed id may not exist: its delete may fail.
+    let deleted: Vec<Result<()>> = (1..=made).map(|k| fl.delete(dm, k)).collect();
+    result?;
+    for d in deactivated.into_iter().chain(deleted) {
+        d.context("removing the floor's thin devices")?;
+    }
+    Ok(vec![
+        ("run".into(), total),
+        ("prepare".into(), prepare),
+        ("write".into(), write),
+        ("commit".into(), commit),
+    ])
+}
+
+/// One run of containerd's benchsuite binary `go` on snapshotter `t`
+/// (`socket`: the thinlayer daemon's, for the proxy): its figures by phase.
+fn go_run(
+    go: &Path,
+    dir: &Path,
+    t: Target,
+    rep: usize,
+    socket: &Path,
+) -> Result<Vec<(String, f64)>> {
+    let mut cmd = Command::new(go);
+    cmd.current_dir(dir)
+        .args(["-test.run", "^$", "-test.benchtime", "1x"]);
+    match t {
+        Target::Overlayfs => cmd
+            .args(["-test.bench", "^BenchmarkOverlay$", "-overlay.rootPath"])
+            .arg(dir.join(format!("overlayfs-{rep}"))),
+        Target::Devmapper => cmd
+            .args(["-test.bench", "^BenchmarkDeviceMapper$"])
+            .args(["-dm.thinPoolDev", DM_POOL, "-dm.rootPath"])
+            .arg(dir.join(format!("devmapper-{rep}"))),
+        Target::Thin | Target::Overlay => cmd
+            .args(["-test.bench", "^BenchmarkProxy$", "-proxy.address"])
+            .arg(socket),
+        Target::Floor => bail!("the floor is not a benchsuite run"),
+    };
+    let o = cmd
+        .output()
+        .with_context(|| format!("running {}", go.display()))?;
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    if !o.status.success() {
+        bail!(
+            "containerd's benchsuite on {} failed ({}):\n{stdout}\n{}",
+            t.name(),
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    parse_benchsuite(&stdout).with_context(|| format!("containerd's benchsuite on {}", t.name()))
+}
+
 pub fn containerd_bench(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario> {
     let go = f.containerd_bench.clone().context(
         "no containerd benchsuite binary: build it with tools/build-containerd-bench.sh \
          (tools/bench.sh does) or pass --containerd-bench",
     )?;
-    // One repetition is 16 layers on each of four snapshotters.
+    // One repetition is 16 layers on each of four snapshotters and the floor.
     let reps = if plan.quick { 1 } else { plan.reps.min(5) };
     let dir = f.scratch("containerd-bench");
     fs::create_dir_all(&dir)?;
@@ -282,6 +473,12 @@ pub fn containerd_bench(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<
         "--base-size",
         THIN_BASE,
     ]))?;
+    // The floor works on the same pool, between the daemon's runs: its ids
+    // are far above thinlayer's, and its devices' names are not thinlayer's.
+    let floor = DmFloor::of_root(&thinlayer::root::Root::new(&thin_root)?)?;
+    let dm = devicemapper::DM::new().context("opening /dev/mapper/control")?;
+    let floor_mnt = dir.join("floor-mnt");
+    fs::create_dir_all(&floor_mnt)?;
     let mut c = Collect::default();
     let measured = (|| -> Result<()> {
         let thin = Daemon::start(&f.bin, &thin_root, "thin", &dir)?;
@@ -306,40 +503,18 @@ pub fn containerd_bench(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<
         }
         for rep in 0..reps {
             for t in Target::interleaved(rep) {
-                let mut cmd = Command::new(&go);
-                cmd.current_dir(&dir)
-                    .args(["-test.run", "^$", "-test.benchtime", "1x"]);
-                match t {
-                    Target::Overlayfs => cmd
-                        .args(["-test.bench", "^BenchmarkOverlay$", "-overlay.rootPath"])
-                        .arg(dir.join(format!("overlayfs-{rep}"))),
-                    Target::Devmapper => cmd
-                        .args(["-test.bench", "^BenchmarkDeviceMapper$"])
-                        .args(["-dm.thinPoolDev", DM_POOL, "-dm.rootPath"])
-                        .arg(dir.join(format!("devmapper-{rep}"))),
-                    Target::Thin | Target::Overlay => cmd
-                        .args(["-test.bench", "^BenchmarkProxy$", "-proxy.address"])
-                        .arg(if t == Target::Thin {
-                            &thin.socket
-                        } else {
-                            &overlay.socket
-                        }),
+                let figures = if t == Target::Floor {
+                    floor_run(&floor, &dm, &floor_mnt, rep as u64)
+                        .with_context(|| format!("the benchsuite's work on {FLOOR}"))?
+                } else {
+                    let socket = if t == Target::Thin {
+                        &thin.socket
+                    } else {
+                        &overlay.socket
+                    };
+                    go_run(&go, &dir, t, rep, socket)?
                 };
-                let o = cmd
-                    .output()
-                    .with_context(|| format!("running {}", go.display()))?;
-                let stdout = String::from_utf8_lossy(&o.stdout);
-                if !o.status.success() {
-                    bail!(
-                        "containerd's benchsuite on {} failed ({}):\n{stdout}\n{}",
-                        t.name(),
-                        o.status,
-                        String::from_utf8_lossy(&o.stderr)
-                    );
-                }
-                for (phase, ms) in parse_benchsuite(&stdout)
-                    .with_context(|| format!("containerd's benchsuite on {}", t.name()))?
-                {
+                for (phase, ms) in figures {
                     if let Some((_, variant)) = PHASES.iter().find(|(p, _)| *p == phase) {
                         c.add(t.name(), variant, None, ms);
                     }
@@ -409,6 +584,22 @@ pub fn containerd_bench(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<
         false,
     ));
     ratios.push(ratio(
+        "dm-thin floor / containerd overlayfs",
+        FLOOR,
+        OVERLAYFS,
+        "total",
+        None,
+        false,
+    ));
+    ratios.push(ratio(
+        "thinlayer thin / dm-thin floor",
+        THIN,
+        FLOOR,
+        "total",
+        None,
+        false,
+    ));
+    ratios.push(ratio(
         "containerd devmapper / containerd overlayfs",
         DEVMAPPER,
         OVERLAYFS,
@@ -419,7 +610,7 @@ pub fn containerd_bench(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<
     Ok(Scenario {
         id: "containerd-bench".into(),
         number: 10,
-        title: "containerd's snapshotter benchmark (benchsuite), four snapshotters".into(),
+        title: "containerd's snapshotter benchmark (benchsuite), four snapshotters and the kernel's floor".into(),
         description: format!(
             "containerd's own benchmark, `snapshots/benchsuite` of containerd 1.6 as Debian ships it \
              (golang-github-containerd-containerd-dev), compiled unchanged with a `BenchmarkProxy` \
@@ -433,7 +624,14 @@ pub fn containerd_bench(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<
              process; and `thinlayer snapshotter serve` with the thin driver and with the overlay \
              driver, each its own long-running daemon, reached over its unix socket through \
              containerd's `snapshots/proxy` gRPC client, as containerd reaches a proxy plugin (so each \
-             call also crosses gRPC). devmapper's pool is made as containerd's \
+             call also crosses gRPC). Fifth, the kernel's floor (`{FLOOR}`): the same loop with no \
+             snapshotter, on thinlayer's pool, with ioctls from the benchmark's process (prepare: \
+             `create_snap` of the previous layer, suspended around it while it is active, then create, \
+             load, resume; write: mount ext4, the same ten operations with the same file sizes, unmount; \
+             commit: nothing, as a committed layer is only a record), its devices removed and thin ids \
+             deleted after the timings. The floor makes its random bytes with a xorshift generator, \
+             cheaper than the benchsuite's Go `math/rand`, so its write phase is if anything \
+             flattered against the others'. devmapper's pool is made as containerd's \
              docs/snapshotters/devmapper.md script makes it: a {} data file and a {} metadata file on \
              loop devices (`losetup --find --show`), `dmsetup create` with a thin-pool table of \
              {DM_BLOCK_SECTORS}-sector (64 KiB) blocks and low water mark {DM_LOW_WATER_MARK}; the \
@@ -501,9 +699,32 @@ mod tests {
     }
 
     #[test]
+    fn plain_floor_layers_update_only_files_that_exist() {
+        let mut present = std::collections::BTreeSet::new();
+        for layer in 1..=LAYERS {
+            for (op, name) in file_ops(layer) {
+                match op {
+                    FileOp::Create => {
+                        present.insert(name);
+                    }
+                    FileOp::Update => {
+                        assert!(present.contains(name), "layer {layer} updates /{name}")
+                    }
+                    FileOp::Remove => {
+                        present.remove(name);
+                    }
+                }
+            }
+        }
+        // The benchsuite's third case: /f is created where /e is updated.
+        assert_eq!(file_ops(3)[4], (FileOp::Create, "f"));
+    }
+
+    #[test]
     fn plain_every_snapshotter_takes_every_place() {
-        for place in 0..4 {
-            let firsts: Vec<Target> = (0..4).map(|rep| Target::interleaved(rep)[place]).collect();
+        let n = Target::ALL.len();
+        for place in 0..n {
+            let firsts: Vec<Target> = (0..n).map(|rep| Target::interleaved(rep)[place]).collect();
             for t in Target::ALL {
                 assert!(firsts.contains(&t), "{t:?} never at {place}");
             }
