@@ -104,9 +104,9 @@ impl<'r> Containers<'r> {
     }
 
     /// Runs `work` without the containers' lock, so that other container
-    /// and volume commands go on meanwhile, then closes the stores `work`
-    /// opened (a store's lock is never held while waiting for the
-    /// containers': the lock order), takes the lock again and reads the
+    /// and volume commands go on meanwhile, then closes the stores open
+    /// (a store's lock is never held while waiting for the containers':
+    /// the lock order), takes the lock again and reads the
     /// records and volumes anew, unless no other process took the lock
     /// meanwhile (container and volume records change only under it). What
     /// `work` touches must be claimed by a record of this process (a
@@ -116,7 +116,10 @@ impl<'r> Containers<'r> {
     /// Errors: `work`'s; then the lock cannot be taken again, or the
     /// records cannot be read.
     pub(super) fn unlocked<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        self.res.release();
+        // The stores already open stay open for `work`: letting go of the
+        // containers' lock while holding a store's waits on nobody, and a
+        // store opened under the containers' lock is current. Reopening it
+        // would read its records and open the pool a second time.
         let before = self.lock.take().and_then(|g| g.generation());
         let out = work(self);
         self.res.release();
