@@ -906,6 +906,58 @@ fn root_snapshotter_serves_requests_at_once_on_overlay() {
     e.finish();
 }
 
+/// The daemon keeps its store between requests (its lock let go): what
+/// the CLI changes meanwhile is what the next request sees, not what the
+/// daemon read before.
+#[test]
+fn root_snapshotter_sees_what_the_cli_changed_between_requests_on_overlay() {
+    thinpool::testing::require_root();
+    let s = thinpool::testing::Scratch::new("engine-between");
+    let e = Engine::start_in(&s, "overlay", &[], &[]);
+    let snap = |args: &[&str]| {
+        let mut all = vec!["snapshots", "--snapshotter", "thinlayer"];
+        all.extend_from_slice(args);
+        e.ctr(&all)
+    };
+    snap(&["prepare", "k1"]);
+    snap(&["prepare", "k2"]);
+    let listed = snap(&["ls"]);
+    assert!(listed.contains("k1") && listed.contains("k2"), "{listed}");
+    // The CLI removes k1's layer between two requests.
+    let layers: serde_json::Value =
+        serde_json::from_str(&e.thinlayer(&["layer", "ls", "--json"])).unwrap();
+    let layers = layers.as_array().unwrap();
+    assert_eq!(layers.len(), 2, "{layers:?}");
+    let info = snap(&["info", "k1"]);
+    let k1 = layers
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
+        .find(|id| {
+            let path = e.root.join("overlay/layers").join(format!("{id}.json"));
+            std::fs::read_to_string(path).unwrap().contains("k1\"")
+        })
+        .unwrap_or_else(|| panic!("no layer holds snapshot k1: {info}"));
+    e.thinlayer(&["layer", "rm", k1]);
+    let listed = snap(&["ls"]);
+    assert!(
+        !listed.contains("k1"),
+        "the daemon still lists k1:\n{listed}"
+    );
+    assert!(listed.contains("k2"), "{listed}");
+    // And what a request makes after that, the CLI sees.
+    snap(&["commit", "c2", "k2"]);
+    snap(&["prepare", "k3", "c2"]);
+    let layers: serde_json::Value =
+        serde_json::from_str(&e.thinlayer(&["layer", "ls", "--json"])).unwrap();
+    let layers = layers.as_array().unwrap();
+    assert_eq!(layers.len(), 2, "{layers:?}");
+    assert!(
+        layers.iter().any(|l| !l["parent"].is_null()),
+        "k3 is not on k2: {layers:?}"
+    );
+    e.finish();
+}
+
 /// A full pool: a container fills it, then a new container's `Prepare` is
 /// refused with the pool's reason (gRPC `ResourceExhausted`) and an import
 /// fails without leaving a snapshot or layer behind; removing the filling

@@ -1,8 +1,11 @@
 //! `thinlayer snapshotter serve`: containerd's snapshots gRPC API on a unix
 //! socket, as a containerd proxy plugin. A thin translation: each request
 //! runs the synchronous library ([`thinlayer::snapshots`]) on a blocking
-//! thread, opening the store (and taking its lock) for that request only,
-//! so the CLI can work on the same root between requests.
+//! thread, holding the store's lock for that request only, so the CLI can
+//! work on the same root between requests. A store that served a request
+//! is kept for the next one ([`thinlayer::store::ParkedStore`]), and read
+//! anew only if another process (or another request) took its lock since,
+//! so a request does not reread every record and reopen the pool.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::FileTypeExt;
@@ -18,6 +21,7 @@ use thinlayer::driver::{DriverKind, MountSpec};
 use thinlayer::error::Error;
 use thinlayer::layer::SnapshotKind;
 use thinlayer::snapshots::{self, Filters};
+use thinlayer::store::ParkedStore;
 use thinlayer::{Root, Store};
 use tonic::Status;
 
@@ -52,11 +56,40 @@ struct Service {
     overlay: OverlayOptions,
     default_size: Option<thinpool::Bytes>,
     debug: bool,
+    /// Stores that served a request, their locks let go, for the next.
+    idle: std::sync::Mutex<Vec<ParkedStore>>,
 }
 
 impl Service {
     fn open(&self) -> thinlayer::error::Result<Store> {
         self.root.open_store(self.driver, &self.overlay)
+    }
+
+    /// A store for one request: the one parked last, if it is still
+    /// current ([`ParkedStore::resume`]), or a fresh one, whose repairs
+    /// (what a killed request or command left) are logged.
+    fn take(&self) -> thinlayer::error::Result<Store> {
+        let parked = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        if let Some(store) = parked.map(ParkedStore::resume).transpose()?.flatten() {
+            return Ok(store);
+        }
+        let store = self.open()?;
+        for r in store.repairs() {
+            eprintln!("thinlayer: recovered: {r}");
+        }
+        Ok(store)
+    }
+
+    /// Keeps a store that served a request for the next one.
+    fn give_back(&self, store: Store) {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(store.park());
     }
 
     /// Runs `f` on an open store on a blocking thread; a failure is logged
@@ -73,12 +106,14 @@ impl Service {
             eprintln!("thinlayer: {what}: started");
         }
         let r = tokio::task::spawn_blocking(move || {
-            let mut store = me.open()?;
-            // What a killed request (or command) left, finished by this one.
-            for r in store.repairs() {
-                eprintln!("thinlayer: recovered: {r}");
+            let mut store = me.take()?;
+            let r = f(&mut store);
+            // A failed request may have stopped half-way: the next one
+            // opens the store anew.
+            if r.is_ok() {
+                me.give_back(store);
             }
-            f(&mut store)
+            r
         })
         .await
         .map_err(|e| Status::internal(format!("{what}: the request's thread failed: {e}")))?;
@@ -347,6 +382,7 @@ pub fn run(
         overlay,
         default_size,
         debug,
+        idle: std::sync::Mutex::new(vec![]),
     };
     // Open once before serving: recovery runs, and a root that cannot be
     // used (or a --default-size it cannot give) is an error at start, not
@@ -358,7 +394,7 @@ pub fn run(
     for r in store.repairs() {
         eprintln!("thinlayer: recovered: {r}");
     }
-    drop(store);
+    service.give_back(store);
     let listener = bind(&address)?;
     // A client that goes away must not kill the daemon with SIGPIPE (main
     // sets its default action for the CLI's listings).

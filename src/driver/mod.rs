@@ -195,4 +195,12 @@ pub trait Driver: Send {
         layers: &[&LayerRecord],
         in_flight: &std::collections::BTreeSet<LayerId>,
     ) -> Result<Vec<String>>;
+
+    /// Whether what the driver keeps of the system is still so after its
+    /// store was let go for a while ([`crate::store::ParkedStore`]): the
+    /// thin driver's pool still active and its record the same pool's.
+    /// `false` asks the caller to open the store anew.
+    fn revalidate(&mut self) -> Result<bool> {
+        Ok(true)
+    }
 }

@@ -493,4 +493,11 @@ impl Driver for ThinDriver {
         }
         Ok(freed)
     }
+
+    fn revalidate(&mut self) -> Result<bool> {
+        // A failure here (the pool destroyed, its devices gone) is the
+        // fresh open's to report.
+        let mut pool = self.pool();
+        Ok(pool.refresh_devices().is_ok() && pool.is_active())
+    }
 }

@@ -99,6 +99,46 @@ pub struct Store {
     repairs: Repairs,
 }
 
+/// A store between two uses by the process that opened it, its lock let
+/// go ([`Store::park`]).
+#[derive(Debug)]
+pub struct ParkedStore {
+    store: Store,
+    /// The lock's count of holders when it was let go.
+    generation: Option<u64>,
+}
+
+impl ParkedStore {
+    /// Takes the store's lock back. The store as it was parked, if no one
+    /// else took the lock meanwhile (every change to the records is made
+    /// under it), no other process had a transaction live then (whose
+    /// death only a fresh read would notice), and its driver finds the
+    /// system as it left it ([`crate::driver::Driver::revalidate`]).
+    /// Otherwise `None`: the caller opens the store anew, which rereads
+    /// the records and recovers what others left.
+    ///
+    /// Errors: the lock cannot be taken ([`Error::Lock`]), or the driver
+    /// cannot look.
+    pub fn resume(self) -> Result<Option<Store>> {
+        let ParkedStore {
+            mut store,
+            generation,
+        } = self;
+        if store.own_txn.is_some() || !store.pending.is_empty() {
+            return Ok(None);
+        }
+        let lock = LockGuard::acquire(&store.dir.join("lock"), store.lock_timeout)?;
+        if !lock.follows(generation) {
+            return Ok(None);
+        }
+        store.lock = Some(lock);
+        if !store.driver.revalidate()? {
+            return Ok(None);
+        }
+        Ok(Some(store))
+    }
+}
+
 /// A store's lock, taken by [`lock_store`] before the store is opened,
 /// and how long to wait when it is taken again.
 #[derive(Debug)]
@@ -253,6 +293,19 @@ impl Store {
         )?;
         self.repairs.extend(done);
         Ok(())
+    }
+
+    /// Lets go of the store's lock and keeps what it read, for a process
+    /// that serves one request after another (`snapshotter serve`):
+    /// [`ParkedStore::resume`] takes the lock back. What opening repaired
+    /// has been reported by then, and is forgotten.
+    pub fn park(mut self) -> ParkedStore {
+        let generation = self.lock.take().and_then(|g| g.generation());
+        self.repairs.clear();
+        ParkedStore {
+            store: self,
+            generation,
+        }
     }
 
     /// Runs `work` on the driver without the store's lock, so that other

@@ -282,6 +282,48 @@ fn plain_store_works_beside_a_transaction_whose_driver_is_busy() {
 }
 
 #[test]
+fn plain_store_parked_comes_back_only_if_no_one_took_its_lock_or_was_mid_transaction() {
+    use std::sync::mpsc;
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let mut s = open(t.path(), &fake).unwrap();
+    s.create_layer(None, Some("base"), None).unwrap();
+    let parked = s.park();
+    // Let go: another opener gets the lock at once.
+    drop(open(t.path(), &fake).unwrap());
+    // Someone took the lock meanwhile: the caller must read anew.
+    assert!(parked.resume().unwrap().is_none());
+    // No one did: the same store, holding its lock again.
+    let s = open(t.path(), &fake).unwrap();
+    let s = s.park().resume().unwrap().expect("no one took the lock");
+    assert!(s.layer("base").is_ok());
+    assert!(
+        open(t.path(), &fake).is_err(),
+        "a resumed store holds its lock"
+    );
+    drop(s);
+    // Parked while another transaction was live: read anew, even though
+    // no one has taken the lock since (only a fresh read sees its end).
+    let (started_tx, started) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel();
+    fake.state().hold_next_create = Some((started_tx, go_rx));
+    let (dir, f2) = (t.path().to_path_buf(), fake.clone());
+    let slow = std::thread::spawn(move || {
+        open(&dir, &f2)
+            .unwrap()
+            .create_layer(Some("base"), Some("child"), None)
+    });
+    started
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the slow create never reached its driver");
+    let beside = open(t.path(), &fake).unwrap().park();
+    assert!(beside.resume().unwrap().is_none());
+    go.send(()).unwrap();
+    slow.join().unwrap().unwrap();
+    assert_consistent(&open(t.path(), &fake).unwrap(), &fake);
+}
+
+#[test]
 fn plain_image_names_normalize_to_name_and_tag() {
     assert_eq!(normalize_image_name("alpine").unwrap(), "alpine:latest");
     assert_eq!(
