@@ -677,6 +677,17 @@ pub fn containerd(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenar
 pub const VERIFY_BLOB: &str = "sha256 of the blobs";
 pub const VERIFY_INFLATE: &str = "gunzip";
 pub const VERIFY_TAR: &str = "sha256 of the tars";
+/// GNU tar's extraction into ext4 (gzip's inflating included) per second
+/// of CPU time its processes spent (user and system).
+pub const TAR_CPU: &str = "gnu-tar (ext4), per CPU second";
+
+/// CPU seconds (user and system) of the waited-for children so far.
+fn children_cpu() -> Result<f64> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let u = getrusage(UsageWho::RUSAGE_CHILDREN)?;
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Ok(secs(u.user_time()) + secs(u.system_time()))
+}
 
 pub fn import(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario> {
     let per_layer: u64 = if plan.quick { 8 << 20 } else { 64 << 20 };
@@ -791,6 +802,7 @@ pub fn import(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario> 
             ] {
                 let dest = target.join("x");
                 fs::create_dir_all(&dest)?;
+                let before = children_cpu()?;
                 let (t, ()) = timed(|| {
                     for b in &blobs {
                         run(Command::new("tar").arg("-xzf").arg(b).arg("-C").arg(&dest))?;
@@ -798,8 +810,12 @@ pub fn import(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario> 
                     nix::unistd::sync();
                     Ok(())
                 })?;
+                let cpu = children_cpu()? - before;
                 fs::remove_dir_all(&dest)?;
                 c.add(label, "3 layers", None, total as f64 / (t / 1000.0));
+                if label == "gnu-tar (ext4)" {
+                    c.add(TAR_CPU, "3 layers", None, total as f64 / cpu);
+                }
             }
         }
         Ok(())
@@ -817,7 +833,8 @@ pub fn import(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario> 
              and into a plain directory, then `sync`. Throughput of uncompressed file bytes. The pieces of \
              checking are timed alone, each in one thread, on the blobs in memory: a sha256 of each blob \
              (its digest), inflating it, and a sha256 of its tar (its diff_id), each as the rate of the same \
-             uncompressed bytes. {} repetitions.",
+             uncompressed bytes; and GNU tar's extraction into ext4 per second of the CPU time its \
+             processes (tar and gzip) spent, user and system. {} repetitions.",
             crate::report::format_value(Unit::Bytes, total as f64),
             plan.reps
         ),
