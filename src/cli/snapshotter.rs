@@ -56,8 +56,10 @@ struct Service {
     overlay: OverlayOptions,
     default_size: Option<thinpool::Bytes>,
     debug: bool,
-    /// Stores that served a request, their locks let go, for the next.
-    idle: std::sync::Mutex<Vec<ParkedStore>>,
+    /// The store that served the latest request, its lock let go, for the
+    /// next (an earlier one can never resume: the later one held the lock
+    /// after it).
+    idle: std::sync::Mutex<Option<ParkedStore>>,
 }
 
 impl Service {
@@ -73,7 +75,7 @@ impl Service {
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
+            .take();
         if let Some(store) = parked.map(ParkedStore::resume).transpose()?.flatten() {
             return Ok(store);
         }
@@ -84,12 +86,17 @@ impl Service {
         Ok(store)
     }
 
-    /// Keeps a store that served a request for the next one.
+    /// Keeps a store that served a request for the next one, unless a
+    /// later one is kept already.
     fn give_back(&self, store: Store) {
-        self.idle
+        let parked = store.park();
+        let mut idle = self
+            .idle
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(store.park());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.as_ref().is_none_or(|kept| parked.is_later_than(kept)) {
+            *idle = Some(parked);
+        }
     }
 
     /// Runs `f` on an open store on a blocking thread; a failure is logged
@@ -382,7 +389,7 @@ pub fn run(
         overlay,
         default_size,
         debug,
-        idle: std::sync::Mutex::new(vec![]),
+        idle: std::sync::Mutex::new(None),
     };
     // Open once before serving: recovery runs, and a root that cannot be
     // used (or a --default-size it cannot give) is an error at start, not

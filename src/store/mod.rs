@@ -137,6 +137,12 @@ impl ParkedStore {
         }
         Ok(Some(store))
     }
+
+    /// Whether this store held the lock after `other` did: of two parked
+    /// stores, only the later can still resume.
+    pub fn is_later_than(&self, other: &ParkedStore) -> bool {
+        self.generation > other.generation
+    }
 }
 
 /// A store's lock, taken by [`lock_store`] before the store is opened,

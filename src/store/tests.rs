@@ -292,7 +292,10 @@ fn plain_store_parked_comes_back_only_if_no_one_took_its_lock_or_was_mid_transac
     // Let go: another opener gets the lock at once.
     drop(open(t.path(), &fake).unwrap());
     // Someone took the lock meanwhile: the caller must read anew.
+    let later = open(t.path(), &fake).unwrap().park();
+    assert!(later.is_later_than(&parked) && !parked.is_later_than(&later));
     assert!(parked.resume().unwrap().is_none());
+    drop(later);
     // No one did: the same store, holding its lock again.
     let s = open(t.path(), &fake).unwrap();
     let s = s.park().resume().unwrap().expect("no one took the lock");
