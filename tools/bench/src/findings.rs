@@ -396,21 +396,39 @@ fn provision_findings(series: &[Series], deep: &str) -> Vec<String> {
         m("dm-ioctl", "depth 1"),
         m("record write", "one durable record"),
     ) {
+        let writes = 2.0 * rec;
+        let split = if thin - floor >= writes {
+            format!(
+                "The rest, {:.1} ms, is what this run does not break down.",
+                thin - floor - writes
+            )
+        } else {
+            let spread = series
+                .iter()
+                .find(|s| s.driver == "dm-ioctl" && s.variant == "depth 1")
+                .and_then(|s| crate::samples::stats(&s.samples))
+                .map(|st| format!(" (p10–p90 {:.1}–{:.1} ms)", st.p10, st.p90))
+                .unwrap_or_default();
+            format!(
+                "The estimate is more than the whole gap: the floor's samples spread{spread} wider than the \
+                 gap, so this run cannot split it."
+            )
+        };
         out.push(format!(
             "thinlayer spends {:.1} ms per layer above the in-process ioctl floor ({:.1} ms against {:.1} ms). \
              One durable record write (temporary file, fsync, rename, fsync of the directory) costs {:.1} ms in \
              this run's `record write` series. A snapshot makes two such writes (the pool's pending \
              operation, whose commit is the kernel's transaction id, and the layer's record, whose name is \
              synced with the removal of its journal; the journal itself, which only live processes read, \
-             is written without fsync); at this run's \
-             cost per write that would come to about {:.1} ms, an estimate from the record-write samples, not a \
-             measurement of the snapshot's own writes. They are the price of surviving a kill or a power cut \
-             at any instant, which neither floor does. This run does not break the rest down.",
+             is written without fsync); at this run's cost per write that would come to about {:.1} ms, an \
+             estimate from the record-write samples, not a measurement of the snapshot's own writes. They \
+             are the price of surviving a kill or a power cut at any instant, which neither floor does. \
+             {split}",
             thin - floor,
             thin,
             floor,
             rec,
-            2.0 * rec + rec / 2.0,
+            writes,
         ));
     }
     let burst = series
@@ -730,5 +748,13 @@ mod tests {
             !f.contains("strace") && !f.contains("opening the pool"),
             "{f}"
         );
+        // 60 ms above the floor, 16 of them the two writes.
+        assert!(f.contains("about 16.0 ms") && f.contains("The rest, 44.0 ms"), "{f}");
+        // A gap smaller than the writes' estimate is not split.
+        let mut noisy = s.clone();
+        noisy.series[2].samples = vec![30.0, 103.0, 104.0];
+        let f = findings(&noisy, 2).join(" ");
+        assert!(f.contains("this run cannot split it"), "{f}");
+        assert!(!f.contains("The rest"), "{f}");
     }
 }
