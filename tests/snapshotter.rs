@@ -367,6 +367,13 @@ impl Engine {
         common::stdout(&o)
     }
 
+    /// `ctr snapshots --snapshotter thinlayer ARGS...`, which must succeed.
+    fn snapshots(&self, args: &[&str]) -> String {
+        let mut all = vec!["snapshots", "--snapshotter", "thinlayer"];
+        all.extend_from_slice(args);
+        self.ctr(&all)
+    }
+
     fn thinlayer(&self, args: &[&str]) -> String {
         let mut all = vec!["--driver", self.driver];
         all.extend_from_slice(args);
@@ -825,11 +832,7 @@ fn root_snapshotter_serves_requests_at_once_on_overlay() {
     thinpool::testing::require_root();
     let s = thinpool::testing::Scratch::new("engine-at-once");
     let e = Engine::start_in(&s, "overlay", &[], &[]);
-    let snap = |args: &[&str]| {
-        let mut all = vec!["snapshots", "--snapshotter", "thinlayer"];
-        all.extend_from_slice(args);
-        e.ctr(&all)
-    };
+    let snap = |args: &[&str]| e.snapshots(args);
     snap(&["prepare", "big"]);
     let at = s.path().join("big-mnt");
     std::fs::create_dir(&at).unwrap();
@@ -914,11 +917,7 @@ fn root_snapshotter_sees_what_the_cli_changed_between_requests_on_overlay() {
     thinpool::testing::require_root();
     let s = thinpool::testing::Scratch::new("engine-between");
     let e = Engine::start_in(&s, "overlay", &[], &[]);
-    let snap = |args: &[&str]| {
-        let mut all = vec!["snapshots", "--snapshotter", "thinlayer"];
-        all.extend_from_slice(args);
-        e.ctr(&all)
-    };
+    let snap = |args: &[&str]| e.snapshots(args);
     snap(&["prepare", "k1"]);
     snap(&["prepare", "k2"]);
     let listed = snap(&["ls"]);

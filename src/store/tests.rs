@@ -235,19 +235,21 @@ fn plain_store_frees_orphans_and_reports_missing_resources() {
 /// While one store's transaction has its driver at work, the store is not
 /// locked: another opens it at once, cannot take what the transaction
 /// claimed (its new layer's name, its parent), and does unrelated work.
-#[test]
-fn plain_store_works_beside_a_transaction_whose_driver_is_busy() {
+/// Starts creating layer `child` on `base` in another thread, and returns
+/// once its driver is at work (holding no store lock); the create finishes
+/// when the sender sends.
+fn create_held_in_its_driver(
+    dir: &Path,
+    fake: &Fake,
+) -> (
+    std::thread::JoinHandle<Result<LayerId>>,
+    std::sync::mpsc::Sender<()>,
+) {
     use std::sync::mpsc;
-    let t = tempfile::tempdir().unwrap();
-    let fake = Fake::default();
-    open(t.path(), &fake)
-        .unwrap()
-        .create_layer(None, Some("base"), None)
-        .unwrap();
     let (started_tx, started) = mpsc::channel();
     let (go, go_rx) = mpsc::channel();
     fake.state().hold_next_create = Some((started_tx, go_rx));
-    let (dir, f2) = (t.path().to_path_buf(), fake.clone());
+    let (dir, f2) = (dir.to_path_buf(), fake.clone());
     let slow = std::thread::spawn(move || {
         open(&dir, &f2)
             .unwrap()
@@ -256,6 +258,18 @@ fn plain_store_works_beside_a_transaction_whose_driver_is_busy() {
     started
         .recv_timeout(Duration::from_secs(20))
         .expect("the slow create never reached its driver");
+    (slow, go)
+}
+
+#[test]
+fn plain_store_works_beside_a_transaction_whose_driver_is_busy() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    open(t.path(), &fake)
+        .unwrap()
+        .create_layer(None, Some("base"), None)
+        .unwrap();
+    let (slow, go) = create_held_in_its_driver(t.path(), &fake);
     // Opened with no wait at all: the slow create holds no store lock.
     let mut other = open(t.path(), &fake).unwrap();
     assert!(other.repairs().is_empty(), "{:?}", other.repairs());
@@ -283,7 +297,6 @@ fn plain_store_works_beside_a_transaction_whose_driver_is_busy() {
 
 #[test]
 fn plain_store_parked_comes_back_only_if_no_one_took_its_lock_or_was_mid_transaction() {
-    use std::sync::mpsc;
     let t = tempfile::tempdir().unwrap();
     let fake = Fake::default();
     let mut s = open(t.path(), &fake).unwrap();
@@ -307,18 +320,7 @@ fn plain_store_parked_comes_back_only_if_no_one_took_its_lock_or_was_mid_transac
     drop(s);
     // Parked while another transaction was live: read anew, even though
     // no one has taken the lock since (only a fresh read sees its end).
-    let (started_tx, started) = mpsc::channel();
-    let (go, go_rx) = mpsc::channel();
-    fake.state().hold_next_create = Some((started_tx, go_rx));
-    let (dir, f2) = (t.path().to_path_buf(), fake.clone());
-    let slow = std::thread::spawn(move || {
-        open(&dir, &f2)
-            .unwrap()
-            .create_layer(Some("base"), Some("child"), None)
-    });
-    started
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the slow create never reached its driver");
+    let (slow, go) = create_held_in_its_driver(t.path(), &fake);
     let beside = open(t.path(), &fake).unwrap().park();
     assert!(beside.resume().unwrap().is_none());
     go.send(()).unwrap();

@@ -749,7 +749,10 @@ mod tests {
             "{f}"
         );
         // 60 ms above the floor, 16 of them the two writes.
-        assert!(f.contains("about 16.0 ms") && f.contains("The rest, 44.0 ms"), "{f}");
+        assert!(
+            f.contains("about 16.0 ms") && f.contains("The rest, 44.0 ms"),
+            "{f}"
+        );
         // A gap smaller than the writes' estimate is not split.
         let mut noisy = s.clone();
         noisy.series[2].samples = vec![30.0, 103.0, 104.0];
