@@ -127,11 +127,9 @@ impl ParkedStore {
         if store.own_txn.is_some() || !store.pending.is_empty() {
             return Ok(None);
         }
-        let lock = LockGuard::acquire(&store.dir.join("lock"), store.lock_timeout)?;
-        if !lock.follows(generation) {
+        if !store.take_lock_back(generation)? {
             return Ok(None);
         }
-        store.lock = Some(lock);
         if !store.driver.revalidate()? {
             return Ok(None);
         }
@@ -324,13 +322,20 @@ impl Store {
     pub fn unlocked<T>(&mut self, work: impl FnOnce(&mut dyn Driver) -> T) -> Result<T> {
         let before = self.lock.take().and_then(|g| g.generation());
         let out = work(self.driver.as_mut());
-        let lock = LockGuard::acquire(&self.dir.join("lock"), self.lock_timeout)?;
-        let untouched = lock.follows(before);
-        self.lock = Some(lock);
-        if !untouched {
+        if !self.take_lock_back(before)? {
             self.load()?;
         }
         Ok(out)
+    }
+
+    /// Takes the store's lock again after letting go of it at generation
+    /// `before`; whether no one else held it meanwhile, so that what this
+    /// store read is still true.
+    fn take_lock_back(&mut self, before: Option<u64>) -> Result<bool> {
+        let lock = LockGuard::acquire(&self.dir.join("lock"), self.lock_timeout)?;
+        let untouched = lock.follows(before);
+        self.lock = Some(lock);
+        Ok(untouched)
     }
 
     /// Whether a live transaction of another store is removing layer `id`.

@@ -175,7 +175,8 @@ impl DmFloor {
         let dev = self.activate_snapshot(&dm, k, origin)?;
         mount_ext4(&dev, target, false)?;
         let written = (|| -> Result<()> {
-            for dir in ["dev", "dev/pts", "dev/shm", "proc", "sys", "etc"] {
+            let init_dirs = thinlayer::container::spec::INIT_DIRS;
+            for dir in init_dirs.iter().chain(&["etc"]) {
                 fs::create_dir_all(target.join(dir))?;
             }
             let _ = fs::remove_file(target.join("etc/mtab"));
