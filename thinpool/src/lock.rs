@@ -92,40 +92,33 @@ impl LockGuard {
             move |source| LockError::Io { op, path, source }
         };
         let mut file = file;
-        let start = Instant::now();
-        // Short waits first: holders of a shared store or pool keep the
-        // lock for milliseconds.
-        let mut nap = Duration::from_millis(1);
+        // A wait too long to count is a wait without end.
+        let deadline = Instant::now().checked_add(timeout);
         let mut file = loop {
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(locked) => {
-                    // Lock files that are swept away (scratch directories'
-                    // ones) may have been unlinked, or replaced by a fresh
-                    // file, between our open and our lock: a lock on an
-                    // inode the path no longer names excludes no one, so
-                    // take the file the path names now (no wait: nobody
-                    // held it).
-                    if names_same_file(&locked, path).map_err(io_err("checking"))? {
-                        break locked;
-                    }
-                    drop(locked);
-                    file = open_lock_file(path)?;
-                    continue;
+            let locked = match wait_for_lock(file, deadline).map_err(io_err("locking"))? {
+                Some(locked) => locked,
+                None => {
+                    // Read through a fresh open: the one that waited may
+                    // still be blocked in its thread.
+                    let holder = std::fs::read_to_string(path)
+                        .ok()
+                        .and_then(|s| parse_lock_line(&s).0);
+                    return Err(LockError::Busy {
+                        path: path.to_path_buf(),
+                        holder,
+                        waited: timeout,
+                    });
                 }
-                Err((f, Errno::EWOULDBLOCK)) => file = f,
-                Err((_, e)) => return Err(io_err("locking")(io::Error::from(e))),
+            };
+            // Lock files that are swept away (scratch directories' ones)
+            // may have been unlinked, or replaced by a fresh file, between
+            // our open and our lock: a lock on an inode the path no longer
+            // names excludes no one, so take the file the path names now.
+            if names_same_file(&locked, path).map_err(io_err("checking"))? {
+                break locked;
             }
-            if start.elapsed() >= timeout {
-                let mut s = String::new();
-                let _ = file.read_to_string(&mut s);
-                return Err(LockError::Busy {
-                    path: path.to_path_buf(),
-                    holder: parse_lock_line(&s).0,
-                    waited: timeout,
-                });
-            }
-            std::thread::sleep(nap);
-            nap = (nap * 2).min(Duration::from_millis(50));
+            drop(locked);
+            file = open_lock_file(path)?;
         };
         let mut text = String::new();
         file.rewind().map_err(io_err("reading"))?;
@@ -207,6 +200,51 @@ impl LockGuard {
             Err(LockError::Busy { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Takes an exclusive `flock` on `file`, waiting until `deadline` (`None`:
+/// for as long as it takes); `None` if another holder kept it that long.
+///
+/// The wait is the kernel's: a waiter wakes the moment the holder lets go,
+/// as a poll with naps would not (under contention the lock would sit free
+/// while waiters sleep). `flock` has no timeout, so a thread blocks in it
+/// while this one waits on a channel until the deadline. A thread that
+/// gets the lock after its caller gave up finds no one to hand it to and
+/// lets go of it at once; until then it waits in the kernel, costing
+/// nothing.
+fn wait_for_lock(file: File, deadline: Option<Instant>) -> io::Result<Option<Flock<File>>> {
+    let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => return Ok(Some(locked)),
+        Err((f, Errno::EWOULDBLOCK)) => f,
+        Err((_, e)) => return Err(e.into()),
+    };
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    if left.is_some_and(|d| d.is_zero()) {
+        return Ok(None);
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("lock-wait".into())
+        .spawn(move || {
+            let mut file = file;
+            let got = loop {
+                match Flock::lock(file, FlockArg::LockExclusive) {
+                    Err((f, Errno::EINTR)) => file = f,
+                    r => break r.map_err(|(_, e)| e),
+                }
+            };
+            // A send to a caller that gave up fails, and the lock goes
+            // with `got`.
+            let _ = tx.send(got);
+        })?;
+    let got = match left {
+        Some(left) => rx.recv_timeout(left).ok(),
+        None => rx.recv().ok(),
+    };
+    match got {
+        Some(got) => got.map(Some).map_err(io::Error::from),
+        None => Ok(None),
     }
 }
 
@@ -303,6 +341,35 @@ mod tests {
         std::fs::write(&path, "9".repeat(64)).unwrap();
         drop(LockGuard::acquire(&path, Duration::ZERO).unwrap());
         assert_eq!(std::fs::read_to_string(&path).unwrap().len(), 32);
+    }
+
+    #[test]
+    fn plain_a_waiter_takes_the_lock_when_the_holder_lets_go_and_one_that_gave_up_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let first = LockGuard::acquire(&path, Duration::ZERO).unwrap();
+        // One that gives up: its waiting thread must not keep the lock
+        // once it gets it.
+        assert!(matches!(
+            LockGuard::acquire(&path, Duration::from_millis(50)),
+            Err(LockError::Busy { .. })
+        ));
+        let waiter = {
+            let path = path.clone();
+            std::thread::spawn(move || LockGuard::acquire(&path, Duration::from_secs(60)))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiter.is_finished(), "took a lock that was held");
+        let held = first.generation().unwrap();
+        drop(first);
+        let second = waiter.join().unwrap().unwrap();
+        // The thread of the one that gave up may take it for a moment, but
+        // reads nothing under it and does not count: no one in between.
+        assert!(second.follows(Some(held)));
+        assert!(LockGuard::try_acquire(&path).unwrap().is_none());
+        drop(second);
+        // Nothing holds it now: the given-up thread let go too.
+        LockGuard::acquire(&path, Duration::from_secs(10)).unwrap();
     }
 
     #[test]
