@@ -118,6 +118,12 @@ fn decode_dev(dev: u64) -> (u64, u64) {
 }
 
 /// The loop device bound to `file`, if any.
+///
+/// A device whose sysfs `backing_file` names `file` is checked first (one
+/// open and one ioctl); only when none does (the file was bound under
+/// another name: a bind mount, another mount namespace) is every loop
+/// device opened and asked. The answer is always the kernel's binding by
+/// device and inode, never the name alone.
 pub fn find(file: &Path) -> io::Result<Option<LoopDev>> {
     let meta = fs::metadata(file)?;
     let want = (
@@ -125,10 +131,32 @@ pub fn find(file: &Path) -> io::Result<Option<LoopDev>> {
         libc::minor(meta.dev()) as u64,
         meta.ino(),
     );
+    let bound: Vec<String> = fs::read_dir("/sys/block")?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<io::Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|name| name.starts_with("loop"))
+        .collect();
+    let named = fs::canonicalize(file).ok();
+    let by_name: Vec<&String> = bound
+        .iter()
+        .filter(|name| {
+            let backing = fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"));
+            backing.is_ok_and(|b| Some(Path::new(b.trim_end_matches('\n'))) == named.as_deref())
+        })
+        .collect();
+    if let Some(dev) = bound_to(&by_name, want, file)? {
+        return Ok(Some(dev));
+    }
+    bound_to(&bound.iter().collect::<Vec<_>>(), want, file)
+}
+
+/// Which of the loop devices `names` is bound to the file with device
+/// and inode `want`, asking the kernel.
+fn bound_to(names: &[&String], want: (u64, u64, u64), file: &Path) -> io::Result<Option<LoopDev>> {
     let mut found = None;
-    for entry in fs::read_dir("/sys/block")? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("loop") || !Path::new(&format!("/sys/block/{name}/loop")).exists() {
+    for name in names {
+        if !Path::new(&format!("/sys/block/{name}/loop")).exists() {
             continue;
         }
         let path = PathBuf::from(format!("/dev/{name}"));
@@ -144,7 +172,10 @@ pub fn find(file: &Path) -> io::Result<Option<LoopDev>> {
                     file.display()
                 )));
             }
-            found = Some(LoopDev { path, name });
+            found = Some(LoopDev {
+                path,
+                name: name.to_string(),
+            });
         }
     }
     Ok(found)

@@ -107,6 +107,11 @@ impl Pool {
     pub(super) fn start_devices(&mut self) -> Result<()> {
         let meta_dev = self.backing_device(&self.record.metadata)?;
         let data_dev = self.backing_device(&self.record.data)?;
+        self.start_devices_on(meta_dev, data_dev)
+    }
+
+    /// [`Pool::start_devices`] over backing devices already found.
+    fn start_devices_on(&mut self, meta_dev: Device, data_dev: Device) -> Result<()> {
         let meta = LinearDev::setup(
             &self.dm,
             &self.names.name(Role::Meta),
@@ -163,11 +168,13 @@ impl Pool {
     /// Takes over an active pool, rolling forward a grow that was killed
     /// between recording the new size and reloading the tables.
     pub(super) fn adopt(&mut self) -> Result<()> {
+        let mut found = vec![];
         for (role, b) in [
             (Role::Meta, &self.record.metadata),
             (Role::Data, &self.record.data),
         ] {
             let want = self.backing_device(b)?;
+            found.push(want);
             let mismatch = |reason: String| Error::Mismatch {
                 what: format!("device {}", self.names.name_string(role)),
                 reason,
@@ -208,7 +215,9 @@ impl Pool {
                 self.reload_length(Role::Pool, sectors, &table)?;
             }
         }
-        self.start_devices()
+        // The backings just checked: finding them again would scan every
+        // loop device twice more.
+        self.start_devices_on(found[0], found[1])
     }
 
     /// Activates an inactive pool after checking its backings and metadata
