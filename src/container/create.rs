@@ -32,39 +32,32 @@ impl Containers<'_> {
             }
             None => id[..12].to_string(),
         };
-        if self.records.values().any(|r| r.name == name) {
-            return Err(Error::Exists {
-                what: "container",
-                name,
-            });
-        }
+        self.check_name_free(&name)?;
         let hostname = req.hostname.clone().unwrap_or_else(|| id[..12].to_string());
         spec::check_hostname(&hostname)?;
+        // Bad mount specs fail before any store is opened.
+        self.mount_specs(req)?;
+        // What the store says, read without the containers' lock: opening
+        // a store (for thin, adopting the pool) is the longest part of
+        // this, and other creates go on meanwhile. An image or layer
+        // removed before the layers are made fails that step, which undoes
+        // the record.
+        let source = self.unlocked(|c| c.source_of(req))?;
+        // Other commands ran meanwhile: the name and the mounts' sources
+        // are checked again on the records as they are now.
+        self.check_name_free(&name)?;
         let mut mounts = self.mount_specs(req)?;
-        let store = self.res.store(req.driver, &req.overlay)?;
-        if let Some(size) = req.size {
-            store.check_size(size)?;
-        }
-        let (image, image_name, parent) = match (&req.image, &req.layer) {
-            (Some(i), None) => {
-                let img = store.image(i)?;
-                let top =
-                    img.layers.last().cloned().ok_or_else(|| {
-                        Error::invalid("image", format!("image '{i}' has no layers"))
-                    })?;
-                (Some(img.id.clone()), Some(i.clone()), top)
+        for destination in source.declared {
+            if mounts.iter().all(|m| m.destination != destination) {
+                mounts.push(MountSpec {
+                    source: Source::Anonymous,
+                    destination,
+                    readonly: false,
+                    nocopy: false,
+                });
             }
-            (None, Some(l)) => (None, None, store.layer(l)?.id.clone()),
-            _ => {
-                return Err(Error::invalid(
-                    "container source",
-                    "give exactly one of --image and --layer",
-                ))
-            }
-        };
-        if let Some(id) = &image {
-            add_declared_volumes(store, id, &mut mounts)?;
         }
+        let (image, image_name, parent) = (source.image, source.image_name, source.parent);
         // Volumes to make: anonymous ones get their names now, so the
         // record can name them before they exist.
         let mut created_volumes = vec![];
@@ -133,6 +126,51 @@ impl Containers<'_> {
         Ok(rec)
     }
 
+    fn check_name_free(&self, name: &str) -> Result<()> {
+        if self.records.values().any(|r| r.name == name) {
+            return Err(Error::Exists {
+                what: "container",
+                name: name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The image or layer a new container starts from, its size checked
+    /// and the volumes its image declares, as the store has them.
+    fn source_of(&mut self, req: &NewContainer) -> Result<SourceOf> {
+        let store = self.res.store(req.driver, &req.overlay)?;
+        if let Some(size) = req.size {
+            store.check_size(size)?;
+        }
+        match (&req.image, &req.layer) {
+            (Some(i), None) => {
+                let img = store.image(i)?;
+                let top =
+                    img.layers.last().cloned().ok_or_else(|| {
+                        Error::invalid("image", format!("image '{i}' has no layers"))
+                    })?;
+                let id = img.id.clone();
+                Ok(SourceOf {
+                    declared: declared_volumes(store, &id)?,
+                    image: Some(id),
+                    image_name: Some(i.clone()),
+                    parent: top,
+                })
+            }
+            (None, Some(l)) => Ok(SourceOf {
+                image: None,
+                image_name: None,
+                parent: store.layer(l)?.id.clone(),
+                declared: vec![],
+            }),
+            _ => Err(Error::invalid(
+                "container source",
+                "give exactly one of --image and --layer",
+            )),
+        }
+    }
+
     /// `-v` and `--volumes-from`, checked and merged: `-v` wins over a
     /// volume taken from another container at the same path.
     pub(super) fn mount_specs(&self, req: &NewContainer) -> Result<Vec<MountSpec>> {
@@ -197,6 +235,12 @@ impl Containers<'_> {
             Ok(layers.to_vec())
         })?;
         rec.layers = layers;
+        if !rec.mounts.iter().any(fills) {
+            // Nothing to fill: the caller's one write records the layers
+            // and `created` together, and the containers' lock is not let
+            // go and taken again for nothing.
+            return Ok(());
+        }
         self.save(rec)?;
         self.unlocked(|c| c.populate(rec))
     }
@@ -205,8 +249,8 @@ impl Containers<'_> {
     /// (unless `nocopy`), keeping owners, modes, times and xattrs.
     pub(super) fn populate(&mut self, rec: &ContainerRecord) -> Result<()> {
         let mut todo = vec![];
-        for m in &rec.mounts {
-            if let (Source::Volume { name }, false) = (&m.source, m.nocopy) {
+        for m in rec.mounts.iter().filter(|m| fills(m)) {
+            if let Source::Volume { name } = &m.source {
                 todo.push((self.volumes.get(name)?, m.destination.clone()));
             }
         }
@@ -283,37 +327,43 @@ impl Containers<'_> {
     }
 }
 
-/// Adds an anonymous volume for each path the image declares (`VOLUME`,
-/// `config.Volumes`) that no `-v` or `--volumes-from` mount covers, as
-/// Docker does; they are filled from the image like any new volume.
-fn add_declared_volumes(
-    store: &crate::store::Store,
-    image: &str,
-    mounts: &mut Vec<MountSpec>,
-) -> Result<()> {
+/// Whether a mount is of a volume filled from the image when new.
+fn fills(m: &MountSpec) -> bool {
+    matches!(m.source, Source::Volume { .. }) && !m.nocopy
+}
+
+/// Where a new container starts: see [`Containers::source_of`].
+struct SourceOf {
+    image: Option<String>,
+    image_name: Option<String>,
+    parent: crate::layer::LayerId,
+    /// The paths the image declares as volumes.
+    declared: Vec<String>,
+}
+
+/// The paths the image declares as volumes (`VOLUME`, `config.Volumes`):
+/// each that no `-v` or `--volumes-from` mount covers gets an anonymous
+/// volume, filled from the image like any new volume, as Docker does.
+fn declared_volumes(store: &crate::store::Store, image: &str) -> Result<Vec<String>> {
     let raw = match store.image_config(image) {
         Ok(raw) => raw,
         // An image imported before configs were kept declares nothing
         // thinlayer can read.
-        Err(Error::Precondition(_)) => return Ok(()),
+        Err(Error::Precondition(_)) => return Ok(vec![]),
         Err(e) => return Err(e),
     };
     let config = crate::image::read_config(raw)?;
-    for path in config.details().volumes {
-        let destination = spec::container_path(&path, &path).map_err(|e| Error::Corrupt {
-            what: format!("the config of image {image}"),
-            reason: format!("its declared volume {path:?} is not usable: {e}"),
-        })?;
-        if mounts.iter().all(|m| m.destination != destination) {
-            mounts.push(MountSpec {
-                source: Source::Anonymous,
-                destination,
-                readonly: false,
-                nocopy: false,
-            });
-        }
-    }
-    Ok(())
+    config
+        .details()
+        .volumes
+        .into_iter()
+        .map(|path| {
+            spec::container_path(&path, &path).map_err(|e| Error::Corrupt {
+                what: format!("the config of image {image}"),
+                reason: format!("its declared volume {path:?} is not usable: {e}"),
+            })
+        })
+        .collect()
 }
 
 /// Copies a directory tree with owners, modes, times, xattrs, links and

@@ -104,9 +104,10 @@ impl<'r> Containers<'r> {
     }
 
     /// Runs `work` without the containers' lock, so that other container
-    /// and volume commands go on meanwhile, then closes the stores open
-    /// (a store's lock is never held while waiting for the containers':
-    /// the lock order), takes the lock again and reads the
+    /// and volume commands go on meanwhile, then lets go of the stores'
+    /// locks, keeping the stores to take again when needed (a store's
+    /// lock is never held while waiting for the containers': the lock
+    /// order), takes the lock again and reads the
     /// records and volumes anew, unless no other process took the lock
     /// meanwhile (container and volume records change only under it). What
     /// `work` touches must be claimed by a record of this process (a
@@ -122,7 +123,7 @@ impl<'r> Containers<'r> {
         // would read its records and open the pool a second time.
         let before = self.lock.take().and_then(|g| g.generation());
         let out = work(self);
-        self.res.release();
+        self.res.park();
         let lock = LockGuard::acquire(&self.dir.join("lock"), self.res.root.lock_timeout())?;
         let untouched = lock.follows(before);
         self.lock = Some(lock);

@@ -11,7 +11,7 @@ use crate::driver::DriverKind;
 use crate::error::Result;
 use crate::pool::PoolHandle;
 use crate::root::Root;
-use crate::store::Store;
+use crate::store::{ParkedStore, Store};
 use crate::volume::{PoolAccess, Volumes};
 
 pub(super) struct Res<'r> {
@@ -19,6 +19,10 @@ pub(super) struct Res<'r> {
     stores: Vec<(DriverKind, OverlayOptions, Store)>,
     /// The pool of the open thin store.
     pool: Option<PoolHandle>,
+    /// Stores let go of while the containers' lock was ([`Res::park`]),
+    /// with the pool of the thin one.
+    parked: Vec<(DriverKind, OverlayOptions, ParkedStore)>,
+    parked_pool: Option<PoolHandle>,
     volumes_dir: PathBuf,
     reconciled: bool,
     pub(super) repairs: Vec<String>,
@@ -30,6 +34,8 @@ impl<'r> Res<'r> {
             root,
             stores: vec![],
             pool: None,
+            parked: vec![],
+            parked_pool: None,
             volumes_dir: root.volumes_dir(),
             reconciled: false,
             repairs: vec![],
@@ -48,6 +54,25 @@ impl<'r> Res<'r> {
             .position(|(k, o, _)| *k == kind && *o == opts)
         {
             return Ok(&mut self.stores[i].2);
+        }
+        if let Some(i) = self
+            .parked
+            .iter()
+            .position(|(k, o, _)| *k == kind && *o == opts)
+        {
+            let (_, _, parked) = self.parked.swap_remove(i);
+            let pool = match kind {
+                DriverKind::Thin => self.parked_pool.take(),
+                DriverKind::Overlay => None,
+            };
+            if let Some(store) = parked.reopen()? {
+                if pool.is_some() {
+                    self.pool = pool;
+                }
+                self.keep(kind, opts, store);
+                let last = self.stores.len() - 1;
+                return Ok(&mut self.stores[last].2);
+            }
         }
         match kind {
             DriverKind::Thin => {
@@ -80,6 +105,9 @@ impl<'r> Res<'r> {
 
     /// The pool, opening the thin store (which opens it) if needed.
     fn thin_pool(&mut self) -> Result<PoolHandle> {
+        if self.pool.is_none() && self.parked.iter().any(|(k, _, _)| *k == DriverKind::Thin) {
+            self.store(DriverKind::Thin, &OverlayOptions::default())?;
+        }
         match &self.pool {
             Some(p) => Ok(p.clone()),
             None => self.open_thin(),
@@ -95,6 +123,22 @@ impl<'r> Res<'r> {
     pub(super) fn release(&mut self) {
         self.stores.clear();
         self.pool = None;
+        self.parked.clear();
+        self.parked_pool = None;
+    }
+
+    /// Lets go of every store's lock, keeping what each read (and the
+    /// thin store's pool) for when it is needed again: then it takes its
+    /// lock back and, if others changed the store meanwhile, reads it anew
+    /// ([`ParkedStore::reopen`]) without opening its driver again.
+    pub(super) fn park(&mut self) {
+        for (kind, opts, store) in self.stores.drain(..) {
+            self.parked.retain(|(k, o, _)| !(*k == kind && *o == opts));
+            self.parked.push((kind, opts, store.park()));
+        }
+        if let Some(pool) = self.pool.take() {
+            self.parked_pool = Some(pool);
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::graph::refuse_container_layer;
-use super::{NewLayer, Store};
+use super::{NewLayer, Store, Txn};
 use crate::changeset::{ChangesetError, Encoder, ExportOptions};
 use crate::driver::{MountSpec, Usage};
 use crate::error::{Error, Result};
@@ -297,7 +297,8 @@ impl Store {
         let parent = self.layer(parent.as_str())?;
         refuse_container_layer(parent, "snapshot")?;
         let parent = parent.id.clone();
-        self.transaction(format!("create container {}", short(container)), |txn| {
+        let op = format!("create container {}", short(container));
+        let work = |txn: &mut Txn<'_>| {
             let ids = txn.reserve_layers(2)?;
             let (init_id, rw_id) = (ids[0].clone(), ids[1].clone());
             txn.make_layer(
@@ -322,7 +323,15 @@ impl Store {
                 txn.resize_layer(&rw_id, size)?;
             }
             Ok([init_id, rw_id])
-        })
+        };
+        // Without a resize the layers' records are the last change: the
+        // journal only claims (see `claims_transaction`), and the
+        // container's own record, durable before this, has the layers
+        // undone if the create does not finish.
+        match size {
+            None => self.claims_transaction(op, work),
+            Some(_) => self.transaction(op, work),
+        }
     }
 
     /// Removes layers of a container, given top first; layers already gone

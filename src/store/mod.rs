@@ -136,6 +136,34 @@ impl ParkedStore {
         Ok(Some(store))
     }
 
+    /// Takes the store's lock back, as [`ParkedStore::resume`], but when
+    /// others held the lock meanwhile reads the records anew, finishing
+    /// the transactions of dead processes (as [`Store::unlocked`] does),
+    /// over the same driver (whose opening, for thin adopting the pool,
+    /// is most of a store's). `None` only when the driver no longer finds
+    /// the system as it left it, or this store was parked inside its own
+    /// transaction: the caller opens the store anew.
+    ///
+    /// Errors: the lock cannot be taken ([`Error::Lock`]), the driver
+    /// cannot look, or the records cannot be read or recovered.
+    pub fn reopen(self) -> Result<Option<Store>> {
+        let ParkedStore {
+            mut store,
+            generation,
+        } = self;
+        if store.own_txn.is_some() {
+            return Ok(None);
+        }
+        let untouched = store.take_lock_back(generation)?;
+        if !store.driver.revalidate()? {
+            return Ok(None);
+        }
+        if !untouched || !store.pending.is_empty() {
+            store.load()?;
+        }
+        Ok(Some(store))
+    }
+
     /// Whether this store held the lock after `other` did: of two parked
     /// stores, only the later can still resume.
     pub fn is_later_than(&self, other: &ParkedStore) -> bool {

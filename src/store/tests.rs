@@ -329,6 +329,42 @@ fn plain_store_parked_comes_back_only_if_no_one_took_its_lock_or_was_mid_transac
 }
 
 #[test]
+fn plain_store_reopened_after_others_changed_it_reads_it_anew_over_the_same_driver() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let mut s = open(t.path(), &fake).unwrap();
+    s.create_layer(None, Some("base"), None).unwrap();
+    let parked = s.park();
+    // Another opener changes the store meanwhile.
+    open(t.path(), &fake)
+        .unwrap()
+        .create_layer(None, Some("beside"), None)
+        .unwrap();
+    let s = parked
+        .reopen()
+        .unwrap()
+        .expect("the driver finds its system");
+    assert!(s.layer("beside").is_ok(), "the other's layer is not seen");
+    assert!(
+        open(t.path(), &fake).is_err(),
+        "a reopened store holds its lock"
+    );
+    // Parked while another transaction was live: reopened after it
+    // ended, the store has its layer.
+    drop(s);
+    let (slow, go) = create_held_in_its_driver(t.path(), &fake);
+    let beside = open(t.path(), &fake).unwrap().park();
+    go.send(()).unwrap();
+    slow.join().unwrap().unwrap();
+    let s = beside
+        .reopen()
+        .unwrap()
+        .expect("the driver finds its system");
+    assert!(s.layer("child").is_ok(), "the finished layer is not seen");
+    assert_consistent(&s, &fake);
+}
+
+#[test]
 fn plain_image_names_normalize_to_name_and_tag() {
     assert_eq!(normalize_image_name("alpine").unwrap(), "alpine:latest");
     assert_eq!(
