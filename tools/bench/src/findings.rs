@@ -448,16 +448,36 @@ fn provision_findings(series: &[Series], deep: &str) -> Vec<String> {
                     "so the kernel's part does not bound the ≤ 1.0 target: the other {:.0} ms of thin's burst \
                      ({:.0} ms {} than overlay's whole burst) go to what the processes do besides the \
                      floor's ioctls and mounts (starting, opening the pool and the stores, journals and \
-                     records), which this run does not break down",
+                     records, the pool's transactions)",
                     thin - floor,
                     (thin - floor - ov).abs(),
                     if thin - floor > ov { "more" } else { "less" },
                 )
             };
+            let busy = format!("{b}: CPU busy");
+            let idle = format!("{b}: CPU idle or waiting on I/O");
+            let cpu = match (
+                m("thin", &busy),
+                m("thin", &idle),
+                m("overlay", &busy),
+                m("overlay", &idle),
+            ) {
+                (Some(tb), Some(ti), Some(ob), Some(oi)) => format!(
+                    " Counted over the whole machine (`/proc/stat`, all CPUs), thin's burst kept the CPUs \
+                     busy for {tb:.0} ms and left them idle or waiting on I/O for {ti:.0} ms; overlay's \
+                     {ob:.0} ms and {oi:.0} ms: thin's burst takes {:.0} ms {} CPU time, and leaves the \
+                     CPUs idle or waiting {:.0} ms {}.",
+                    (tb - ob).abs(),
+                    if tb >= ob { "more" } else { "less" },
+                    (ti - oi).abs(),
+                    if ti >= oi { "longer" } else { "less long" },
+                ),
+                _ => String::new(),
+            };
             out.push(format!(
                 "{b}: thin {thin:.0} ms, overlay {ov:.0} ms ({:.2}×). The kernel's part of the same thin \
                  creates, made at once by threads with no records and no processes (the `dm-ioctl` \
-                 column), takes {floor:.0} ms, {:.2}× overlay's burst and {:.0}% of thin's; {verdict}.",
+                 column), takes {floor:.0} ms, {:.2}× overlay's burst and {:.0}% of thin's; {verdict}.{cpu}",
                 thin / ov,
                 floor / ov,
                 100.0 * floor / thin,

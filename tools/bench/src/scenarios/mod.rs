@@ -168,6 +168,7 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
         for drv in Drv::interleaved(rep) {
             let top = &tops[0];
             let layer = if drv == Drv::Thin { &top.1 } else { &top.2 };
+            let cpu_before = machine_cpu()?;
             let start = Instant::now();
             let kids: Vec<_> = (0..n)
                 .map(|i| {
@@ -197,6 +198,19 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
                 );
             }
             c.add(drv.name(), &variant, None, ms(start));
+            let cpu_after = machine_cpu()?;
+            c.add(
+                drv.name(),
+                &format!("{variant}: CPU busy"),
+                None,
+                cpu_after.busy_ms - cpu_before.busy_ms,
+            );
+            c.add(
+                drv.name(),
+                &format!("{variant}: CPU idle or waiting on I/O"),
+                None,
+                cpu_after.idle_ms - cpu_before.idle_ms,
+            );
             let mut cs = f.containers()?;
             for i in 0..n {
                 cs.remove(&format!("burst-{i}"), true, true)?;
@@ -879,4 +893,37 @@ fn layer_blobs(layout: &Path) -> Result<Vec<std::path::PathBuf>> {
         .iter()
         .filter_map(|l| l["digest"].as_str().map(blob))
         .collect())
+}
+
+/// The whole machine's CPU time so far, from `/proc/stat`: busy (user,
+/// system, interrupts) and not (idle, waiting on I/O), in ms summed over
+/// the CPUs.
+struct MachineCpu {
+    busy_ms: f64,
+    idle_ms: f64,
+}
+
+fn machine_cpu() -> Result<MachineCpu> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("/proc/stat has no cpu line")?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|w| w.parse::<f64>())
+        .collect::<std::result::Result<_, _>>()
+        .context("parsing the cpu line of /proc/stat")?;
+    anyhow::ensure!(ticks.len() >= 7, "/proc/stat's cpu line is short: {line}");
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .context("asking for the clock tick")?
+        .context("the system has no clock tick")? as f64;
+    let to_ms = |t: f64| t * 1000.0 / hz;
+    // user nice system idle iowait irq softirq [steal ...]
+    let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6];
+    Ok(MachineCpu {
+        busy_ms: to_ms(busy),
+        idle_ms: to_ms(ticks[3] + ticks[4]),
+    })
 }
