@@ -120,20 +120,7 @@ impl ParkedStore {
     /// Errors: the lock cannot be taken ([`Error::Lock`]), or the driver
     /// cannot look.
     pub fn resume(self) -> Result<Option<Store>> {
-        let ParkedStore {
-            mut store,
-            generation,
-        } = self;
-        if store.own_txn.is_some() || !store.pending.is_empty() {
-            return Ok(None);
-        }
-        if !store.take_lock_back(generation)? {
-            return Ok(None);
-        }
-        if !store.driver.revalidate()? {
-            return Ok(None);
-        }
-        Ok(Some(store))
+        self.take_back(false)
     }
 
     /// Takes the store's lock back, as [`ParkedStore::resume`], but when
@@ -147,14 +134,22 @@ impl ParkedStore {
     /// Errors: the lock cannot be taken ([`Error::Lock`]), the driver
     /// cannot look, or the records cannot be read or recovered.
     pub fn reopen(self) -> Result<Option<Store>> {
+        self.take_back(true)
+    }
+
+    /// [`ParkedStore::resume`], or with `reread` [`ParkedStore::reopen`].
+    fn take_back(self, reread: bool) -> Result<Option<Store>> {
         let ParkedStore {
             mut store,
             generation,
         } = self;
-        if store.own_txn.is_some() {
+        if store.own_txn.is_some() || (!reread && !store.pending.is_empty()) {
             return Ok(None);
         }
         let untouched = store.take_lock_back(generation)?;
+        if !untouched && !reread {
+            return Ok(None);
+        }
         if !store.driver.revalidate()? {
             return Ok(None);
         }

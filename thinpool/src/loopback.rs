@@ -131,29 +131,31 @@ pub fn find(file: &Path) -> io::Result<Option<LoopDev>> {
         libc::minor(meta.dev()) as u64,
         meta.ino(),
     );
-    let bound: Vec<String> = fs::read_dir("/sys/block")?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<io::Result<Vec<_>>>()?
-        .into_iter()
-        .filter(|name| name.starts_with("loop"))
-        .collect();
+    let mut loops = vec![];
+    for e in fs::read_dir("/sys/block")? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if name.starts_with("loop") {
+            loops.push(name);
+        }
+    }
     let named = fs::canonicalize(file).ok();
-    let by_name: Vec<&String> = bound
-        .iter()
-        .filter(|name| {
-            let backing = fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"));
-            backing.is_ok_and(|b| Some(Path::new(b.trim_end_matches('\n'))) == named.as_deref())
-        })
-        .collect();
-    if let Some(dev) = bound_to(&by_name, want, file)? {
+    let by_name = loops.iter().filter(|name| {
+        let backing = fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"));
+        backing.is_ok_and(|b| Some(Path::new(b.trim_end_matches('\n'))) == named.as_deref())
+    });
+    if let Some(dev) = bound_to(by_name, want, file)? {
         return Ok(Some(dev));
     }
-    bound_to(&bound.iter().collect::<Vec<_>>(), want, file)
+    bound_to(&loops, want, file)
 }
 
 /// Which of the loop devices `names` is bound to the file with device
 /// and inode `want`, asking the kernel.
-fn bound_to(names: &[&String], want: (u64, u64, u64), file: &Path) -> io::Result<Option<LoopDev>> {
+fn bound_to<'a>(
+    names: impl IntoIterator<Item = &'a String>,
+    want: (u64, u64, u64),
+    file: &Path,
+) -> io::Result<Option<LoopDev>> {
     let mut found = None;
     for name in names {
         if !Path::new(&format!("/sys/block/{name}/loop")).exists() {
