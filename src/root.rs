@@ -12,6 +12,9 @@
 //!
 //! Locks are always taken in this order, so two commands never wait on
 //! each other: `containers/lock`, then a store's lock, then the pool's.
+//! The thin store's pool is opened before its store's lock is taken, and
+//! holds the pool's lock only while it opens (`Pool::open_shared`): no
+//! pool lock is held when the store's is taken.
 
 use std::fs;
 use std::io;
@@ -155,7 +158,8 @@ impl Root {
 
     /// Opens the thin driver's layer store over the active pool, and the
     /// handle to that pool, for whatever else needs it beside the store
-    /// (thin volumes). Locks: the store's, then the pool's.
+    /// (thin volumes). Locks: the pool's while it is opened, then the
+    /// store's (and the pool's again for each change to it).
     pub fn open_thin_store(&self) -> Result<(Store, PoolHandle)> {
         #[cfg(test)]
         if self.fake.is_some() {
@@ -170,12 +174,16 @@ impl Root {
             });
         }
         let dir = self.thin_dir();
+        // The pool first, shared: each change to it takes its lock for
+        // itself only, beside other processes' changes, and an active pool
+        // with nothing to finish is taken over beside other processes
+        // opening it (`Pool::open_shared`). It holds no lock once open, so
+        // it is opened before the store's lock is taken, not under it.
+        let pool = PoolHandle::new(Pool::open_shared(&self.pool_dir(), &self.open_options())?);
+        // The store's lock keeps the base, should it be made here, this
+        // process's.
         let lock = lock_store(&dir, self.lock_timeout)?;
-        let pool = PoolHandle::new(self.open_pool()?);
         let driver = ThinDriver::open(pool.clone(), &dir)?;
-        // The base is made: from here each change to the pool takes the
-        // pool's lock for itself only, beside other processes' changes.
-        pool.lock().share();
         Ok((Store::open(&dir, lock, Box::new(driver))?, pool))
     }
 

@@ -1,7 +1,10 @@
 //! One writer at a time per pool.
 //!
 //! Every pool command holds an exclusive `flock` on `<pool dir>/lock` for
-//! its whole run. The lock file is never removed (not even by `pool
+//! its whole run; a shared pool takes it for each change. Work that only
+//! reads what the lock guards (taking over an active pool) holds it shared
+//! ([`LockGuard::acquire_shared`]): readers hold it together, and a
+//! writer waits for them as they wait for it. The lock file is never removed (not even by `pool
 //! destroy`), so a process waiting on it can never end up holding a lock on
 //! an unlinked file while a newcomer locks a fresh one. The holder writes
 //! its pid into the file so a waiter can say who it is waiting for. Lock
@@ -82,11 +85,27 @@ impl LockGuard {
     ///
     /// Errors: [`LockError::Busy`] after `timeout`; [`LockError::Io`].
     pub fn acquire(path: &Path, timeout: Duration) -> Result<LockGuard, LockError> {
-        Self::acquire_from(path, timeout, open_lock_file(path)?)
+        Self::acquire_from(path, timeout, open_lock_file(path)?, Mode::Exclusive)
+    }
+
+    /// Takes the lock at `path` shared with other shared holders, for
+    /// work that only reads what the lock guards: it waits for an
+    /// exclusive holder, and one waits for it. A shared holder writes
+    /// neither its pid nor a generation into the file (it changes
+    /// nothing an exclusive holder read).
+    ///
+    /// Errors: those of [`LockGuard::acquire`].
+    pub fn acquire_shared(path: &Path, timeout: Duration) -> Result<LockGuard, LockError> {
+        Self::acquire_from(path, timeout, open_lock_file(path)?, Mode::Shared)
     }
 
     /// [`acquire`](Self::acquire), from `file` as opened at `path`.
-    fn acquire_from(path: &Path, timeout: Duration, file: File) -> Result<LockGuard, LockError> {
+    fn acquire_from(
+        path: &Path,
+        timeout: Duration,
+        file: File,
+        mode: Mode,
+    ) -> Result<LockGuard, LockError> {
         let io_err = |op| {
             let path = path.to_path_buf();
             move |source| LockError::Io { op, path, source }
@@ -95,7 +114,7 @@ impl LockGuard {
         // A wait too long to count is a wait without end.
         let deadline = Instant::now().checked_add(timeout);
         let mut file = loop {
-            let locked = match wait_for_lock(file, deadline).map_err(io_err("locking"))? {
+            let locked = match wait_for_lock(file, deadline, mode).map_err(io_err("locking"))? {
                 Some(locked) => locked,
                 None => {
                     // Read through a fresh open: the one that waited may
@@ -120,6 +139,13 @@ impl LockGuard {
             drop(locked);
             file = open_lock_file(path)?;
         };
+        if mode == Mode::Shared {
+            return Ok(LockGuard {
+                file,
+                path: path.to_path_buf(),
+                generation: None,
+            });
+        }
         let mut text = String::new();
         file.rewind().map_err(io_err("reading"))?;
         file.read_to_string(&mut text).map_err(io_err("reading"))?;
@@ -203,7 +229,16 @@ impl LockGuard {
     }
 }
 
-/// Takes an exclusive `flock` on `file`, waiting until `deadline` (`None`:
+/// How a lock is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// By one holder alone.
+    Exclusive,
+    /// By any number of shared holders, and no exclusive one.
+    Shared,
+}
+
+/// Takes a `flock` on `file` in `mode`, waiting until `deadline` (`None`:
 /// for as long as it takes); `None` if another holder kept it that long.
 ///
 /// The wait is the kernel's: a waiter wakes the moment the holder lets go,
@@ -213,8 +248,16 @@ impl LockGuard {
 /// gets the lock after its caller gave up finds no one to hand it to and
 /// lets go of it at once; until then it waits in the kernel, costing
 /// nothing.
-fn wait_for_lock(file: File, deadline: Option<Instant>) -> io::Result<Option<Flock<File>>> {
-    let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+fn wait_for_lock(
+    file: File,
+    deadline: Option<Instant>,
+    mode: Mode,
+) -> io::Result<Option<Flock<File>>> {
+    let (now, wait) = match mode {
+        Mode::Exclusive => (FlockArg::LockExclusiveNonblock, FlockArg::LockExclusive),
+        Mode::Shared => (FlockArg::LockSharedNonblock, FlockArg::LockShared),
+    };
+    let file = match Flock::lock(file, now) {
         Ok(locked) => return Ok(Some(locked)),
         Err((f, Errno::EWOULDBLOCK)) => f,
         Err((_, e)) => return Err(e.into()),
@@ -229,7 +272,7 @@ fn wait_for_lock(file: File, deadline: Option<Instant>) -> io::Result<Option<Flo
         .spawn(move || {
             let mut file = file;
             let got = loop {
-                match Flock::lock(file, FlockArg::LockExclusive) {
+                match Flock::lock(file, wait) {
                     Err((f, Errno::EINTR)) => file = f,
                     r => break r.map_err(|(_, e)| e),
                 }
@@ -304,6 +347,36 @@ mod tests {
         assert!(msg.contains("retry"), "{msg}");
         drop(first);
         LockGuard::acquire(&path, Duration::ZERO).unwrap();
+    }
+
+    #[test]
+    fn plain_shared_holders_hold_together_and_exclude_an_exclusive_one_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let writer = LockGuard::acquire(&path, Duration::ZERO).unwrap();
+        let err = LockGuard::acquire_shared(&path, Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(err, LockError::Busy { .. }), "{err}");
+        drop(writer);
+        let one = LockGuard::acquire_shared(&path, Duration::ZERO).unwrap();
+        let two = LockGuard::acquire_shared(&path, Duration::ZERO).unwrap();
+        // Readers count no generation and leave the writer's line alone.
+        assert_eq!((one.generation(), two.generation()), (None, None));
+        assert_eq!(
+            parse_lock_line(&std::fs::read_to_string(&path).unwrap()),
+            (None, 1)
+        );
+        let err = LockGuard::acquire(&path, Duration::from_millis(50)).unwrap_err();
+        assert!(matches!(err, LockError::Busy { .. }), "{err}");
+        drop(one);
+        assert!(LockGuard::try_acquire(&path).unwrap().is_none());
+        // The writer waiting when the last reader lets go gets the lock.
+        let waiter = std::thread::spawn({
+            let path = path.clone();
+            move || LockGuard::acquire(&path, Duration::from_secs(30)).map(|g| g.generation())
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        drop(two);
+        assert_eq!(waiter.join().unwrap().unwrap(), Some(2));
     }
 
     #[test]
@@ -384,7 +457,7 @@ mod tests {
         // reused by the fresh file.
         std::fs::hard_link(&path, dir.path().join("kept")).unwrap();
         std::fs::remove_file(&path).unwrap();
-        let guard = LockGuard::acquire_from(&path, Duration::ZERO, stale).unwrap();
+        let guard = LockGuard::acquire_from(&path, Duration::ZERO, stale, Mode::Exclusive).unwrap();
         let held = guard.file.metadata().unwrap().ino();
         assert_ne!(held, stale_ino, "the lock stayed on the unlinked file");
         assert_eq!(held, std::fs::metadata(&path).unwrap().ino());

@@ -6,14 +6,17 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use devicemapper::{DevId, DM};
+use thinpool::lock::LockGuard;
 use thinpool::names::{PoolNames, Role};
 use thinpool::pool::{AutoextendChange, Autoextended, PoolRecord, SettingsChange, RECORD_FILE};
 use thinpool::recovery::PendingOp;
 use thinpool::testing::{require_dm, Scratch};
 use thinpool::{
-    BackingRequest, Bytes, CreateOptions, Error, Pool, SizeChange, ThinId, TransactionId,
+    BackingRequest, Bytes, CreateOptions, Error, Pool, PoolOpenOptions, SizeChange, ThinId,
+    TransactionId,
 };
 
 fn small_pool(s: &Scratch) -> Pool {
@@ -246,6 +249,79 @@ fn dm_recovery_finishes_a_half_done_delete() {
         pool.record().transaction_id
     );
     pool.destroy(false).unwrap();
+}
+
+#[test]
+fn dm_a_shared_open_takes_a_clean_pool_beside_readers_and_leaves_repairs_to_the_writer() {
+    require_dm();
+    let s = Scratch::new("shared");
+    let dir = s.path().join("pool");
+    let lock = dir.join(thinpool::pool::LOCK_FILE);
+    let no_wait = PoolOpenOptions {
+        lock_timeout: Duration::ZERO,
+    };
+    let mut pool = small_pool(&s);
+    let keep = pool.create_thin(Bytes(16 << 20), "keep").unwrap();
+    drop(pool);
+    // Beside another reader: taken over, and holding no lock once open.
+    let reader = LockGuard::acquire_shared(&lock, Duration::ZERO).unwrap();
+    let err = Pool::open_with(&dir, &no_wait).unwrap_err();
+    assert!(
+        matches!(err, Error::Lock(_)),
+        "a writer went past a reader: {err}"
+    );
+    let mut shared = Pool::open_shared(&dir, &no_wait).unwrap();
+    assert!(shared.is_active());
+    assert_eq!(
+        shared.thins().keys().copied().collect::<Vec<_>>(),
+        vec![keep]
+    );
+    drop(reader);
+    drop(LockGuard::acquire(&lock, Duration::ZERO).expect("the shared open kept the lock"));
+    // Its changes take the lock for themselves.
+    let made = shared.create_thin(Bytes(16 << 20), "made").unwrap();
+    drop(shared);
+    // A writer at work keeps readers out.
+    let writer = LockGuard::acquire(&lock, Duration::ZERO).unwrap();
+    let err = Pool::open_shared(&dir, &no_wait).unwrap_err();
+    assert!(
+        matches!(err, Error::Lock(_)),
+        "a reader went past a writer: {err}"
+    );
+    drop(writer);
+    // A dead process's change and a device it left: the shared open
+    // leaves them to the exclusive one, which finishes them.
+    let mut pool = Pool::open(&dir).unwrap();
+    let left = pool.activate_thin(made).unwrap();
+    assert!(left.exists());
+    let next = pool.record().next_thin_id;
+    message(&pool, &format!("create_thin {next}"));
+    drop(pool);
+    rewrite_record(&dir, |r| {
+        r.thins.remove(&made);
+        r.pending = Some(PendingOp::Create {
+            id: next,
+            size: Bytes(16 << 20),
+            tag: "lost".into(),
+        });
+        r.next_thin_id = ThinId(next.0 + 1);
+    });
+    let shared = Pool::open_shared(&dir, &no_wait).unwrap();
+    assert_eq!(shared.record().pending, None);
+    assert_eq!(
+        shared.thins().keys().copied().collect::<Vec<_>>(),
+        vec![keep]
+    );
+    let names = PoolNames::new(shared.record().id.clone());
+    let leftover = names.name_string(Role::Thin(made));
+    assert!(
+        !s.dm_devices_under().contains(&leftover),
+        "{leftover} left: {:?}",
+        s.dm_devices_under()
+    );
+    drop(LockGuard::acquire(&lock, Duration::ZERO).expect("the fallback kept the lock"));
+    drop(shared);
+    Pool::open(&dir).unwrap().destroy(true).unwrap();
 }
 
 #[test]

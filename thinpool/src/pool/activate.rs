@@ -112,6 +112,19 @@ impl Pool {
 
     /// [`Pool::start_devices`] over backing devices already found.
     fn start_devices_on(&mut self, meta_dev: Device, data_dev: Device) -> Result<()> {
+        self.dev = Some(self.setup_devices(meta_dev, data_dev)?);
+        // An adopted pool keeps its old low-water mark and features
+        // (devicemapper compares neither): bring them to the record's.
+        self.sync_pool_params()?;
+        if self.record.on_full == OnFull::Queue {
+            kernel::set_no_space_timeout(self.record.queue_timeout.secs())?;
+        }
+        Ok(())
+    }
+
+    /// The pool's three dm devices over the given backing devices: made
+    /// where missing, taken over (their tables checked) where they exist.
+    fn setup_devices(&self, meta_dev: Device, data_dev: Device) -> Result<ThinPoolDev> {
         let meta = LinearDev::setup(
             &self.dm,
             &self.names.name(Role::Meta),
@@ -126,7 +139,7 @@ impl Pool {
             linear_table(data_dev, self.record.data.size),
         )
         .map_err(Error::dm("creating the data linear device"))?;
-        let dev = ThinPoolDev::setup(
+        ThinPoolDev::setup(
             &self.dm,
             &self.names.name(Role::Pool),
             Some(&self.names.uuid(Role::Pool)),
@@ -136,15 +149,7 @@ impl Pool {
             DataBlocks(self.low_water_blocks()),
             pool_features(self.record.on_full),
         )
-        .map_err(Error::dm("creating the thin-pool device"))?;
-        self.dev = Some(dev);
-        // An adopted pool keeps its old low-water mark and features
-        // (devicemapper compares neither): bring them to the record's.
-        self.sync_pool_params()?;
-        if self.record.on_full == OnFull::Queue {
-            kernel::set_no_space_timeout(self.record.queue_timeout.secs())?;
-        }
-        Ok(())
+        .map_err(Error::dm("creating the thin-pool device"))
     }
 
     /// The block device under a backing: its loop device for a file
@@ -218,6 +223,56 @@ impl Pool {
         // The backings just checked: finding them again would scan every
         // loop device twice more.
         self.start_devices_on(found[0], found[1])
+    }
+
+    /// [`Pool::adopt`] for a reader, holding the lock shared: takes over
+    /// an active pool whose devices are exactly as the record says,
+    /// changing nothing. `false` (nothing taken) when anything needs the
+    /// writer's adoption: a backing without its loop device or short of
+    /// its size, a device missing or not mapped as recorded, a grow the
+    /// pool has not taken, a table whose parameters are not the record's.
+    pub(super) fn adopt_unchanged(&mut self) -> Result<bool> {
+        let mut found = vec![];
+        for (role, b) in [
+            (Role::Meta, &self.record.metadata),
+            (Role::Data, &self.record.data),
+        ] {
+            let dev = match b.kind {
+                BackingKind::File => match loopback::find(&b.path) {
+                    Ok(Some(lo)) if lo.size().is_ok_and(|size| size >= b.size) => {
+                        device_of(&lo.path)?
+                    }
+                    _ => return Ok(false),
+                },
+                BackingKind::Device => device_of(&b.path)?,
+            };
+            let Some(table) = self.kernel_table(role)? else {
+                return Ok(false);
+            };
+            if table.target != "linear"
+                || table.params != format!("{dev} 0")
+                || table.sectors != b.size.sectors()
+            {
+                return Ok(false);
+            }
+            found.push(dev);
+        }
+        let Some(table) = self.kernel_table(Role::Pool)? else {
+            return Ok(false);
+        };
+        if table.sectors < self.record.data.size.sectors()
+            || self.kernel_metadata_blocks()? < self.record.metadata.size.0 / METADATA_BLOCK.0
+        {
+            return Ok(false);
+        }
+        // Every device exists (no writer can remove one while the lock is
+        // shared): this takes them over, making none.
+        self.dev = Some(self.setup_devices(found[0], found[1])?);
+        if !self.pool_params_in_sync()? {
+            self.dev = None;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Activates an inactive pool after checking its backings and metadata

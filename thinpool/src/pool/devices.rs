@@ -83,12 +83,15 @@ impl Pool {
     /// The metadata blocks the kernel's pool uses (from its status line,
     /// read by name: for adopting, before this handle has the device);
     /// `u64::MAX` when the status says none (a failed pool: nothing to
-    /// resize).
+    /// resize). Read with `noflush`, as [`Pool::kernel_status`] is.
     pub(super) fn kernel_metadata_blocks(&self) -> Result<u64> {
         let name = self.names.name(Role::Pool);
         let (_, lines) = self
             .dm
-            .table_status(&DevId::Name(&name), DmOptions::default())
+            .table_status(
+                &DevId::Name(&name),
+                DmOptions::default().set_flags(DmFlags::DM_NOFLUSH),
+            )
             .map_err(Error::dm(format!("reading the status of {}", &*name)))?;
         let total = lines
             .first()

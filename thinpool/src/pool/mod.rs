@@ -203,6 +203,67 @@ impl Pool {
         Ok(pool)
     }
 
+    /// Opens the pool in `dir` to share it: [`Pool::open_with`] then
+    /// [`Pool::share`], except that an active pool with nothing to finish
+    /// is taken over under the lock held shared, so that processes opening
+    /// the pool at once do so side by side instead of one after another,
+    /// each waiting for the lock only to find nothing to change. Anything
+    /// else (an inactive pool, a change a dead process left, a grow the
+    /// kernel has not taken, a device a dead process left) goes to the
+    /// exclusive open, which finishes it.
+    ///
+    /// Errors: those of [`Pool::open_with`].
+    pub fn open_shared(dir: &Path, open: &PoolOpenOptions) -> Result<Pool> {
+        if let Some(pool) = Self::adopt_shared(dir, open)? {
+            return Ok(pool);
+        }
+        let mut pool = Self::open_with(dir, open)?;
+        pool.share();
+        Ok(pool)
+    }
+
+    /// The reader's side of [`Pool::open_shared`]: the pool, taken over
+    /// holding its lock shared, or `None` if it needs the writer's open.
+    fn adopt_shared(dir: &Path, open: &PoolOpenOptions) -> Result<Option<Pool>> {
+        let path = dir.join(RECORD_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        // Shared with other readers: no change is in flight meanwhile, so
+        // a pending operation the kernel has not committed is a dead
+        // process's, and a thin device the record does not know is one a
+        // dead process left.
+        let _shared = LockGuard::acquire_shared(&dir.join(LOCK_FILE), open.lock_timeout)?;
+        let Some(record) = record::read::<PoolRecord>(&path)? else {
+            return Ok(None);
+        };
+        if record.state != PoolState::Ready {
+            return Ok(None);
+        }
+        let dm = kernel::open_dm()?;
+        let mut pool = Pool {
+            dir: dir.to_path_buf(),
+            lock: None,
+            lock_timeout: open.lock_timeout,
+            names: PoolNames::new(record.id.clone()),
+            record,
+            dm,
+            dev: None,
+        };
+        if !pool.kernel_has(Role::Pool)? || !pool.adopt_unchanged()? {
+            return Ok(None);
+        }
+        let kernel = TransactionId(pool.working_status()?.transaction_id);
+        pool.record.settle(kernel);
+        if pool.record.pending.is_some()
+            || pool.record.transaction_id != kernel
+            || pool.has_unknown_thin_devices()?
+        {
+            return Ok(None);
+        }
+        Ok(Some(pool))
+    }
+
     /// The pool's record as last written.
     pub fn record(&self) -> &PoolRecord {
         &self.record

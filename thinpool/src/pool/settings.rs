@@ -8,6 +8,7 @@ use devicemapper::{DmDevice, TargetParams, ThinPoolStatusSummary, ThinPoolTarget
 use serde::Serialize;
 
 use super::create::check_autoextend;
+use super::devices::LiveTable;
 use super::Pool;
 use crate::config::{Autoextend, MinFree, OnFull, QueueTimeout, Threshold};
 use crate::error::{Error, Result};
@@ -176,14 +177,27 @@ impl Pool {
         let Some(live) = self.kernel_table(Role::Pool)? else {
             return Ok(());
         };
+        if self.params_match(&live)? {
+            return Ok(());
+        }
+        let params = self.pool_dev()?.table().table.params.param_str();
+        self.reload_table(Role::Pool, live.sectors, "thin-pool", &params)
+    }
+
+    /// Whether the kernel's pool has the record's low-water mark and
+    /// features (a pool it does not have matches nothing).
+    pub(super) fn pool_params_in_sync(&self) -> Result<bool> {
+        match self.kernel_table(Role::Pool)? {
+            Some(live) => self.params_match(&live),
+            None => Ok(false),
+        }
+    }
+
+    fn params_match(&self, live: &LiveTable) -> Result<bool> {
         let have = ThinPoolTargetParams::from_str(&format!("thin-pool {}", live.params))
             .map_err(Error::dm("reading the pool's table"))?;
         let want = &self.pool_dev()?.table().table.params;
-        if have.low_water_mark == want.low_water_mark && have.feature_args == want.feature_args {
-            return Ok(());
-        }
-        let params = want.param_str();
-        self.reload_table(Role::Pool, live.sectors, "thin-pool", &params)
+        Ok(have.low_water_mark == want.low_water_mark && have.feature_args == want.feature_args)
     }
 
     /// Grows the pool by its autoextend step if its data or metadata use

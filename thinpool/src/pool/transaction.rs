@@ -128,6 +128,18 @@ impl Pool {
         Ok(())
     }
 
+    /// Whether the kernel has a thin device of this pool whose id the
+    /// record does not know (what [`Pool::recover`] removes).
+    pub(super) fn has_unknown_thin_devices(&self) -> Result<bool> {
+        let devices = self
+            .dm
+            .list_devices()
+            .map_err(Error::dm("listing devices"))?;
+        Ok(devices.iter().any(|(name, _, _)| {
+            matches!(self.names.role_of(name), Some(Role::Thin(id)) if !self.record.thins.contains_key(&id))
+        }))
+    }
+
     /// Runs one thin-device change through the transaction protocol
     /// ([`crate::recovery`]): record it as pending, send `msg` and
     /// `set_transaction_id`, then commit it in memory. `before` runs
