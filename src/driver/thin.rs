@@ -66,6 +66,22 @@ impl FsType {
         }
     }
 
+    /// Mount options for thinlayer's own writing into a layer (applying a
+    /// changeset), which flushes the device once when it is done
+    /// ([`flush_device`]): ext4 without journal barriers. Each barrier
+    /// is a flush of the thin device, and each flush of a thin device is
+    /// a commit of the pool's metadata (with a flush of its data device
+    /// first), down to the files under the loop devices; one flush at the
+    /// end makes the same writes durable. The layer is made again from
+    /// scratch if it is cut short, so the order of its writes before that
+    /// flush does not matter. xfs has no such option.
+    fn apply_mount_data(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "nobarrier",
+            FsType::Xfs => "nouuid",
+        }
+    }
+
     fn mkfs(self, dev: &Path) -> Result<()> {
         let mut cmd = match self {
             // A fresh thin device reads as zeros where nothing was
@@ -114,6 +130,14 @@ impl FsType {
         let unmounted = mount::unmount(mnt);
         Error::after_cleanup(removed, [unmounted])
     }
+}
+
+/// Flushes a block device's volatile write cache: for a thin device, a
+/// commit of the pool's metadata, with its data device flushed first.
+fn flush_device(dev: &Path) -> Result<()> {
+    fs::File::open(dev)
+        .and_then(|f| f.sync_all())
+        .map_err(Error::io("flushing", dev))
 }
 
 /// Default size of the base filesystem (and so of every layer).
@@ -320,10 +344,23 @@ impl Driver for ThinDriver {
     ) -> Result<ApplyStats> {
         let id = Self::thin_of(layer)?;
         let target = self.scratch(layer.id.as_str())?;
-        self.mount_thin(id, &target, false)?;
+        let dev = self.pool().activate_thin(id)?;
+        let fs = self.rec.fs;
+        mount::mount(&dev, &target, fs.as_str(), false, fs.apply_mount_data()).inspect_err(
+            |_| {
+                let _ = self.pool().deactivate_thin(id);
+            },
+        )?;
         let applied = with.apply(changeset, &target, ApplyOptions::new(WhiteoutMode::Delete));
-        let unmounted = self.unmount_thin(id, &target);
-        Error::after_cleanup(applied, [unmounted])
+        // Unmounted, the filesystem's writes are all on the device; one
+        // flush makes them durable before the layer is recorded.
+        let flushed = mount::unmount(&target).and_then(|()| flush_device(&dev));
+        let _ = fs::remove_dir(&target);
+        let deactivated = match self.pool().deactivate_thin(id) {
+            Ok(()) | Err(thinpool::Error::Busy { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+        Error::after_cleanup(applied, [flushed, deactivated])
     }
 
     fn reassemble(
