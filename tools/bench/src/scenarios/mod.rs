@@ -704,7 +704,7 @@ fn children_cpu() -> Result<f64> {
 }
 
 pub fn import(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario> {
-    let per_layer: u64 = if plan.quick { 8 << 20 } else { 64 << 20 };
+    let per_layer: u64 = if plan.quick { 2 << 20 } else { 64 << 20 };
     // Three layers of files from 4 KiB to 1 MiB, as umoci would pack them.
     let layout = f.scratch("oci");
     let l = layout.to_str().unwrap().to_string();
