@@ -296,17 +296,37 @@ impl ThinDriver {
 
     /// Mounts a thin device at `target`.
     fn mount_thin(&mut self, id: ThinId, target: &Path, readonly: bool) -> Result<()> {
+        let data = self.rec.fs.mount_data();
+        self.mount_thin_with(id, target, readonly, data).map(drop)
+    }
+
+    /// [`ThinDriver::mount_thin`] with mount options `data`; returns the
+    /// device.
+    fn mount_thin_with(
+        &mut self,
+        id: ThinId,
+        target: &Path,
+        readonly: bool,
+        data: &str,
+    ) -> Result<PathBuf> {
         let dev = self.pool().activate_thin(id)?;
         let fs = self.rec.fs;
-        mount::mount(&dev, target, fs.as_str(), readonly, fs.mount_data()).inspect_err(|_| {
+        mount::mount(&dev, target, fs.as_str(), readonly, data).inspect_err(|_| {
             let _ = self.pool().deactivate_thin(id);
-        })
+        })?;
+        Ok(dev)
     }
 
     /// Unmounts `target` and deactivates the device unless it is still
     /// mounted elsewhere.
     fn unmount_thin(&mut self, id: ThinId, target: &Path) -> Result<()> {
         mount::unmount(target)?;
+        self.release_thin(id, target)
+    }
+
+    /// What follows an unmount: the mount point goes, and the device is
+    /// deactivated unless it is still mounted elsewhere.
+    fn release_thin(&mut self, id: ThinId, target: &Path) -> Result<()> {
         let _ = fs::remove_dir(target);
         match self.pool().deactivate_thin(id) {
             Ok(()) | Err(thinpool::Error::Busy { .. }) => Ok(()),
@@ -344,23 +364,18 @@ impl Driver for ThinDriver {
     ) -> Result<ApplyStats> {
         let id = Self::thin_of(layer)?;
         let target = self.scratch(layer.id.as_str())?;
-        let dev = self.pool().activate_thin(id)?;
-        let fs = self.rec.fs;
-        mount::mount(&dev, &target, fs.as_str(), false, fs.apply_mount_data()).inspect_err(
-            |_| {
-                let _ = self.pool().deactivate_thin(id);
-            },
-        )?;
+        let data = self.rec.fs.apply_mount_data();
+        let dev = self.mount_thin_with(id, &target, false, data)?;
         let applied = with.apply(changeset, &target, ApplyOptions::new(WhiteoutMode::Delete));
         // Unmounted, the filesystem's writes are all on the device; one
-        // flush makes them durable before the layer is recorded.
-        let flushed = mount::unmount(&target).and_then(|()| flush_device(&dev));
-        let _ = fs::remove_dir(&target);
-        let deactivated = match self.pool().deactivate_thin(id) {
-            Ok(()) | Err(thinpool::Error::Busy { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        };
-        Error::after_cleanup(applied, [flushed, deactivated])
+        // flush makes them durable before the layer is recorded. A device
+        // that will not unmount is left as `unmount_thin` leaves it.
+        let done = mount::unmount(&target).and_then(|()| {
+            let flushed = flush_device(&dev);
+            let released = self.release_thin(id, &target);
+            flushed.and(released)
+        });
+        Error::after_cleanup(applied, [done])
     }
 
     fn reassemble(

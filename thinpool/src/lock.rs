@@ -3,9 +3,10 @@
 //! Every pool command holds an exclusive `flock` on `<pool dir>/lock` for
 //! its whole run; a shared pool takes it for each change. Work that only
 //! reads what the lock guards (taking over an active pool) holds it shared
-//! ([`LockGuard::acquire_shared`]): readers hold it together, and a
-//! writer waits for them as they wait for it. The lock file is never removed (not even by `pool
-//! destroy`), so a process waiting on it can never end up holding a lock on
+//! ([`LockGuard::acquire_shared`]): readers hold it together, and a writer
+//! waits for them as they wait for it. The lock file is never removed (not
+//! even by `pool destroy`), so a process waiting on it can never end up
+//! holding a lock on
 //! an unlinked file while a newcomer locks a fresh one. The holder writes
 //! its pid into the file so a waiter can say who it is waiting for. Lock
 //! files that are removed (a dead process's scratch lock, swept while

@@ -257,7 +257,7 @@ impl Pool {
         pool.record.settle(kernel);
         if pool.record.pending.is_some()
             || pool.record.transaction_id != kernel
-            || pool.has_unknown_thin_devices()?
+            || !pool.unknown_thin_devices()?.is_empty()
         {
             return Ok(None);
         }

@@ -114,30 +114,27 @@ impl Pool {
                 reason: format!("the kernel is at {kernel}, the record at {record}"),
             });
         }
-        for (name, _, _) in self
-            .dm
-            .list_devices()
-            .map_err(Error::dm("listing devices"))?
-        {
-            if let Some(Role::Thin(id)) = self.names.role_of(&name) {
-                if !self.record.thins.contains_key(&id) {
-                    self.remove_thin_dev(id)?;
-                }
-            }
+        for id in self.unknown_thin_devices()? {
+            self.remove_thin_dev(id)?;
         }
         Ok(())
     }
 
-    /// Whether the kernel has a thin device of this pool whose id the
-    /// record does not know (what [`Pool::recover`] removes).
-    pub(super) fn has_unknown_thin_devices(&self) -> Result<bool> {
+    /// The thin devices the kernel has for this pool whose ids the record
+    /// does not know: what a dead process left ([`Pool::recover`] removes
+    /// them).
+    pub(super) fn unknown_thin_devices(&self) -> Result<Vec<ThinId>> {
         let devices = self
             .dm
             .list_devices()
             .map_err(Error::dm("listing devices"))?;
-        Ok(devices.iter().any(|(name, _, _)| {
-            matches!(self.names.role_of(name), Some(Role::Thin(id)) if !self.record.thins.contains_key(&id))
-        }))
+        Ok(devices
+            .iter()
+            .filter_map(|(name, _, _)| match self.names.role_of(name) {
+                Some(Role::Thin(id)) if !self.record.thins.contains_key(&id) => Some(id),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Runs one thin-device change through the transaction protocol
