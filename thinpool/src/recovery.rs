@@ -54,6 +54,12 @@ pub enum PendingOp {
 }
 
 impl PendingOp {
+    /// Whether the operation makes a new thin device (and so needs room
+    /// in the pool).
+    pub fn adds_device(&self) -> bool {
+        !matches!(self, PendingOp::Delete { .. })
+    }
+
     /// The thin device the operation makes or deletes.
     pub fn thin_id(&self) -> ThinId {
         match self {

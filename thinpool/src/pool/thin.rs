@@ -34,7 +34,6 @@ impl Pool {
         }
         self.pool_dev()?;
         self.exclusive(|p| {
-            p.check_room()?;
             let id = p.record.allocate_thin_id()?;
             let op = PendingOp::Create {
                 id,
@@ -57,7 +56,6 @@ impl Pool {
     }
 
     fn snapshot_thin_locked(&mut self, origin: ThinId, tag: &str) -> Result<ThinId> {
-        self.check_room()?;
         let size = self
             .record
             .thins

@@ -23,23 +23,22 @@ impl Pool {
         }
     }
 
-    /// Refuses changes to a pool the kernel has stopped writing to.
-    fn check_writable(&self) -> Result<()> {
-        match self.working_status()?.summary {
-            ThinPoolStatusSummary::Good | ThinPoolStatusSummary::OutOfSpace => Ok(()),
-            ThinPoolStatusSummary::ReadOnly => Err(Error::ReadOnly),
-        }
-    }
-
-    /// Refuses new devices on a pool whose data space is full: their first
-    /// write would fail (as Docker's devicemapper driver refuses them).
-    /// Below the reserve ([`crate::MinFree`]) of data or metadata space,
-    /// they are refused too, while there is still room for the devices
-    /// already made to write.
-    pub(super) fn check_room(&self) -> Result<()> {
+    /// Refuses changes to a pool the kernel has stopped writing to, and,
+    /// for a change that adds a device (`adds_device`), a pool whose data
+    /// space is full: the new device's first write would fail (as Docker's
+    /// devicemapper driver refuses them). Below the reserve
+    /// ([`crate::MinFree`]) of data or metadata space, new devices are
+    /// refused too, while there is still room for the devices already
+    /// made to write. One status read for all of it.
+    fn check_writable(&self, adds_device: bool) -> Result<()> {
         let w = self.working_status()?;
-        if w.summary == ThinPoolStatusSummary::OutOfSpace {
-            return Err(Error::OutOfDataSpace);
+        match w.summary {
+            ThinPoolStatusSummary::ReadOnly => return Err(Error::ReadOnly),
+            ThinPoolStatusSummary::OutOfSpace if adds_device => return Err(Error::OutOfDataSpace),
+            _ => {}
+        }
+        if !adds_device {
+            return Ok(());
         }
         let reserve = self.record.min_free;
         let block = self.record.block_size.bytes().0;
@@ -156,7 +155,7 @@ impl Pool {
         before: impl FnOnce(&Self) -> Result<()>,
         after: impl FnOnce(&Self),
     ) -> Result<()> {
-        self.check_writable()?;
+        self.check_writable(op.adds_device())?;
         self.finish_undo()?;
         let r = self.record.transaction_id;
         self.record.pending = Some(op.clone());
