@@ -203,19 +203,7 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
                 );
             }
             c.add(drv.name(), &variant, None, ms(start));
-            let cpu_after = machine_cpu()?;
-            c.add(
-                drv.name(),
-                &format!("{variant}: CPU busy"),
-                None,
-                cpu_after.busy_ms - cpu_before.busy_ms,
-            );
-            c.add(
-                drv.name(),
-                &format!("{variant}: CPU idle or waiting on I/O"),
-                None,
-                cpu_after.idle_ms - cpu_before.idle_ms,
-            );
+            machine_cpu()?.record_since(&cpu_before, &mut c, drv.name(), &variant);
             let mut cs = f.containers()?;
             for i in 0..n {
                 cs.remove(&format!("burst-{i}"), true, true)?;
@@ -231,6 +219,7 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
         for m in &mnts {
             fs::create_dir_all(m)?;
         }
+        let cpu_before = machine_cpu()?;
         let start = Instant::now();
         let made: Vec<Result<()>> = std::thread::scope(|s| {
             let kids: Vec<_> = mnts
@@ -249,6 +238,7 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
                 .collect()
         });
         let t = ms(start);
+        let cpu_after = machine_cpu()?;
         let mut deleted = vec![];
         for i in 0..n as u32 {
             for k in [BURST_K + 2 * i, BURST_K + 2 * i + 1] {
@@ -259,6 +249,7 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
         // An id whose create failed has nothing to delete; all made, all go.
         deleted.into_iter().collect::<Result<Vec<()>>>()?;
         c.add("dm-ioctl", &variant, None, t);
+        cpu_after.record_since(&cpu_before, &mut c, "dm-ioctl", &variant);
     }
     // What one durable record write (write, fsync, rename, fsync of the
     // directory) costs on this filesystem: the unit of thinlayer's
@@ -901,13 +892,38 @@ fn layer_blobs(layout: &Path) -> Result<Vec<std::path::PathBuf>> {
         .collect())
 }
 
-/// The whole machine's CPU time so far, from `/proc/stat`: busy (user,
-/// system, interrupts) and not (idle, waiting on I/O), in ms summed over
-/// the CPUs.
+/// The whole machine's CPU time so far, from `/proc/stat`, in ms summed
+/// over the CPUs: in user space (user, nice), in the kernel (system,
+/// interrupts) and neither (idle, waiting on I/O).
+#[derive(Clone, Copy)]
 struct MachineCpu {
-    busy_ms: f64,
+    user_ms: f64,
+    kernel_ms: f64,
     idle_ms: f64,
 }
+
+impl MachineCpu {
+    /// What the machine did from `before` to `self`, as samples of
+    /// `driver` in the variants `{variant}: CPU …` ([`CPU_SPLIT`]).
+    fn record_since(&self, before: &MachineCpu, c: &mut Collect, driver: &str, variant: &str) {
+        let parts = [
+            self.user_ms - before.user_ms,
+            self.kernel_ms - before.kernel_ms,
+            self.idle_ms - before.idle_ms,
+        ];
+        for (what, v) in CPU_SPLIT.iter().zip(parts) {
+            c.add(driver, &format!("{variant}: {what}"), None, v);
+        }
+    }
+}
+
+/// How a burst's CPU time is split, as the suffixes of its variants: user
+/// space, the kernel, idle or waiting on I/O.
+pub const CPU_SPLIT: [&str; 3] = [
+    "CPU in user space",
+    "CPU in the kernel",
+    "CPU idle or waiting on I/O",
+];
 
 fn machine_cpu() -> Result<MachineCpu> {
     let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
@@ -927,9 +943,9 @@ fn machine_cpu() -> Result<MachineCpu> {
         .context("the system has no clock tick")? as f64;
     let to_ms = |t: f64| t * 1000.0 / hz;
     // user nice system idle iowait irq softirq [steal ...]
-    let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6];
     Ok(MachineCpu {
-        busy_ms: to_ms(busy),
+        user_ms: to_ms(ticks[0] + ticks[1]),
+        kernel_ms: to_ms(ticks[2] + ticks[5] + ticks[6]),
         idle_ms: to_ms(ticks[3] + ticks[4]),
     })
 }
