@@ -126,7 +126,7 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
     // One layer takes tens of milliseconds against a floor of as many, and
     // a single jbd2 commit or a timer tick moves one sample by as much as
     // the gap measured: three times the repetitions (a few seconds more)
-    // so the medians stand still from run to run.
+    // for steadier medians.
     let single_reps = if plan.quick { plan.reps } else { 3 * plan.reps };
     for rep in 0..single_reps {
         for (d, thin_top, ov_top) in &tops {
