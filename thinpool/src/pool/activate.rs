@@ -268,7 +268,7 @@ impl Pool {
         // Every device exists (no writer can remove one while the lock is
         // shared): this takes them over, making none.
         self.dev = Some(self.setup_devices(found[0], found[1])?);
-        if !self.pool_params_in_sync()? {
+        if !self.params_match(&table)? {
             self.dev = None;
             return Ok(false);
         }

@@ -184,16 +184,9 @@ impl Pool {
         self.reload_table(Role::Pool, live.sectors, "thin-pool", &params)
     }
 
-    /// Whether the kernel's pool has the record's low-water mark and
-    /// features (a pool it does not have matches nothing).
-    pub(super) fn pool_params_in_sync(&self) -> Result<bool> {
-        match self.kernel_table(Role::Pool)? {
-            Some(live) => self.params_match(&live),
-            None => Ok(false),
-        }
-    }
-
-    fn params_match(&self, live: &LiveTable) -> Result<bool> {
+    /// Whether the kernel's pool table `live` has the record's low-water
+    /// mark and features.
+    pub(super) fn params_match(&self, live: &LiveTable) -> Result<bool> {
         let have = ThinPoolTargetParams::from_str(&format!("thin-pool {}", live.params))
             .map_err(Error::dm("reading the pool's table"))?;
         let want = &self.pool_dev()?.table().table.params;
