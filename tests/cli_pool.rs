@@ -308,7 +308,12 @@ fn assert_nothing_left(s: &Scratch, root: &Path) {
     );
     let ours: Vec<PathBuf> = s.loops_under();
     assert!(ours.is_empty(), "loop devices left: {ours:?}");
-    for f in ["pool/data", "pool/metadata", "pool/pool.json"] {
+    for f in [
+        "pool/data",
+        "pool/metadata",
+        "pool/pool.json",
+        "pool/pool.log",
+    ] {
         assert!(!root.join(f).exists(), "{f} left behind");
     }
 }
@@ -1009,9 +1014,10 @@ fn dm_activation_frees_ids_no_record_names_and_a_failed_undo_stays_pending() {
     let o = thinlayer(&root, &["pool", "activate"]);
     assert!(!stderr(&o).contains("freed"), "freed once: {}", stderr(&o));
 
-    // A create whose undo cannot delete its device (held open here, as a
-    // device a crash left in use would be) stays pending; no new change
-    // is made until the delete goes through, and then it is gone.
+    // An interrupted delete that cannot be finished (its device held open
+    // here, as a device a crash left in use would be) stays pending; no
+    // new change is made until the delete goes through, and then it is
+    // gone.
     dmsetup(&["message", &pool, "0", "create_thin 9001"]);
     let holder = format!("tl-test-hold-{}", std::process::id());
     let pool_dev = dm_info(&pool, "major,minor").replace(' ', "");
@@ -1027,8 +1033,9 @@ fn dm_activation_frees_ids_no_record_names_and_a_failed_undo_stays_pending() {
         serde_json::to_value(thinpool::testing::settled_record(&root.join("pool"))).unwrap()
     };
     let mut rec = read_rec();
-    rec["pending"] =
-        serde_json::json!({"op": "create", "id": 9001, "size": 1048576, "tag": "test"});
+    rec["pending"] = serde_json::json!({"op": "delete", "id": 9001});
+    // A checkpoint's next epoch: the change log's entries are retired.
+    rec["log_epoch"] = (rec["log_epoch"].as_u64().unwrap() + 1).into();
     thinpool::record::write(&rec_path, &rec).unwrap();
     fails(
         &root,

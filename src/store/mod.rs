@@ -21,8 +21,9 @@
 //!    they will be: parent, name, key) and the layers and image it will
 //!    remove ([`journal`]);
 //! 2. **work**: the driver makes or frees resources (for the thin driver,
-//!    thin devices tagged with their layer's id, each committed with the
-//!    pool's `set_transaction_id`: see `thinpool::recovery`);
+//!    thin devices tagged with their layer's id, each recorded as pending
+//!    in the pool's change log before the kernel makes it: see
+//!    `thinpool::recovery`);
 //! 3. **commit**: layer and image records are written (atomically), then
 //!    the journal is removed.
 //!

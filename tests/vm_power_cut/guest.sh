@@ -200,8 +200,9 @@ list(pool_of.map(check, lines))
 # Records and devices: the pool's record names exactly the thin ids the
 # kernel's metadata holds (read with thin_ls from a metadata snapshot of
 # the live pool), nothing is pending but the last change, which the
-# kernel committed (the kernel's transaction id is the commit: the record
-# is not written again after a change, thinpool::recovery), and each id's
+# kernel committed (the kernel's transaction id is the commit: a change is
+# recorded as pending in the pool's change log and not written again,
+# thinpool::recovery and thinpool::pool::log), and each id's
 # tag names a record that names it back (a layer, a thin volume, the
 # base).
 def record(path):
@@ -225,7 +226,7 @@ def devices():
     fields = subprocess.run(["dmsetup", "status", "--noflush", pools[0]], capture_output=True,
                             text=True, check=True).stdout.split()
     kernel_tx = int(fields[3])
-    rec = settle(record(os.path.join(root, "pool", "pool.json")), kernel_tx)
+    rec = settle(pool_record(os.path.join(root, "pool")), kernel_tx)
     subprocess.run(["dmsetup", "message", pools[0], "0", "reserve_metadata_snap"], check=True)
     try:
         r = subprocess.run(["thin_ls", "-m", "--no-headers", "-o", "DEV", meta], capture_output=True,
@@ -235,18 +236,58 @@ def devices():
     return sorted(int(x) for x in r.stdout.split()), rec
 
 
+def pool_record(pool_dir):
+    """pool.json with the entries of its change log (pool.log) replayed, read
+    here independently of thinlayer's code: 512-byte sectors, each b"TLL1",
+    a little-endian length and CRC-32, then JSON; taken in order while whole,
+    of this pool and of the record's epoch. Each entry's pending change is
+    committed if another entry follows it."""
+    import struct, zlib
+    pool = record(os.path.join(pool_dir, "pool.json"))
+    try:
+        with open(os.path.join(pool_dir, "pool.log"), "rb") as fh:
+            log = fh.read()
+    except FileNotFoundError:
+        log = b""
+    for i in range(len(log) // 512):
+        slot = log[i * 512:(i + 1) * 512]
+        if slot[:4] != b"TLL1":
+            break
+        n, crc = struct.unpack("<II", slot[4:12])
+        body = slot[12:12 + n]
+        if len(body) != n or zlib.crc32(body) != crc:
+            break
+        e = json.loads(body)
+        if e["pool"] != pool["id"] or e["epoch"] != pool.get("log_epoch", 0) or e["index"] != i:
+            break
+        op = pool.get("pending")
+        if e["transaction_id"] != pool["transaction_id"]:
+            fail(f"pool.log entry {i} is at transaction {e['transaction_id']}, the record before it at "
+                 f"{pool['transaction_id']} (pending: {op})")
+        if op:
+            apply(pool, op)
+        pool["pending"] = e["pending"]
+    return pool
+
+
+def apply(pool, op):
+    """A committed change applied to the record."""
+    if op["op"] == "delete":
+        pool["thins"].pop(str(op["id"]), None)
+    else:
+        pool["thins"][str(op["id"])] = {"tag": op["tag"]}
+    pool["pending"] = None
+
+
 def settle(pool, kernel_tx):
-    """The record as a reader sees it: its pending change applied when the
-    kernel is one transaction past it; any other pending change, or a
-    kernel anywhere else, is a failure."""
+    """The record as a reader sees it: a pending change of the earlier
+    protocol, which moved the kernel's transaction id with each change,
+    applied when the kernel is one past it; a kernel at any other
+    transaction than the record's is a failure."""
     op = pool.get("pending")
     if op is not None and kernel_tx == pool["transaction_id"] + 1:
-        if op["op"] == "delete":
-            pool["thins"].pop(str(op["id"]), None)
-        else:
-            pool["thins"][str(op["id"])] = {"tag": op["tag"]}
+        apply(pool, op)
         pool["transaction_id"] = kernel_tx
-        pool["pending"] = None
     if pool["transaction_id"] != kernel_tx:
         fail(f"the kernel is at transaction {kernel_tx}, the pool's record at "
              f"{pool['transaction_id']} (pending: {op})")

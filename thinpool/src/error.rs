@@ -235,12 +235,13 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// An earlier operation's thin device could not be deleted when it was
-    /// undone; it stays pending in the record, and the pool takes no new
-    /// change until it is gone.
-    #[error("thin device {id} of an interrupted operation could not be deleted yet ({reason}); the pool keeps it pending and takes no new change until it is gone")]
+    /// An interrupted operation could not be settled (its thin device
+    /// deleted, or the metadata read to tell whether the kernel made it);
+    /// it stays pending in the record, and the pool takes no new change
+    /// until it is settled.
+    #[error("thin device {id} of an interrupted operation could not be settled yet ({reason}); the pool keeps it pending and takes no new change until it is")]
     UndoPending {
-        /// The thin id still to delete.
+        /// The thin id of the operation.
         id: ThinId,
         /// Why the last try failed.
         reason: String,

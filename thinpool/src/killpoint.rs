@@ -13,12 +13,11 @@ pub const ENV: &str = "THINLAYER_KILL_AT";
 
 /// The pool recorded a thin-device change as pending; no message sent.
 pub const POOL_PENDING_RECORDED: &str = "pool-pending-recorded";
-/// The pool's message (create, snapshot, delete) was sent; the
-/// transaction id not yet moved.
+/// The pool's message (create, snapshot, delete) was sent and committed
+/// by the kernel; its commit entry not yet in the change log.
 pub const POOL_MESSAGE_SENT: &str = "pool-message-sent";
-/// The kernel's transaction id moved; the pool's record not yet
-/// committed.
-pub const POOL_TRANSACTION_SET: &str = "pool-transaction-set";
+/// The operation's commit entry is in the pool's change log.
+pub const POOL_COMMIT_LOGGED: &str = "pool-commit-logged";
 /// A store transaction's journal was written (its intent recorded).
 pub const STORE_JOURNAL_WRITTEN: &str = "store-journal-written";
 /// A new layer's resource (thin device or directory) was made and
@@ -34,7 +33,7 @@ pub const ALL: &[&str] = &[
     STORE_JOURNAL_WRITTEN,
     POOL_PENDING_RECORDED,
     POOL_MESSAGE_SENT,
-    POOL_TRANSACTION_SET,
+    POOL_COMMIT_LOGGED,
     STORE_RESOURCE_MADE,
     STORE_LAYER_RECORDED,
     STORE_RESOURCE_REMOVED,

@@ -11,7 +11,8 @@
 //! * the pool's lifecycle: create, open, activate after a reboot,
 //!   deactivate, grow online, destroy ([`Pool`]);
 //! * thin devices: create, snapshot, activate, deactivate, delete, each
-//!   committed with the pool's transaction id ([`recovery`]);
+//!   recorded as pending in the pool's change log before the kernel makes
+//!   it ([`recovery`]);
 //! * the names of every dm device it makes ([`names`]), the crash-safe
 //!   record of the pool ([`record`]) and the lock that serializes
 //!   processes ([`lock`]).

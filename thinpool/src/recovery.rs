@@ -2,21 +2,31 @@
 //!
 //! Every change to the pool's set of thin devices follows one protocol:
 //!
-//! 1. the record is written with the operation as `pending` and the
-//!    transaction id it will reach (`record tx + 1`);
-//! 2. the dm messages are sent: the change itself (`create_thin`,
-//!    `create_snap`, `delete`), then `set_transaction_id R R+1`; the
-//!    thin-pool target commits its metadata after each message;
-//! 3. once `set_transaction_id` returns, the kernel has committed R+1 with
-//!    the change: that is the commit. The record is not written again
-//!    (one durable write per change); the next change writes it with this
-//!    one applied, and meanwhile every reader that finds the kernel at
-//!    R+1 applies the pending operation as committed.
+//! 1. the operation is recorded durably as `pending`: an entry in the
+//!    pool's change log ([`crate::pool::log`], one sector and one
+//!    `fdatasync`), or a whole record write when the log is full;
+//! 2. its dm message is sent (`create_thin`, `create_snap`, `delete`); the
+//!    thin-pool target commits its metadata before the message returns,
+//!    so from then on the change survives a power cut;
+//! 3. a commit entry follows in the log, written without a sync: any
+//!    later reader sees the operation committed, and one that finds no
+//!    entry after it (a process killed before writing it, or a power cut
+//!    that lost it) asks the kernel's metadata.
 //!
-//! A process killed anywhere leaves the kernel at transaction R (the change
-//! may or may not have been committed) or R+1 (it was). [`decide`] maps that
-//! to an action, and the pool applies it the next time it is opened (or, for
-//! a commit, whenever it reads the record).
+//! Nothing here moves the kernel's transaction id: a `set_transaction_id`
+//! after each change would be a second metadata commit, as costly as the
+//! change itself. The record's transaction id stays the kernel's, checked
+//! at every open. A record written by the earlier protocol, which moved it
+//! with each change, still reads: a kernel one transaction past it
+//! committed its pending operation.
+//!
+//! So a pending operation that no entry follows is settled by whether its
+//! thin id is in the kernel's metadata, read from a metadata snapshot
+//! ([`decide_by_metadata`]): a new device that is there was made (the
+//! layer that asked for it may have reported success before the power
+//! went), one that is not was never made; a deleted device that is still
+//! there is deleted again. The pool applies this the next time it is
+//! opened, or changed, holding its lock: no writer is alive then.
 
 use serde::{Deserialize, Serialize};
 
@@ -75,33 +85,44 @@ impl PendingOp {
 pub enum Recovery {
     /// The kernel committed it: apply it to the record.
     Commit,
-    /// The kernel may have half of it: delete the new thin id (ignoring
-    /// "no such device") and drop the operation.
-    Undo,
-    /// Finish it: send the messages again (ignoring "no such device"),
-    /// then commit. Used for deletes, which the user already asked for.
+    /// The kernel never made the new device: drop the operation.
+    Drop,
+    /// Finish it: send the delete again, then commit. For deletes, which
+    /// the user already asked for.
     Redo,
+    /// Whether the kernel committed it is in its metadata: read whether
+    /// the thin id is there, then [`decide_by_metadata`].
+    AskMetadata,
     /// The kernel is at a transaction the protocol cannot reach.
     Inconsistent {
-        /// The record's committed transaction id.
+        /// The record's transaction id.
         record: TransactionId,
         /// The kernel's.
         kernel: TransactionId,
     },
 }
 
-/// Decides the recovery of `op`, given the record's committed transaction
-/// id and the one the kernel reports.
-pub fn decide(op: &PendingOp, record: TransactionId, kernel: TransactionId) -> Recovery {
+/// Decides the recovery of a pending operation from the record's
+/// transaction id and the one the kernel reports: the same one asks the
+/// metadata; one past it is a commit of the earlier protocol, which moved
+/// it with each change.
+pub fn decide(record: TransactionId, kernel: TransactionId) -> Recovery {
     if kernel == record.next() {
         Recovery::Commit
     } else if kernel == record {
-        match op {
-            PendingOp::Create { .. } | PendingOp::Snapshot { .. } => Recovery::Undo,
-            PendingOp::Delete { .. } => Recovery::Redo,
-        }
+        Recovery::AskMetadata
     } else {
         Recovery::Inconsistent { record, kernel }
+    }
+}
+
+/// Decides the recovery of `op` once the kernel's metadata says whether
+/// its thin id is there (`present`).
+pub fn decide_by_metadata(op: &PendingOp, present: bool) -> Recovery {
+    match (op.adds_device(), present) {
+        (true, true) | (false, false) => Recovery::Commit,
+        (true, false) => Recovery::Drop,
+        (false, true) => Recovery::Redo,
     }
 }
 
@@ -118,30 +139,27 @@ mod tests {
     }
 
     #[test]
-    fn plain_recovery_commits_what_the_kernel_committed() {
+    fn plain_recovery_asks_the_metadata_and_commits_what_the_kernel_made() {
         let r = TransactionId(7);
-        assert_eq!(decide(&create(), r, TransactionId(8)), Recovery::Commit);
-        assert_eq!(
-            decide(&PendingOp::Delete { id: ThinId(1) }, r, TransactionId(8)),
-            Recovery::Commit
-        );
-    }
-
-    #[test]
-    fn plain_recovery_undoes_creates_and_redoes_deletes_left_half_done() {
-        let r = TransactionId(7);
-        assert_eq!(decide(&create(), r, r), Recovery::Undo);
+        assert_eq!(decide(r, r), Recovery::AskMetadata);
         let snap = PendingOp::Snapshot {
             id: ThinId(4),
             origin: ThinId(3),
             size: Bytes::GIB,
             tag: "s".into(),
         };
-        assert_eq!(decide(&snap, r, r), Recovery::Undo);
-        assert_eq!(
-            decide(&PendingOp::Delete { id: ThinId(1) }, r, r),
-            Recovery::Redo
-        );
+        let delete = PendingOp::Delete { id: ThinId(1) };
+        assert_eq!(decide_by_metadata(&create(), true), Recovery::Commit);
+        assert_eq!(decide_by_metadata(&snap, true), Recovery::Commit);
+        assert_eq!(decide_by_metadata(&snap, false), Recovery::Drop);
+        assert_eq!(decide_by_metadata(&delete, true), Recovery::Redo);
+        assert_eq!(decide_by_metadata(&delete, false), Recovery::Commit);
+    }
+
+    #[test]
+    fn plain_recovery_commits_what_the_transaction_id_protocol_committed() {
+        let r = TransactionId(7);
+        assert_eq!(decide(r, TransactionId(8)), Recovery::Commit);
     }
 
     #[test]
@@ -149,7 +167,7 @@ mod tests {
         let r = TransactionId(7);
         for k in [0, 6, 9, 100] {
             assert_eq!(
-                decide(&create(), r, TransactionId(k)),
+                decide(r, TransactionId(k)),
                 Recovery::Inconsistent {
                     record: r,
                     kernel: TransactionId(k)

@@ -15,7 +15,7 @@ use devicemapper::{DevId, DmNameBuf, DmOptions, DM};
 
 use crate::loopback::{self, LoopDev};
 use crate::names::{PoolNames, Role, PREFIX};
-use crate::pool::{PoolRecord, RECORD_FILE};
+use crate::pool::{log, PoolRecord, RECORD_FILE};
 use crate::record;
 
 /// Panics unless the test runs as root.
@@ -38,13 +38,22 @@ pub fn settled_record(dir: &Path) -> PoolRecord {
         let tx = lines.first()?.3.split_whitespace().next()?.parse().ok()?;
         Some(crate::units::TransactionId(tx))
     });
-    let mut rec: PoolRecord = record::read(&dir.join(RECORD_FILE))
+    let (mut rec, _) = log::read(dir)
         .expect("reading the pool record")
         .expect("a pool record");
     if let Some(k) = kernel {
         rec.settle(k);
     }
     rec
+}
+
+/// Replaces the record of the pool in `dir` with `rec`, as a checkpoint
+/// does: the change log's entries are retired, so `rec` alone is what the
+/// next reader sees. For tests that doctor a record.
+pub fn write_record(dir: &Path, rec: &PoolRecord) {
+    let mut rec = rec.clone();
+    rec.log_epoch += 1;
+    record::write(&dir.join(RECORD_FILE), &rec).expect("writing the pool record");
 }
 
 /// Panics unless the kernel has device-mapper with the thin-pool target.

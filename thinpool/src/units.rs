@@ -224,9 +224,11 @@ impl fmt::Display for ThinId {
     }
 }
 
-/// The pool metadata's transaction id: set by us with the
-/// `set_transaction_id` message after every change to the set of thin
-/// devices, so a record can be matched against what the kernel committed.
+/// The pool metadata's transaction id, which the record matches at every
+/// open (a record and metadata that disagree are not taken for each
+/// other). Earlier versions moved it with `set_transaction_id` after
+/// every change to the set of thin devices; a record of theirs is
+/// settled against it once ([`crate::recovery`]).
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]

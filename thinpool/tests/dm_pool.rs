@@ -11,7 +11,7 @@ use std::time::Duration;
 use devicemapper::{DevId, DM};
 use thinpool::lock::LockGuard;
 use thinpool::names::{PoolNames, Role};
-use thinpool::pool::{AutoextendChange, Autoextended, PoolRecord, SettingsChange, RECORD_FILE};
+use thinpool::pool::{AutoextendChange, Autoextended, PoolRecord, SettingsChange};
 use thinpool::recovery::PendingOp;
 use thinpool::testing::{require_dm, Scratch};
 use thinpool::{
@@ -58,11 +58,10 @@ fn message(pool: &Pool, msg: &str) {
 }
 
 fn rewrite_record(dir: &Path, f: impl FnOnce(&mut PoolRecord)) {
-    let path = dir.join(RECORD_FILE);
     // As the last change left it: its operation committed by the kernel.
     let mut rec = thinpool::testing::settled_record(dir);
     f(&mut rec);
-    thinpool::record::write(&path, &rec).unwrap();
+    thinpool::testing::write_record(dir, &rec);
 }
 
 #[test]
@@ -171,46 +170,72 @@ fn dm_snapshot_shares_blocks_and_isolates_writes() {
 }
 
 #[test]
-fn dm_recovery_undoes_a_create_killed_before_its_transaction() {
+fn dm_recovery_keeps_a_create_the_kernel_made_and_drops_one_it_never_got() {
     require_dm();
-    let s = Scratch::new("undo");
+    let s = Scratch::new("settle");
     let dir = s.path().join("pool");
     let mut pool = small_pool(&s);
     let keep = pool.create_thin(Bytes(16 << 20), "keep").unwrap();
-    let next = pool.record().next_thin_id;
-    // As if killed after `create_thin` reached the kernel, before
-    // `set_transaction_id`.
-    message(&pool, &format!("create_thin {next}"));
+    let made = pool.record().next_thin_id;
+    let never = ThinId(made.0 + 1);
+    let tx = pool.record().transaction_id;
+    // As if the power went after `create_thin` reached the kernel, taking
+    // the unsynced commit entry with it: the layer that asked for the
+    // device may have reported success.
+    message(&pool, &format!("create_thin {made}"));
     drop(pool);
     rewrite_record(&dir, |r| {
         r.pending = Some(PendingOp::Create {
-            id: next,
+            id: made,
             size: Bytes(16 << 20),
-            tag: "lost".into(),
+            tag: "made".into(),
         });
-        r.next_thin_id = ThinId(next.0 + 1);
+        r.next_thin_id = ThinId(made.0 + 1);
+    });
+    let mut pool = Pool::open(&dir).unwrap();
+    assert_eq!(pool.record().pending, None);
+    assert_eq!(
+        pool.thins().keys().copied().collect::<Vec<_>>(),
+        vec![keep, made]
+    );
+    assert_eq!(pool.thins()[&made].tag, "made");
+    let dev = pool.activate_thin(made).unwrap();
+    write_at(&dev, 0, b"usable");
+    pool.deactivate_thin(made).unwrap();
+    drop(pool);
+    // As if killed after the pending entry, before the message.
+    rewrite_record(&dir, |r| {
+        r.pending = Some(PendingOp::Snapshot {
+            id: never,
+            origin: keep,
+            size: Bytes(16 << 20),
+            tag: "never".into(),
+        });
+        r.next_thin_id = ThinId(never.0 + 1);
     });
     let pool = Pool::open(&dir).unwrap();
     assert_eq!(pool.record().pending, None);
-    assert_eq!(pool.thins().keys().copied().collect::<Vec<_>>(), vec![keep]);
-    // The kernel no longer has the id: creating it again succeeds.
-    message(&pool, &format!("create_thin {next}"));
-    message(&pool, &format!("delete {next}"));
-    assert_eq!(
-        pool.status().unwrap().transaction_id,
-        pool.record().transaction_id
-    );
+    assert!(!pool.thins().contains_key(&never));
+    // The kernel does not have the id: making it now succeeds. Nothing
+    // moved the kernel's transaction id.
+    message(&pool, &format!("create_thin {never}"));
+    message(&pool, &format!("delete {never}"));
+    assert_eq!(pool.status().unwrap().transaction_id, tx);
+    assert_eq!(pool.record().transaction_id, tx);
     pool.destroy(true).unwrap();
 }
 
 #[test]
-fn dm_recovery_commits_a_create_the_kernel_finished() {
+fn dm_recovery_commits_a_create_of_the_transaction_id_protocol() {
     require_dm();
     let s = Scratch::new("commit");
     let dir = s.path().join("pool");
     let pool = small_pool(&s);
     let next = pool.record().next_thin_id;
     let r = pool.record().transaction_id;
+    // A record written by the earlier protocol, which moved the kernel's
+    // transaction id after each change: the kernel one past it is the
+    // commit.
     message(&pool, &format!("create_thin {next}"));
     message(&pool, &format!("set_transaction_id {r} {}", r.next()));
     drop(pool);
@@ -227,6 +252,12 @@ fn dm_recovery_commits_a_create_the_kernel_finished() {
     assert_eq!(pool.thins()[&next].tag, "done");
     let dev = pool.activate_thin(next).unwrap();
     write_at(&dev, 0, b"usable");
+    // Written whole: the next change's entries follow the new id.
+    pool.create_thin(Bytes(16 << 20), "after").unwrap();
+    drop(dev);
+    drop(pool);
+    let pool = Pool::open(&dir).unwrap();
+    assert_eq!(pool.thins().len(), 2);
     pool.destroy(true).unwrap();
 }
 
@@ -237,10 +268,20 @@ fn dm_recovery_finishes_a_half_done_delete() {
     let dir = s.path().join("pool");
     let mut pool = small_pool(&s);
     let id = pool.create_thin(Bytes(16 << 20), "gone").unwrap();
-    // Killed after `delete` reached the kernel, before the transaction.
+    let other = pool.create_thin(Bytes(16 << 20), "also gone").unwrap();
+    // Killed after `delete` reached the kernel, before its commit entry.
     message(&pool, &format!("delete {id}"));
     drop(pool);
     rewrite_record(&dir, |r| r.pending = Some(PendingOp::Delete { id }));
+    let pool = Pool::open(&dir).unwrap();
+    assert_eq!(
+        pool.thins().keys().copied().collect::<Vec<_>>(),
+        vec![other]
+    );
+    assert_eq!(pool.record().pending, None);
+    drop(pool);
+    // Killed before `delete` reached the kernel: it is sent again.
+    rewrite_record(&dir, |r| r.pending = Some(PendingOp::Delete { id: other }));
     let pool = Pool::open(&dir).unwrap();
     assert!(pool.thins().is_empty());
     assert_eq!(pool.record().pending, None);
@@ -308,9 +349,10 @@ fn dm_a_shared_open_takes_a_clean_pool_beside_readers_and_leaves_repairs_to_the_
     });
     let shared = Pool::open_shared(&dir, &no_wait).unwrap();
     assert_eq!(shared.record().pending, None);
+    // The kernel has the pending create: it was made.
     assert_eq!(
         shared.thins().keys().copied().collect::<Vec<_>>(),
-        vec![keep]
+        vec![keep, next]
     );
     let names = PoolNames::new(shared.record().id.clone());
     let leftover = names.name_string(Role::Thin(made));
@@ -338,7 +380,7 @@ fn dm_open_refuses_a_record_the_kernel_contradicts() {
     // Deactivated, the same check runs against the superblock on disk.
     let mut rec = thinpool::testing::settled_record(&dir);
     rec.transaction_id = TransactionId(5);
-    thinpool::record::write(&dir.join(RECORD_FILE), &rec).unwrap();
+    thinpool::testing::write_record(&dir, &rec);
     let mut pool = Pool::open(&dir).unwrap();
     pool.deactivate().unwrap();
     drop(pool);

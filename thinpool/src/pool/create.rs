@@ -253,6 +253,7 @@ impl Pool {
             next_thin_id: ThinId(0),
             thins: BTreeMap::new(),
             pending: None,
+            log_epoch: 0,
         };
         record::write(&dir.join(RECORD_FILE), &record)?;
         let mut pool = Pool::with_record(dir, lock, record, dm);

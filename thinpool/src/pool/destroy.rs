@@ -26,7 +26,8 @@ enum MetadataDevice {
     Wipe,
 }
 
-/// Removes the pool's dm devices, its loops, its files, then its record.
+/// Removes the pool's dm devices, its loops, its files, its change log,
+/// then its record.
 fn teardown(dm: &DM, dir: &Path, record: &PoolRecord, meta: MetadataDevice) -> Result<()> {
     let names = PoolNames::new(record.id.clone());
     remove_devices(dm, &names, record)?;
@@ -48,6 +49,7 @@ fn teardown(dm: &DM, dir: &Path, record: &PoolRecord, meta: MetadataDevice) -> R
             BackingKind::Device => {}
         }
     }
+    super::log::remove(dir)?;
     Ok(record::remove(&dir.join(RECORD_FILE))?)
 }
 

@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! pool.json   the record: parameters, thin devices, transaction id, state
+//! pool.log    the change log: thin-device changes since pool.json was written
 //! data        sparse data file (loop-backed pools only)
 //! metadata    sparse metadata file (loop-backed pools only)
 //! lock        flock'ed by every change to the pool; never removed
@@ -35,6 +36,8 @@
 //!
 //! * this file: the [`Pool`] handle, opening a pool and its accessors;
 //! * `on_disk`: the record (`pool.json`) and the pure changes made to it;
+//! * `log`: the change log, where a thin-device change is recorded as
+//!   pending with one sector and one `fdatasync`;
 //! * `create`: checking create options and making a new pool;
 //! * `activate`: starting the dm devices (after a reboot, or adopting
 //!   active ones), stopping them;
@@ -51,6 +54,7 @@ mod create;
 mod destroy;
 mod devices;
 mod grow;
+pub mod log;
 mod on_disk;
 mod repair;
 mod settings;
@@ -109,6 +113,9 @@ pub struct Pool {
     lock: Option<LockGuard>,
     lock_timeout: Duration,
     record: PoolRecord,
+    /// How many entries the change log holds after `record` was written:
+    /// where the next one goes.
+    log_len: usize,
     names: PoolNames,
     dm: DM,
     /// The kernel's pool device, when the pool is active.
@@ -155,6 +162,7 @@ impl Pool {
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             names: PoolNames::new(record.id.clone()),
             record,
+            log_len: 0,
             dm,
             dev: None,
         }
@@ -181,7 +189,7 @@ impl Pool {
             return Err(no_pool());
         }
         let lock = lock_dir(dir, open.lock_timeout)?;
-        let record: PoolRecord = record::read(&dir.join(RECORD_FILE))?.ok_or_else(no_pool)?;
+        let (record, log_len) = log::read(dir)?.ok_or_else(no_pool)?;
         let dm = kernel::open_dm()?;
         match record.state {
             PoolState::Creating => {
@@ -195,6 +203,7 @@ impl Pool {
             PoolState::Ready => {}
         }
         let mut pool = Pool::with_record(dir, lock, record, dm);
+        pool.log_len = log_len;
         pool.lock_timeout = open.lock_timeout;
         if pool.kernel_has(Role::Pool)? {
             pool.adopt()?;
@@ -234,7 +243,7 @@ impl Pool {
         // process's, and a thin device the record does not know is one a
         // dead process left.
         let _shared = LockGuard::acquire_shared(&dir.join(LOCK_FILE), open.lock_timeout)?;
-        let Some(record) = record::read::<PoolRecord>(&path)? else {
+        let Some((record, log_len)) = log::read(dir)? else {
             return Ok(None);
         };
         if record.state != PoolState::Ready {
@@ -247,6 +256,7 @@ impl Pool {
             lock_timeout: open.lock_timeout,
             names: PoolNames::new(record.id.clone()),
             record,
+            log_len,
             dm,
             dev: None,
         };
@@ -317,7 +327,7 @@ impl Pool {
     /// Reads the record again, holding the lock: a pending change in it
     /// was left by a killed process, and is finished or undone.
     fn reload(&mut self) -> Result<()> {
-        self.record = self.read_record()?;
+        (self.record, self.log_len) = self.read_record()?;
         if self.record.pending.is_some() && self.dev.is_some() {
             self.recover()?;
         }
@@ -326,15 +336,16 @@ impl Pool {
 
     /// The record as it is on disk; [`Error::NoPool`] when the pool was
     /// destroyed (or another made in its place) since it was opened.
-    fn read_record(&self) -> Result<PoolRecord> {
+    /// With the number of entries in its change log.
+    fn read_record(&self) -> Result<(PoolRecord, usize)> {
         let gone = || Error::NoPool {
             dir: self.dir.clone(),
         };
-        let rec: PoolRecord = record::read(&self.dir.join(RECORD_FILE))?.ok_or_else(gone)?;
+        let (rec, log_len) = log::read(&self.dir)?.ok_or_else(gone)?;
         if rec.state != PoolState::Ready || rec.id != self.record.id {
             return Err(gone());
         }
-        Ok(rec)
+        Ok((rec, log_len))
     }
 
     /// A shared pool reads its record again (without the lock; records are
@@ -344,20 +355,21 @@ impl Pool {
         if self.lock.is_some() {
             return Ok(());
         }
-        // The kernel first, then the record: a record is written before
-        // the kernel moves on, so a pending operation exactly one
-        // transaction behind a kernel read earlier is committed, and any
-        // other is still in flight (or a dead process's, finished by the
-        // next change under the lock).
+        // A pending operation is in flight, or a dead process's, settled
+        // by the next change under the lock; a committed one has its
+        // commit entry in the log. A record of the transaction-id
+        // protocol settles against the kernel, read first: a record is
+        // written before the kernel moves on.
         let kernel = match self.dev {
             Some(_) => Some(TransactionId(self.working_status()?.transaction_id)),
             None => None,
         };
-        let mut record = self.read_record()?;
+        let (mut record, log_len) = self.read_record()?;
         if let Some(kernel) = kernel {
             record.settle(kernel);
         }
         self.record = record;
+        self.log_len = log_len;
         Ok(())
     }
 
@@ -382,8 +394,44 @@ impl Pool {
         }
     }
 
-    /// Writes the record, atomically and durably.
-    fn save(&self) -> Result<()> {
-        Ok(record::write(&self.dir.join(RECORD_FILE), &self.record)?)
+    /// Writes the whole record, atomically and durably: a checkpoint,
+    /// which retires the change log's entries (and makes the log, for a
+    /// pool that has none yet).
+    fn save(&mut self) -> Result<()> {
+        let mut rec = self.record.clone();
+        rec.log_epoch += 1;
+        record::write(&self.dir.join(RECORD_FILE), &rec)?;
+        self.record.log_epoch = rec.log_epoch;
+        self.log_len = 0;
+        if !log::ready(&self.dir) {
+            log::make(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Records the pending operation durably, as [`Pool::save`] would, with
+    /// one entry in the change log when there is room for it, or else a
+    /// checkpoint. What changed since the record was last read or written
+    /// is the pending operation, its id, and operations the kernel
+    /// committed meanwhile: all that an entry carries.
+    fn save_pending(&mut self) -> Result<()> {
+        self.log_or_save(log::Sync::Data)
+    }
+
+    /// Records that the pending operation was committed by the kernel: an
+    /// entry in the change log, not synced (a power cut may lose it, and
+    /// recovery asks the kernel's metadata then), or a checkpoint when the
+    /// log is full.
+    fn save_committed(&mut self) -> Result<()> {
+        self.log_or_save(log::Sync::None)
+    }
+
+    fn log_or_save(&mut self, sync: log::Sync) -> Result<()> {
+        let entry = log::LogEntry::of(&self.record, self.log_len);
+        if self.log_len < log::SLOTS && log::append(&self.dir, &entry, sync)? {
+            self.log_len += 1;
+            return Ok(());
+        }
+        self.save()
     }
 }

@@ -54,6 +54,11 @@ pub struct PoolRecord {
     /// `None` between operations.
     #[serde(default)]
     pub pending: Option<PendingOp>,
+    /// Which entries of the change log (`pool.log`) follow this record:
+    /// those of this epoch. Each write of the record moves it on, retiring
+    /// the log's entries ([`crate::pool::log`]).
+    #[serde(default)]
+    pub log_epoch: u64,
 }
 
 /// Where a pool is in its lifecycle; anything but `Ready` is finished or
@@ -120,19 +125,16 @@ impl PoolRecord {
     }
 
     /// Applies the pending operation if the kernel, at transaction
-    /// `kernel`, has committed it ([`crate::recovery`]): what a reader of
-    /// the record does, since the record is not written again after a
-    /// change. `kernel` must be read before the record was: the record is
-    /// written before the kernel moves on, so this never commits an
-    /// operation still in flight. Whether it applied one.
+    /// `kernel`, is one transaction past the record: how a change was
+    /// committed before the change log ([`crate::recovery`]), which moved
+    /// the kernel's transaction id with each one. A pool whose record was
+    /// last written that way is read this way once. `kernel` must be read
+    /// before the record was. Whether it applied one.
     pub fn settle(&mut self, kernel: TransactionId) -> bool {
-        match &self.pending {
-            Some(op)
-                if crate::recovery::decide(op, self.transaction_id, kernel)
-                    == crate::recovery::Recovery::Commit =>
-            {
-                let op = op.clone();
+        match self.pending.clone() {
+            Some(op) if kernel == self.transaction_id.next() => {
                 self.commit(op);
+                self.transaction_id = kernel;
                 true
             }
             _ => false,
@@ -140,9 +142,9 @@ impl PoolRecord {
     }
 
     /// Applies a thin-device change the kernel has committed: the record
-    /// moves to the next transaction id and has nothing pending.
+    /// has it and nothing pending.
     pub fn commit(&mut self, op: PendingOp) {
-        let tx = self.transaction_id.next();
+        let tx = self.transaction_id;
         match op {
             PendingOp::Create { id, size, tag } => {
                 self.insert_thin(id, size, tag, None, tx);
@@ -159,8 +161,34 @@ impl PoolRecord {
                 self.thins.remove(&id);
             }
         }
-        self.transaction_id = tx;
         self.pending = None;
+    }
+
+    /// Replays the change log's entries (in order, those of this record's
+    /// epoch) over this record: each entry's pending operation was
+    /// committed if another entry follows it (an operation that is undone
+    /// is followed by a whole record write, never by an entry). The last
+    /// entry's operation stays pending: in flight, or left by a process
+    /// that died or lost power before its commit entry, for recovery to
+    /// settle against the kernel's metadata.
+    ///
+    /// Errors: why an entry does not follow the record (a log that was
+    /// not written by this protocol).
+    pub fn replay(&mut self, entries: &[super::log::LogEntry]) -> std::result::Result<(), String> {
+        for e in entries {
+            if e.transaction_id != self.transaction_id {
+                return Err(format!(
+                    "entry {} is at transaction {}, the record before it at {}",
+                    e.index, e.transaction_id, self.transaction_id
+                ));
+            }
+            if let Some(op) = self.pending.clone() {
+                self.commit(op);
+            }
+            self.pending = e.pending.clone();
+            self.next_thin_id = self.next_thin_id.max(e.next_thin_id);
+        }
+        Ok(())
     }
 
     fn insert_thin(
@@ -220,6 +248,7 @@ impl PoolRecord {
             next_thin_id: ThinId(0),
             thins: BTreeMap::new(),
             pending: None,
+            log_epoch: 0,
         }
     }
 }
@@ -233,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn plain_commit_applies_the_change_and_moves_to_the_next_transaction() {
+    fn plain_commit_applies_the_change_and_leaves_nothing_pending() {
         let mut r = record();
         let id = r.allocate_thin_id().unwrap();
         r.pending = Some(PendingOp::Create {
@@ -242,9 +271,13 @@ mod tests {
             tag: "base".into(),
         });
         r.commit(r.pending.clone().unwrap());
-        assert_eq!(r.transaction_id, TransactionId(5));
+        assert_eq!(
+            r.transaction_id,
+            TransactionId(4),
+            "a commit moves no transaction id"
+        );
         assert_eq!(r.pending, None);
-        assert_eq!(r.thins[&id].created_tx, TransactionId(5));
+        assert_eq!(r.thins[&id].created_tx, TransactionId(4));
         assert_eq!(r.thins[&id].origin, None);
 
         let snap = r.allocate_thin_id().unwrap();
@@ -260,8 +293,28 @@ mod tests {
 
         r.commit(PendingOp::Delete { id });
         assert_eq!(r.thins.keys().copied().collect::<Vec<_>>(), vec![snap]);
-        assert_eq!(r.transaction_id, TransactionId(7));
+        assert_eq!(r.transaction_id, TransactionId(4));
         assert_eq!(r.describe_thin(id), "thin device 0");
+    }
+
+    #[test]
+    fn plain_a_record_of_the_transaction_id_protocol_settles_once_against_the_kernel() {
+        let mut r = record();
+        r.pending = Some(PendingOp::Create {
+            id: ThinId(0),
+            size: Bytes::MIB,
+            tag: "old".into(),
+        });
+        let mut same = r.clone();
+        assert!(!same.settle(TransactionId(4)), "the kernel did not move");
+        assert!(same.pending.is_some());
+        assert!(r.settle(TransactionId(5)));
+        assert_eq!(
+            (r.transaction_id, r.pending.is_none()),
+            (TransactionId(5), true)
+        );
+        assert!(r.thins.contains_key(&ThinId(0)));
+        assert!(!r.settle(TransactionId(6)), "nothing left to settle");
     }
 
     #[test]

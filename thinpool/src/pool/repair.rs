@@ -92,15 +92,24 @@ impl Pool {
         fs::rename(&fresh, &meta).map_err(Error::io("putting the repaired metadata at", &meta))?;
         let parent = meta.parent().unwrap_or(std::path::Path::new("."));
         crate::record::sync_dir(parent).map_err(Error::io("syncing", parent))?;
-        // The repaired metadata is the truth now: its transaction, no
-        // operation in flight (what one left is reconciled below). A
-        // change it committed is the record's first.
+        // The repaired metadata is the truth now: its transaction, and an
+        // operation left in flight is settled by what it holds (below). A
+        // change committed under the transaction-id protocol is the
+        // record's first.
         self.record.settle(sb.transaction_id);
         self.record.transaction_id = sb.transaction_id;
-        self.record.pending = None;
+        let pending = self.record.pending.take();
         self.save()?;
         self.activate_with(MetadataCheck::Full)?;
         let ids = self.metadata_ids()?;
+        if let Some(op) = pending {
+            // A new device the metadata has was made (its layer may have
+            // reported success); a deleted one still there is an orphan,
+            // freed below.
+            if !op.adds_device() || ids.contains(&op.thin_id()) {
+                self.record.commit(op);
+            }
+        }
         let lost: Vec<(ThinId, String)> = self
             .record
             .thins

@@ -61,51 +61,34 @@ impl Pool {
         Ok(())
     }
 
-    fn set_transaction(&self, from: TransactionId) -> Result<()> {
-        self.message(&format!("set_transaction_id {from} {}", from.next()))
-    }
-
-    /// Finishes or undoes a pending thin operation and removes thin dm
-    /// devices whose id the record does not know.
+    /// Finishes or drops a pending thin operation a dead process left
+    /// (the lock is held: no writer is alive) and removes thin dm devices
+    /// whose id the record does not know.
     pub(super) fn recover(&mut self) -> Result<()> {
         let kernel = TransactionId(self.working_status()?.transaction_id);
         let record = self.record.transaction_id;
-        if let Some(op) = self.record.pending.clone() {
-            let decision = recovery::decide(&op, record, kernel);
-            let written = !matches!(decision, Recovery::Commit);
-            match decision {
-                // The kernel's transaction id is the commit record: the
-                // record keeps the operation pending until its next write,
-                // and every reader commits it the same way.
-                Recovery::Commit => self.record.commit(op),
-                Recovery::Undo => {
-                    let id = op.thin_id();
-                    self.remove_thin_dev(id)?;
-                    // A failed delete keeps the operation pending: the id
-                    // may be in the metadata, and forgetting it would leak
-                    // it for good. Opening still works (status, grow);
-                    // new changes are refused until it is gone.
-                    if self.delete_if_present(id).is_ok() {
-                        self.record.pending = None;
-                    }
-                }
-                Recovery::Redo => {
-                    if let PendingOp::Delete { id } = op {
-                        self.remove_thin_dev(id)?;
-                        let _ = self.message(&format!("delete {id}"));
-                        self.set_transaction(record)?;
-                        self.record.commit(op);
-                    }
-                }
+        if self.record.pending.is_some() {
+            match recovery::decide(record, kernel) {
                 Recovery::Inconsistent { record, kernel } => {
                     return Err(Error::Mismatch {
                         what: "transaction id".into(),
                         reason: format!("the kernel is at {kernel}, the record at {record} with an operation in flight"),
                     })
                 }
-            }
-            if written {
-                self.save()?;
+                // Committed under the transaction-id protocol: applied as
+                // every reader applies it, and written whole, since the
+                // change log's entries follow the record's transaction id.
+                Recovery::Commit => {
+                    self.record.settle(kernel);
+                    self.save()?;
+                }
+                _ => {
+                    // A pending operation the metadata cannot be read for
+                    // (a read-only pool takes no metadata snapshot) stays
+                    // pending: opening still works (status, grow); new
+                    // changes are refused until it is settled.
+                    let _ = self.settle_by_metadata();
+                }
             }
         } else if kernel != record {
             return Err(Error::Mismatch {
@@ -117,6 +100,31 @@ impl Pool {
             self.remove_thin_dev(id)?;
         }
         Ok(())
+    }
+
+    /// Settles the pending operation by whether its thin id is in the
+    /// kernel's metadata ([`recovery::decide_by_metadata`]), and writes the
+    /// record.
+    fn settle_by_metadata(&mut self) -> Result<()> {
+        let Some(op) = self.record.pending.clone() else {
+            return Ok(());
+        };
+        let id = op.thin_id();
+        let present = self.metadata_ids()?.contains(&id);
+        match recovery::decide_by_metadata(&op, present) {
+            Recovery::Commit => self.record.commit(op),
+            Recovery::Drop => {
+                self.remove_thin_dev(id)?;
+                self.record.pending = None;
+            }
+            Recovery::Redo => {
+                self.remove_thin_dev(id)?;
+                self.delete_if_present(id)?;
+                self.record.commit(op);
+            }
+            other => unreachable!("decide_by_metadata decided {other:?}"),
+        }
+        self.save()
     }
 
     /// The thin devices the kernel has for this pool whose ids the record
@@ -136,18 +144,13 @@ impl Pool {
             .collect())
     }
 
-    /// Runs one thin-device change through the transaction protocol
-    /// ([`crate::recovery`]): record it as pending, send `msg` and
-    /// `set_transaction_id`, then commit it in memory. `before` runs
-    /// just before `msg` is sent, `after` just after (to suspend and
-    /// resume an origin around a snapshot).
-    ///
-    /// One durable record write per change: the kernel commits its
-    /// metadata with the new transaction id before `set_transaction_id`
-    /// returns, and a record whose pending operation is one transaction
-    /// behind the kernel is read as committed ([`Pool::refresh`],
-    /// [`Pool::recover`]), so the record is not written again until the
-    /// next change (which writes it with this one committed).
+    /// Runs one thin-device change through the protocol of
+    /// [`crate::recovery`]: record it as pending (one entry in the change
+    /// log, synced), send `msg` (the kernel commits it), then write its
+    /// commit entry (not synced: a reader that finds no commit asks the
+    /// metadata) and commit it in memory. `before` runs just before `msg`
+    /// is sent, `after` just after (to suspend and resume an origin
+    /// around a snapshot).
     pub(super) fn transact(
         &mut self,
         op: PendingOp,
@@ -156,31 +159,28 @@ impl Pool {
         after: impl FnOnce(&Self),
     ) -> Result<()> {
         self.check_writable(op.adds_device())?;
-        self.finish_undo()?;
-        let r = self.record.transaction_id;
+        self.finish_pending()?;
         self.record.pending = Some(op.clone());
-        self.save()?;
+        self.save_pending()?;
         killpoint::here(killpoint::POOL_PENDING_RECORDED);
         let sent = before(self).and_then(|()| {
             let sent = self.message(msg);
             after(self);
             sent
         });
-        let result = sent.and_then(|()| {
-            killpoint::here(killpoint::POOL_MESSAGE_SENT);
-            self.set_transaction(r)
-        });
-        match result {
+        match sent {
             Ok(()) => {
-                killpoint::here(killpoint::POOL_TRANSACTION_SET);
+                killpoint::here(killpoint::POOL_MESSAGE_SENT);
                 self.record.commit(op);
+                self.save_committed()?;
+                killpoint::here(killpoint::POOL_COMMIT_LOGGED);
                 Ok(())
             }
             Err(causal) => {
                 // Undo what the kernel may have done; a delete is left
                 // pending and finished by the next open. A new device whose
                 // delete fails stays pending too, so no id is forgotten in
-                // the metadata: the next open (or change) tries again.
+                // the metadata: the next open (or change) settles it.
                 if let PendingOp::Create { id, .. } | PendingOp::Snapshot { id, .. } = op {
                     if let Err(undo) = self.delete_if_present(id) {
                         return Err(Error::Rollback {
@@ -213,23 +213,17 @@ impl Pool {
         }
     }
 
-    /// Retries the delete of an undone operation that failed before, and
-    /// refuses new changes while it still fails.
-    fn finish_undo(&mut self) -> Result<()> {
+    /// Settles an operation left pending by a dead process (or by an
+    /// undo whose delete failed) before a new one, and refuses the new one
+    /// while it cannot be settled.
+    fn finish_pending(&mut self) -> Result<()> {
         let Some(op) = self.record.pending.clone() else {
             return Ok(());
         };
-        let id = op.thin_id();
-        match self.delete_if_present(id) {
-            Ok(()) => {
-                self.record.pending = None;
-                self.save()
-            }
-            Err(e) => Err(Error::UndoPending {
-                id,
-                reason: e.to_string(),
-            }),
-        }
+        self.settle_by_metadata().map_err(|e| Error::UndoPending {
+            id: op.thin_id(),
+            reason: e.to_string(),
+        })
     }
 
     /// Every thin id in the pool's metadata, active or not, read with

@@ -391,45 +391,48 @@ pub fn median(series: &[Series], driver: &str, variant: &str) -> Option<f64> {
 fn provision_findings(series: &[Series], deep: &str, cpus: u32) -> Vec<String> {
     let m = |d: &str, v: &str| median(series, d, v);
     let mut out = vec![];
-    if let (Some(thin), Some(floor), Some(rec)) = (
-        m("thin", "depth 1"),
-        m("dm-ioctl", "depth 1"),
-        m("record write", "one durable record"),
-    ) {
-        let writes = 2.0 * rec;
-        let split = if thin - floor >= writes {
-            format!(
-                "The rest, {:.1} ms, is what this run does not break down.",
-                thin - floor - writes
-            )
-        } else {
-            let spread = series
-                .iter()
-                .find(|s| s.driver == "dm-ioctl" && s.variant == "depth 1")
-                .and_then(|s| crate::samples::stats(&s.samples))
-                .map(|st| format!(" (p10–p90 {:.1}–{:.1} ms)", st.p10, st.p90))
-                .unwrap_or_default();
-            format!(
-                "The estimate is more than the whole gap: the floor's samples spread{spread} wider than the \
-                 gap, so this run cannot split it."
-            )
-        };
-        out.push(format!(
-            "thinlayer spends {:.1} ms per layer above the in-process ioctl floor ({:.1} ms against {:.1} ms). \
-             One durable record write (temporary file, fsync, rename, fsync of the directory) costs {:.1} ms in \
-             this run's `record write` series. A snapshot makes two such writes (the pool's pending \
-             operation, whose commit is the kernel's transaction id, and the layer's record, whose name is \
-             synced with the removal of its journal; the journal itself, which only live processes read, \
-             is written without fsync); at this run's cost per write that would come to about {:.1} ms, an \
-             estimate from the record-write samples, not a measurement of the snapshot's own writes. They \
-             are the price of surviving a kill or a power cut at any instant, which neither floor does. \
-             {split}",
+    if let (Some(thin), Some(floor)) = (m("thin", "depth 1"), m("dm-ioctl", "depth 1")) {
+        let mut text = format!(
+            "thinlayer spends {:.1} ms per layer above the in-process ioctl floor ({:.1} ms against {:.1} ms).",
             thin - floor,
             thin,
             floor,
-            rec,
-            writes,
-        ));
+        );
+        if let (Some(rec), Some(entry)) = (
+            m("record write", "one durable record"),
+            m("record write", "one log entry"),
+        ) {
+            let writes = rec + entry;
+            let split = if thin - floor >= writes {
+                format!(
+                    "The rest, {:.1} ms, is what this run does not break down.",
+                    thin - floor - writes
+                )
+            } else {
+                let spread = series
+                    .iter()
+                    .find(|s| s.driver == "dm-ioctl" && s.variant == "depth 1")
+                    .and_then(|s| crate::samples::stats(&s.samples))
+                    .map(|st| format!(" (p10–p90 {:.1}–{:.1} ms)", st.p10, st.p90))
+                    .unwrap_or_default();
+                format!(
+                    "The estimate is more than the whole gap: the floor's samples spread{spread} wider than \
+                     the gap, so this run cannot split it."
+                )
+            };
+            text.push_str(&format!(
+                " A snapshot makes two durable writes. Its pending operation, whose commit is the kernel's \
+                 transaction id, is one entry in the pool's change log (a sector and an fdatasync): {entry:.2} ms \
+                 in this run's `one log entry` series. The layer's record is one durable record write \
+                 (temporary file, fsync, rename, fsync of the directory, the directory's sync shared with the \
+                 removal of its journal; the journal itself, which only live processes read, is written \
+                 without fsync): {rec:.1} ms in the `one durable record` series. Together that would come to \
+                 about {writes:.1} ms, an estimate from those samples, not a measurement of the snapshot's own \
+                 writes. They are the price of surviving a kill or a power cut at any instant, which neither \
+                 floor does. {split}"
+            ));
+        }
+        out.push(text);
     }
     let burst = series
         .iter()
@@ -651,6 +654,7 @@ mod tests {
                 series("dm-ioctl", "depth 1", Some(1.0), 50.0),
                 series("dm-ioctl", "depth 64", Some(64.0), 60.0),
                 series("record write", "one durable record", None, 10.0),
+                series("record write", "one log entry", None, 1.0),
             ],
         );
         let f = findings(&s, 2);
@@ -823,20 +827,28 @@ mod tests {
                 series("dm-ioctl", "depth 1", Some(1.0), 45.0),
                 series("dm-ioctl", "depth 64", Some(64.0), 41.0),
                 series("record write", "one durable record", None, 8.0),
+                series("record write", "one log entry", None, 0.5),
             ],
         );
         let f = findings(&s, 2).join(" ");
-        assert!(
-            f.contains("an estimate from the record-write samples"),
-            "{f}"
-        );
+        assert!(f.contains("an estimate from those samples"), "{f}");
         assert!(
             !f.contains("strace") && !f.contains("opening the pool"),
             "{f}"
         );
-        // 60 ms above the floor, 16 of them the two writes.
+        // 60 ms above the floor, 8.5 of them the two writes.
         assert!(
-            f.contains("about 16.0 ms") && f.contains("The rest, 44.0 ms"),
+            f.contains("0.50 ms in this run's `one log entry`")
+                && f.contains("about 8.5 ms")
+                && f.contains("The rest, 51.5 ms"),
+            "{f}"
+        );
+        // Without the log's series, the gap alone.
+        let mut old = s.clone();
+        old.series.pop();
+        let f = findings(&old, 2).join(" ");
+        assert!(
+            f.contains("60.0 ms per layer above") && !f.contains("estimate"),
             "{f}"
         );
         // A gap smaller than the writes' estimate is not split.

@@ -263,6 +263,35 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
         let (t, ()) = timed(|| Ok(thinpool::record::write(&scratch.join("r.json"), &record)?))?;
         c.add("record write", "one durable record", None, t);
     }
+    // And one entry of the pool's change log (a sector and an fdatasync),
+    // where a change to the set of thin devices is recorded as pending: a
+    // snapshot's entry, in a log of its own in the same filesystem.
+    let (mut pool_rec, _) = thinpool::pool::log::read(&f.root.path().join("pool"))?
+        .context("the pool has no record")?;
+    let origin = *pool_rec
+        .thins
+        .keys()
+        .next()
+        .context("the pool has no thin device")?;
+    pool_rec.pending = Some(thinpool::recovery::PendingOp::Snapshot {
+        id: pool_rec.next_thin_id,
+        origin,
+        size: pool_rec.thins[&origin].size,
+        tag: format!("layer:{}", "0".repeat(32)),
+    });
+    thinpool::pool::log::make(&scratch)?;
+    for i in 0..plan.reps {
+        let entry = thinpool::pool::log::LogEntry::of(&pool_rec, i % thinpool::pool::log::SLOTS);
+        let (t, appended) = timed(|| {
+            Ok(thinpool::pool::log::append(
+                &scratch,
+                &entry,
+                thinpool::pool::log::Sync::Data,
+            )?)
+        })?;
+        anyhow::ensure!(appended, "the scratch change log took no entry");
+        c.add("record write", "one log entry", None, t);
+    }
     let deep = format!("depth {}", depths.last().unwrap());
     let mut ratios = vec![
         // The in-process ioctls are the floor; the dmsetup sequence (three
@@ -337,7 +366,7 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
         title: "Provisioning a layer".into(),
         description: format!(
             "One new layer over a chain of the given depth, made and mounted through thinlayer's library: \
-             for thin a journaled snapshot (pool record, `create_snap` with a transaction id), activation \
+             for thin a journaled snapshot (an entry in the pool's change log, `create_snap`, the layer's record), activation \
              and an ext4 mount; for overlay a directory, its link and an overlayfs mount of the chain. \
              The floors are the same thin work done by hand: the dmsetup sequence (`dmsetup message \
              create_snap`, `dmsetup create`, `mount`, three processes) and the same ioctls made in one \
