@@ -421,8 +421,8 @@ fn provision_findings(series: &[Series], deep: &str, cpus: u32) -> Vec<String> {
                 )
             };
             text.push_str(&format!(
-                " A snapshot makes two durable writes. Its pending operation, whose commit is the kernel's \
-                 transaction id, is one entry in the pool's change log (a sector and an fdatasync): {entry:.2} ms \
+                " A snapshot makes two durable writes. Its pending operation (whose commit is the kernel's own \
+                 commit of the message) is one entry in the pool's change log (a sector and an fdatasync): {entry:.2} ms \
                  in this run's `one log entry` series. The layer's record is one durable record write \
                  (temporary file, fsync, rename, fsync of the directory, the directory's sync shared with the \
                  removal of its journal; the journal itself, which only live processes read, is written \
