@@ -520,6 +520,29 @@ fn docker_archive_from_skopeo_imports_with_its_tag(d: Drv) {
         &format!("oci:{}:t", layout.display()),
         &format!("docker-archive:{}:example/app:1.0", archive.display()),
     ]));
+    // Its layers are uncompressed tars named by their digest, which is
+    // their diff_id: each is hashed once, as it is read. A byte flipped in
+    // the biggest is still caught, and nothing is left.
+    let corrupt = e.path().join("corrupt.tar");
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let (offset, size) = {
+        let mut ar = tar::Archive::new(bytes.as_slice());
+        ar.entries()
+            .unwrap()
+            .map(|m| m.unwrap())
+            .filter(|m| m.path().unwrap().to_string_lossy().ends_with(".tar"))
+            .map(|m| (m.raw_file_position(), m.size()))
+            .max_by_key(|&(_, size)| size)
+            .expect("a layer member")
+    };
+    bytes[(offset + size / 2) as usize] ^= 0xff;
+    std::fs::write(&corrupt, bytes).unwrap();
+    let o = e.run(&["image", "import", corrupt.to_str().unwrap()]);
+    assert!(!o.status.success(), "a corrupt layer was imported");
+    assert!(stderr(&o).contains("verification failed"), "{}", stderr(&o));
+    assert_eq!(e.list("layer").len(), 0);
+    assert_eq!(e.list("image").len(), 0);
+    assert_eq!(e.resources(), 0);
     let out = e.ok(&["image", "import", archive.to_str().unwrap()]);
     assert!(out.contains("example/app:1.0"), "{out}");
     let top = e.top_layer("example/app:1.0");

@@ -202,6 +202,12 @@ pub struct ApplyOptions {
     /// a container's init layer does with its mount points. Default false
     /// (an archive's directory entry sets the directory's metadata).
     pub keep_existing_dirs: bool,
+    /// The stream's diff_id, which its reader checks as it goes (an
+    /// uncompressed image layer blob, whose digest is its diff_id, read
+    /// through a reader that fails at its end if the bytes do not hash to
+    /// it): the stream is not hashed a second time, and its stats carry
+    /// this. Ignored for a compressed stream. Default none.
+    pub known_diff_id: Option<String>,
 }
 
 impl ApplyOptions {
@@ -216,6 +222,7 @@ impl ApplyOptions {
             holes: true,
             lower: None,
             keep_existing_dirs: false,
+            known_diff_id: None,
         }
     }
 }

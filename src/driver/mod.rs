@@ -74,6 +74,9 @@ pub struct ApplyWith<'a> {
     /// ([`crate::changeset::split`]), so that its exact bytes can be given
     /// back: an image's layers.
     pub record: Option<&'a mut dyn Write>,
+    /// The changeset's diff_id, checked by its reader as it goes
+    /// ([`ApplyOptions::known_diff_id`]): not hashed again.
+    pub known_diff_id: Option<String>,
 }
 
 impl ApplyWith<'_> {
@@ -85,6 +88,7 @@ impl ApplyWith<'_> {
         mut opts: ApplyOptions,
     ) -> Result<ApplyStats> {
         opts.keep_existing_dirs = self.keep_existing_dirs;
+        opts.known_diff_id = self.known_diff_id;
         Ok(match self.record {
             Some(r) => crate::changeset::apply_recording(changeset, root, &opts, r)?,
             None => crate::changeset::apply(changeset, root, &opts)?,

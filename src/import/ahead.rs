@@ -14,7 +14,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::Scope;
 
-use crate::changeset::decompress;
+use crate::changeset::{decompress, Compression};
 use crate::progress::Progress;
 
 const CHUNK: usize = 256 << 10;
@@ -40,11 +40,14 @@ impl<R: Read> Read for Counted<R> {
 /// Starts reading `blob` in a thread of `scope`, decompressed (gzip, zstd or
 /// none, as sniffed). Errors reach the reader at the point of the stream
 /// where they happened: a digest mismatch at the end, like the blob's own
-/// reader. Dropping the reader stops the thread.
+/// reader. Dropping the reader stops the thread. With `plain`, the blob
+/// must be uncompressed (its digest is its diff_id, so its bytes are the
+/// tar): a compressed one is an error.
 pub(crate) fn decompressed<'scope, 'env, R>(
     scope: &'scope Scope<'scope, 'env>,
     blob: R,
     progress: &'scope dyn Progress,
+    plain: bool,
 ) -> Ahead<'scope>
 where
     R: Read + Send + 'scope,
@@ -57,6 +60,16 @@ where
             n: n.clone(),
         };
         let mut plain = match decompress(counted) {
+            Ok((comp, _)) if plain && comp != Compression::None => {
+                let _ = tx.send(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the blob is {comp:?}-compressed, but its digest is its diff_id, \
+                         which only an uncompressed tar can have"
+                    ),
+                )));
+                return;
+            }
             Ok((_, r)) => r,
             Err(e) => {
                 let _ = tx.send(Err(io::Error::new(
@@ -163,7 +176,7 @@ mod tests {
         let blob = gzip(&data);
         let count = Count(Cell::new(0));
         let got = std::thread::scope(|s| {
-            let mut r = decompressed(s, blob.as_slice(), &count);
+            let mut r = decompressed(s, blob.as_slice(), &count, false);
             let mut v = vec![];
             r.read_to_end(&mut v).unwrap();
             v
@@ -192,7 +205,7 @@ mod tests {
     #[test]
     fn plain_an_error_arrives_after_the_data_before_it_and_repeats() {
         std::thread::scope(|s| {
-            let mut r = decompressed(s, FailsAt(b"plain bytes"), &NoProgress);
+            let mut r = decompressed(s, FailsAt(b"plain bytes"), &NoProgress, false);
             let mut v = vec![];
             let e = r.read_to_end(&mut v).unwrap_err();
             assert_eq!(v, b"plain bytes");
@@ -207,9 +220,31 @@ mod tests {
     fn plain_an_unsupported_compression_is_an_error_at_the_first_read() {
         let xz = b"\xfd7zXZ\x00 rest of it";
         std::thread::scope(|s| {
-            let mut r = decompressed(s, &xz[..], &NoProgress);
+            let mut r = decompressed(s, &xz[..], &NoProgress, false);
             let e = r.read(&mut [0u8; 16]).unwrap_err();
             assert!(e.to_string().contains("xz"), "{e}");
+        });
+    }
+
+    #[test]
+    fn plain_a_blob_that_must_be_a_plain_tar_passes_through_or_is_refused_compressed() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 13) as u8).collect();
+        let got = std::thread::scope(|s| {
+            let mut r = decompressed(s, data.as_slice(), &NoProgress, true);
+            let mut v = vec![];
+            r.read_to_end(&mut v).unwrap();
+            v
+        });
+        assert_eq!(got, data);
+        let blob = gzip(&data);
+        std::thread::scope(|s| {
+            let mut r = decompressed(s, blob.as_slice(), &NoProgress, true);
+            let e = r.read(&mut [0u8; 16]).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+            assert!(
+                e.to_string().contains("Gzip-compressed") && e.to_string().contains("diff_id"),
+                "{e}"
+            );
         });
     }
 
@@ -217,7 +252,7 @@ mod tests {
     fn plain_dropping_the_reader_early_stops_the_thread() {
         let data = vec![1u8; 64 * CHUNK];
         std::thread::scope(|s| {
-            let mut r = decompressed(s, data.as_slice(), &NoProgress);
+            let mut r = decompressed(s, data.as_slice(), &NoProgress, false);
             r.read_exact(&mut [0u8; 10]).unwrap();
             drop(r);
         });

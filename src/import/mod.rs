@@ -147,9 +147,16 @@ fn import_layers(
         let id = txn.reserve_layers(1)?.remove(0);
         let blob = archive.open_layer(lr)?;
         let diff_id = lr.diff_id.to_string();
+        // A blob whose digest is its diff_id is the uncompressed tar
+        // itself: its reader's digest check is the diff_id check, and it
+        // is hashed once.
+        let plain_blob = lr
+            .blob_digest
+            .as_ref()
+            .is_some_and(|d| d.to_string() == diff_id);
         // The blob is read, checked and inflated on a second core.
         std::thread::scope(|s| {
-            let mut plain = ahead::decompressed(s, blob, progress);
+            let mut plain = ahead::decompressed(s, blob, progress, plain_blob);
             txn.make_layer(
                 &id,
                 NewLayer {
@@ -159,6 +166,7 @@ fn import_layers(
                     expect: Some(ExpectDiffId {
                         diff_id: &diff_id,
                         what: format!("layer {} of the image", i + 1),
+                        checked_by_reader: plain_blob,
                     }),
                     keep_layout: true,
                     ..NewLayer::default()

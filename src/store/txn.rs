@@ -50,6 +50,10 @@ pub struct ExpectDiffId<'a> {
     pub diff_id: &'a str,
     /// The layer as the error names it, e.g. `layer 2 of the image`.
     pub what: String,
+    /// The changeset's reader checks its bytes against `diff_id` as it
+    /// goes and fails at their end if they differ (an uncompressed blob
+    /// whose digest is its diff_id): they are not hashed a second time.
+    pub checked_by_reader: bool,
 }
 
 /// One transaction on an open store; see [`Store::transaction`].
@@ -500,6 +504,11 @@ fn make_resource(
     let with = ApplyWith {
         keep_existing_dirs: new.keep_existing_dirs,
         record: record.as_mut().map(|f| f as &mut dyn std::io::Write),
+        known_diff_id: new
+            .expect
+            .as_ref()
+            .filter(|e| e.checked_by_reader)
+            .map(|e| e.diff_id.to_string()),
     };
     let applied = driver
         .apply(&rec, &chain_refs, cs, with)

@@ -29,6 +29,7 @@ use super::error::{io_err, io_host, show, ChangesetError};
 use super::path::{self, join};
 use super::split::Recorder;
 use super::stream::{parse_member, InputTap, Monitor, Shared};
+use super::Compression;
 use super::{decompress, ApplyOptions, ApplyStats, WhiteoutMode};
 use crate::fsys::sys;
 use parents::Resolver;
@@ -88,8 +89,16 @@ fn apply_inner<'a>(
         error: input_error.clone(),
     };
     let (compression, decoded) = decompress(tap)?;
+    let known = match (&opts.known_diff_id, compression) {
+        (Some(d), Compression::None) => Some(digest_bytes(d).ok_or_else(|| {
+            ChangesetError::malformed(format!(
+                "the diff_id given for the stream, {d}, is not a sha256 digest"
+            ))
+        })?),
+        _ => None,
+    };
     let shared = Shared::new(opts.max_header_bytes, input_error);
-    let mut archive = tar::Archive::new(Monitor::new(decoded, shared.clone(), record));
+    let mut archive = tar::Archive::new(Monitor::new(decoded, shared.clone(), record, known));
     let mut ap = Applier {
         opts,
         overlay: opts.whiteouts == WhiteoutMode::Overlay,
@@ -151,6 +160,19 @@ fn apply_inner<'a>(
         diff_id,
         compression,
     })
+}
+
+/// The 32 bytes of a `sha256:<64 hex digits>` digest.
+fn digest_bytes(d: &str) -> Option<[u8; 32]> {
+    let hex = d.strip_prefix("sha256:")?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 fn ctx_after(last: &Option<Vec<u8>>) -> String {

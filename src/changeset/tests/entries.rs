@@ -619,3 +619,47 @@ fn root_device_through_planted_symlink_and_chmod_not_redirected() {
     assert!(md(&sb.root.join("lower")).file_type().is_char_device());
     sb.assert_untouched();
 }
+
+#[test]
+fn plain_a_known_diff_id_is_taken_for_a_plain_stream_without_hashing_it_again() {
+    let mut ar = Ar::new();
+    ar.file("f", b"checked by its reader", 0o644);
+    let plain = ar.finish();
+    let real = sha256_hex(&plain);
+    // A digest the stream does not have: taken as given, so nothing hashed
+    // the stream here (its reader answers for it).
+    let given = format!("sha256:{}", "ab".repeat(32));
+    let with = |known: &str| ApplyOptions {
+        known_diff_id: Some(known.to_string()),
+        ..opts(WhiteoutMode::Delete)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let st = apply(plain.as_slice(), dir.path(), &with(&given)).unwrap();
+    assert_eq!(st.diff_id, given);
+    assert_eq!(st.bytes, plain.len() as u64);
+    assert_eq!(
+        fs::read(dir.path().join("f")).unwrap(),
+        b"checked by its reader"
+    );
+    // A compressed stream is hashed whatever the caller says: its
+    // reader's check was of the compressed bytes.
+    let gz = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&plain).unwrap();
+        e.finish().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        apply(gz.as_slice(), dir.path(), &with(&given))
+            .unwrap()
+            .diff_id,
+        real
+    );
+    // A malformed digest is refused, not taken.
+    let dir = tempfile::tempdir().unwrap();
+    expect_err(
+        apply(plain.as_slice(), dir.path(), &with("sha256:xyz")),
+        "malformed",
+        "not a sha256 digest",
+    );
+}

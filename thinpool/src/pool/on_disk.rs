@@ -43,7 +43,8 @@ pub struct PoolRecord {
     pub data: Backing,
     /// The metadata backing.
     pub metadata: Backing,
-    /// The last transaction id this record and the kernel agree on.
+    /// The kernel metadata's transaction id, which every open checks
+    /// ([`crate::recovery`]).
     pub transaction_id: TransactionId,
     /// Ids are handed out in order and never reused.
     pub next_thin_id: ThinId,
@@ -106,7 +107,8 @@ pub struct ThinRecord {
     /// The device it is a snapshot of, if any.
     #[serde(default)]
     pub origin: Option<ThinId>,
-    /// The transaction that created it.
+    /// The pool's transaction id when it was created (earlier versions
+    /// moved it with every change; it no longer moves).
     pub created_tx: TransactionId,
 }
 
