@@ -162,12 +162,18 @@ impl<R: Read> Read for InputTap<R> {
     }
 }
 
+/// How a [`Monitor`] comes by the stream's sha256.
+enum StreamDigest {
+    /// Hashing every byte read.
+    Hashing(Sha256),
+    /// Given by the caller, whose reader checks it.
+    Known([u8; 32]),
+}
+
 /// The reader the `tar` crate reads from.
 pub(crate) struct Monitor<'a> {
     inner: Box<dyn Read + 'a>,
-    /// `None` when the digest is known ([`Monitor::new`]).
-    hasher: Option<Sha256>,
-    known: Option<[u8; 32]>,
+    digest: StreamDigest,
     record: Option<super::split::Recorder<'a>>,
     shared: Rc<Shared>,
     /// Zeros still to hand out after the input ended between members.
@@ -186,8 +192,10 @@ impl<'a> Monitor<'a> {
         shared.recording.set(record.is_some());
         Monitor {
             inner,
-            hasher: known.is_none().then(Sha256::new),
-            known,
+            digest: match known {
+                Some(d) => StreamDigest::Known(d),
+                None => StreamDigest::Hashing(Sha256::new()),
+            },
             record,
             shared,
             synthetic: 0,
@@ -215,10 +223,9 @@ impl<'a> Monitor<'a> {
     /// (`"sha256:<hex>"`, stream length), after ending the layout record.
     pub(crate) fn finish(self) -> Result<(String, u64), ChangesetError> {
         let total = self.shared.pos.get();
-        let digest: [u8; 32] = match (self.hasher, self.known) {
-            (Some(h), _) => h.finalize().into(),
-            (None, Some(known)) => known,
-            (None, None) => unreachable!("a monitor hashes unless its digest is known"),
+        let digest: [u8; 32] = match self.digest {
+            StreamDigest::Hashing(h) => h.finalize().into(),
+            StreamDigest::Known(d) => d,
         };
         if let Some(r) = self.record {
             r.finish(total, &digest).map_err(|e| ChangesetError::Io {
@@ -289,7 +296,7 @@ impl Read for Monitor<'_> {
                         return Err(copy);
                     }
                 }
-                if let Some(h) = &mut self.hasher {
+                if let StreamDigest::Hashing(h) = &mut self.digest {
                     h.update(&buf[..n]);
                 }
                 shared.pos.set(shared.pos.get() + n as u64);

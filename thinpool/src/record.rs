@@ -158,6 +158,19 @@ pub fn write_as<T: Serialize>(
     value: &T,
     durability: Durability,
 ) -> Result<(), RecordError> {
+    write_bytes_as(path, &encode(value), durability)
+}
+
+/// Replaces the file at `path` with `bytes` as [`write_as`] replaces a
+/// record (temporary file, rename), as durably as `durability` says: for
+/// files of a pool that are not records (its change log).
+///
+/// Errors: [`RecordError::Io`], after which the old file is intact.
+pub fn write_bytes_as(
+    path: &Path,
+    bytes: &[u8],
+    durability: Durability,
+) -> Result<(), RecordError> {
     let io_err = |op: &'static str, p: &Path| {
         let p = p.to_path_buf();
         move |source| RecordError::Io {
@@ -168,7 +181,6 @@ pub fn write_as<T: Serialize>(
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = tmp_path(path);
-    let bytes = encode(value);
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -176,7 +188,7 @@ pub fn write_as<T: Serialize>(
         .mode(0o600)
         .open(&tmp)
         .map_err(io_err("creating", &tmp))?;
-    f.write_all(&bytes).map_err(io_err("writing", &tmp))?;
+    f.write_all(bytes).map_err(io_err("writing", &tmp))?;
     if durability != Durability::Volatile {
         f.sync_all().map_err(io_err("syncing", &tmp))?;
     }
@@ -218,7 +230,9 @@ pub fn remove_unsynced(path: &Path) -> Result<(), RecordError> {
     Ok(())
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
+/// The temporary file a write of `path` goes through, which a killed
+/// write leaves behind.
+pub fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     path.with_file_name(name)

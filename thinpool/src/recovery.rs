@@ -80,16 +80,12 @@ impl PendingOp {
     }
 }
 
-/// What recovery does with a pending operation.
+/// What recovery does with a pending operation, from transaction ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Recovery {
-    /// The kernel committed it: apply it to the record.
+    /// The kernel committed it under the transaction-id protocol: apply
+    /// it to the record.
     Commit,
-    /// The kernel never made the new device: drop the operation.
-    Drop,
-    /// Finish it: send the delete again, then commit. For deletes, which
-    /// the user already asked for.
-    Redo,
     /// Whether the kernel committed it is in its metadata: read whether
     /// the thin id is there, then [`decide_by_metadata`].
     AskMetadata,
@@ -116,13 +112,26 @@ pub fn decide(record: TransactionId, kernel: TransactionId) -> Recovery {
     }
 }
 
-/// Decides the recovery of `op` once the kernel's metadata says whether
-/// its thin id is there (`present`).
-pub fn decide_by_metadata(op: &PendingOp, present: bool) -> Recovery {
+/// How a pending operation is settled once the kernel's metadata has
+/// been read ([`decide_by_metadata`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// The kernel committed it: apply it to the record.
+    Commit,
+    /// The kernel never made the new device: drop the operation.
+    Drop,
+    /// Finish it: send the delete again, then commit. For deletes, which
+    /// the user already asked for.
+    Redo,
+}
+
+/// Settles `op` once the kernel's metadata says whether its thin id is
+/// there (`present`).
+pub fn decide_by_metadata(op: &PendingOp, present: bool) -> Settlement {
     match (op.adds_device(), present) {
-        (true, true) | (false, false) => Recovery::Commit,
-        (true, false) => Recovery::Drop,
-        (false, true) => Recovery::Redo,
+        (true, true) | (false, false) => Settlement::Commit,
+        (true, false) => Settlement::Drop,
+        (false, true) => Settlement::Redo,
     }
 }
 
@@ -149,11 +158,11 @@ mod tests {
             tag: "s".into(),
         };
         let delete = PendingOp::Delete { id: ThinId(1) };
-        assert_eq!(decide_by_metadata(&create(), true), Recovery::Commit);
-        assert_eq!(decide_by_metadata(&snap, true), Recovery::Commit);
-        assert_eq!(decide_by_metadata(&snap, false), Recovery::Drop);
-        assert_eq!(decide_by_metadata(&delete, true), Recovery::Redo);
-        assert_eq!(decide_by_metadata(&delete, false), Recovery::Commit);
+        assert_eq!(decide_by_metadata(&create(), true), Settlement::Commit);
+        assert_eq!(decide_by_metadata(&snap, true), Settlement::Commit);
+        assert_eq!(decide_by_metadata(&snap, false), Settlement::Drop);
+        assert_eq!(decide_by_metadata(&delete, true), Settlement::Redo);
+        assert_eq!(decide_by_metadata(&delete, false), Settlement::Commit);
     }
 
     #[test]

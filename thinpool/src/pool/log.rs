@@ -32,7 +32,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -156,7 +156,8 @@ pub enum Sync {
 
 /// Writes `entry` into its sector, synced as `sync` says: `Ok(false)`,
 /// with nothing written, when there is no log ready for it (none made
-/// yet, or the entry does not fit), and the caller checkpoints instead.
+/// yet, full, or the entry does not fit in a sector), and the caller
+/// checkpoints instead.
 ///
 /// Errors: [`Error::Io`] when the log cannot be written or synced.
 pub fn append(dir: &Path, entry: &LogEntry, sync: Sync) -> Result<bool> {
@@ -187,21 +188,12 @@ pub fn append(dir: &Path, entry: &LogEntry, sync: Sync) -> Result<bool> {
 ///
 /// Errors: [`Error::Io`]; any log there before is intact.
 pub fn make(dir: &Path) -> Result<()> {
-    let path = log_path(dir);
-    let tmp = dir.join(format!("{LOG_FILE}.tmp"));
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(Error::io("creating", &tmp))?;
-    f.write_all_at(&[0u8; SLOT * SLOTS], 0)
-        .map_err(Error::io("writing", &tmp))?;
-    f.sync_all().map_err(Error::io("syncing", &tmp))?;
-    drop(f);
-    fs::rename(&tmp, &path).map_err(Error::io("renaming into place", &path))?;
-    record::sync_dir(dir).map_err(Error::io("syncing", dir))
+    let zeros = [0u8; SLOT * SLOTS];
+    Ok(record::write_bytes_as(
+        &log_path(dir),
+        &zeros,
+        record::Durability::Durable,
+    )?)
 }
 
 /// Whether `dir` has a log entries can be appended to.
@@ -212,7 +204,7 @@ pub(crate) fn ready(dir: &Path) -> bool {
 /// Removes the log, and a new one a killed [`make`] left, if there are
 /// any (before its pool's record).
 pub(crate) fn remove(dir: &Path) -> Result<()> {
-    record::remove_unsynced(&dir.join(format!("{LOG_FILE}.tmp")))?;
+    record::remove_unsynced(&record::tmp_path(&log_path(dir)))?;
     Ok(record::remove(&log_path(dir))?)
 }
 

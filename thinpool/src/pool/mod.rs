@@ -428,7 +428,7 @@ impl Pool {
 
     fn log_or_save(&mut self, sync: log::Sync) -> Result<()> {
         let entry = log::LogEntry::of(&self.record, self.log_len);
-        if self.log_len < log::SLOTS && log::append(&self.dir, &entry, sync)? {
+        if log::append(&self.dir, &entry, sync)? {
             self.log_len += 1;
             return Ok(());
         }

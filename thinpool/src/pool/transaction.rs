@@ -8,7 +8,7 @@ use super::Pool;
 use crate::error::{Error, Result};
 use crate::killpoint;
 use crate::names::Role;
-use crate::recovery::{self, PendingOp, Recovery};
+use crate::recovery::{self, PendingOp, Recovery, Settlement};
 use std::collections::BTreeSet;
 
 use crate::units::{Bytes, ThinId, TransactionId};
@@ -82,7 +82,7 @@ impl Pool {
                     self.record.settle(kernel);
                     self.save()?;
                 }
-                _ => {
+                Recovery::AskMetadata => {
                     // A pending operation the metadata cannot be read for
                     // (a read-only pool takes no metadata snapshot) stays
                     // pending: opening still works (status, grow); new
@@ -112,17 +112,16 @@ impl Pool {
         let id = op.thin_id();
         let present = self.metadata_ids()?.contains(&id);
         match recovery::decide_by_metadata(&op, present) {
-            Recovery::Commit => self.record.commit(op),
-            Recovery::Drop => {
+            Settlement::Commit => self.record.commit(op),
+            Settlement::Drop => {
                 self.remove_thin_dev(id)?;
                 self.record.pending = None;
             }
-            Recovery::Redo => {
+            Settlement::Redo => {
                 self.remove_thin_dev(id)?;
                 self.delete_if_present(id)?;
                 self.record.commit(op);
             }
-            other => unreachable!("decide_by_metadata decided {other:?}"),
         }
         self.save()
     }
