@@ -1059,8 +1059,20 @@ fn dm_containerd_on_a_full_pool_is_refused_cleanly_and_recovers() {
     assert!(err.contains("data space is full"), "{err}");
     e.ctr(&["image", "rm", "--sync", "docker.io/library/tlscratch:1"]);
     assert_eq!(e.layers(), layers, "the failed import left layers");
-    // The space comes back with the container that took it.
+    // The space comes back with the container that took it. containerd
+    // removes a deleted container's snapshot in its garbage collection,
+    // which may run after `containers rm` returns: wait for the
+    // snapshotter's Remove before the next run asks for space.
     e.ctr(&["containers", "rm", "fill"]);
+    let t0 = std::time::Instant::now();
+    while e.layers() >= layers {
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "containerd never removed the fill container's snapshot:\n{}",
+            e.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let out = e.ctr(&[
         "run",
         "--rm",
