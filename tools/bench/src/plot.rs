@@ -573,6 +573,7 @@ mod tests {
             variant: format!("{} {:?}", driver, x),
             x,
             samples: samples.to_vec(),
+            unit: None,
         }
     }
 

@@ -148,8 +148,8 @@ fn render_scenario(scenario: &Scenario, blocks: &mut Vec<String>) {
             for d in &drivers {
                 let cell = scenario
                     .series(d, v)
-                    .and_then(|s| stats(&s.samples))
-                    .map_or_else(|| MISSING.to_string(), |st| format_cell(scenario.unit, &st));
+                    .and_then(|s| Some((s.unit.unwrap_or(scenario.unit), stats(&s.samples)?)))
+                    .map_or_else(|| MISSING.to_string(), |(unit, st)| format_cell(unit, &st));
                 table.push_str(&format!(" {} |", escape_cell(&cell)));
             }
         }
@@ -378,6 +378,7 @@ mod tests {
             variant: variant.into(),
             x: None,
             samples: samples.to_vec(),
+            unit: None,
         }
     }
 

@@ -94,8 +94,12 @@ pub struct Series {
     /// Numeric x position for plots (depth, file size in bytes, ...).
     #[serde(default)]
     pub x: Option<f64>,
-    /// Raw samples in the scenario's unit.
+    /// Raw samples in the scenario's unit, or in `unit` if set.
     pub samples: Vec<f64>,
+    /// This series' own unit, where it is not the scenario's (CPU time
+    /// beside a throughput).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<Unit>,
 }
 
 /// Names one series of a scenario by driver and variant.
@@ -331,12 +335,14 @@ mod tests {
                         variant: "depth 1".into(),
                         x: Some(1.0),
                         samples: vec![3.0, 1.0, 2.0],
+                        unit: None,
                     },
                     Series {
                         driver: "dmsetup".into(),
                         variant: "depth 1".into(),
                         x: None,
                         samples: vec![2.0, 2.0],
+                        unit: None,
                     },
                 ],
                 ratios: vec![Ratio {
