@@ -169,6 +169,13 @@ pub struct LayerRecord {
     /// snapshotter ([`crate::snapshots`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotMeta>,
+    /// A shared init layer: the mount points and placeholder files that
+    /// every container over its parent starts from (as Docker's init
+    /// layer, whose files the container's own are bind-mounted over).
+    /// Made by the first such container, kept while any stands on it,
+    /// removed with its parent or by `layer prune`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init: bool,
 }
 
 /// What kind of snapshot a layer is, in containerd's model.

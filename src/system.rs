@@ -238,7 +238,11 @@ pub fn disk_usage(
 
     let other: BTreeSet<LayerId> = store
         .layers()
-        .filter(|l| !image_layers.contains(&l.id) && l.container.is_none())
+        .filter(|l| {
+            !image_layers.contains(&l.id)
+                && l.container.is_none()
+                && !container_layers.contains(&l.id)
+        })
         .map(|l| l.id.clone())
         .collect();
     let prunable: BTreeSet<LayerId> = store.prunable()?.into_iter().collect();

@@ -79,6 +79,7 @@ conformance!(
     refusals_name_the_problem_and_create_nothing,
     container_create_killed_at_any_instant_leaves_all_or_nothing,
     a_scratch_image_gets_the_mount_points_a_process_needs,
+    containers_share_an_init_layer_and_own_their_files,
 );
 
 fn container_writes_never_reach_the_image_and_commit_carries_them(d: Drv) {
@@ -153,13 +154,23 @@ fn container_writes_never_reach_the_image_and_commit_carries_them(d: Drv) {
         "above-snap",
         &e.tar("t.tar", common::Tar::new().file("x", b"x")),
     );
-    // Container layers belong to the container.
-    let c1_layers = e
-        .list("layer")
-        .into_iter()
-        .filter(|l| l["container"].is_string())
-        .count();
-    assert_eq!(c1_layers, 6, "three containers, two layers each");
+    // Each container owns its writable layer, over the init layer that
+    // the containers over its image's top (c1, c2) or layer (c3) share.
+    let count = |what: &str| {
+        e.list("layer")
+            .into_iter()
+            .filter(|l| match what {
+                "container" => l["container"].is_string(),
+                _ => l["init"] == true,
+            })
+            .count()
+    };
+    assert_eq!(count("container"), 3, "one writable layer each");
+    assert_eq!(
+        count("init"),
+        2,
+        "an init layer over bb's top and over snap"
+    );
     let owned = e
         .list("layer")
         .into_iter()
@@ -176,6 +187,9 @@ fn container_writes_never_reach_the_image_and_commit_carries_them(d: Drv) {
     for c in ["c1", "c2", "c3"] {
         e.ok(&["container", "rm", c]);
     }
+    // The init layers stay for the next containers, until a prune.
+    assert_eq!(count("init"), 2);
+    assert_eq!(e.ok(&["layer", "prune"]).lines().count(), 2);
     assert_eq!(
         e.list("layer").len(),
         4,
@@ -1191,4 +1205,51 @@ fn dm_queue_mode_fails_a_writer_after_its_timeout_and_pool_grow_brings_rw_back()
     e.ok(&["pool", "set", "--on-full", "error"]);
     assert!(pool_table(&e).contains(&"error_if_no_space".to_string()));
     assert_eq!(pool_status(&e)["on_full"], "error");
+}
+
+/// Containers over one image share one init layer of placeholders; each
+/// sees its own hostname, hosts and resolv.conf, bind-mounted from its
+/// directory and written afresh at each mount (as Docker does at each
+/// start), never in its writable layer. The init layer goes with the image.
+fn containers_share_an_init_layer_and_own_their_files(d: Drv) {
+    let e = setup("ctr-init", d);
+    let top = e.top_layer("bb");
+    create(&e, "one", &["--hostname", "one"]);
+    create(&e, "two", &["--hostname", "two"]);
+    let inits: Vec<Value> = e
+        .list("layer")
+        .into_iter()
+        .filter(|l| l["init"] == true)
+        .collect();
+    assert_eq!(inits.len(), 1, "one init layer for both: {inits:?}");
+    assert_eq!(inits[0]["parent"].as_str(), Some(top.as_str()));
+    let init = inits[0]["id"].as_str().unwrap().to_string();
+    let rw_parents: Vec<String> = e
+        .list("layer")
+        .into_iter()
+        .filter(|l| l["container"].is_string())
+        .map(|l| l["parent"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(rw_parents, vec![init.clone(), init.clone()]);
+    // Layer commands build nothing on it.
+    let out = e.cmd(&["layer", "mount", &init]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("the init layer"), "{}", stderr(&out));
+
+    assert_eq!(e.sh("one", "cat /etc/hostname"), "one\n");
+    assert_eq!(e.sh("two", "cat /etc/hostname"), "two\n");
+    assert_eq!(
+        e.sh("one", "grep -c '127.0.1.1.one$' /etc/hosts; echo '10.9.9.9 extra' >> /etc/hosts; grep -c extra /etc/hosts"),
+        "1\n1\n"
+    );
+    // The write went to the container's own file, not its writable layer;
+    // the next mount writes the file afresh.
+    assert_eq!(e.ok(&["container", "diff", "one"]), "");
+    assert_eq!(e.sh("one", "grep -c extra /etc/hosts || true"), "0\n");
+
+    // Nothing of the init layer outlives the image.
+    e.ok(&["container", "rm", "one", "two"]);
+    let out = e.cmd(&["image", "rm", "bb"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(e.list("layer"), Vec::<Value>::new());
 }

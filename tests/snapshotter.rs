@@ -1255,6 +1255,25 @@ fn crowd(driver: &'static str, pool: &[&str], per_worker: usize, bound_secs: u64
         took.as_secs() < bound_secs,
         "the crowd took {took:?}: something waited on a lock held too long"
     );
+    // The containers' writable layers went with them; the init layer they
+    // shared stays for the next one, until `layer prune` takes it.
+    let listed: serde_json::Value =
+        serde_json::from_str(&e.thinlayer(&["layer", "ls", "--json"])).unwrap();
+    let inits: Vec<&serde_json::Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["init"] == true)
+        .collect();
+    assert_eq!(
+        inits.len(),
+        1,
+        "one init layer for all containers: {listed}"
+    );
+    assert_eq!(
+        e.thinlayer(&["layer", "prune"]).trim(),
+        inits[0]["id"].as_str().unwrap()
+    );
     // Records, resources and mounts agree: only the image's layers remain.
     assert_eq!(e.layers(), base_layers);
     for what in ["container", "volume"] {

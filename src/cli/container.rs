@@ -14,8 +14,9 @@ use thinlayer::Root;
 
 #[derive(Debug, Subcommand)]
 pub enum ContainerCommand {
-    /// Create a container: an init layer and a writable layer over an image
-    /// or layer, with volumes. The storage driver is the global --driver.
+    /// Create a container: a writable layer over the image's (or layer's)
+    /// shared init layer, with volumes. The storage driver is the global
+    /// --driver.
     Create(CreateArgs),
     /// Mount a container (volumes inside); prints its rootfs.
     Mount { container: String },

@@ -126,6 +126,8 @@ struct LayerJson<'a> {
     children: Vec<&'a str>,
     /// The container this layer belongs to, if any.
     container: Option<&'a str>,
+    /// Whether it is the init layer that containers over its parent share.
+    init: bool,
 }
 
 fn to_json<'a>(store: &'a Store, l: &'a LayerRecord, u: Usage) -> Result<LayerJson<'a>> {
@@ -157,6 +159,7 @@ fn to_json<'a>(store: &'a Store, l: &'a LayerRecord, u: Usage) -> Result<LayerJs
             .map(|c| c.id.as_str())
             .collect(),
         container: l.container.as_deref(),
+        init: l.init,
     })
 }
 
@@ -372,6 +375,7 @@ fn print_tree(store: &Store, layers: &[LayerRecord], usage: &[Usage]) -> Result<
             match (&l.name, &l.container) {
                 (Some(n), _) => n.clone(),
                 (None, Some(c)) => format!("(container {})", short(c)),
+                (None, None) if l.init => "(init)".into(),
                 (None, None) => "-".into(),
             },
             Bytes(u.exclusive_bytes).to_string(),

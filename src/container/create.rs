@@ -20,7 +20,8 @@ use crate::volume::{NewVolume, VolumeRecord};
 
 impl Containers<'_> {
     /// Creates a container: checks everything first, then records it
-    /// (`creating`), makes its new volumes, its init and writable layers,
+    /// (`creating`), makes its new volumes, its writable layer (over the
+    /// init layer containers from its image share, made if missing),
     /// fills new empty volumes from the image, and marks it `created`. On
     /// failure nothing is left.
     pub fn create(&mut self, req: &NewContainer) -> Result<ContainerRecord> {
@@ -219,19 +220,13 @@ impl Containers<'_> {
                 &mut self.res,
             )?;
         }
-        let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let init = spec::init_changeset(&rec.hostname, &host_resolv, now_unix());
+        let init = spec::init_changeset(now_unix());
         // The layers, and filling the volumes from them, without the
         // containers' lock: other creates run meanwhile. The record claims
         // the name and the volumes; the store's journal claims the layers.
         let layers = self.unlocked(|c| {
             let store = c.res.open_store(rec)?;
-            let layers = store.create_container_layers(
-                &rec.parent,
-                &rec.id,
-                &mut init.as_slice(),
-                rec.size,
-            )?;
+            let layers = store.create_container_layers(&rec.parent, &rec.id, &init, rec.size)?;
             Ok(layers.to_vec())
         })?;
         rec.layers = layers;

@@ -1,27 +1,34 @@
 //! Containers: a writable layer over an image, with volumes mounted in it.
 //!
 //! ```text
-//! image top layer ── init layer ── writable layer      (one driver's store)
-//!                    /etc/hostname  everything the
-//!                    /etc/hosts     container writes
-//!                    /etc/resolv.conf
+//! image top layer ── init layer ───┬── writable layer   (one driver's store)
+//!                    mount points  ├── writable layer   everything a
+//!                    placeholders  └── ...              container writes
 //!
 //! <root>/containers/
 //!   lock               one command at a time on containers and volumes
 //!   <id>/config.json   the record (ContainerRecord)
+//!   <id>/hostname, hosts, resolv.conf
+//!                      its own files, written at each mount and
+//!                      bind-mounted over the init layer's placeholders
 //!   <id>/rootfs/       where the container is mounted, volumes inside
 //!   <id>/pinned        present while `container mount` holds it mounted
 //! ```
 //!
-//! Both layers belong to the container (their records name it), so layer
-//! commands refuse them; `commit` makes an ordinary layer of the writable
-//! layer's changes over the image's top layer, without the init files.
+//! The init layer holds what Docker's does (mount points, `/etc/mtab`,
+//! empty `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf`), the same
+//! for every container over a layer, so they share one: a container costs
+//! one snapshot. The writable layer belongs to the container (its record
+//! names it), so layer commands refuse it; `commit` makes an ordinary
+//! layer of its changes over the image's top layer, without the init
+//! files. Containers made before the init layer was shared own theirs.
 //!
 //! # Crash safety
 //!
 //! A container's record is written *before* anything is made for it, in
 //! state `creating`, naming the volumes the command will create; then the
-//! volumes and the two layers (one store transaction) are made; then the
+//! volumes and the writable layer (one store transaction; the shared init
+//! layer first, in one of its own, if there is none) are made; then the
 //! state becomes `created`. `rm` writes state `removing` first. Opening
 //! the containers ([`Containers::open`]) undoes every `creating` and
 //! finishes every `removing`, so a kill at any instant leaves either the

@@ -1,14 +1,16 @@
 //! Mounting a container: its writable layer at its rootfs, then its
-//! volumes at their paths inside, resolved as the container would.
+//! volumes and its own files (hostname, hosts, resolv.conf) at their paths
+//! inside, resolved as the container would.
 
 use std::fs;
 use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 
 use super::scoped::{self, Make};
-use super::spec::Source;
+use super::spec::{self, MountSpec, Source};
 use super::{ContainerRecord, Containers};
 use crate::error::{Error, Result};
 use crate::mount;
@@ -37,8 +39,42 @@ impl Containers<'_> {
         Ok(rootfs)
     }
 
+    /// Writes the container's own files ([`spec::CONTAINER_FILES`]) into
+    /// its directory, afresh at each mount as Docker does at each start;
+    /// returns the bind mounts that put them over the init layer's
+    /// placeholders, leaving out any path a volume or bind mount of the
+    /// container's covers.
+    fn own_files(&self, rec: &ContainerRecord) -> Result<Vec<MountSpec>> {
+        let dir = self.cdir(&rec.id);
+        let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let contents = spec::container_files(&rec.hostname, &host_resolv);
+        let mut out = vec![];
+        for ((name, path, mode), content) in spec::CONTAINER_FILES.iter().zip(contents) {
+            let destination = format!("/{path}");
+            if rec.mounts.iter().any(|m| m.destination == destination) {
+                continue;
+            }
+            let file = dir.join(name);
+            let tmp = dir.join(format!("{name}.tmp"));
+            fs::write(&tmp, content).map_err(Error::io("writing", &tmp))?;
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(*mode))
+                .map_err(Error::io("changing the mode of", &tmp))?;
+            fs::rename(&tmp, &file).map_err(Error::io("writing", &file))?;
+            out.push(MountSpec {
+                source: Source::Bind {
+                    path: file.to_string_lossy().into_owned(),
+                },
+                destination,
+                readonly: false,
+                nocopy: true,
+            });
+        }
+        Ok(out)
+    }
+
     pub(super) fn mount_volumes(&mut self, rec: &ContainerRecord, rootfs: &Path) -> Result<()> {
         let mut mounts = rec.mounts.clone();
+        mounts.extend(self.own_files(rec)?);
         // Parents before children: /data before /data/cache.
         mounts.sort_by_key(|m| scoped::components(&m.destination).len());
         for m in &mounts {

@@ -45,7 +45,9 @@ pub struct ContainerRecord {
     /// The layer under the init layer: the image's top layer, or the
     /// layer given with `--layer`. Commits are made over it.
     pub parent: LayerId,
-    /// `[init, writable]`, once made.
+    /// `[init, writable]`, once made: the init layer is shared with the
+    /// other containers over `parent` (its own, for a container made
+    /// before init layers were shared).
     #[serde(default)]
     pub layers: Vec<LayerId>,
     /// Its `--hostname` (the short id by default).

@@ -226,22 +226,15 @@ pub fn resolv_conf(host: &str) -> String {
 /// made where the image has none, left as they are where it has them.
 pub const INIT_DIRS: [&str; 5] = ["dev", "dev/pts", "dev/shm", "proc", "sys"];
 
-/// The init layer as a changeset: the mount points in [`INIT_DIRS`]
-/// (mode 0755, applied with `keep_existing_dirs`, so an image's own keep
-/// their metadata), `/etc/mtab` -> `/proc/mounts`, and `/etc/hostname`,
-/// `/etc/hosts` and `/etc/resolv.conf`, owned by root, mode 0644. No entry
-/// for `/etc` itself, so an image's `/etc` keeps its metadata.
-pub fn init_changeset(hostname: &str, host_resolv: &str, mtime: u64) -> Vec<u8> {
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
-         fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\n\
-         ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
-    );
-    let files = [
-        ("etc/hostname", format!("{hostname}\n")),
-        ("etc/hosts", hosts),
-        ("etc/resolv.conf", resolv_conf(host_resolv)),
-    ];
+/// The init layer as a changeset, the same for every container over a
+/// layer (so they share one): the mount points in [`INIT_DIRS`] (mode
+/// 0755, applied with `keep_existing_dirs`, so an image's own keep their
+/// metadata), `/etc/mtab` -> `/proc/mounts`, and empty `/etc/hostname`,
+/// `/etc/hosts` and `/etc/resolv.conf`, owned by root, mode 0644: the
+/// places where each container's own files ([`container_files`]) are
+/// bind-mounted, as Docker's init layer has them. No entry for `/etc`
+/// itself, so an image's `/etc` keeps its metadata. Its times are `mtime`.
+pub fn init_changeset(mtime: u64) -> Vec<u8> {
     let header = |kind: tar::EntryType, mode: u32| {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
@@ -261,13 +254,32 @@ pub fn init_changeset(hostname: &str, host_resolv: &str, mtime: u64) -> Vec<u8> 
     let mut h = header(tar::EntryType::Symlink, 0o777);
     b.append_link(&mut h, "etc/mtab", "/proc/mounts")
         .expect("writing to memory");
-    for (path, content) in files {
+    for (_, path, _) in CONTAINER_FILES {
         let mut h = header(tar::EntryType::Regular, 0o644);
-        h.set_size(content.len() as u64);
-        b.append_data(&mut h, path, content.as_bytes())
+        b.append_data(&mut h, path, std::io::empty())
             .expect("writing to memory");
     }
     b.into_inner().expect("writing to memory")
+}
+
+/// A container's own files: the name in its directory, where it is
+/// bind-mounted in the container, and its mode.
+pub const CONTAINER_FILES: [(&str, &str, u32); 3] = [
+    ("hostname", "etc/hostname", 0o644),
+    ("hosts", "etc/hosts", 0o644),
+    ("resolv.conf", "etc/resolv.conf", 0o644),
+];
+
+/// The contents of a container's own files, in the order of
+/// [`CONTAINER_FILES`]: its hostname, `/etc/hosts` naming it, and
+/// `/etc/resolv.conf` from the host's ([`resolv_conf`]).
+pub fn container_files(hostname: &str, host_resolv: &str) -> [String; 3] {
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\n\
+         ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+    );
+    [format!("{hostname}\n"), hosts, resolv_conf(host_resolv)]
 }
 
 #[cfg(test)]
@@ -328,7 +340,7 @@ mod tests {
     }
 
     #[test]
-    fn plain_init_layer_files_are_the_containers_own() {
+    fn plain_init_layer_holds_placeholders_and_the_files_are_the_containers_own() {
         let r = resolv_conf("# c\nnameserver 127.0.0.53\nsearch lan\nnameserver 10.0.0.1\n");
         assert_eq!(r, "# c\nsearch lan\nnameserver 10.0.0.1\n");
         let r = resolv_conf("nameserver 127.0.0.53\noptions edns0\n");
@@ -336,7 +348,11 @@ mod tests {
             r.ends_with("nameserver 8.8.8.8\nnameserver 8.8.4.4\n"),
             "{r}"
         );
-        let tar_bytes = init_changeset("box", "", 7);
+        let [hostname, hosts, resolv] = container_files("box", "nameserver 10.0.0.1\n");
+        assert_eq!(hostname, "box\n");
+        assert!(hosts.contains("127.0.1.1\tbox\n"), "{hosts}");
+        assert_eq!(resolv, "nameserver 10.0.0.1\n");
+        let tar_bytes = init_changeset(7);
         let mut a = tar::Archive::new(tar_bytes.as_slice());
         let mut seen = vec![];
         for e in a.entries().unwrap() {
@@ -357,13 +373,9 @@ mod tests {
                 seen.push(p);
                 continue;
             }
+            // The same for every container: empty places to bind-mount on.
             assert_eq!(e.header().mode().unwrap(), 0o644);
-            if p == "etc/hostname" {
-                assert_eq!(s, "box\n");
-            }
-            if p == "etc/hosts" {
-                assert!(s.contains("127.0.1.1\tbox\n"), "{s}");
-            }
+            assert_eq!(s, "", "{p}");
             seen.push(p);
         }
         seen.sort();

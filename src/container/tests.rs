@@ -135,6 +135,12 @@ fn plain_container_rm_killed_mid_way_is_finished() {
         let done = killed_at(&r, &fake2, k, &|c| {
             c.remove("web", false, true).unwrap();
         });
+        // Removing the writable layer is the one kill point: the init
+        // layer is shared, and stays for the next container.
+        if k == 1 {
+            assert!(done, "rm has one kill point, not two");
+            continue;
+        }
         assert!(!done, "the kill at step {k} did not land");
         let c = Containers::open(&r).unwrap();
         assert!(

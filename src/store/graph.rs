@@ -59,6 +59,40 @@ impl Store {
             .collect()
     }
 
+    /// The init layers over `id` that nothing stands on or is about to
+    /// (no child, no live transaction's claim): they go with `id`.
+    pub(super) fn unused_init_children(&self, id: &LayerId) -> Vec<LayerId> {
+        self.children(id)
+            .into_iter()
+            .filter(|k| {
+                k.init
+                    && self.children(&k.id).is_empty()
+                    && self
+                        .claimed_by(|c| c.parent.as_ref() == Some(&k.id))
+                        .is_none()
+            })
+            .map(|k| k.id.clone())
+            .collect()
+    }
+
+    /// The containers standing on layer `id`: their writable layers are
+    /// its children, or children of its init layer.
+    pub(super) fn container_users(&self, id: &LayerId) -> Vec<&str> {
+        let mut out = vec![];
+        for k in self.children(id) {
+            if let Some(c) = k.container.as_deref() {
+                out.push(c);
+            } else if k.init {
+                out.extend(
+                    self.children(&k.id)
+                        .into_iter()
+                        .filter_map(|g| g.container.as_deref()),
+                );
+            }
+        }
+        out
+    }
+
     pub(super) fn check_new_name(&self, name: Option<&str>) -> Result<()> {
         if let Some(n) = name {
             validate_name(n)?;
@@ -74,7 +108,9 @@ impl Store {
 }
 
 /// Layer commands leave a container's layers alone: they live and die with
-/// the container.
+/// the container. Nor is a shared init layer built on or mounted (it is
+/// removed: with its parent, by `layer prune`, or by `layer rm` while no
+/// container uses it).
 pub(super) fn refuse_container_layer(l: &LayerRecord, verb: &str) -> Result<()> {
     match &l.container {
         Some(c) => Err(Error::InUse {
@@ -82,6 +118,13 @@ pub(super) fn refuse_container_layer(l: &LayerRecord, verb: &str) -> Result<()> 
             reason: format!(
                 "it belongs to container {}; {verb} the container's changes with `thinlayer container commit` or remove it with `thinlayer container rm`",
                 short(c)
+            ),
+        }),
+        None if l.init && verb != "remove" => Err(Error::InUse {
+            what: format!("layer {}", l.label()),
+            reason: format!(
+                "it is the init layer that containers over layer {} share; {verb} that layer instead",
+                l.parent.as_ref().map_or("-", |p| p.short())
             ),
         }),
         None => Ok(()),

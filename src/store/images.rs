@@ -116,11 +116,10 @@ impl Store {
                 return Ok(ImageRemoval::Untagged(name));
             }
         }
-        let users: Vec<&str> = self
+        let users: Vec<&str> = img
             .layers
-            .values()
-            .filter(|l| l.parent.as_ref().is_some_and(|p| img.layers.contains(p)))
-            .filter_map(|l| l.container.as_deref())
+            .iter()
+            .flat_map(|id| self.container_users(id))
             .collect();
         if !users.is_empty() {
             return Err(Error::InUse {
@@ -141,10 +140,16 @@ impl Store {
                 .images
                 .values()
                 .any(|i| i.id != img.id && i.layers.contains(id));
-            let other_kids = self.children(id).iter().any(|k| !remove.contains(&k.id));
+            let inits = self.unused_init_children(id);
+            let other_kids = self
+                .children(id)
+                .iter()
+                .any(|k| !remove.contains(&k.id) && !inits.contains(&k.id));
             if used_elsewhere || other_kids || self.is_mounted(id)? {
                 break;
             }
+            // Its unused init layers go with it, before it.
+            remove.extend(inits);
             remove.push(id.clone());
         }
         self.transaction(format!("remove image {}", short(&img.id)), |txn| {

@@ -79,7 +79,12 @@ impl Store {
         let rec = self.layer(key)?.clone();
         refuse_container_layer(&rec, "remove")?;
         let what = || format!("layer {}", rec.label());
-        let kids = self.children(&rec.id);
+        let inits = self.unused_init_children(&rec.id);
+        let kids: Vec<&LayerRecord> = self
+            .children(&rec.id)
+            .into_iter()
+            .filter(|k| !inits.contains(&k.id))
+            .collect();
         if !kids.is_empty() {
             return Err(Error::InUse {
                 what: what(),
@@ -117,9 +122,12 @@ impl Store {
                 ),
             });
         }
+        // Its unused init layers go with it, children first.
+        let mut remove = inits;
+        remove.push(rec.id.clone());
         self.transaction("remove layer", |txn| {
-            txn.intend_removal(std::slice::from_ref(&rec.id), None)?;
-            txn.remove_layer(&rec.id)
+            txn.intend_removal(&remove, None)?;
+            remove.iter().try_for_each(|id| txn.remove_layer(id))
         })?;
         Ok(rec.id)
     }
@@ -283,34 +291,28 @@ impl Store {
         self.driver.check_size(size)
     }
 
-    /// Creates a container's two layers in one transaction: its init layer
-    /// (`init`, a changeset over `parent`) and its writable layer over it,
-    /// grown to `size` if given. Both are owned by `container`. Returns
-    /// `[init, writable]`; on any failure neither is left.
+    /// Creates a container's writable layer over the init layer that every
+    /// container over `parent` shares (made from `init`, a changeset of
+    /// placeholders, if there is none yet), grown to `size` if given,
+    /// owned by `container`. Returns `[init, writable]`; on any failure no
+    /// writable layer is left (an init layer made on the way stays, for
+    /// the next container: `layer prune` removes it while none uses it).
     pub fn create_container_layers(
         &mut self,
         parent: &LayerId,
         container: &str,
-        init: &mut dyn Read,
+        init: &[u8],
         size: Option<thinpool::Bytes>,
     ) -> Result<[LayerId; 2]> {
         let parent = self.layer(parent.as_str())?;
         refuse_container_layer(parent, "snapshot")?;
         let parent = parent.id.clone();
+        let init_id = self.shared_init_layer(&parent, init)?;
         let op = format!("create container {}", short(container));
         let work = |txn: &mut Txn<'_>| {
-            let ids = txn.reserve_layers(2)?;
-            let (init_id, rw_id) = (ids[0].clone(), ids[1].clone());
-            txn.make_layer(
-                &init_id,
-                NewLayer {
-                    parent: Some(&parent),
-                    changeset: Some(init),
-                    container: Some(container),
-                    keep_existing_dirs: true,
-                    ..NewLayer::default()
-                },
-            )?;
+            // Claimed as the new layer's parent from here: prune and layer
+            // removal leave it alone while this transaction lives.
+            let rw_id = txn.reserve_layers(1)?.remove(0);
             txn.make_layer(
                 &rw_id,
                 NewLayer {
@@ -322,16 +324,62 @@ impl Store {
             if let Some(size) = size {
                 txn.resize_layer(&rw_id, size)?;
             }
-            Ok([init_id, rw_id])
+            Ok([init_id.clone(), rw_id])
         };
-        // Without a resize the layers' records are the last change: the
+        // Without a resize the layer's record is the last change: the
         // journal only claims (see `claims_transaction`), and the
-        // container's own record, durable before this, has the layers
+        // container's own record, durable before this, has the layer
         // undone if the create does not finish.
         match size {
             None => self.claims_transaction(op, work),
             Some(_) => self.transaction(op, work),
         }
+    }
+
+    /// The init layer shared by containers over `parent`, made from `init`
+    /// if there is none. Processes making containers over the same parent
+    /// at once make one between them: the first takes a lock named after
+    /// the parent and makes it; the others wait for it (without the
+    /// store's lock) and find it made.
+    fn shared_init_layer(&mut self, parent: &LayerId, init: &[u8]) -> Result<LayerId> {
+        if let Some(id) = self.init_layer_of(parent) {
+            return Ok(id);
+        }
+        let dir = self.dir.join("locks");
+        fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+        let path = dir.join(format!("init-{parent}.lock"));
+        let timeout = self.lock_timeout;
+        let guard = self.unlocked(|_| thinpool::lock::LockGuard::acquire(&path, timeout))??;
+        let made = match self.init_layer_of(parent) {
+            Some(id) => Ok(id),
+            None => self.claims_transaction(
+                format!("make the init layer over {}", parent.short()),
+                |txn| {
+                    let id = txn.reserve_layers(1)?.remove(0);
+                    txn.make_layer(
+                        &id,
+                        NewLayer {
+                            parent: Some(parent),
+                            changeset: Some(&mut &init[..]),
+                            keep_existing_dirs: true,
+                            init: true,
+                            ..NewLayer::default()
+                        },
+                    )?;
+                    Ok(id)
+                },
+            ),
+        };
+        guard.remove();
+        made
+    }
+
+    /// The init layer over `parent`, if there is one no one is removing.
+    fn init_layer_of(&self, parent: &LayerId) -> Option<LayerId> {
+        self.children(parent)
+            .into_iter()
+            .find(|l| l.init && !self.being_removed(&l.id))
+            .map(|l| l.id.clone())
     }
 
     /// Removes layers of a container, given top first; layers already gone

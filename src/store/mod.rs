@@ -8,6 +8,7 @@
 //!   layers/<id>.json        one record per layer (crate::layer::LayerRecord)
 //!   layers/<id>.split       an image layer's changeset layout (crate::changeset::split)
 //!   images/<id>.json        one record per image (ImageRecord)
+//!   locks/init-<id>.lock    flock: held while the init layer over <id> is made
 //!   mnt/<id>/               where `layer mount` mounts a layer
 //!   tmp/<pid>/              scratch mount points of process <pid>
 //!   tmp/<pid>.lock          flock: held by process <pid> while it lives

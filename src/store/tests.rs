@@ -393,3 +393,77 @@ fn plain_image_names_normalize_to_name_and_tag() {
         assert!(normalize_image_name(bad).is_err(), "{bad:?} accepted");
     }
 }
+
+#[test]
+fn plain_store_containers_over_a_layer_share_one_init_layer_that_goes_with_it() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let mut s = open(t.path(), &fake).unwrap();
+    let base = s.create_layer(None, Some("base"), None).unwrap();
+    let [i1, w1] = s
+        .create_container_layers(&base, "c1", b"placeholders", None)
+        .unwrap();
+    let [i2, w2] = s
+        .create_container_layers(&base, "c2", b"placeholders", None)
+        .unwrap();
+    assert_eq!(i1, i2, "the second container reuses the first's init layer");
+    assert_ne!(w1, w2);
+    let init = s.layer_record(&i1).unwrap();
+    assert!(init.init && init.container.is_none());
+    assert_eq!(init.parent.as_ref(), Some(&base));
+    for w in [&w1, &w2] {
+        assert_eq!(s.layer_record(w).unwrap().parent.as_ref(), Some(&i1));
+    }
+    let mut users = s.container_users(&base);
+    users.sort();
+    assert_eq!(users, vec!["c1", "c2"]);
+    // Nothing is built on it or mounted from it but containers.
+    let err = s.create_layer(Some(i1.as_str()), None, None).unwrap_err();
+    assert!(err.to_string().contains("the init layer"), "{err}");
+    let err = s.mount_layer(i1.as_str()).unwrap_err();
+    assert!(err.to_string().contains("the init layer"), "{err}");
+    // It stays while a container stands on it, and keeps its parent.
+    let err = s.remove_layer("base").unwrap_err();
+    assert!(err.to_string().contains("parent of"), "{err}");
+    s.remove_container_layers(&[w1]).unwrap();
+    assert!(s.prunable().unwrap().is_empty());
+    s.remove_container_layers(&[w2]).unwrap();
+    // Unused, prune would take it; removing its parent takes it too.
+    assert_eq!(s.prunable().unwrap(), vec![i1.clone()]);
+    s.remove_layer("base").unwrap();
+    assert_eq!(s.layers().count(), 0);
+    assert_consistent(&s, &fake);
+}
+
+#[test]
+fn plain_store_a_container_create_killed_at_every_step_leaves_a_whole_init_layer_or_none() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let base = open(t.path(), &fake)
+        .unwrap()
+        .create_layer(None, Some("base"), None)
+        .unwrap();
+    let mut steps = 0;
+    loop {
+        let b = base.clone();
+        let done = run_killed_at(t.path(), &fake, steps, &|s| {
+            s.create_container_layers(&b, "c1", b"placeholders", None)
+                .unwrap();
+        });
+        let store = open(t.path(), &fake).unwrap();
+        assert_consistent(&store, &fake);
+        let inits: Vec<_> = store.layers().filter(|l| l.init).collect();
+        assert!(inits.len() <= 1, "{inits:?}");
+        let rws: Vec<_> = store.layers().filter(|l| l.container.is_some()).collect();
+        if done {
+            assert_eq!((inits.len(), rws.len()), (1, 1));
+            break;
+        }
+        assert!(rws.is_empty(), "a killed create left its writable layer");
+        steps += 1;
+        assert!(steps < 10, "the create never finished");
+    }
+    // The init layer's create and apply, then the writable layer's create
+    // (a kill after the init layer is made keeps it, for the next try).
+    assert_eq!(steps, 3);
+}

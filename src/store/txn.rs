@@ -42,6 +42,8 @@ pub struct NewLayer<'a, 'r> {
     pub keep_layout: bool,
     /// containerd's fields, for a layer made by the snapshotter.
     pub snapshot: Option<crate::layer::SnapshotMeta>,
+    /// A shared init layer ([`LayerRecord::init`]).
+    pub init: bool,
 }
 
 /// A changeset's required diff_id, and how to name the layer if it differs.
@@ -485,6 +487,7 @@ fn make_resource(
         container: new.container.map(str::to_string),
         layout: false,
         snapshot: new.snapshot,
+        init: new.init,
     };
     let Some(cs) = new.changeset else {
         return Ok(rec);

@@ -165,40 +165,17 @@ impl DmFloor {
         Ok(PathBuf::from(format!("/dev/dm-{}", info.device().minor)))
     }
 
-    /// The kernel's part of one thin `container create` over `origin`, as
-    /// floor devices `k` (the init layer) and `k + 1` (the writable
-    /// layer): snapshot and activate the init layer, mount it at
-    /// `target`, write the init layer's files, unmount, deactivate, and
-    /// snapshot it. Its own control fd, so threads run it at once.
-    pub fn container_create(&self, k: u32, origin: ThinId, target: &Path) -> Result<()> {
+    /// The kernel's part of one thin `container create` whose init layer
+    /// is `origin` (already made: containers over a layer share it), as
+    /// floor device `k`: `create_snap` of it, the container's writable
+    /// layer. Its own control fd, so threads run it at once.
+    pub fn container_create(&self, k: u32, origin: ThinId) -> Result<()> {
         let dm = DM::new().context("opening /dev/mapper/control")?;
-        let dev = self.activate_snapshot(&dm, k, origin)?;
-        mount_ext4(&dev, target, false)?;
-        let written = (|| -> Result<()> {
-            let init_dirs = thinlayer::container::spec::INIT_DIRS;
-            for dir in init_dirs.iter().chain(&["etc"]) {
-                fs::create_dir_all(target.join(dir))?;
-            }
-            let _ = fs::remove_file(target.join("etc/mtab"));
-            std::os::unix::fs::symlink("/proc/mounts", target.join("etc/mtab"))?;
-            fs::write(target.join("etc/hostname"), "floor\n")?;
-            fs::write(
-                target.join("etc/hosts"),
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tfloor\n",
-            )?;
-            fs::write(target.join("etc/resolv.conf"), "nameserver 127.0.0.53\n")?;
-            Ok(())
-        })();
-        let unmounted = nix::mount::umount(target).context("unmounting the floor's init layer");
-        let deactivated = self.deactivate(&dm, k);
-        written?;
-        unmounted?;
-        deactivated?;
         let pool = DmNameBuf::new(self.pool.clone())?;
         dm.target_msg(
             &DevId::Name(&pool),
             None,
-            &format!("create_snap {} {}", Self::id(k + 1).0, Self::id(k).0),
+            &format!("create_snap {} {}", Self::id(k).0, origin.0),
         )?;
         Ok(())
     }

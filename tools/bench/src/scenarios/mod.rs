@@ -3,7 +3,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -218,23 +218,25 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
             tick.tick("provisioning");
         }
         // The kernel's part of the same burst: n threads, each the dm work
-        // and the init layer's mount of one thin container create.
-        let origin = f.thin_of(&tops[0].1)?;
-        let mnts: Vec<PathBuf> = (0..n)
-            .map(|i| mnt.with_extension(format!("burst-{i}")))
-            .collect();
-        for m in &mnts {
-            fs::create_dir_all(m)?;
-        }
+        // of one thin container create, a snapshot of the init layer that
+        // thin's creates share (made by the first of them).
+        let origin = {
+            let store = f.store(Drv::Thin)?;
+            let init = store
+                .children(&tops[0].1)
+                .into_iter()
+                .find(|l| l.init)
+                .map(|l| l.id.clone())
+                .context("the thin burst left no init layer over its layer")?;
+            f.thin_of(&init)?
+        };
         let cpu_before = machine_cpu()?;
         let start = Instant::now();
         let made: Vec<Result<()>> = std::thread::scope(|s| {
-            let kids: Vec<_> = mnts
-                .iter()
-                .enumerate()
-                .map(|(i, m)| {
+            let kids: Vec<_> = (0..n as u32)
+                .map(|i| {
                     let floor = &floor;
-                    s.spawn(move || floor.container_create(BURST_K + 2 * i as u32, origin, m))
+                    s.spawn(move || floor.container_create(BURST_K + i, origin))
                 })
                 .collect();
             kids.into_iter()
@@ -247,13 +249,12 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
         let t = ms(start);
         let cpu_after = machine_cpu()?;
         let mut deleted = vec![];
-        for i in 0..n as u32 {
-            for k in [BURST_K + 2 * i, BURST_K + 2 * i + 1] {
-                deleted.push(floor.delete(&dm, k));
+        for (i, m) in made.iter().enumerate() {
+            if m.is_ok() {
+                deleted.push(floor.delete(&dm, BURST_K + i as u32));
             }
         }
         made.into_iter().collect::<Result<Vec<()>>>()?;
-        // An id whose create failed has nothing to delete; all made, all go.
         deleted.into_iter().collect::<Result<Vec<()>>>()?;
         c.add("dm-ioctl", &variant, None, t);
         cpu_after.record_since(&cpu_before, &mut c, "dm-ioctl", &variant);
@@ -380,12 +381,11 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
              process (`dm-ioctl`: message, create, load, resume, mount), which is the true floor. The peer is \
              LVM (`lvm`): `lvcreate -s` of a thin LV in a volume group of its own (lvm2's tools, udev off, \
              one process per call, chains of snapshots of snapshots) and the same mount. Then {n} `thinlayer container create` processes started at once (wall time until all \
-             finished); its floor (`dm-ioctl`) is {n} threads at once, each the kernel's part of one thin \
-             container create: `create_snap` of the image's layer (the init layer), activated, its ext4 \
-             mounted, the init layer's files written (mount points, /etc/hostname, /etc/hosts, \
-             /etc/resolv.conf, /etc/mtab), unmounted, deactivated, and `create_snap` of that (the \
-             container's writable layer), by ioctls. {single_reps} repetitions of one layer, {} of the \
-             bursts, drivers alternating.",
+             finished), each a writable layer over the init layer that containers over the same layer \
+             share (made by the first create of the first burst); its floor (`dm-ioctl`) is {n} threads \
+             at once, each the kernel's part of one thin container create: `create_snap` of that init \
+             layer, by ioctl. {single_reps} repetitions of one layer, {} of the bursts, drivers \
+             alternating.",
             plan.reps
         ),
         unit: Unit::Millis,
