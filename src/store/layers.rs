@@ -310,8 +310,9 @@ impl Store {
         let init_id = self.shared_init_layer(&parent, init)?;
         let op = format!("create container {}", short(container));
         let work = |txn: &mut Txn<'_>| {
-            // Claimed as the new layer's parent from here: prune and layer
-            // removal leave it alone while this transaction lives.
+            // make_layer names the init layer as the new layer's parent in
+            // the journal before the store's lock is let go: from then on
+            // prune and layer removal leave it alone.
             let rw_id = txn.reserve_layers(1)?.remove(0);
             txn.make_layer(
                 &rw_id,

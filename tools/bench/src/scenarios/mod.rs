@@ -220,16 +220,14 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
         // The kernel's part of the same burst: n threads, each the dm work
         // of one thin container create, a snapshot of the init layer that
         // thin's creates share (made by the first of them).
-        let origin = {
-            let store = f.store(Drv::Thin)?;
-            let init = store
-                .children(&tops[0].1)
-                .into_iter()
-                .find(|l| l.init)
-                .map(|l| l.id.clone())
-                .context("the thin burst left no init layer over its layer")?;
-            f.thin_of(&init)?
-        };
+        let init = f
+            .store(Drv::Thin)?
+            .children(&tops[0].1)
+            .into_iter()
+            .find(|l| l.init)
+            .map(|l| l.id.clone())
+            .context("the thin burst left no init layer over its layer")?;
+        let origin = f.thin_of(&init)?;
         let cpu_before = machine_cpu()?;
         let start = Instant::now();
         let made: Vec<Result<()>> = std::thread::scope(|s| {
