@@ -478,18 +478,22 @@ fn provision_findings(series: &[Series], deep: &str, cpus: u32) -> Vec<String> {
     out
 }
 
+/// The medians of `driver`'s CPU split over `variant` (the series
+/// `{variant}: CPU …` of [`crate::scenarios::CPU_SPLIT`]): user space, the
+/// kernel, idle or waiting.
+fn cpu_split(series: &[Series], driver: &str, variant: &str) -> Option<[f64; 3]> {
+    let mut out = [0.0; 3];
+    for (o, what) in out.iter_mut().zip(crate::scenarios::CPU_SPLIT) {
+        *o = median(series, driver, &format!("{variant}: {what}"))?;
+    }
+    Some(out)
+}
+
 /// Where a burst's CPU time went (`/proc/stat`, the whole machine), thin
 /// against overlay, and how much of thin's extra wall time `gap` the
 /// kernel's extra time covers on `cpus` CPUs.
 fn burst_cpu_finding(series: &[Series], burst: &str, gap: f64, cpus: u32) -> Option<String> {
-    use crate::scenarios::CPU_SPLIT;
-    let split = |d: &str| -> Option<[f64; 3]> {
-        let v: Vec<f64> = CPU_SPLIT
-            .iter()
-            .map(|what| median(series, d, &format!("{burst}: {what}")))
-            .collect::<Option<_>>()?;
-        Some([v[0], v[1], v[2]])
-    };
+    let split = |d: &str| cpu_split(series, d, burst);
     let ([tu, tk, ti], [ou, ok, oi]) = (split("thin")?, split("overlay")?);
     let n = f64::from(cpus.max(1));
     let more = |x: f64| if x >= 0.0 { "more" } else { "less" };
@@ -633,15 +637,8 @@ fn gzip_import_finding(series: &[Series], cpus: u32) -> Option<String> {
 /// against GNU tar into ext4, beside what the checks cost at the rates
 /// they run alone.
 fn import_cpu_finding(series: &[Series], cpus: u32) -> Option<String> {
-    use crate::scenarios::CPU_SPLIT;
     use crate::scenarios::{IMAGE_BYTES, IMPORT_GZIP, VERIFY_BLOB, VERIFY_INFLATE, VERIFY_TAR};
-    let split = |d: &str| -> Option<[f64; 3]> {
-        let v: Vec<f64> = CPU_SPLIT
-            .iter()
-            .map(|what| median(series, d, &format!("{IMPORT_GZIP}: {what}")))
-            .collect::<Option<_>>()?;
-        Some([v[0], v[1], v[2]])
-    };
+    let split = |d: &str| cpu_split(series, d, IMPORT_GZIP);
     let ([tu, tk, ti], [gu, gk, gi]) = (split("thin")?, split("gnu-tar (ext4)")?);
     let bytes = median(series, IMAGE_BYTES.0, IMAGE_BYTES.1)?;
     let g = |d: &str| median(series, d, IMPORT_GZIP);
