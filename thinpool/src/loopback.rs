@@ -149,6 +149,31 @@ pub fn find(file: &Path) -> io::Result<Option<LoopDev>> {
     bound_to(&loops, want, file)
 }
 
+/// The loop device numbered `major:minor`, if it is one and is bound to
+/// `file`: [`find`] for a caller that already knows which device to ask
+/// (the one a dm table maps), at the cost of one device opened and asked
+/// instead of every loop device's sysfs entry read.
+pub fn bound_at(major: u32, minor: u32, file: &Path) -> io::Result<Option<LoopDev>> {
+    let meta = fs::metadata(file)?;
+    let want = (
+        libc::major(meta.dev()) as u64,
+        libc::minor(meta.dev()) as u64,
+        meta.ino(),
+    );
+    // /sys/dev/block/M:m links to the device's sysfs directory, named as
+    // the device is (`loopN`, with its node at /dev/loopN).
+    let Ok(link) = fs::read_link(format!("/sys/dev/block/{major}:{minor}")) else {
+        return Ok(None);
+    };
+    let Some(name) = link.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Ok(None);
+    };
+    if !name.starts_with("loop") {
+        return Ok(None);
+    }
+    bound_to([&name], want, file)
+}
+
 /// Which of the loop devices `names` is bound to the file with device
 /// and inode `want`, asking the kernel.
 fn bound_to<'a>(

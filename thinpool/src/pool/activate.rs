@@ -12,10 +12,10 @@ use std::path::Path;
 
 use devicemapper::{
     DataBlocks, Device, LinearDev, LinearDevTargetParams, LinearTargetParams, Sectors, TargetLine,
-    ThinPoolDev,
+    ThinPoolDev, ThinPoolWorkingStatus,
 };
 
-use super::devices::{detach_loops, remove_devices};
+use super::devices::{detach_loops, remove_devices, Listed, LiveTable};
 use super::tools::thin_check;
 use super::{Backing, BackingKind, Pool};
 use crate::config::{OnFull, METADATA_BLOCK};
@@ -55,6 +55,15 @@ fn linear_table(device: Device, size: Bytes) -> Vec<TargetLine<LinearDevTargetPa
     )]
 }
 
+/// The device a single-line linear table maps from its start
+/// (`<major>:<minor> 0`); `None` for any other table.
+pub(super) fn linear_source(table: &LiveTable) -> Option<Device> {
+    if table.target != "linear" {
+        return None;
+    }
+    table.params.strip_suffix(" 0")?.parse().ok()
+}
+
 /// The device number of the block device at `path`.
 fn device_of(path: &Path) -> Result<Device> {
     let meta = fs::metadata(path).map_err(Error::io("inspecting", path))?;
@@ -68,7 +77,7 @@ fn device_of(path: &Path) -> Result<Device> {
 }
 
 /// The thin-pool target's feature arguments for a full-pool policy.
-fn pool_features(on_full: OnFull) -> Vec<String> {
+pub(super) fn pool_features(on_full: OnFull) -> Vec<String> {
     match on_full {
         OnFull::Error => vec!["error_if_no_space".to_string()],
         OnFull::Queue => vec![],
@@ -113,6 +122,7 @@ impl Pool {
     /// [`Pool::start_devices`] over backing devices already found.
     fn start_devices_on(&mut self, meta_dev: Device, data_dev: Device) -> Result<()> {
         self.dev = Some(self.setup_devices(meta_dev, data_dev)?);
+        self.active = true;
         // An adopted pool keeps its old low-water mark and features
         // (devicemapper compares neither): bring them to the record's.
         self.sync_pool_params()?;
@@ -124,7 +134,7 @@ impl Pool {
 
     /// The pool's three dm devices over the given backing devices: made
     /// where missing, taken over (their tables checked) where they exist.
-    fn setup_devices(&self, meta_dev: Device, data_dev: Device) -> Result<ThinPoolDev> {
+    pub(super) fn setup_devices(&self, meta_dev: Device, data_dev: Device) -> Result<ThinPoolDev> {
         let meta = LinearDev::setup(
             &self.dm,
             &self.names.name(Role::Meta),
@@ -227,52 +237,70 @@ impl Pool {
 
     /// [`Pool::adopt`] for a reader, holding the lock shared: takes over
     /// an active pool whose devices are exactly as the record says,
-    /// changing nothing. `false` (nothing taken) when anything needs the
-    /// writer's adoption: a backing without its loop device or short of
-    /// its size, a device missing or not mapped as recorded, a grow the
-    /// pool has not taken, a table whose parameters are not the record's.
-    pub(super) fn adopt_unchanged(&mut self) -> Result<bool> {
-        let mut found = vec![];
+    /// changing nothing, and returns the pool's status. `listed` is what
+    /// the kernel has (one `DM_LIST_DEVICES`, taken under the lock).
+    /// `None` (nothing taken) when anything needs the writer's adoption: a
+    /// device missing or not mapped as recorded, a backing file without
+    /// its loop device or short of its size, a grow the pool has not
+    /// taken, a table whose parameters are not the record's.
+    ///
+    /// Errors: [`Error::Failed`] for a pool the kernel failed.
+    pub(super) fn adopt_unchanged(
+        &mut self,
+        listed: &Listed,
+    ) -> Result<Option<ThinPoolWorkingStatus>> {
         for (role, b) in [
             (Role::Meta, &self.record.metadata),
             (Role::Data, &self.record.data),
         ] {
-            let dev = match b.kind {
-                BackingKind::File => match loopback::find(&b.path) {
-                    Ok(Some(lo)) if lo.size().is_ok_and(|size| size >= b.size) => {
-                        device_of(&lo.path)?
-                    }
-                    _ => return Ok(false),
-                },
-                BackingKind::Device => device_of(&b.path)?,
+            let Some(table) = self.listed_table(role, listed)? else {
+                return Ok(None);
             };
-            let Some(table) = self.kernel_table(role)? else {
-                return Ok(false);
+            // The device the linear table maps is the one to check: a
+            // loop device is asked whether it is bound to the backing
+            // file, instead of every loop device being asked.
+            let Some(dev) = linear_source(&table) else {
+                return Ok(None);
             };
-            if table.target != "linear"
-                || table.params != format!("{dev} 0")
-                || table.sectors != b.size.sectors()
-            {
-                return Ok(false);
+            if table.sectors != b.size.sectors() {
+                return Ok(None);
             }
-            found.push(dev);
+            let ours = match b.kind {
+                BackingKind::File => loopback::bound_at(dev.major, dev.minor, &b.path)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|lo| lo.size().is_ok_and(|size| size >= b.size)),
+                BackingKind::Device => device_of(&b.path)? == dev,
+            };
+            if !ours {
+                return Ok(None);
+            }
         }
-        let Some(table) = self.kernel_table(Role::Pool)? else {
-            return Ok(false);
+        let Some(table) = self.listed_table(Role::Pool, listed)? else {
+            return Ok(None);
         };
-        if table.sectors < self.record.data.size.sectors()
-            || self.kernel_metadata_blocks()? < self.record.metadata.size.0 / METADATA_BLOCK.0
+        if table.sectors < self.record.data.size.sectors() {
+            return Ok(None);
+        }
+        // The pool maps our two linear devices, in the record's blocks,
+        // with the record's low-water mark and features.
+        let (have, want) = self.pool_params(&table)?;
+        if have != want
+            || have.data_block_size != Sectors(self.record.block_size.sectors())
+            || Some(have.metadata_dev) != self.listed_device(Role::Meta, listed)
+            || Some(have.data_dev) != self.listed_device(Role::Data, listed)
         {
-            return Ok(false);
+            return Ok(None);
         }
-        // Every device exists (no writer can remove one while the lock is
-        // shared): this takes them over, making none.
-        self.dev = Some(self.setup_devices(found[0], found[1])?);
-        if !self.params_match(&table)? {
-            self.dev = None;
-            return Ok(false);
+        // devicemapper's handle is taken when something needs it
+        // (`Pool::pool_dev`): a status read or a message goes by name.
+        self.active = true;
+        let status = self.working_status()?;
+        if status.usage.total_meta.0 < self.record.metadata.size.0 / METADATA_BLOCK.0 {
+            self.set_inactive();
+            return Ok(None);
         }
-        Ok(true)
+        Ok(Some(status))
     }
 
     /// Activates an inactive pool after checking its backings and metadata
@@ -299,7 +327,7 @@ impl Pool {
     /// [`Error::Tool`] when `thin_check` cannot run; nothing is started.
     pub fn activate_with(&mut self, check: MetadataCheck) -> Result<Activated> {
         let mut done = Activated::default();
-        if self.dev.is_some() {
+        if self.active {
             return Ok(done);
         }
         let meta = self.record.metadata.path.clone();
@@ -336,7 +364,7 @@ impl Pool {
             },
         )?;
         if let Err(causal) = self.start_devices() {
-            self.dev = None;
+            self.set_inactive();
             return match self.stop_devices() {
                 Ok(()) => Err(causal),
                 Err(rollback) => Err(Error::Rollback {
@@ -358,7 +386,7 @@ impl Pool {
     pub fn deactivate(&mut self) -> Result<()> {
         let result = self.stop_devices();
         if result.is_ok() || !self.kernel_has(Role::Pool).unwrap_or(true) {
-            self.dev = None;
+            self.set_inactive();
         }
         result
     }

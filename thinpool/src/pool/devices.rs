@@ -1,10 +1,15 @@
 //! This pool's dm devices as the kernel has them: whether they exist,
 //! their tables and status, messages to the pool, and their removal.
 
-use devicemapper::{DevId, DmFlags, DmOptions, ThinPoolDev, ThinPoolStatus, DM};
+use std::path::PathBuf;
+
+use devicemapper::{
+    DevId, Device, DmFlags, DmName, DmNameBuf, DmOptions, ThinPoolDev, ThinPoolStatus, DM,
+};
 
 use super::{BackingKind, Pool, PoolRecord};
 use crate::error::{Error, Result};
+use crate::lock::LockGuard;
 use crate::loopback;
 use crate::names::{PoolNames, Role};
 
@@ -18,6 +23,21 @@ pub(super) struct LiveTable {
     pub(super) params: String,
 }
 
+/// The names of the dm devices the kernel has, read once: for a series of
+/// checks that nothing changes in between (the pool's lock is held).
+pub(super) struct Listed(Vec<(DmNameBuf, Device)>);
+
+impl Listed {
+    fn device(&self, name: &DmName) -> Option<Device> {
+        self.0.iter().find(|(n, _)| **n == *name).map(|(_, d)| *d)
+    }
+
+    /// Every listed name.
+    pub(super) fn names(&self) -> impl Iterator<Item = &DmName> {
+        self.0.iter().map(|(n, _)| &**n)
+    }
+}
+
 impl Pool {
     /// Whether the kernel has our device of `role`.
     pub(super) fn kernel_has(&self, role: Role) -> Result<bool> {
@@ -25,9 +45,38 @@ impl Pool {
             .map_err(Error::dm("looking up devices"))
     }
 
+    /// The dm devices the kernel has now (one `DM_LIST_DEVICES`).
+    pub(super) fn listed(&self) -> Result<Listed> {
+        let devices = self
+            .dm
+            .list_devices()
+            .map_err(Error::dm("listing devices"))?;
+        Ok(Listed(
+            devices
+                .into_iter()
+                .map(|(name, device, _)| (name, device))
+                .collect(),
+        ))
+    }
+
+    /// Whether `listed` has our device of `role`.
+    pub(super) fn listed_has(&self, role: Role, listed: &Listed) -> bool {
+        self.listed_device(role, listed).is_some()
+    }
+
+    /// The device number of our device of `role`, if `listed` has it.
+    pub(super) fn listed_device(&self, role: Role, listed: &Listed) -> Option<Device> {
+        listed.device(&self.names.name(role))
+    }
+
     /// The kernel's live table of one of our devices, if it exists.
     pub(super) fn kernel_table(&self, role: Role) -> Result<Option<LiveTable>> {
-        if !self.kernel_has(role)? {
+        self.listed_table(role, &self.listed()?)
+    }
+
+    /// [`Pool::kernel_table`], for a device that exists if `listed` has it.
+    pub(super) fn listed_table(&self, role: Role, listed: &Listed) -> Result<Option<LiveTable>> {
+        if !self.listed_has(role, listed) {
             return Ok(None);
         }
         let name = self.names.name(role);
@@ -101,9 +150,57 @@ impl Pool {
         Ok(total.unwrap_or(u64::MAX))
     }
 
-    /// The kernel's pool device; [`Error::Inactive`] while there is none.
-    pub(super) fn pool_dev(&self) -> Result<&ThinPoolDev> {
+    /// devicemapper's handle on the pool's devices, taken over now if
+    /// this handle has not yet (under the lock, held shared if this
+    /// handle does not hold it: no writer removes or reloads the devices
+    /// meanwhile); [`Error::Inactive`] while the pool is not active.
+    pub(super) fn pool_dev(&mut self) -> Result<&ThinPoolDev> {
+        if !self.active {
+            return Err(Error::Inactive);
+        }
+        if self.dev.is_none() {
+            let _shared = match self.lock {
+                Some(_) => None,
+                None => Some(LockGuard::acquire_shared(
+                    &self.dir.join(super::LOCK_FILE),
+                    self.lock_timeout,
+                )?),
+            };
+            // The record as it is now: another process may have grown
+            // the pool since this one read it.
+            self.refresh()?;
+            let listed = self.listed()?;
+            let source = |role| -> Result<Device> {
+                self.listed_table(role, &listed)?
+                    .as_ref()
+                    .and_then(super::activate::linear_source)
+                    .ok_or(Error::Inactive)
+            };
+            let (meta, data) = (source(Role::Meta)?, source(Role::Data)?);
+            if !self.listed_has(Role::Pool, &listed) {
+                self.set_inactive();
+                return Err(Error::Inactive);
+            }
+            self.dev = Some(self.setup_devices(meta, data)?);
+        }
         self.dev.as_ref().ok_or(Error::Inactive)
+    }
+
+    /// Marks the pool inactive, letting go of devicemapper's handle.
+    pub(super) fn set_inactive(&mut self) {
+        self.active = false;
+        self.dev = None;
+    }
+
+    /// The device node (`/dev/dm-N`, made with or without udev) of our
+    /// device of `role`.
+    pub(super) fn devnode(&self, role: Role) -> Result<PathBuf> {
+        let name = self.names.name(role);
+        let info = self
+            .dm
+            .device_info(&DevId::Name(&name))
+            .map_err(Error::dm(format!("looking up {}", &*name)))?;
+        Ok(PathBuf::from(format!("/dev/dm-{}", info.device().minor)))
     }
 
     /// The thin-pool target's status line, parsed. Read with `noflush`:
@@ -112,17 +209,30 @@ impl Pool {
     /// that: the counts and the transaction id are the kernel's in-core
     /// ones either way, and every change commits by itself.
     pub(super) fn kernel_status(&self) -> Result<ThinPoolStatus> {
-        self.pool_dev()?
-            .status(
-                &self.dm,
+        self.require_active()?;
+        let name = self.names.name(Role::Pool);
+        let (_, lines) = self
+            .dm
+            .table_status(
+                &DevId::Name(&name),
                 DmOptions::default().set_flags(DmFlags::DM_NOFLUSH),
             )
-            .map_err(Error::dm("reading the pool status"))
+            .map_err(Error::dm("reading the pool status"))?;
+        let [(_, _, _, status)] = lines.as_slice() else {
+            return Err(Error::Mismatch {
+                what: format!("device {}", &*name),
+                reason: format!("it has {} status lines, expected one", lines.len()),
+            });
+        };
+        status.parse().map_err(Error::dm("reading the pool status"))
     }
 
     /// Sends a message to the thin-pool target.
     pub(super) fn message(&self, msg: &str) -> Result<()> {
-        devicemapper::message(&self.dm, self.pool_dev()?, msg)
+        self.require_active()?;
+        self.dm
+            .target_msg(&DevId::Name(&self.names.name(Role::Pool)), None, msg)
+            .map(drop)
             .map_err(Error::dm(format!("message '{msg}'")))
     }
 }

@@ -103,10 +103,10 @@ impl Pool {
         self.record.data.size = new_data;
         self.record.metadata.size = new_meta;
         self.save()?;
-        if self.dev.is_none() {
+        if !self.active {
             return Ok(());
         }
-        self.dev = None;
+        self.set_inactive();
         self.adopt()
     }
 }

@@ -120,10 +120,50 @@ fn log_path(dir: &Path) -> PathBuf {
     dir.join(LOG_FILE)
 }
 
+/// What a reader decoded last time: the checkpoint's bytes with their
+/// record, and each log sector with its entry. A process reads the record
+/// again before every change (others change it in between); what is
+/// byte for byte as it was is not decoded again. Decoding is the cost of
+/// a read (the log holds up to [`SLOTS`] entries), and the answer is the
+/// one a fresh read gives, since only identical bytes are reused.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ReadCache {
+    checkpoint: Option<(Vec<u8>, PoolRecord)>,
+    entries: Vec<(Box<[u8]>, LogEntry)>,
+}
+
+impl ReadCache {
+    /// The record `bytes` (of `path`) decode to.
+    fn checkpoint(&mut self, bytes: Vec<u8>, path: &Path) -> Result<PoolRecord> {
+        if let Some((b, rec)) = &self.checkpoint {
+            if *b == bytes {
+                return Ok(rec.clone());
+            }
+        }
+        let rec: PoolRecord = record::decode(&bytes, path)?;
+        self.checkpoint = Some((bytes, rec.clone()));
+        Ok(rec)
+    }
+
+    /// The entry in sector `i` of the log, holding `slot`, if one was
+    /// written there whole.
+    fn entry(&mut self, i: usize, slot: &[u8]) -> Option<LogEntry> {
+        if let Some((b, e)) = self.entries.get(i) {
+            if **b == *slot {
+                return Some(e.clone());
+            }
+        }
+        self.entries.truncate(i);
+        let e = LogEntry::decode(slot)?;
+        self.entries.push((slot.into(), e.clone()));
+        Some(e)
+    }
+}
+
 /// The entries of the log in `dir` that follow checkpoint `rec`, in order:
 /// up to the first sector that is not one of them. None when there is no
 /// log.
-pub(crate) fn entries(dir: &Path, rec: &PoolRecord) -> Result<Vec<LogEntry>> {
+fn entries(dir: &Path, rec: &PoolRecord, cache: &mut ReadCache) -> Result<Vec<LogEntry>> {
     let path = log_path(dir);
     let mut bytes = Vec::with_capacity(SLOT * SLOTS);
     match File::open(&path) {
@@ -137,7 +177,8 @@ pub(crate) fn entries(dir: &Path, rec: &PoolRecord) -> Result<Vec<LogEntry>> {
     }
     Ok(bytes
         .chunks_exact(SLOT)
-        .map_while(LogEntry::decode)
+        .enumerate()
+        .map_while(|(i, slot)| cache.entry(i, slot))
         .enumerate()
         .take_while(|(i, e)| e.pool == rec.id && e.epoch == rec.log_epoch && e.index as usize == *i)
         .map(|(_, e)| e)
@@ -215,6 +256,14 @@ pub(crate) fn remove(dir: &Path) -> Result<()> {
 /// Read without the lock, a checkpoint may replace `pool.json` between
 /// reading it and reading the log; the record is read again then.
 pub fn read(dir: &Path) -> Result<Option<(PoolRecord, usize)>> {
+    read_cached(dir, &mut ReadCache::default())
+}
+
+/// [`read`], decoding only what changed since `cache` was filled.
+pub(crate) fn read_cached(
+    dir: &Path,
+    cache: &mut ReadCache,
+) -> Result<Option<(PoolRecord, usize)>> {
     let path = dir.join(RECORD_FILE);
     loop {
         let mut f = match File::open(&path) {
@@ -226,8 +275,8 @@ pub fn read(dir: &Path) -> Result<Option<(PoolRecord, usize)>> {
         f.read_to_end(&mut bytes)
             .map_err(Error::io("reading", &path))?;
         let ino = f.metadata().map_err(Error::io("reading", &path))?.ino();
-        let mut rec: PoolRecord = record::decode(&bytes, &path)?;
-        let entries = entries(dir, &rec)?;
+        let mut rec = cache.checkpoint(bytes, &path)?;
+        let entries = entries(dir, &rec, cache)?;
         match fs::metadata(&path) {
             Ok(m) if m.ino() == ino => {}
             // Replaced meanwhile: its entries may be the new one's.
@@ -292,6 +341,44 @@ mod tests {
         assert!(
             LogEntry::of(&rec, 0).encode().is_none(),
             "fits in no sector"
+        );
+    }
+
+    #[test]
+    fn plain_a_cached_read_answers_as_a_fresh_read_after_every_change() {
+        let (d, mut rec) = pool_dir();
+        make(d.path()).unwrap();
+        let mut cache = ReadCache::default();
+        let check = |cache: &mut ReadCache| {
+            let fresh = format!("{:?}", read(d.path()));
+            assert_eq!(format!("{:?}", read_cached(d.path(), cache)), fresh);
+        };
+        check(&mut cache);
+        for n in 0..6 {
+            rec.pending = Some(snapshot(&mut rec));
+            assert!(append(d.path(), &LogEntry::of(&rec, n), Sync::None).unwrap());
+            check(&mut cache);
+        }
+        // A sector written again with other bytes, and one torn: the
+        // entries from there on are decoded again.
+        rec.pending = Some(PendingOp::Delete { id: ThinId(0) });
+        assert!(append(d.path(), &LogEntry::of(&rec, 3), Sync::None).unwrap());
+        check(&mut cache);
+        let log = OpenOptions::new()
+            .write(true)
+            .open(d.path().join(LOG_FILE))
+            .unwrap();
+        log.write_all_at(&[0u8; 8], 2 * SLOT as u64 + 20).unwrap();
+        check(&mut cache);
+        assert_eq!(read_cached(d.path(), &mut cache).unwrap().unwrap().1, 2);
+        // A new checkpoint retires them all.
+        rec.pending = None;
+        rec.log_epoch += 1;
+        record::write(&d.path().join(RECORD_FILE), &rec).unwrap();
+        check(&mut cache);
+        assert_eq!(
+            read_cached(d.path(), &mut cache).unwrap().unwrap(),
+            (rec, 0)
         );
     }
 

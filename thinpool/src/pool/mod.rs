@@ -118,8 +118,15 @@ pub struct Pool {
     log_len: usize,
     names: PoolNames,
     dm: DM,
-    /// The kernel's pool device, when the pool is active.
+    /// Whether the pool's dm devices are up (checked against the record
+    /// when the pool was opened or activated).
+    active: bool,
+    /// devicemapper's handle on the active pool's devices, taken when a
+    /// thin device is activated or the pool administered: a status read
+    /// or a message to the pool goes by its name, and needs none.
     dev: Option<ThinPoolDev>,
+    /// What the last read of the record decoded.
+    cache: log::ReadCache,
 }
 
 impl std::fmt::Debug for Pool {
@@ -127,7 +134,7 @@ impl std::fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("dir", &self.dir)
             .field("id", &self.record.id)
-            .field("active", &self.dev.is_some())
+            .field("active", &self.active)
             .finish()
     }
 }
@@ -164,7 +171,9 @@ impl Pool {
             record,
             log_len: 0,
             dm,
+            active: false,
             dev: None,
+            cache: log::ReadCache::default(),
         }
     }
 
@@ -189,7 +198,8 @@ impl Pool {
             return Err(no_pool());
         }
         let lock = lock_dir(dir, open.lock_timeout)?;
-        let (record, log_len) = log::read(dir)?.ok_or_else(no_pool)?;
+        let mut cache = log::ReadCache::default();
+        let (record, log_len) = log::read_cached(dir, &mut cache)?.ok_or_else(no_pool)?;
         let dm = kernel::open_dm()?;
         match record.state {
             PoolState::Creating => {
@@ -204,6 +214,7 @@ impl Pool {
         }
         let mut pool = Pool::with_record(dir, lock, record, dm);
         pool.log_len = log_len;
+        pool.cache = cache;
         pool.lock_timeout = open.lock_timeout;
         if pool.kernel_has(Role::Pool)? {
             pool.adopt()?;
@@ -243,13 +254,19 @@ impl Pool {
         // process's, and a thin device the record does not know is one a
         // dead process left.
         let _shared = LockGuard::acquire_shared(&dir.join(LOCK_FILE), open.lock_timeout)?;
-        let Some((record, log_len)) = log::read(dir)? else {
+        let mut cache = log::ReadCache::default();
+        let Some((record, log_len)) = log::read_cached(dir, &mut cache)? else {
             return Ok(None);
         };
         if record.state != PoolState::Ready {
             return Ok(None);
         }
-        let dm = kernel::open_dm()?;
+        // The control device alone: a kernel that has this pool's device
+        // has dm-thin, and one that does not is the writer's to activate
+        // (or to explain why it cannot, after `kernel::open_dm`'s checks).
+        let Ok(dm) = DM::new() else {
+            return Ok(None);
+        };
         let mut pool = Pool {
             dir: dir.to_path_buf(),
             lock: None,
@@ -258,16 +275,24 @@ impl Pool {
             record,
             log_len,
             dm,
+            active: false,
             dev: None,
+            cache,
         };
-        if !pool.kernel_has(Role::Pool)? || !pool.adopt_unchanged()? {
+        // What the kernel has, listed once: no writer changes it while
+        // the lock is shared.
+        let listed = pool.listed()?;
+        if !pool.listed_has(Role::Pool, &listed) {
             return Ok(None);
         }
-        let kernel = TransactionId(pool.working_status()?.transaction_id);
+        let Some(status) = pool.adopt_unchanged(&listed)? else {
+            return Ok(None);
+        };
+        let kernel = TransactionId(status.transaction_id);
         pool.record.settle(kernel);
         if pool.record.pending.is_some()
             || pool.record.transaction_id != kernel
-            || !pool.unknown_thin_devices()?.is_empty()
+            || !pool.unknown_thin_devices(&listed).is_empty()
         {
             return Ok(None);
         }
@@ -286,7 +311,7 @@ impl Pool {
 
     /// Whether the pool's dm devices are up.
     pub fn is_active(&self) -> bool {
-        self.dev.is_some()
+        self.active
     }
 
     /// Fails with [`Error::Inactive`] unless the pool's devices exist:
@@ -328,7 +353,7 @@ impl Pool {
     /// was left by a killed process, and is finished or undone.
     fn reload(&mut self) -> Result<()> {
         (self.record, self.log_len) = self.read_record()?;
-        if self.record.pending.is_some() && self.dev.is_some() {
+        if self.record.pending.is_some() && self.active {
             self.recover()?;
         }
         Ok(())
@@ -337,11 +362,11 @@ impl Pool {
     /// The record as it is on disk; [`Error::NoPool`] when the pool was
     /// destroyed (or another made in its place) since it was opened.
     /// With the number of entries in its change log.
-    fn read_record(&self) -> Result<(PoolRecord, usize)> {
+    fn read_record(&mut self) -> Result<(PoolRecord, usize)> {
         let gone = || Error::NoPool {
             dir: self.dir.clone(),
         };
-        let (rec, log_len) = log::read(&self.dir)?.ok_or_else(gone)?;
+        let (rec, log_len) = log::read_cached(&self.dir, &mut self.cache)?.ok_or_else(gone)?;
         if rec.state != PoolState::Ready || rec.id != self.record.id {
             return Err(gone());
         }
@@ -360,9 +385,9 @@ impl Pool {
         // commit entry in the log. A record of the transaction-id
         // protocol settles against the kernel, read first: a record is
         // written before the kernel moves on.
-        let kernel = match self.dev {
-            Some(_) => Some(TransactionId(self.working_status()?.transaction_id)),
-            None => None,
+        let kernel = match self.active {
+            true => Some(TransactionId(self.working_status()?.transaction_id)),
+            false => None,
         };
         let (mut record, log_len) = self.read_record()?;
         if let Some(kernel) = kernel {
@@ -379,7 +404,7 @@ impl Pool {
     /// Errors: those of reading the record and adopting the pool.
     pub fn refresh_devices(&mut self) -> Result<()> {
         self.refresh()?;
-        match (self.kernel_has(Role::Pool)?, self.dev.is_some()) {
+        match (self.kernel_has(Role::Pool)?, self.active) {
             (true, false) => self.exclusive(|p| {
                 if p.kernel_has(Role::Pool)? {
                     p.adopt()?;
@@ -387,7 +412,7 @@ impl Pool {
                 Ok(())
             }),
             (false, true) => {
-                self.dev = None;
+                self.set_inactive();
                 Ok(())
             }
             _ => Ok(()),

@@ -41,7 +41,7 @@ impl Pool {
     /// device; [`Error::Tool`] when `thin_repair` fails or its output does
     /// not pass `thin_check` (nothing is changed then).
     pub fn repair(&mut self) -> Result<Repaired> {
-        if self.dev.is_some() {
+        if self.active {
             return Err(Error::Precondition(
                 "the pool is active; its metadata is repaired only while it is deactivated".into(),
             ));

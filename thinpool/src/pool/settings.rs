@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use devicemapper::{DmDevice, TargetParams, ThinPoolStatusSummary, ThinPoolTargetParams};
+use devicemapper::{DataBlocks, TargetParams, ThinPoolStatusSummary, ThinPoolTargetParams};
 use serde::Serialize;
 
 use super::create::check_autoextend;
@@ -154,8 +154,8 @@ impl Pool {
             }
             p.record = r;
             p.save()?;
-            if p.dev.is_some() {
-                p.dev = None;
+            if p.active {
+                p.set_inactive();
                 p.adopt()?;
             }
             Ok(())
@@ -172,25 +172,34 @@ impl Pool {
     }
 
     /// Reloads the pool's table if the kernel's low-water mark or
-    /// features are not the ones this handle's table asks for.
+    /// features are not the record's.
     pub(super) fn sync_pool_params(&mut self) -> Result<()> {
         let Some(live) = self.kernel_table(Role::Pool)? else {
             return Ok(());
         };
-        if self.params_match(&live)? {
+        let (have, want) = self.pool_params(&live)?;
+        if have == want {
             return Ok(());
         }
-        let params = self.pool_dev()?.table().table.params.param_str();
-        self.reload_table(Role::Pool, live.sectors, "thin-pool", &params)
+        self.reload_table(Role::Pool, live.sectors, "thin-pool", &want.param_str())
     }
 
-    /// Whether the kernel's pool table `live` has the record's low-water
-    /// mark and features.
-    pub(super) fn params_match(&self, live: &LiveTable) -> Result<bool> {
+    /// The parameters of the kernel's pool table `live`, and the same with
+    /// the record's low-water mark and features.
+    pub(super) fn pool_params(
+        &self,
+        live: &LiveTable,
+    ) -> Result<(ThinPoolTargetParams, ThinPoolTargetParams)> {
         let have = ThinPoolTargetParams::from_str(&format!("thin-pool {}", live.params))
             .map_err(Error::dm("reading the pool's table"))?;
-        let want = &self.pool_dev()?.table().table.params;
-        Ok(have.low_water_mark == want.low_water_mark && have.feature_args == want.feature_args)
+        let want = ThinPoolTargetParams::new(
+            have.metadata_dev,
+            have.data_dev,
+            have.data_block_size,
+            DataBlocks(self.low_water_blocks()),
+            super::activate::pool_features(self.record.on_full),
+        );
+        Ok((have, want))
     }
 
     /// Grows the pool by its autoextend step if its data or metadata use

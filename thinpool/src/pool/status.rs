@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use devicemapper::{DmDevice, ThinPoolStatus, ThinPoolStatusSummary};
+use devicemapper::{ThinPoolStatus, ThinPoolStatusSummary};
 use serde::{Deserialize, Serialize};
 
 use super::{Backing, BackingKind, Pool};
 use crate::config::{Autoextend, MinFree, OnFull, QueueTimeout, METADATA_BLOCK};
 use crate::error::{Error, Result};
 use crate::loopback;
+use crate::names::Role;
 use crate::units::{Bytes, ThinId, TransactionId};
 
 /// The kernel's view of a pool's health.
@@ -197,7 +198,7 @@ impl Pool {
     }
 
     pub(super) fn usage_locked(&self) -> Result<BTreeMap<ThinId, ThinUsage>> {
-        let meta = self.pool_dev()?.meta_dev().devnode();
+        let meta = self.devnode(Role::Meta)?;
         // A snapshot left held by a killed process blocks a new one.
         let _ = self.message("release_metadata_snap");
         self.message("reserve_metadata_snap")?;
@@ -226,7 +227,7 @@ impl Pool {
         let mut st = PoolStatus {
             id: r.id.to_string(),
             dir: self.dir.clone(),
-            active: self.dev.is_some(),
+            active: self.active,
             mode: None,
             needs_check: None,
             block_size: r.block_size.bytes(),
@@ -241,7 +242,7 @@ impl Pool {
             data: SpaceStatus::of(&r.data),
             metadata: SpaceStatus::of(&r.metadata),
         };
-        if self.dev.is_some() {
+        if self.active {
             match self.kernel_status()? {
                 ThinPoolStatus::Working(w) => {
                     let bs = r.block_size.bytes().0;

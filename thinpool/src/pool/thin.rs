@@ -32,7 +32,7 @@ impl Pool {
                 format!("{size} is not a positive multiple of 512 bytes"),
             ));
         }
-        self.pool_dev()?;
+        self.require_active()?;
         self.exclusive(|p| {
             let id = p.record.allocate_thin_id()?;
             let op = PendingOp::Create {
@@ -62,7 +62,7 @@ impl Pool {
             .get(&origin)
             .ok_or(Error::NoSuchThin(origin))?
             .size;
-        self.pool_dev()?;
+        self.require_active()?;
         let id = self.record.allocate_thin_id()?;
         let op = PendingOp::Snapshot {
             id,
@@ -103,7 +103,7 @@ impl Pool {
         if !self.record.thins.contains_key(&id) {
             return Err(Error::NoSuchThin(id));
         }
-        self.pool_dev()?;
+        self.require_active()?;
         // Its blocks go back to the host before the device goes: the
         // delete frees them in the pool only, and a loop-backed pool's
         // file would keep them allocated for good.
@@ -157,13 +157,20 @@ impl Pool {
         if !self.record.thins.contains_key(&id) {
             self.refresh()?;
         }
-        let rec = self.record.thins.get(&id).ok_or(Error::NoSuchThin(id))?;
+        let size = self
+            .record
+            .thins
+            .get(&id)
+            .ok_or(Error::NoSuchThin(id))?
+            .size;
+        self.pool_dev()?;
+        let pool = self.dev.as_ref().ok_or(Error::Inactive)?;
         let dev = ThinDev::setup(
             &self.dm,
             &self.names.name(Role::Thin(id)),
             Some(&self.names.uuid(Role::Thin(id))),
-            Sectors(rec.size.sectors()),
-            self.pool_dev()?,
+            Sectors(size.sectors()),
+            pool,
             thin_dev_id(id),
         )
         .map_err(Error::dm(format!("activating thin device {id}")))?;

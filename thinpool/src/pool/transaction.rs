@@ -4,6 +4,7 @@
 
 use devicemapper::{ThinPoolStatus, ThinPoolStatusSummary, ThinPoolWorkingStatus};
 
+use super::devices::Listed;
 use super::Pool;
 use crate::error::{Error, Result};
 use crate::killpoint;
@@ -96,7 +97,7 @@ impl Pool {
                 reason: format!("the kernel is at {kernel}, the record at {record}"),
             });
         }
-        for id in self.unknown_thin_devices()? {
+        for id in self.unknown_thin_devices(&self.listed()?) {
             self.remove_thin_dev(id)?;
         }
         Ok(())
@@ -129,18 +130,15 @@ impl Pool {
     /// The thin devices the kernel has for this pool whose ids the record
     /// does not know: what a dead process left ([`Pool::recover`] removes
     /// them).
-    pub(super) fn unknown_thin_devices(&self) -> Result<Vec<ThinId>> {
-        let devices = self
-            .dm
-            .list_devices()
-            .map_err(Error::dm("listing devices"))?;
-        Ok(devices
-            .iter()
-            .filter_map(|(name, _, _)| match self.names.role_of(name) {
+    /// `listed` is what the kernel has.
+    pub(super) fn unknown_thin_devices(&self, listed: &Listed) -> Vec<ThinId> {
+        listed
+            .names()
+            .filter_map(|name| match self.names.role_of(name) {
                 Some(Role::Thin(id)) if !self.record.thins.contains_key(&id) => Some(id),
                 _ => None,
             })
-            .collect())
+            .collect()
     }
 
     /// Runs one thin-device change through the protocol of
