@@ -23,8 +23,9 @@ pub(super) struct LiveTable {
     pub(super) params: String,
 }
 
-/// The names of the dm devices the kernel has, read once: for a series of
-/// checks that nothing changes in between (the pool's lock is held).
+/// The dm devices the kernel has (names and device numbers), read once:
+/// for a series of checks that nothing changes in between (the pool's
+/// lock is held).
 pub(super) struct Listed(Vec<(DmNameBuf, Device)>);
 
 impl Listed {
@@ -170,17 +171,27 @@ impl Pool {
             // the pool since this one read it.
             self.refresh()?;
             let listed = self.listed()?;
-            let source = |role| -> Result<Device> {
-                self.listed_table(role, &listed)?
-                    .as_ref()
-                    .and_then(super::activate::linear_source)
-                    .ok_or(Error::Inactive)
-            };
-            let (meta, data) = (source(Role::Meta)?, source(Role::Data)?);
-            if !self.listed_has(Role::Pool, &listed) {
+            let (Some(meta), Some(data), true) = (
+                self.listed_table(Role::Meta, &listed)?,
+                self.listed_table(Role::Data, &listed)?,
+                self.listed_has(Role::Pool, &listed),
+            ) else {
+                // Deactivated by another process since this one opened it.
                 self.set_inactive();
                 return Err(Error::Inactive);
-            }
+            };
+            // The backings the linear devices map: devicemapper checks
+            // every table against the one it would make from them.
+            let source = |role, table: &LiveTable| {
+                super::activate::linear_source(table).ok_or_else(|| Error::Mismatch {
+                    what: format!("device {}", self.names.name_string(role)),
+                    reason: format!(
+                        "its table is '{} {}', not a linear device",
+                        table.target, table.params
+                    ),
+                })
+            };
+            let (meta, data) = (source(Role::Meta, &meta)?, source(Role::Data, &data)?);
             self.dev = Some(self.setup_devices(meta, data)?);
         }
         self.dev.as_ref().ok_or(Error::Inactive)

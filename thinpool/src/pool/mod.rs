@@ -385,9 +385,10 @@ impl Pool {
         // commit entry in the log. A record of the transaction-id
         // protocol settles against the kernel, read first: a record is
         // written before the kernel moves on.
-        let kernel = match self.active {
-            true => Some(TransactionId(self.working_status()?.transaction_id)),
-            false => None,
+        let kernel = if self.active {
+            Some(TransactionId(self.working_status()?.transaction_id))
+        } else {
+            None
         };
         let (mut record, log_len) = self.read_record()?;
         if let Some(kernel) = kernel {

@@ -19,6 +19,16 @@ fn thin_dev_id(id: ThinId) -> ThinDevId {
 }
 
 impl Pool {
+    /// The recorded size of thin device `id`.
+    fn thin_size(&self, id: ThinId) -> Result<Bytes> {
+        Ok(self
+            .record
+            .thins
+            .get(&id)
+            .ok_or(Error::NoSuchThin(id))?
+            .size)
+    }
+
     /// Creates an empty thin device of `size` (a whole number of 512-byte
     /// sectors), labelled with `tag`. The pool must be active.
     ///
@@ -56,12 +66,7 @@ impl Pool {
     }
 
     fn snapshot_thin_locked(&mut self, origin: ThinId, tag: &str) -> Result<ThinId> {
-        let size = self
-            .record
-            .thins
-            .get(&origin)
-            .ok_or(Error::NoSuchThin(origin))?
-            .size;
+        let size = self.thin_size(origin)?;
         self.require_active()?;
         let id = self.record.allocate_thin_id()?;
         let op = PendingOp::Snapshot {
@@ -157,12 +162,7 @@ impl Pool {
         if !self.record.thins.contains_key(&id) {
             self.refresh()?;
         }
-        let size = self
-            .record
-            .thins
-            .get(&id)
-            .ok_or(Error::NoSuchThin(id))?
-            .size;
+        let size = self.thin_size(id)?;
         self.pool_dev()?;
         let pool = self.dev.as_ref().ok_or(Error::Inactive)?;
         let dev = ThinDev::setup(
@@ -191,12 +191,7 @@ impl Pool {
     }
 
     fn grow_thin_locked(&mut self, id: ThinId, size: Bytes) -> Result<()> {
-        let cur = self
-            .record
-            .thins
-            .get(&id)
-            .ok_or(Error::NoSuchThin(id))?
-            .size;
+        let cur = self.thin_size(id)?;
         if size < cur || !size.is_multiple_of(Bytes(512)) {
             return Err(Error::invalid(
                 "thin device size",

@@ -100,6 +100,12 @@ fn size_label(b: u64) -> String {
 /// The floor's first thin id in the burst of container creates (above the
 /// per-repetition ones).
 const BURST_K: u32 = 1000;
+/// The provisioning scenario's series of one `thinlayer layer ls` process:
+/// what opening a driver's store costs a process.
+pub const STORE_OPEN: &str = "one process opening the store";
+/// How many `layer ls` processes, one after another, make one sample of
+/// [`STORE_OPEN`].
+const STORE_OPENS: usize = 8;
 
 pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario> {
     let depths: &[usize] = if plan.quick { &[1, 16] } else { &[1, 16, 64] };
@@ -256,6 +262,27 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
         deleted.into_iter().collect::<Result<Vec<()>>>()?;
         c.add("dm-ioctl", &variant, None, t);
         cpu_after.record_since(&cpu_before, &mut c, "dm-ioctl", &variant);
+        // What a process pays to open a driver's store, the first thing
+        // every create in the burst does: `layer ls`, one process after
+        // another (for thin, the pool's adoption and the driver's open).
+        for drv in Drv::interleaved(rep) {
+            let start = Instant::now();
+            for _ in 0..STORE_OPENS {
+                let o = Command::new(&f.bin)
+                    .arg("--root")
+                    .arg(f.root.path())
+                    .args(["--driver", drv.name(), "layer", "ls", "--json"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .output()?;
+                anyhow::ensure!(
+                    o.status.success(),
+                    "layer ls: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            c.add(drv.name(), STORE_OPEN, None, ms(start) / STORE_OPENS as f64);
+        }
     }
     // What one durable record write (write, fsync, rename, fsync of the
     // directory) costs on this filesystem: the unit of thinlayer's
@@ -382,7 +409,10 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
              finished), each a writable layer over the init layer that containers over the same layer \
              share (made by the first create of the first burst); its floor (`dm-ioctl`) is {n} threads \
              at once, each the kernel's part of one thin container create: `create_snap` of that init \
-             layer, by ioctl. {single_reps} repetitions of one layer, {} of the bursts, drivers \
+             layer, by ioctl. Last, what a process pays to open a driver's store, the first thing each \
+             create of the burst does: `thinlayer layer ls` run {STORE_OPENS} times, one process after \
+             another, the time per process (for thin that includes adopting the pool). \
+             {single_reps} repetitions of one layer, {} of the bursts and of the store opens, drivers \
              alternating.",
             plan.reps
         ),
