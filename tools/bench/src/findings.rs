@@ -493,7 +493,7 @@ fn store_open_finding(series: &[Series], burst: &str, gap: f64, cpus: u32) -> Op
     let n: f64 = burst.split_whitespace().next()?.parse().ok()?;
     let extra = thin - ov;
     let mut text = format!(
-        "A process opening the store (`thinlayer layer ls`, one process after another) takes {thin:.1} ms \
+        "A process opening the store (`thinlayer image ls`, one process after another) takes {thin:.1} ms \
          with thin and {ov:.1} ms with overlay: {:.1} ms {} for thin, whose store opens the pool (its record \
          read, its devices checked against the kernel's) and the thin driver.",
         extra.abs(),

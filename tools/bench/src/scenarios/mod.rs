@@ -100,10 +100,10 @@ fn size_label(b: u64) -> String {
 /// The floor's first thin id in the burst of container creates (above the
 /// per-repetition ones).
 const BURST_K: u32 = 1000;
-/// The provisioning scenario's series of one `thinlayer layer ls` process:
+/// The provisioning scenario's series of one `thinlayer image ls` process:
 /// what opening a driver's store costs a process.
 pub const STORE_OPEN: &str = "one process opening the store";
-/// How many `layer ls` processes, one after another, make one sample of
+/// How many `image ls` processes, one after another, make one sample of
 /// [`STORE_OPEN`].
 const STORE_OPENS: usize = 8;
 
@@ -263,21 +263,23 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
         c.add("dm-ioctl", &variant, None, t);
         cpu_after.record_since(&cpu_before, &mut c, "dm-ioctl", &variant);
         // What a process pays to open a driver's store, the first thing
-        // every create in the burst does: `layer ls`, one process after
-        // another (for thin, the pool's adoption and the driver's open).
+        // every create in the burst does: `image ls`, one process after
+        // another (for thin, the pool's adoption and the driver's open;
+        // the listing itself reads records only, where `layer ls` would
+        // also ask the pool's metadata for each layer's space).
         for drv in Drv::interleaved(rep) {
             let start = Instant::now();
             for _ in 0..STORE_OPENS {
                 let o = Command::new(&f.bin)
                     .arg("--root")
                     .arg(f.root.path())
-                    .args(["--driver", drv.name(), "layer", "ls", "--json"])
+                    .args(["--driver", drv.name(), "image", "ls", "--json"])
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .output()?;
                 anyhow::ensure!(
                     o.status.success(),
-                    "layer ls: {}",
+                    "image ls: {}",
                     String::from_utf8_lossy(&o.stderr)
                 );
             }
@@ -410,7 +412,7 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
              share (made by the first create of the first burst); its floor (`dm-ioctl`) is {n} threads \
              at once, each the kernel's part of one thin container create: `create_snap` of that init \
              layer, by ioctl. Last, what a process pays to open a driver's store, the first thing each \
-             create of the burst does: `thinlayer layer ls` run {STORE_OPENS} times, one process after \
+             create of the burst does: `thinlayer image ls` run {STORE_OPENS} times, one process after \
              another, the time per process (for thin that includes adopting the pool). \
              {single_reps} repetitions of one layer, {} of the bursts and of the store opens, drivers \
              alternating.",
