@@ -31,6 +31,7 @@ conformance!(
     umoci_image_imports_to_the_same_tree_as_umoci_unpacks,
     docker_archive_from_skopeo_imports_with_its_tag,
     corrupt_image_blobs_are_refused_and_leave_nothing,
+    a_config_naming_another_diff_id_is_refused_and_leaves_nothing,
     image_import_killed_at_any_instant_leaves_all_or_nothing,
     real_tool_corpus_imports_to_the_trees_umoci_unpacks,
     saved_images_round_trip_with_the_same_ids_and_real_tools_read_them,
@@ -572,6 +573,67 @@ fn corrupt_image_blobs_are_refused_and_leave_nothing(d: Drv) {
     assert_eq!(e.list("layer").len(), 0);
     assert_eq!(e.list("image").len(), 0);
     assert_eq!(e.resources(), 0);
+}
+
+fn a_config_naming_another_diff_id_is_refused_and_leaves_nothing(d: Drv) {
+    let e = Env::new("diffid", d);
+    let layout = build_image(&e.s);
+    let wrong = config_names_another_top_diff_id(&layout);
+    let o = e.run(&["image", "import", layout.to_str().unwrap()]);
+    assert!(
+        !o.status.success(),
+        "a layer whose tar is not its diff_id was imported"
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("layer 3 of the image: its content has diff_id sha256:")
+            && err.contains(&format!("the image config says {wrong}")),
+        "{err}"
+    );
+    // The two layers below it were made in the same transaction: undone.
+    assert_eq!(e.list("layer").len(), 0);
+    assert_eq!(e.list("image").len(), 0);
+    assert_eq!(e.resources(), 0);
+}
+
+/// Rewrites the image of OCI layout `layout` so that its config names
+/// another diff_id for its top layer, every digest that points at the
+/// config (manifest, index) made right again: every blob checks out, and
+/// only the layer's diff_id does not. Returns the diff_id it names.
+fn config_names_another_top_diff_id(layout: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let blob = |d: &Value| {
+        let d = d["digest"].as_str().unwrap();
+        layout
+            .join("blobs/sha256")
+            .join(d.strip_prefix("sha256:").unwrap())
+    };
+    // Writes `v` as a blob; the descriptor `desc` is made to point at it.
+    let put = |v: &Value, desc: &mut Value| {
+        let bytes = serde_json::to_vec(v).unwrap();
+        let hex = format!("{:x}", Sha256::digest(&bytes));
+        std::fs::write(layout.join("blobs/sha256").join(&hex), &bytes).unwrap();
+        desc["digest"] = format!("sha256:{hex}").into();
+        desc["size"] = bytes.len().into();
+    };
+    let read = |p: std::path::PathBuf| -> Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let mut index = read(layout.join("index.json"));
+    let mut manifest = read(blob(&index["manifests"][0]));
+    let mut config = read(blob(&manifest["config"]));
+    let wrong = format!("sha256:{:x}", Sha256::digest(b"not the top layer's tar"));
+    let diff_ids = config["rootfs"]["diff_ids"].as_array_mut().unwrap();
+    assert_eq!(diff_ids.len(), 3);
+    diff_ids[2] = wrong.clone().into();
+    put(&config, &mut manifest["config"]);
+    put(&manifest, &mut index["manifests"][0]);
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    wrong
 }
 
 fn image_import_killed_at_any_instant_leaves_all_or_nothing(d: Drv) {

@@ -125,7 +125,8 @@ pub fn sha256_digest(bytes: &[u8]) -> Digest {
     hasher_digest(Sha256::new_with_prefix(bytes))
 }
 
-fn hasher_digest(h: Sha256) -> Digest {
+/// The `sha256:<hex>` digest of what `h` was fed.
+pub(crate) fn hasher_digest(h: Sha256) -> Digest {
     let out = h.finalize();
     let mut s = String::with_capacity(71);
     s.push_str("sha256:");

@@ -31,6 +31,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use details::{read_config, HistoryEntry, ImageDetails};
+pub(crate) use digest::hasher_digest;
 pub use digest::{chain_ids, sha256_digest, Digest, DigestParseError};
 /// The parsed image config, as in [`ImageConfig::full`].
 pub use oci_spec::image::ImageConfiguration;

@@ -1,27 +1,50 @@
-//! Reading a layer blob on a second core while the first applies it.
+//! Reading a layer blob on other cores while the first applies it.
 //!
 //! Importing a layer is a pipeline: read the blob, hash it (its digest),
-//! inflate it, then hash the tar (its diff_id) and write its files. Done in
-//! one thread, the CPU work of the first three stalls the file writes; GNU
-//! tar gets the same split for free by running gzip as a second process.
+//! inflate it, hash the tar (its diff_id) and write its files. Done in one
+//! thread, the CPU work of the first four stalls the file writes; GNU tar
+//! gets part of that split for free by running gzip as a second process.
 //! [`decompressed`] runs read, digest check and decompression in a scoped
 //! thread and hands the plain tar over in chunks through a bounded channel,
-//! so at most [`DEPTH`] chunks are ever held in memory.
+//! so at most [`DEPTH`] chunks are ever held in memory; the diff_id is
+//! hashed from the same chunks on a third thread ([`DiffIdCheck::Hash`]),
+//! so that neither the inflating thread nor the applying one carries it.
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
-use std::thread::Scope;
+use std::thread::{Scope, ScopedJoinHandle};
+
+use sha2::{Digest as _, Sha256};
 
 use crate::changeset::{decompress, Compression};
+use crate::image::{hasher_digest, Digest};
 use crate::progress::Progress;
 
 const CHUNK: usize = 256 << 10;
 const DEPTH: usize = 8;
 
 /// One hand-over: the compressed bytes read so far, and the next plain bytes.
-type Msg = io::Result<(u64, Vec<u8>)>;
+type Msg = io::Result<(u64, Arc<Vec<u8>>)>;
+
+/// How the plain tar is checked against its diff_id.
+pub(crate) enum DiffIdCheck {
+    /// By the blob's own reader: the blob's digest is the diff_id, so the
+    /// blob must be the uncompressed tar; a compressed one is an error.
+    ByBlob,
+    /// Hashed on a thread of its own and compared with `diff_id` at the
+    /// end of the stream, where a mismatch is the stream's error, naming
+    /// the layer as `what`. With `reader_if_plain`, a blob that turns out
+    /// uncompressed is left to its reader, which checks such a blob
+    /// against the diff_id itself (a `docker save` layer.tar, which has
+    /// no digest of its own).
+    Hash {
+        diff_id: Digest,
+        what: String,
+        reader_if_plain: bool,
+    },
+}
 
 /// Counts the bytes read from the blob (for progress, which is in blob bytes).
 struct Counted<R> {
@@ -37,17 +60,66 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
+/// The diff_id's hashing thread: fed the plain chunks, it returns their
+/// digest once the sender is dropped.
+struct DiffIdHasher<'scope> {
+    tx: SyncSender<Arc<Vec<u8>>>,
+    done: ScopedJoinHandle<'scope, Digest>,
+    want: Digest,
+    what: String,
+}
+
+impl<'scope> DiffIdHasher<'scope> {
+    fn start<'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        want: Digest,
+        what: String,
+    ) -> DiffIdHasher<'scope> {
+        let (tx, rx) = sync_channel::<Arc<Vec<u8>>>(DEPTH);
+        let done = scope.spawn(move || {
+            let mut h = Sha256::new();
+            for chunk in rx {
+                h.update(&chunk[..]);
+            }
+            hasher_digest(h)
+        });
+        DiffIdHasher {
+            tx,
+            done,
+            want,
+            what,
+        }
+    }
+
+    /// The stream's end: an error if the tar's digest is not the diff_id.
+    fn finish(self) -> io::Result<()> {
+        drop(self.tx);
+        let got = self.done.join().map_err(|_| {
+            io::Error::other(format!("{}: the thread hashing its tar failed", self.what))
+        })?;
+        if got != self.want {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: its content has diff_id {got}, the image config says {}",
+                    self.what, self.want
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Starts reading `blob` in a thread of `scope`, decompressed (gzip, zstd or
-/// none, as sniffed). Errors reach the reader at the point of the stream
-/// where they happened: a digest mismatch at the end, like the blob's own
-/// reader. Dropping the reader stops the thread. With `plain`, the blob
-/// must be uncompressed (its digest is its diff_id, so its bytes are the
-/// tar): a compressed one is an error.
+/// none, as sniffed), its diff_id checked as `check` says. Errors reach the
+/// reader at the point of the stream where they happened: a digest
+/// mismatch at the end, like the blob's own reader. Dropping the reader
+/// stops the threads.
 pub(crate) fn decompressed<'scope, 'env, R>(
     scope: &'scope Scope<'scope, 'env>,
     blob: R,
     progress: &'scope dyn Progress,
-    plain: bool,
+    check: DiffIdCheck,
 ) -> Ahead<'scope>
 where
     R: Read + Send + 'scope,
@@ -59,8 +131,18 @@ where
             inner: blob,
             n: n.clone(),
         };
-        let mut plain = match decompress(counted) {
-            Ok((comp, _)) if plain && comp != Compression::None => {
+        let (comp, mut plain) = match decompress(counted) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = tx.send(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    e.to_string(),
+                )));
+                return;
+            }
+        };
+        let mut hasher = match check {
+            DiffIdCheck::ByBlob if comp != Compression::None => {
                 let _ = tx.send(Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
@@ -70,25 +152,42 @@ where
                 )));
                 return;
             }
-            Ok((_, r)) => r,
-            Err(e) => {
-                let _ = tx.send(Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    e.to_string(),
-                )));
-                return;
+            DiffIdCheck::ByBlob => None,
+            DiffIdCheck::Hash {
+                reader_if_plain: true,
+                ..
+            } if comp == Compression::None => None,
+            DiffIdCheck::Hash { diff_id, what, .. } => {
+                Some(DiffIdHasher::start(scope, diff_id, what))
             }
         };
         loop {
             let mut buf = vec![0u8; CHUNK];
             match plain.read(&mut buf) {
                 Ok(0) => {
-                    // The last count: what the decoder read after its last output.
-                    let _ = tx.send(Ok((n.load(Ordering::Relaxed), Vec::new())));
+                    let last = match hasher.take().map(DiffIdHasher::finish) {
+                        Some(Err(e)) => Err(e),
+                        // The last count: what the decoder read after its
+                        // last output.
+                        _ => Ok((n.load(Ordering::Relaxed), Arc::new(Vec::new()))),
+                    };
+                    let _ = tx.send(last);
                     return;
                 }
                 Ok(k) => {
                     buf.truncate(k);
+                    let buf = Arc::new(buf);
+                    if let Some(h) = &hasher {
+                        if h.tx.send(buf.clone()).is_err() {
+                            // The hashing thread is gone, so it failed:
+                            // its join says how.
+                            let e = hasher.take().and_then(|h| h.finish().err());
+                            let _ = tx.send(Err(e.unwrap_or_else(|| {
+                                io::Error::other("the diff_id's hashing thread stopped early")
+                            })));
+                            return;
+                        }
+                    }
                     if tx.send(Ok((n.load(Ordering::Relaxed), buf))).is_err() {
                         return;
                     }
@@ -103,7 +202,7 @@ where
     });
     Ahead {
         rx,
-        buf: Vec::new(),
+        buf: Arc::new(Vec::new()),
         pos: 0,
         reported: 0,
         failed: None,
@@ -114,7 +213,7 @@ where
 /// The consuming end of [`decompressed`].
 pub(crate) struct Ahead<'a> {
     rx: Receiver<Msg>,
-    buf: Vec<u8>,
+    buf: Arc<Vec<u8>>,
     pos: usize,
     reported: u64,
     /// A failure, repeated to every later read.
@@ -153,6 +252,7 @@ impl Read for Ahead<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::sha256_digest;
     use crate::progress::NoProgress;
     use std::cell::Cell;
     use std::io::Write;
@@ -161,6 +261,15 @@ mod tests {
     impl Progress for Count {
         fn advance(&self, b: u64) {
             self.0.set(self.0.get() + b);
+        }
+    }
+
+    /// Hashed here against `data`'s own digest: the check passes.
+    fn hashed(data: &[u8]) -> DiffIdCheck {
+        DiffIdCheck::Hash {
+            diff_id: sha256_digest(data),
+            what: "layer 1 of the image".into(),
+            reader_if_plain: false,
         }
     }
 
@@ -176,7 +285,7 @@ mod tests {
         let blob = gzip(&data);
         let count = Count(Cell::new(0));
         let got = std::thread::scope(|s| {
-            let mut r = decompressed(s, blob.as_slice(), &count, false);
+            let mut r = decompressed(s, blob.as_slice(), &count, hashed(&data));
             let mut v = vec![];
             r.read_to_end(&mut v).unwrap();
             v
@@ -205,7 +314,12 @@ mod tests {
     #[test]
     fn plain_an_error_arrives_after_the_data_before_it_and_repeats() {
         std::thread::scope(|s| {
-            let mut r = decompressed(s, FailsAt(b"plain bytes"), &NoProgress, false);
+            let mut r = decompressed(
+                s,
+                FailsAt(b"plain bytes"),
+                &NoProgress,
+                hashed(b"plain bytes"),
+            );
             let mut v = vec![];
             let e = r.read_to_end(&mut v).unwrap_err();
             assert_eq!(v, b"plain bytes");
@@ -220,7 +334,7 @@ mod tests {
     fn plain_an_unsupported_compression_is_an_error_at_the_first_read() {
         let xz = b"\xfd7zXZ\x00 rest of it";
         std::thread::scope(|s| {
-            let mut r = decompressed(s, &xz[..], &NoProgress, false);
+            let mut r = decompressed(s, &xz[..], &NoProgress, hashed(b""));
             let e = r.read(&mut [0u8; 16]).unwrap_err();
             assert!(e.to_string().contains("xz"), "{e}");
         });
@@ -230,7 +344,7 @@ mod tests {
     fn plain_a_blob_that_must_be_a_plain_tar_passes_through_or_is_refused_compressed() {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 13) as u8).collect();
         let got = std::thread::scope(|s| {
-            let mut r = decompressed(s, data.as_slice(), &NoProgress, true);
+            let mut r = decompressed(s, data.as_slice(), &NoProgress, DiffIdCheck::ByBlob);
             let mut v = vec![];
             r.read_to_end(&mut v).unwrap();
             v
@@ -238,7 +352,7 @@ mod tests {
         assert_eq!(got, data);
         let blob = gzip(&data);
         std::thread::scope(|s| {
-            let mut r = decompressed(s, blob.as_slice(), &NoProgress, true);
+            let mut r = decompressed(s, blob.as_slice(), &NoProgress, DiffIdCheck::ByBlob);
             let e = r.read(&mut [0u8; 16]).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidData);
             assert!(
@@ -252,9 +366,59 @@ mod tests {
     fn plain_dropping_the_reader_early_stops_the_thread() {
         let data = vec![1u8; 64 * CHUNK];
         std::thread::scope(|s| {
-            let mut r = decompressed(s, data.as_slice(), &NoProgress, false);
+            let mut r = decompressed(s, data.as_slice(), &NoProgress, hashed(&data));
             r.read_exact(&mut [0u8; 10]).unwrap();
             drop(r);
+        });
+    }
+
+    #[test]
+    fn plain_a_tar_whose_hash_is_not_the_diff_id_fails_after_its_last_byte() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 11 % 241) as u8).collect();
+        let blob = gzip(&data);
+        let wrong = sha256_digest(b"another tar");
+        std::thread::scope(|s| {
+            let check = DiffIdCheck::Hash {
+                diff_id: wrong.clone(),
+                what: "layer 2 of the image".into(),
+                reader_if_plain: false,
+            };
+            let mut r = decompressed(s, blob.as_slice(), &NoProgress, check);
+            let mut v = vec![];
+            let e = r.read_to_end(&mut v).unwrap_err();
+            assert_eq!(v, data, "every byte before the end arrives first");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+            let want = format!(
+                "layer 2 of the image: its content has diff_id {}, the image config says {wrong}",
+                sha256_digest(&data)
+            );
+            assert_eq!(e.to_string(), want);
+            assert_eq!(r.read(&mut [0u8; 4]).unwrap_err().to_string(), want);
+        });
+    }
+
+    #[test]
+    fn plain_a_plain_docker_layer_is_left_to_its_reader_and_a_compressed_one_is_hashed() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 7) as u8).collect();
+        let wrong = || DiffIdCheck::Hash {
+            diff_id: sha256_digest(b"not this tar"),
+            what: "layer 1 of the image".into(),
+            reader_if_plain: true,
+        };
+        // Uncompressed: the blob's reader checks it (not here), so a
+        // diff_id this stream does not match is not this stream's error.
+        let got = std::thread::scope(|s| {
+            let mut r = decompressed(s, data.as_slice(), &NoProgress, wrong());
+            let mut v = vec![];
+            r.read_to_end(&mut v).unwrap();
+            v
+        });
+        assert_eq!(got, data);
+        let blob = gzip(&data);
+        std::thread::scope(|s| {
+            let mut r = decompressed(s, blob.as_slice(), &NoProgress, wrong());
+            let e = r.read_to_end(&mut vec![]).unwrap_err();
+            assert!(e.to_string().contains("its content has diff_id"), "{e}");
         });
     }
 }

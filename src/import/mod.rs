@@ -15,6 +15,7 @@ use crate::progress::Progress;
 use crate::store::{normalize_image_name, ExpectDiffId, ImageRecord, NewLayer, Store, Txn};
 use crate::util::ids::short;
 use crate::util::time::now_unix;
+use ahead::DiffIdCheck;
 
 /// Imports every image in a `docker save` archive or OCI layout (tar or
 /// directory) at `path`. Layers already in the store (same chain id) are
@@ -154,9 +155,22 @@ fn import_layers(
             .blob_digest
             .as_ref()
             .is_some_and(|d| d.to_string() == diff_id);
-        // The blob is read, checked and inflated on a second core.
+        let what = format!("layer {} of the image", i + 1);
+        let check = if plain_blob {
+            DiffIdCheck::ByBlob
+        } else {
+            DiffIdCheck::Hash {
+                diff_id: lr.diff_id.clone(),
+                what: what.clone(),
+                // Only a `docker save` layer.tar has no digest of its own;
+                // uncompressed, its reader checks it against the diff_id.
+                reader_if_plain: lr.blob_digest.is_none(),
+            }
+        };
+        // The blob is read, checked and inflated on a second core, its tar
+        // hashed on a third, as it is applied.
         std::thread::scope(|s| {
-            let mut plain = ahead::decompressed(s, blob, progress, plain_blob);
+            let mut plain = ahead::decompressed(s, blob, progress, check);
             txn.make_layer(
                 &id,
                 NewLayer {
@@ -165,8 +179,8 @@ fn import_layers(
                     changeset: Some(&mut plain),
                     expect: Some(ExpectDiffId {
                         diff_id: &diff_id,
-                        what: format!("layer {} of the image", i + 1),
-                        checked_by_reader: plain_blob,
+                        what,
+                        checked_by_reader: true,
                     }),
                     keep_layout: true,
                     ..NewLayer::default()
