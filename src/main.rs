@@ -26,7 +26,11 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("thinlayer: {e:#}{}", cli::hint::hint(&e));
+            eprintln!(
+                "thinlayer: {}{}",
+                cli::hint::one_line(&e),
+                cli::hint::hint(&e)
+            );
             ExitCode::FAILURE
         }
     }

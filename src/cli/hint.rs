@@ -17,6 +17,21 @@ pub fn hint(e: &anyhow::Error) -> String {
     String::new()
 }
 
+/// `e` and its causes on one line, as `{:#}` prints them, except that a
+/// cause whose text already ends the line is not said twice (an error that
+/// prints its source in its own message and also gives it as its cause).
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 const CREATE: &str = ": create one with `thinlayer pool create`";
 const IN_THE_VM: &str = "run thinlayer in the VM with `vm-tests/run.sh -- thinlayer ...`";
 
@@ -87,6 +102,27 @@ mod tests {
 
     fn of(e: impl Into<anyhow::Error>) -> String {
         hint(&e.into().context("doing something"))
+    }
+
+    #[test]
+    fn plain_a_cause_the_message_already_ends_with_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, "layer 3: bad diff_id");
+        let e = anyhow::Error::new(thinlayer::changeset::ChangesetError::Io {
+            op: "reading",
+            path: "changeset input".into(),
+            source: io,
+        })
+        .context("importing /x");
+        assert_eq!(
+            one_line(&e),
+            "importing /x: io error reading \"changeset input\": layer 3: bad diff_id"
+        );
+        // Causes that are not in the message yet are all said, in order.
+        let e = anyhow::anyhow!("no space")
+            .context("writing a")
+            .context("importing /x");
+        assert_eq!(one_line(&e), "importing /x: writing a: no space");
+        assert_eq!(one_line(&e), format!("{e:#}"));
     }
 
     #[test]
