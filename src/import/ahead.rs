@@ -207,6 +207,7 @@ where
         reported: 0,
         failed: None,
         progress,
+        ended: false,
     }
 }
 
@@ -219,6 +220,8 @@ pub(crate) struct Ahead<'a> {
     /// A failure, repeated to every later read.
     failed: Option<(io::ErrorKind, String)>,
     progress: &'a dyn Progress,
+    /// The last hand-over (empty) arrived.
+    ended: bool,
 }
 
 impl Read for Ahead<'_> {
@@ -231,6 +234,8 @@ impl Read for Ahead<'_> {
                 Ok(Ok((read, buf))) => {
                     self.progress.advance(read - self.reported);
                     self.reported = read;
+                    // Only the last hand-over is empty.
+                    self.ended = buf.is_empty();
                     self.buf = buf;
                     self.pos = 0;
                 }
@@ -238,8 +243,15 @@ impl Read for Ahead<'_> {
                     self.failed = Some((e.kind(), e.to_string()));
                     return Err(e);
                 }
-                // The thread finished: end of the stream.
-                Err(_) => return Ok(0),
+                // The thread finished: the end of the stream, if its last
+                // hand-over came; if not, it panicked, and the stream is
+                // cut short, which must not pass for its end.
+                Err(_) if self.ended => return Ok(0),
+                Err(_) => {
+                    let e = io::Error::other("the thread reading the layer's blob stopped early");
+                    self.failed = Some((e.kind(), e.to_string()));
+                    return Err(e);
+                }
             }
         }
         let k = out.len().min(self.buf.len() - self.pos);
@@ -370,6 +382,40 @@ mod tests {
             r.read_exact(&mut [0u8; 10]).unwrap();
             drop(r);
         });
+    }
+
+    /// A reader that panics after its bytes, as a bug in a decoder would.
+    struct PanicsAfter(io::Cursor<Vec<u8>>);
+    impl Read for PanicsAfter {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.read(buf)?;
+            assert!(n > 0, "a decoder's bug");
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn plain_a_reading_thread_that_panics_cuts_the_stream_with_an_error_not_an_end() {
+        // More than a chunk, handed over in two before the panic.
+        let data: Vec<u8> = (0..CHUNK as u32 + 1000).map(|i| (i % 17) as u8).collect();
+        let mut seen = None;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::thread::scope(|s| {
+                let check = hashed(b"the whole tar");
+                let blob = PanicsAfter(io::Cursor::new(data.clone()));
+                let mut r = decompressed(s, blob, &NoProgress, check);
+                let mut v = vec![];
+                let got = r.read_to_end(&mut v).map_err(|e| e.to_string());
+                seen = Some((got, v));
+            })
+        }));
+        // The scope passes the reading thread's panic on.
+        assert!(r.is_err());
+        let (got, v) = seen.expect("the reader returned");
+        // Every byte arrived, but not the stream's end: an error still.
+        assert_eq!(v, data);
+        let e = got.unwrap_err();
+        assert!(e.contains("stopped early"), "{e}");
     }
 
     #[test]
