@@ -49,9 +49,20 @@ pub const OVERLAY: &str = "overlay (thinlayer, proxy)";
 /// The benchsuite's work done on thinlayer's pool with no snapshotter: the
 /// kernel's part of a block-level snapshotter.
 pub const FLOOR: &str = "dm-thin floor (ioctls, in-process)";
+/// thinlayer's thin driver and the floor again, with the kernel's RCU
+/// grace periods expedited for their runs ([`RcuExpedited`]): what the
+/// wait for a grace period costs them.
+pub const THIN_EXPEDITED: &str = "thin (thinlayer, proxy), RCU expedited";
+pub const FLOOR_EXPEDITED: &str = "dm-thin floor, RCU expedited";
+/// The floor's unmounts alone, a part of its write phase: the writeback of
+/// each layer's new files through the pool.
+pub const UNMOUNT: &str = "of which unmount (the floor's)";
+
+/// The kernel's switch for expedited RCU grace periods, system-wide.
+const RCU_EXPEDITED: &str = "/sys/kernel/rcu_expedited";
 
 /// The benchsuite's `layerCount`.
-const LAYERS: usize = 16;
+pub const LAYERS: usize = 16;
 /// The benchsuite's `fileSizeBytes`.
 const FILE_SIZE: usize = 1 << 20;
 
@@ -62,15 +73,19 @@ enum Target {
     Thin,
     Overlay,
     Floor,
+    ThinExpedited,
+    FloorExpedited,
 }
 
 impl Target {
-    const ALL: [Target; 5] = [
+    const ALL: [Target; 7] = [
         Target::Overlayfs,
         Target::Devmapper,
         Target::Thin,
         Target::Overlay,
         Target::Floor,
+        Target::ThinExpedited,
+        Target::FloorExpedited,
     ];
 
     fn name(self) -> &'static str {
@@ -80,14 +95,57 @@ impl Target {
             Target::Thin => THIN,
             Target::Overlay => OVERLAY,
             Target::Floor => FLOOR,
+            Target::ThinExpedited => THIN_EXPEDITED,
+            Target::FloorExpedited => FLOOR_EXPEDITED,
         }
     }
 
+    /// Whether it runs with RCU grace periods expedited.
+    fn expedited(self) -> bool {
+        matches!(self, Target::ThinExpedited | Target::FloorExpedited)
+    }
+
     /// All of them, rotated by `rep`: each takes every place in turn.
-    fn interleaved(rep: usize) -> [Target; 5] {
+    fn interleaved(rep: usize) -> [Target; 7] {
         let mut all = Self::ALL;
         all.rotate_left(rep % Self::ALL.len());
         all
+    }
+}
+
+/// [`RCU_EXPEDITED`] set to 1 while this lives: every `synchronize_rcu`
+/// in the kernel then takes an expedited grace period (IPIs to every CPU)
+/// instead of waiting for a normal one. Its value before goes back on
+/// [`RcuExpedited::restore`], or when dropped after an error.
+struct RcuExpedited {
+    before: Option<String>,
+}
+
+impl RcuExpedited {
+    fn set() -> Result<RcuExpedited> {
+        let before = fs::read_to_string(RCU_EXPEDITED)
+            .with_context(|| format!("reading {RCU_EXPEDITED} (the kernel's RCU switch)"))?;
+        fs::write(RCU_EXPEDITED, "1").with_context(|| format!("writing 1 to {RCU_EXPEDITED}"))?;
+        Ok(RcuExpedited {
+            before: Some(before.trim().to_string()),
+        })
+    }
+
+    fn restore(mut self) -> Result<()> {
+        match self.before.take() {
+            Some(b) => fs::write(RCU_EXPEDITED, &b)
+                .with_context(|| format!("writing {b} back to {RCU_EXPEDITED}")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RcuExpedited {
+    fn drop(&mut self) {
+        if let Some(b) = self.before.take() {
+            // The error path: the error being returned is the one to report.
+            let _ = fs::write(RCU_EXPEDITED, b);
+        }
     }
 }
 
@@ -353,8 +411,8 @@ fn apply_layer(root: &Path, layer: usize, noise: &mut crate::fixture::Noise) -> 
 /// load, resume), write (mount ext4, the layer's file operations,
 /// unmount) and commit (nothing: a committed layer is only a record, and
 /// its device may stay active). Returns (phase, ms) as
-/// [`parse_benchsuite`] does; every device and thin id it made goes after
-/// the timings.
+/// [`parse_benchsuite`] does, and `unmount`, the unmounts' part of write;
+/// every device and thin id it made goes after the timings.
 fn floor_run(
     fl: &DmFloor,
     dm: &devicemapper::DM,
@@ -362,7 +420,7 @@ fn floor_run(
     seed: u64,
 ) -> Result<Vec<(String, f64)>> {
     let mut noise = crate::fixture::Noise::new(seed);
-    let (mut prepare, mut write) = (0.0, 0.0);
+    let (mut prepare, mut write, mut unmount) = (0.0, 0.0, 0.0);
     // A commit asks nothing of the kernel.
     let commit = 0.0;
     let mut made = 0u32;
@@ -380,7 +438,9 @@ fn floor_run(
             let t = Instant::now();
             mount_ext4(&dev, mnt, false)?;
             let applied = apply_layer(mnt, layer, &mut noise);
+            let u = Instant::now();
             let unmounted = nix::mount::umount(mnt).context("unmounting the floor's layer");
+            unmount += ms(u);
             applied?;
             unmounted?;
             write += ms(t);
@@ -404,6 +464,7 @@ fn floor_run(
         ("prepare".into(), prepare),
         ("write".into(), write),
         ("commit".into(), commit),
+        ("unmount".into(), unmount),
     ])
 }
 
@@ -427,10 +488,10 @@ fn go_run(
             .args(["-test.bench", "^BenchmarkDeviceMapper$"])
             .args(["-dm.thinPoolDev", DM_POOL, "-dm.rootPath"])
             .arg(dir.join(format!("devmapper-{rep}"))),
-        Target::Thin | Target::Overlay => cmd
+        Target::Thin | Target::Overlay | Target::ThinExpedited => cmd
             .args(["-test.bench", "^BenchmarkProxy$", "-proxy.address"])
             .arg(socket),
-        Target::Floor => bail!("the floor is not a benchsuite run"),
+        Target::Floor | Target::FloorExpedited => bail!("the floor is not a benchsuite run"),
     };
     let o = cmd
         .output()
@@ -452,7 +513,8 @@ pub fn containerd_bench(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<
         "no containerd benchsuite binary: build it with tools/build-containerd-bench.sh \
          (tools/bench.sh does) or pass --containerd-bench",
     )?;
-    // One repetition is 16 layers on each of four snapshotters and the floor.
+    // One repetition is 16 layers on each of four snapshotters, the floor,
+    // and thin and the floor again with RCU expedited.
     let reps = if plan.quick { 1 } else { plan.reps.min(5) };
     let dir = f.scratch("containerd-bench");
     fs::create_dir_all(&dir)?;
@@ -503,20 +565,30 @@ pub fn containerd_bench(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<
         }
         for rep in 0..reps {
             for t in Target::interleaved(rep) {
-                let figures = if t == Target::Floor {
-                    floor_run(&floor, &dm, &floor_mnt, rep as u64)
-                        .with_context(|| format!("the benchsuite's work on {FLOOR}"))?
+                let expedited = if t.expedited() {
+                    Some(RcuExpedited::set()?)
                 } else {
-                    let socket = if t == Target::Thin {
+                    None
+                };
+                let figures = if matches!(t, Target::Floor | Target::FloorExpedited) {
+                    floor_run(&floor, &dm, &floor_mnt, rep as u64)
+                        .with_context(|| format!("the benchsuite's work on {}", t.name()))?
+                } else {
+                    let socket = if matches!(t, Target::Thin | Target::ThinExpedited) {
                         &thin.socket
                     } else {
                         &overlay.socket
                     };
                     go_run(&go, &dir, t, rep, socket)?
                 };
+                if let Some(e) = expedited {
+                    e.restore()?;
+                }
                 for (phase, ms) in figures {
                     if let Some((_, variant)) = PHASES.iter().find(|(p, _)| *p == phase) {
                         c.add(t.name(), variant, None, ms);
+                    } else if phase == "unmount" {
+                        c.add(t.name(), UNMOUNT, None, ms);
                     }
                 }
                 tick.tick("containerd benchsuite");
@@ -600,6 +672,22 @@ pub fn containerd_bench(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<
         false,
     ));
     ratios.push(ratio(
+        "dm-thin floor, RCU expedited / containerd overlayfs",
+        FLOOR_EXPEDITED,
+        OVERLAYFS,
+        "total",
+        None,
+        false,
+    ));
+    ratios.push(ratio(
+        "thinlayer thin, RCU expedited / containerd overlayfs",
+        THIN_EXPEDITED,
+        OVERLAYFS,
+        "total",
+        None,
+        false,
+    ));
+    ratios.push(ratio(
         "containerd devmapper / containerd overlayfs",
         DEVMAPPER,
         OVERLAYFS,
@@ -619,7 +707,7 @@ pub fn containerd_bench(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<
              `Prepare` on the previous layer, a temporary mount, ten operations on 1 MiB files (created \
              with random bytes, removed, or 4 bytes rewritten in the middle of an inherited file), \
              unmount, `Commit`; it times prepare, write (mount, write, unmount) and commit, and total \
-             is the whole loop. Four snapshotters, in an order that rotates every repetition: \
+             is the whole loop. Four snapshotters: \
              containerd's overlayfs snapshotter and its devmapper snapshotter, both in the benchmark's \
              process; and `thinlayer snapshotter serve` with the thin driver and with the overlay \
              driver, each its own long-running daemon, reached over its unix socket through \
@@ -629,7 +717,14 @@ pub fn containerd_bench(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<
              `create_snap` of the previous layer, suspended around it while it is active, then create, \
              load, resume; write: mount ext4, the same ten operations with the same file sizes, unmount; \
              commit: nothing, as a committed layer is only a record), its devices removed and thin ids \
-             deleted after the timings. The floor makes its random bytes with a xorshift generator, \
+             deleted after the timings; its unmounts are also timed alone (`{UNMOUNT}`, a part of \
+             its write phase). Last, thinlayer's thin driver and the floor once more, with the kernel's \
+             RCU grace periods expedited for that run only (`{RCU_EXPEDITED}` set to 1, its value \
+             before put back after): every `synchronize_rcu` in the kernel then forces a grace period \
+             at once, with an interrupt to every CPU, instead of waiting for one to pass, so the \
+             difference is what waiting for grace periods costs a block-level snapshotter here. \
+             thinlayer never sets this itself: it is a switch for the whole machine. All seven runs \
+             take turns, in an order that rotates every repetition. The floor makes its random bytes with a xorshift generator, \
              cheaper than the benchsuite's Go `math/rand`, so its write phase is if anything \
              flattered against the others'. devmapper's pool is made as containerd's \
              docs/snapshotters/devmapper.md script makes it: a {} data file and a {} metadata file on \
