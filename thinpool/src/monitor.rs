@@ -9,6 +9,13 @@
 //! devicemapper crate describes), and does nothing between them: a slow
 //! timer only checks for a stop request, and looks at the pool again
 //! every [`RECHECK`] in case it was activated without an event.
+//!
+//! That poll wakes on every device's events, not the pool's alone: each
+//! thin device made, activated or removed raises one. So a wake-up first
+//! reads the pool device's event counter ([`EventMark`], one ioctl), and
+//! looks at the pool only when it moved: a snapshotter preparing layers
+//! then does not pay, on its two CPUs, for a check of the pool (status,
+//! devices, the pool's lock) after each of them.
 
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -20,7 +27,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::kernel;
-use crate::pool::{Autoextended, Pool, PoolMode};
+use crate::pool::{Autoextended, EventMark, Pool, PoolMode};
 
 /// How often the watcher checks for a stop request between events.
 pub const STOP_CHECK: Duration = Duration::from_millis(500);
@@ -104,6 +111,23 @@ struct Watcher {
     pool: Pool,
     mode: Option<Option<PoolMode>>,
     at_max: bool,
+    /// The pool's [`EventMark`] at the last check that succeeded (the
+    /// inner `None`: no pool device); `None` before one.
+    checked: Option<Option<EventMark>>,
+}
+
+/// Whether a wake-up looks at the pool: always at the start and on the
+/// timer; on a device-mapper event only when the pool's own mark moved
+/// since the last check that succeeded, or cannot be read (`now`: `None`).
+fn needs_check(
+    wake: Wake,
+    checked: Option<Option<EventMark>>,
+    now: Option<Option<EventMark>>,
+) -> bool {
+    match (wake, checked, now) {
+        (Wake::Event, Some(before), Some(now)) => before != now,
+        _ => true,
+    }
 }
 
 impl Watcher {
@@ -120,6 +144,11 @@ impl Watcher {
             report(&MonitorEvent::Mode { mode });
         }
         if mode.is_none() || mode == Some(PoolMode::Fail) {
+            return Ok(());
+        }
+        // Off in the record just read: no need for the pool's lock.
+        if self.pool.record().autoextend.is_none() {
+            self.at_max = false;
             return Ok(());
         }
         match self.pool.autoextend()? {
@@ -157,6 +186,7 @@ pub fn watch(dir: &Path, stop: &AtomicBool, report: &mut dyn FnMut(&MonitorEvent
         pool,
         mode: None,
         at_max: false,
+        checked: None,
     };
     let mut woken = Some(Wake::Start);
     let mut last = Instant::now();
@@ -170,12 +200,19 @@ pub fn watch(dir: &Path, stop: &AtomicBool, report: &mut dyn FnMut(&MonitorEvent
             events
                 .arm_poll()
                 .map_err(Error::dm("arming the dm event poll"))?;
-            if let Err(e) = w.check(wake, report) {
-                report(&MonitorEvent::Failed {
-                    error: e.to_string(),
-                });
+            let mark = w.pool.event_mark().ok();
+            if needs_check(wake, w.checked, mark) {
+                w.checked = match w.check(wake, report) {
+                    Ok(()) => mark,
+                    Err(e) => {
+                        report(&MonitorEvent::Failed {
+                            error: e.to_string(),
+                        });
+                        None
+                    }
+                };
+                last = Instant::now();
             }
-            last = Instant::now();
         }
         let mut fds = [PollFd::new(events.file().as_fd(), PollFlags::POLLIN)];
         let ms = u16::try_from(STOP_CHECK.as_millis()).unwrap_or(u16::MAX);
@@ -190,4 +227,38 @@ pub fn watch(dir: &Path, stop: &AtomicBool, report: &mut dyn FnMut(&MonitorEvent
         };
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devicemapper::Device;
+
+    fn mark(minor: u32, event_nr: u32) -> EventMark {
+        EventMark {
+            device: Device { major: 253, minor },
+            event_nr,
+        }
+    }
+
+    #[test]
+    fn plain_an_event_of_another_device_does_not_look_at_the_pool_but_the_pools_own_does() {
+        let seen = Some(Some(mark(3, 7)));
+        // Another device's event: the pool's mark did not move.
+        assert!(!needs_check(Wake::Event, seen, Some(Some(mark(3, 7)))));
+        // The pool's own event (low water, a mode change) moves it.
+        assert!(needs_check(Wake::Event, seen, Some(Some(mark(3, 8)))));
+        // Deactivated, or activated again as another device.
+        assert!(needs_check(Wake::Event, seen, Some(None)));
+        assert!(needs_check(Wake::Event, seen, Some(Some(mark(4, 7)))));
+        assert!(needs_check(Wake::Event, Some(None), Some(Some(mark(4, 0)))));
+        // Still inactive: nothing to look at.
+        assert!(!needs_check(Wake::Event, Some(None), Some(None)));
+        // The mark unreadable, or no check succeeded yet: look.
+        assert!(needs_check(Wake::Event, seen, None));
+        assert!(needs_check(Wake::Event, None, Some(Some(mark(3, 7)))));
+        // The start and the timer always look.
+        assert!(needs_check(Wake::Start, seen, Some(Some(mark(3, 7)))));
+        assert!(needs_check(Wake::Timer, seen, Some(Some(mark(3, 7)))));
+    }
 }

@@ -39,7 +39,41 @@ impl Listed {
     }
 }
 
+/// Where the pool device's events stand: its device number and the
+/// kernel's event counter for it. The counter goes up on every event the
+/// pool raises (its low-water mark, its metadata running low, a change of
+/// mode: drivers/md/dm-thin.c calls dm_table_event, which counts), and not
+/// on the events of other devices, which wake a `DM_DEV_ARM_POLL` waiter
+/// too. A new activation is a new device number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventMark {
+    /// The pool device's number.
+    pub device: Device,
+    /// Its event counter.
+    pub event_nr: u32,
+}
+
 impl Pool {
+    /// The pool device's [`EventMark`] now (one `DM_DEV_STATUS`), `None`
+    /// when the kernel has no pool device.
+    pub fn event_mark(&self) -> Result<Option<EventMark>> {
+        let name = self.names.name(Role::Pool);
+        match self.dm.device_info(&DevId::Name(&name)) {
+            Ok(info) => Ok(Some(EventMark {
+                device: info.device(),
+                event_nr: info.event_nr(),
+            })),
+            // Gone (ENXIO), or another error: the listing tells which.
+            Err(e) => {
+                if self.kernel_has(Role::Pool)? {
+                    Err(Error::dm(format!("reading the status of {}", &*name))(e))
+                } else {
+                    Ok(None)
+                }
+            }
+        }
+    }
+
     /// Whether the kernel has our device of `role`.
     pub(super) fn kernel_has(&self, role: Role) -> Result<bool> {
         devicemapper::device_exists(&self.dm, &self.names.name(role))

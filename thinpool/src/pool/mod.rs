@@ -78,6 +78,7 @@ use crate::units::{ThinId, TransactionId};
 
 pub use activate::{Activated, MetadataCheck};
 pub use create::check_create_options;
+pub use devices::EventMark;
 pub use on_disk::{Backing, BackingKind, PoolRecord, PoolState, ThinRecord};
 pub use repair::Repaired;
 pub use settings::{
