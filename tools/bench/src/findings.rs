@@ -266,6 +266,7 @@ fn containerd_bench_findings(series: &[Series]) -> Vec<String> {
         DEVMAPPER, FLOOR, FLOOR_EXPEDITED, OVERLAY, OVERLAYFS, PHASES, THIN, THIN_EXPEDITED,
         UNMOUNT,
     };
+    const LAYERS: f64 = crate::scenarios::containerd_bench::LAYERS as f64;
     let m = |d: &str, v: &str| median(series, d, v);
     let secs = |ms: f64| format!("{:.2} s", ms / 1000.0);
     let verdict = |r: f64, target: f64| if r <= target { "met" } else { "missed" };
@@ -354,6 +355,27 @@ fn containerd_bench_findings(series: &[Series]) -> Vec<String> {
                 secs(thin - fl)
             )
         };
+        let split = match (
+            m(THIN, PHASES[1].1),
+            m(FLOOR, PHASES[1].1),
+            m(THIN, PHASES[3].1),
+            m(FLOOR, PHASES[3].1),
+            m(DEVMAPPER, PHASES[2].1),
+        ) {
+            (Some(tp), Some(fp), Some(tc), Some(fc), Some(dw)) => format!(
+                " By phase, thin is {:.1} ms per layer above the floor in prepare (a gRPC call, the \
+                 journaled snapshot and its records), {:.1} ms in write and {:.1} ms in commit (a gRPC \
+                 call and a record). In write, the files are written by the benchsuite's Go code \
+                 (its bytes from Go's math/rand) where the floor writes them itself: containerd's \
+                 devmapper, the same Go code on thin devices of its own, takes {} there, {:.2}× thin's.",
+                (tp - fp) / LAYERS,
+                (tw - fw) / LAYERS,
+                (tc - fc) / LAYERS,
+                secs(dw),
+                dw / tw,
+            ),
+            _ => String::new(),
+        };
         out.push(format!(
             "The same work with no snapshotter at all, the `{FLOOR}` column (each layer a `create_snap` of \
              the previous one on thinlayer's pool, activated, its ext4 mounted, the benchsuite's ten file \
@@ -362,7 +384,7 @@ fn containerd_bench_findings(series: &[Series]) -> Vec<String> {
              Unmounting an ext4 filesystem writes its dirty data back to the device (the kernel syncs a \
              block filesystem as it shuts down: fs/super.c, generic_shutdown_super), so each layer's new \
              files go through the pool to disk inside the write phase, where overlayfs leaves them in the \
-             page cache of the filesystem below. {bound}",
+             page cache of the filesystem below. {bound}{split}",
             secs(fl),
             secs(fw),
             secs(ow),
@@ -378,7 +400,6 @@ fn containerd_bench_findings(series: &[Series]) -> Vec<String> {
         m(FLOOR_EXPEDITED, UNMOUNT),
         m(THIN_EXPEDITED, "total"),
     ) {
-        let layers = crate::scenarios::containerd_bench::LAYERS as f64;
         let rest = if fle / ovfs > 1.0 {
             format!(
                 "Even without that wait the floor stays above containerd's overlayfs: its write phase \
@@ -403,7 +424,7 @@ fn containerd_bench_findings(series: &[Series]) -> Vec<String> {
              they are), and thinlayer's thin driver {} ({:.2}×, against {:.2}×). {rest}",
             secs(fpe),
             secs(fp),
-            (fp - fpe) / layers,
+            (fp - fpe) / LAYERS,
             secs(fle),
             fle / ovfs,
             fl / ovfs,
@@ -958,10 +979,19 @@ mod tests {
                     None,
                     total / 2.0,
                 ));
+                all.push(series(d, "prepare", None, total / 10.0));
+                all.push(series(d, "commit", None, total / 20.0));
             }
             findings(&scenario("containerd-bench", all), 2).join(" ")
         };
         let f = run(3500.0);
+        // Per layer: (380 - 350) / 16, (1900 - 1750) / 16, (190 - 175) / 16.
+        assert!(
+            f.contains("1.9 ms per layer above the floor in prepare"),
+            "{f}"
+        );
+        assert!(f.contains("9.4 ms in write and 0.9 ms in commit"), "{f}");
+        assert!(f.contains("takes 6.00 s there, 3.16× thin's"), "{f}");
         assert!(
             f.contains("1.84× containerd's overlayfs here, so no dm-thin snapshotter"),
             "{f}"
