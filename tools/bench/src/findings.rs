@@ -568,13 +568,23 @@ fn store_open_finding(series: &[Series], burst: &str, gap: f64, cpus: u32) -> Op
     );
     if extra > 0.0 && gap > 0.0 {
         let wall = n * extra / f64::from(cpus.max(1));
+        let share = if wall > gap {
+            format!(
+                "more than the {gap:.0} ms by which thin's burst is longer: by this estimate the \
+                 store's opening is all of the gap, and the rest of thin's creates costs no more than \
+                 overlay's"
+            )
+        } else {
+            format!(
+                "{:.0}% of the {gap:.0} ms by which thin's burst is longer",
+                100.0 * wall / gap
+            )
+        };
         text.push_str(&format!(
             " Each of the burst's {n:.0} creates opens the store first: {:.0} ms of process time, which, \
-             spread over {cpus} CPUs as the burst spreads it, is about {wall:.0} ms of wall time, {:.0}% of \
-             the {gap:.0} ms by which thin's burst is longer (an estimate from the two series, which time \
-             the opening alone, not inside the burst).",
+             spread over {cpus} CPUs as the burst spreads it, is about {wall:.0} ms of wall time, {share} \
+             (an estimate from the two series, which time the opening alone, not inside the burst).",
             n * extra,
-            100.0 * wall / gap,
         ));
     }
     Some(text)
@@ -1140,6 +1150,15 @@ mod tests {
                 && f.contains("about 200 ms of wall time, 50% of the 400 ms"),
             "{f}"
         );
+        // 60 ms more: 480 ms of wall time, more than the whole gap.
+        let f = run(160.0);
+        assert!(
+            f.contains(
+                "about 480 ms of wall time, more than the 400 ms by which thin's burst is longer"
+            ),
+            "{f}"
+        );
+        assert!(!f.contains("120% of"), "{f}");
         // Cheaper for thin: no share of the gap is claimed.
         let f = run(90.0);
         assert!(f.contains("10.0 ms less for thin"), "{f}");
