@@ -171,7 +171,8 @@ impl Watcher {
 }
 
 /// Watches the pool in `dir` until `stop` is set, calling `report` for
-/// each change. Checks once at start, then on every device-mapper event.
+/// each change. Checks once at start, then on every device-mapper event
+/// that moved the pool's [`EventMark`], and at least every [`RECHECK`].
 ///
 /// Errors: those of opening the pool and the dm control device; a failed
 /// check is reported ([`MonitorEvent::Failed`]) and the watch goes on.

@@ -53,6 +53,7 @@ pub const FLOOR: &str = "dm-thin floor (ioctls, in-process)";
 /// grace periods expedited for their runs ([`RcuExpedited`]): what the
 /// wait for a grace period costs them.
 pub const THIN_EXPEDITED: &str = "thin (thinlayer, proxy), RCU expedited";
+/// The floor, likewise.
 pub const FLOOR_EXPEDITED: &str = "dm-thin floor, RCU expedited";
 /// The floor's unmounts alone, a part of its write phase: the writeback of
 /// each layer's new files through the pool.
