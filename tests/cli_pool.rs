@@ -10,6 +10,17 @@ use thinpool::testing::{require_dm, require_root, Scratch};
 mod common;
 use common::{fails, ok, stderr, stdout, thinlayer};
 
+/// `pool create` of the smallest pool the dm tests need: 128M of data and
+/// the smallest base filesystem.
+const SMALL_POOL: [&str; 6] = [
+    "pool",
+    "create",
+    "--data-size",
+    "128M",
+    "--base-size",
+    "64M",
+];
+
 fn status(root: &Path) -> Value {
     serde_json::from_str(&ok(root, &["pool", "status", "--json"])).expect("status JSON")
 }
@@ -571,17 +582,7 @@ fn dm_pool_deactivate_and_activate_are_idempotent() {
     require_dm();
     let s = Scratch::new("cycle");
     let root = s.path().join("root");
-    ok(
-        &root,
-        &[
-            "pool",
-            "create",
-            "--data-size",
-            "128M",
-            "--base-size",
-            "64M",
-        ],
-    );
+    ok(&root, &SMALL_POOL);
     assert!(ok(&root, &["pool", "deactivate"]).contains("deactivated"));
     assert!(ok(&root, &["pool", "deactivate"]).contains("already inactive"));
     assert!(s.dm_devices_under().is_empty());
@@ -602,17 +603,7 @@ fn dm_pool_grow_online_through_the_cli() {
     require_dm();
     let s = Scratch::new("clgrow");
     let root = s.path().join("root");
-    ok(
-        &root,
-        &[
-            "pool",
-            "create",
-            "--data-size",
-            "128M",
-            "--base-size",
-            "64M",
-        ],
-    );
+    ok(&root, &SMALL_POOL);
     let out = ok(&root, &["pool", "grow", "--data-size", "+128M"]);
     assert!(out.contains("data 256M"), "{out}");
     ok(
@@ -654,17 +645,7 @@ fn dm_pool_destroy_is_refused_while_thin_devices_exist_unless_forced() {
     require_dm();
     let s = Scratch::new("destroy");
     let root = s.path().join("root");
-    ok(
-        &root,
-        &[
-            "pool",
-            "create",
-            "--data-size",
-            "128M",
-            "--base-size",
-            "64M",
-        ],
-    );
+    ok(&root, &SMALL_POOL);
     {
         let mut pool = thinpool::Pool::open(&root.join("pool")).unwrap();
         pool.create_thin(thinpool::Bytes(32 << 20), "layer")
@@ -691,14 +672,7 @@ fn dm_two_racing_creates_make_one_pool_and_one_clear_error() {
         Command::new(env!("CARGO_BIN_EXE_thinlayer"))
             .arg("--root")
             .arg(&root)
-            .args([
-                "pool",
-                "create",
-                "--data-size",
-                "128M",
-                "--base-size",
-                "64M",
-            ])
+            .args(SMALL_POOL)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -746,32 +720,12 @@ fn dm_pool_create_and_destroy_killed_at_any_instant_leave_a_pool_or_nothing() {
     // Spread the kills over the whole run of an uninterrupted create, and
     // a little past it, whatever this machine's speed.
     let t = std::time::Instant::now();
-    ok(
-        &root,
-        &[
-            "pool",
-            "create",
-            "--data-size",
-            "128M",
-            "--base-size",
-            "64M",
-        ],
-    );
+    ok(&root, &SMALL_POOL);
     let full = t.elapsed().as_millis() as u64;
     ok(&root, &["pool", "destroy"]);
     let (mut pools, mut none, mut mid) = (0, 0, 0);
     for delay_ms in (0..=16u64).map(|k| full * k / 14) {
-        killed(
-            &[
-                "pool",
-                "create",
-                "--data-size",
-                "128M",
-                "--base-size",
-                "64M",
-            ],
-            delay_ms,
-        );
+        killed(&SMALL_POOL, delay_ms);
         // Something of the pool exists: the kill came after it started.
         let begun = root.join("pool").exists();
         let o = thinlayer(&root, &["pool", "status", "--json"]);
@@ -1063,6 +1017,21 @@ fn dm_activation_frees_ids_no_record_names_and_a_failed_undo_stays_pending() {
 
 /// Bytes the host filesystem holds for a file (a sparse file's holes take
 /// none).
+/// `layer create --name NAME --from-tar TAR` in the pool at `root`.
+fn layer_from_tar(root: &Path, name: &str, tar: &Path) {
+    ok(
+        root,
+        &[
+            "layer",
+            "create",
+            "--name",
+            name,
+            "--from-tar",
+            tar.to_str().unwrap(),
+        ],
+    );
+}
+
 fn allocated(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).unwrap().blocks() * 512
@@ -1087,17 +1056,7 @@ fn dm_deleting_a_layer_gives_its_blocks_back_to_the_host_filesystem() {
     let tar = common::Tar::new()
         .file("big", &data)
         .write(&s.path().join("big.tar"));
-    ok(
-        &root,
-        &[
-            "layer",
-            "create",
-            "--name",
-            "big",
-            "--from-tar",
-            tar.to_str().unwrap(),
-        ],
-    );
+    layer_from_tar(&root, "big", &tar);
     let file = root.join("pool/data");
     let used = || status(&root)["data"]["used_bytes"].as_u64().unwrap();
     let (pool_before, file_before) = (used(), allocated(&file));
@@ -1154,17 +1113,7 @@ fn dm_a_layer_written_from_a_tar_is_committed_in_the_pool_s_metadata_when_the_co
     let tar = common::Tar::new()
         .file("f", &data)
         .write(&s.path().join("l.tar"));
-    ok(
-        &root,
-        &[
-            "layer",
-            "create",
-            "--name",
-            "l",
-            "--from-tar",
-            tar.to_str().unwrap(),
-        ],
-    );
+    layer_from_tar(&root, "l", &tar);
     // At once, before the pool's own commit (once a second while anything
     // changed) could commit for it: the metadata on disk, as a power cut
     // would leave it. The layer is written with journal barriers off and
