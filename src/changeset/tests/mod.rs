@@ -281,6 +281,11 @@ pub(super) struct CompareOpts {
     pub(super) skip_lost_found: bool,
     pub(super) links: bool,
     pub(super) dir_mtimes: bool,
+    /// Whether whiteout devices (char 0:0) keep their mtimes: a whiteout
+    /// is made at apply time and gets that time, as containerd's and
+    /// Docker's overlay appliers leave theirs, so two applies of one
+    /// archive may differ there by a second.
+    pub(super) whiteout_mtimes: bool,
 }
 
 impl CompareOpts {
@@ -289,6 +294,7 @@ impl CompareOpts {
             skip_lost_found: true,
             links: true,
             dir_mtimes: true,
+            whiteout_mtimes: true,
         }
     }
 }
@@ -369,7 +375,9 @@ fn walk(
             mode: md.mode() & 0o7777,
             uid: md.uid(),
             gid: md.gid(),
-            mtime: if ft.is_dir() && !o.dir_mtimes {
+            mtime: if (ft.is_dir() && !o.dir_mtimes)
+                || (!o.whiteout_mtimes && ft.is_char_device() && md.rdev() == 0)
+            {
                 0
             } else {
                 md.mtime()

@@ -140,6 +140,7 @@ fn root_round_trip_on_ext4_snapshots() {
         skip_lost_found: true,
         links: false,
         dir_mtimes: true,
+        whiteout_mtimes: true,
     };
     assert_same_tree(&fss.last().unwrap().mnt, &mnt, &o);
 }
