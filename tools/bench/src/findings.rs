@@ -391,7 +391,7 @@ fn containerd_bench_findings(series: &[Series]) -> Vec<String> {
             secs(tw),
         ));
     }
-    if let (Some(fp), Some(fpe), Some(fl), Some(fle), Some(fw), Some(fu), Some(te)) = (
+    if let (Some(fp), Some(fpe), Some(fl), Some(fle), Some(fw), Some(fu), Some(te), Some(ow)) = (
         m(FLOOR, PHASES[1].1),
         m(FLOOR_EXPEDITED, PHASES[1].1),
         m(FLOOR, "total"),
@@ -399,6 +399,7 @@ fn containerd_bench_findings(series: &[Series]) -> Vec<String> {
         m(FLOOR_EXPEDITED, PHASES[2].1),
         m(FLOOR_EXPEDITED, UNMOUNT),
         m(THIN_EXPEDITED, "total"),
+        m(OVERLAYFS, PHASES[2].1),
     ) {
         let rest = if fle / ovfs > 1.0 {
             format!(
@@ -406,7 +407,7 @@ fn containerd_bench_findings(series: &[Series]) -> Vec<String> {
                  takes {} against overlayfs's {}, and {} of it is the unmounts, the writeback of each \
                  layer's new files through the pool.",
                 secs(fw),
-                secs(m(OVERLAYFS, PHASES[2].1).unwrap_or(f64::NAN)),
+                secs(ow),
                 secs(fu),
             )
         } else {
@@ -571,8 +572,7 @@ fn store_open_finding(series: &[Series], burst: &str, gap: f64, cpus: u32) -> Op
         let share = if wall > gap {
             format!(
                 "more than the {gap:.0} ms by which thin's burst is longer: by this estimate the \
-                 store's opening is all of the gap, and the rest of thin's creates costs no more than \
-                 overlay's"
+                 store's opening accounts for all of the gap"
             )
         } else {
             format!(
