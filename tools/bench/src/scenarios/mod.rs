@@ -106,6 +106,24 @@ pub const STORE_OPEN: &str = "one process opening the store";
 /// How many `image ls` processes, one after another, make one sample of
 /// [`STORE_OPEN`].
 const STORE_OPENS: usize = 8;
+/// The suffix of the provisioning scenario's variants whose thinlayer
+/// processes run with their addresses fixed (`setarch -R`: no address
+/// space randomization, for those processes only).
+pub const FIXED: &str = ", addresses fixed";
+
+/// A `thinlayer` command on the fixture's root; under `setarch -R` when
+/// `fixed`.
+fn thinlayer(f: &Fixture, fixed: bool) -> Command {
+    let mut c = if fixed {
+        let mut c = Command::new("setarch");
+        c.arg("-R").arg(&f.bin);
+        c
+    } else {
+        Command::new(&f.bin)
+    };
+    c.arg("--root").arg(f.root.path());
+    c
+}
 
 pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario> {
     let depths: &[usize] = if plan.quick { &[1, 16] } else { &[1, 16, 64] };
@@ -183,45 +201,53 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
     let n = if plan.quick { 4 } else { 16 };
     let variant = format!("{n} containers at once");
     for rep in 0..plan.reps {
-        for drv in Drv::interleaved(rep) {
-            let top = &tops[0];
-            let layer = if drv == Drv::Thin { &top.1 } else { &top.2 };
-            let cpu_before = machine_cpu()?;
-            let start = Instant::now();
-            let kids: Vec<_> = (0..n)
-                .map(|i| {
-                    Command::new(&f.bin)
-                        .arg("--root")
-                        .arg(f.root.path())
-                        .args(["--driver", drv.name(), "--lock-timeout", "600"])
-                        .args([
-                            "container",
-                            "create",
-                            "--name",
-                            &format!("burst-{i}"),
-                            "--layer",
-                            layer.as_str(),
-                        ])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::piped())
-                        .spawn()
-                })
-                .collect::<std::io::Result<_>>()?;
-            for k in kids {
-                let o = k.wait_with_output()?;
-                anyhow::ensure!(
-                    o.status.success(),
-                    "container create: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                );
+        // Each burst twice: as run, and with the processes' addresses
+        // fixed, which lets an emulator reuse the code it translated for
+        // the processes before (the report's finding).
+        for fixed in [false, true] {
+            let variant = if fixed {
+                format!("{variant}{FIXED}")
+            } else {
+                variant.clone()
+            };
+            for drv in Drv::interleaved(rep) {
+                let top = &tops[0];
+                let layer = if drv == Drv::Thin { &top.1 } else { &top.2 };
+                let cpu_before = machine_cpu()?;
+                let start = Instant::now();
+                let kids: Vec<_> = (0..n)
+                    .map(|i| {
+                        thinlayer(f, fixed)
+                            .args(["--driver", drv.name(), "--lock-timeout", "600"])
+                            .args([
+                                "container",
+                                "create",
+                                "--name",
+                                &format!("burst-{i}"),
+                                "--layer",
+                                layer.as_str(),
+                            ])
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::piped())
+                            .spawn()
+                    })
+                    .collect::<std::io::Result<_>>()?;
+                for k in kids {
+                    let o = k.wait_with_output()?;
+                    anyhow::ensure!(
+                        o.status.success(),
+                        "container create: {}",
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                }
+                c.add(drv.name(), &variant, None, ms(start));
+                machine_cpu()?.record_since(&cpu_before, &mut c, drv.name(), &variant);
+                let mut cs = f.containers()?;
+                for i in 0..n {
+                    cs.remove(&format!("burst-{i}"), true, true)?;
+                }
+                tick.tick("provisioning");
             }
-            c.add(drv.name(), &variant, None, ms(start));
-            machine_cpu()?.record_since(&cpu_before, &mut c, drv.name(), &variant);
-            let mut cs = f.containers()?;
-            for i in 0..n {
-                cs.remove(&format!("burst-{i}"), true, true)?;
-            }
-            tick.tick("provisioning");
         }
         // The kernel's part of the same burst: n threads, each the dm work
         // of one thin container create, a snapshot of the init layer that
@@ -267,23 +293,28 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
         // another (for thin, the pool's adoption and the driver's open;
         // the listing itself reads records only, where `layer ls` would
         // also ask the pool's metadata for each layer's space).
-        for drv in Drv::interleaved(rep) {
-            let start = Instant::now();
-            for _ in 0..STORE_OPENS {
-                let o = Command::new(&f.bin)
-                    .arg("--root")
-                    .arg(f.root.path())
-                    .args(["--driver", drv.name(), "image", "ls", "--json"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .output()?;
-                anyhow::ensure!(
-                    o.status.success(),
-                    "image ls: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                );
+        for fixed in [false, true] {
+            let variant = if fixed {
+                format!("{STORE_OPEN}{FIXED}")
+            } else {
+                STORE_OPEN.to_string()
+            };
+            for drv in Drv::interleaved(rep) {
+                let start = Instant::now();
+                for _ in 0..STORE_OPENS {
+                    let o = thinlayer(f, fixed)
+                        .args(["--driver", drv.name(), "image", "ls", "--json"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::piped())
+                        .output()?;
+                    anyhow::ensure!(
+                        o.status.success(),
+                        "image ls: {}",
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                }
+                c.add(drv.name(), &variant, None, ms(start) / STORE_OPENS as f64);
             }
-            c.add(drv.name(), STORE_OPEN, None, ms(start) / STORE_OPENS as f64);
         }
     }
     // What one durable record write (write, fsync, rename, fsync of the
@@ -387,6 +418,13 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
             target: le(1.0, "≤ 1.0"),
             headline: true,
         },
+        Ratio {
+            name: format!("thin / overlay, {variant}{FIXED}"),
+            numerator: sref("thin", &format!("{variant}{FIXED}")),
+            denominator: sref("overlay", &format!("{variant}{FIXED}")),
+            target: None,
+            headline: false,
+        },
     ];
     ratios.push(Ratio {
         name: format!("overlay provisioning, {deep} / depth 1"),
@@ -413,7 +451,11 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
              at once, each the kernel's part of one thin container create: `create_snap` of that init \
              layer, by ioctl. Last, what a process pays to open a driver's store, the first thing each \
              create of the burst does: `thinlayer image ls` run {STORE_OPENS} times, one process after \
-             another, the time per process (for thin that includes adopting the pool). \
+             another, the time per process (for thin that includes adopting the pool). The bursts and \
+             the store opens run twice: as deployed, and (`{FIXED}`) with each thinlayer process's \
+             addresses fixed (`setarch -R`, no address space randomization for those processes only), \
+             so that an emulator that looks up the code it translated by address can reuse, in each \
+             process, what it translated for the ones before. \
              {single_reps} repetitions of one layer, {} of the bursts and of the store opens, drivers \
              alternating.",
             plan.reps
