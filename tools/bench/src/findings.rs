@@ -598,24 +598,16 @@ fn store_open_finding(series: &[Series], burst: &str, gap: f64, cpus: u32) -> Op
 /// run: how much of thin's extra is code the emulator translates again in
 /// every process, and what is left of the gap without it, on `cpus` CPUs.
 fn fixed_addresses_finding(series: &[Series], burst: &str, cpus: u32) -> Option<String> {
-    use crate::scenarios::{FIXED, STORE_OPEN};
-    let fixed = |v: &str| format!("{v}{FIXED}");
-    let (thin, ov) = (
-        median(series, "thin", burst)?,
-        median(series, "overlay", burst)?,
-    );
-    let (thin_f, ov_f) = (
-        median(series, "thin", &fixed(burst))?,
-        median(series, "overlay", &fixed(burst))?,
-    );
-    let (open_t, open_o) = (
-        median(series, "thin", STORE_OPEN)?,
-        median(series, "overlay", STORE_OPEN)?,
-    );
-    let (open_tf, open_of) = (
-        median(series, "thin", &fixed(STORE_OPEN))?,
-        median(series, "overlay", &fixed(STORE_OPEN))?,
-    );
+    use crate::scenarios::STORE_OPEN;
+    // thin's and overlay's medians of `variant`, as run or fixed.
+    let both = |variant: &str, fixed: bool| {
+        let v = crate::scenarios::fixed_variant(variant, fixed);
+        Some((median(series, "thin", &v)?, median(series, "overlay", &v)?))
+    };
+    let (thin, ov) = both(burst, false)?;
+    let (thin_f, ov_f) = both(burst, true)?;
+    let (open_t, open_o) = both(STORE_OPEN, false)?;
+    let (open_tf, open_of) = both(STORE_OPEN, true)?;
     let n: f64 = burst.split_whitespace().next()?.parse().ok()?;
     let signed = |x: f64| {
         format!(

@@ -111,6 +111,15 @@ const STORE_OPENS: usize = 8;
 /// space randomization, for those processes only).
 pub const FIXED: &str = ", addresses fixed";
 
+/// The name of `variant` with the processes' addresses fixed when `fixed`.
+pub fn fixed_variant(variant: &str, fixed: bool) -> String {
+    if fixed {
+        format!("{variant}{FIXED}")
+    } else {
+        variant.to_string()
+    }
+}
+
 /// A `thinlayer` command on the fixture's root; under `setarch -R` when
 /// `fixed`.
 fn thinlayer(f: &Fixture, fixed: bool) -> Command {
@@ -205,11 +214,7 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
         // fixed, which lets an emulator reuse the code it translated for
         // the processes before (the report's finding).
         for fixed in [false, true] {
-            let variant = if fixed {
-                format!("{variant}{FIXED}")
-            } else {
-                variant.clone()
-            };
+            let variant = fixed_variant(&variant, fixed);
             for drv in Drv::interleaved(rep) {
                 let top = &tops[0];
                 let layer = if drv == Drv::Thin { &top.1 } else { &top.2 };
@@ -294,11 +299,7 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
         // the listing itself reads records only, where `layer ls` would
         // also ask the pool's metadata for each layer's space).
         for fixed in [false, true] {
-            let variant = if fixed {
-                format!("{STORE_OPEN}{FIXED}")
-            } else {
-                STORE_OPEN.to_string()
-            };
+            let variant = fixed_variant(STORE_OPEN, fixed);
             for drv in Drv::interleaved(rep) {
                 let start = Instant::now();
                 for _ in 0..STORE_OPENS {
@@ -419,9 +420,9 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
             headline: true,
         },
         Ratio {
-            name: format!("thin / overlay, {variant}{FIXED}"),
-            numerator: sref("thin", &format!("{variant}{FIXED}")),
-            denominator: sref("overlay", &format!("{variant}{FIXED}")),
+            name: format!("thin / overlay, {}", fixed_variant(&variant, true)),
+            numerator: sref("thin", &fixed_variant(&variant, true)),
+            denominator: sref("overlay", &fixed_variant(&variant, true)),
             target: None,
             headline: false,
         },
