@@ -162,9 +162,37 @@ where
             }
         };
         loop {
+            // Filled before it is handed over: a decoder's read returns
+            // what one pass over its input buffer made (tens of KiB), and
+            // a fresh zeroed chunk, and a message to each consumer, for
+            // every such read cost more than the inflating itself.
             let mut buf = vec![0u8; CHUNK];
-            match plain.read(&mut buf) {
-                Ok(0) => {
+            let (k, failed) = fill(&mut plain, &mut buf);
+            if k > 0 {
+                buf.truncate(k);
+                let buf = Arc::new(buf);
+                if let Some(h) = &hasher {
+                    if h.tx.send(buf.clone()).is_err() {
+                        // The hashing thread is gone, so it failed: its
+                        // join says how.
+                        let e = hasher.take().and_then(|h| h.finish().err());
+                        let _ = tx.send(Err(e.unwrap_or_else(|| {
+                            io::Error::other("the diff_id's hashing thread stopped early")
+                        })));
+                        return;
+                    }
+                }
+                if tx.send(Ok((n.load(Ordering::Relaxed), buf))).is_err() {
+                    return;
+                }
+            }
+            match failed {
+                // An error reaches the reader after the bytes before it.
+                Some(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                None if k < CHUNK => {
                     let last = match hasher.take().map(DiffIdHasher::finish) {
                         Some(Err(e)) => Err(e),
                         // The last count: what the decoder read after its
@@ -174,29 +202,7 @@ where
                     let _ = tx.send(last);
                     return;
                 }
-                Ok(k) => {
-                    buf.truncate(k);
-                    let buf = Arc::new(buf);
-                    if let Some(h) = &hasher {
-                        if h.tx.send(buf.clone()).is_err() {
-                            // The hashing thread is gone, so it failed:
-                            // its join says how.
-                            let e = hasher.take().and_then(|h| h.finish().err());
-                            let _ = tx.send(Err(e.unwrap_or_else(|| {
-                                io::Error::other("the diff_id's hashing thread stopped early")
-                            })));
-                            return;
-                        }
-                    }
-                    if tx.send(Ok((n.load(Ordering::Relaxed), buf))).is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
+                None => {}
             }
         }
     });
@@ -209,6 +215,21 @@ where
         progress,
         ended: false,
     }
+}
+
+/// Reads `r` into `buf` until it is full or the stream ends: the bytes
+/// read, and the error that stopped it early, if one did.
+fn fill(r: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
+    let mut k = 0;
+    while k < buf.len() {
+        match r.read(&mut buf[k..]) {
+            Ok(0) => break,
+            Ok(got) => k += got,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (k, Some(e)),
+        }
+    }
+    (k, None)
 }
 
 /// The consuming end of [`decompressed`].
@@ -396,8 +417,9 @@ mod tests {
 
     #[test]
     fn plain_a_reading_thread_that_panics_cuts_the_stream_with_an_error_not_an_end() {
-        // More than a chunk, handed over in two before the panic.
-        let data: Vec<u8> = (0..CHUNK as u32 + 1000).map(|i| (i % 17) as u8).collect();
+        // Two full chunks, both handed over before the panic (at the
+        // read that would have found the end).
+        let data: Vec<u8> = (0..2 * CHUNK as u32).map(|i| (i % 17) as u8).collect();
         let mut seen = None;
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             std::thread::scope(|s| {
@@ -413,9 +435,47 @@ mod tests {
         assert!(r.is_err());
         let (got, v) = seen.expect("the reader returned");
         // Every byte arrived, but not the stream's end: an error still.
-        assert_eq!(v, data);
+        assert!(v == data, "{} bytes arrived of {}", v.len(), data.len());
         let e = got.unwrap_err();
         assert!(e.contains("stopped early"), "{e}");
+    }
+
+    /// A reader whose bytes end in an I/O error, as a failing disk's would.
+    struct FailsAfter(io::Cursor<Vec<u8>>);
+    impl Read for FailsAfter {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.read(buf)? {
+                0 => Err(io::Error::other("the disk failed")),
+                n => Ok(n),
+            }
+        }
+    }
+
+    #[test]
+    fn plain_an_error_in_the_middle_of_a_chunk_arrives_after_the_bytes_before_it() {
+        // A chunk and a part: the part is handed over, then the error.
+        let data: Vec<u8> = (0..CHUNK as u32 + 1000).map(|i| (i % 13) as u8).collect();
+        std::thread::scope(|s| {
+            // Plain, so left to its reader: the stream is only read here.
+            let check = DiffIdCheck::Hash {
+                diff_id: sha256_digest(&data),
+                what: "layer 1 of the image".into(),
+                reader_if_plain: true,
+            };
+            let mut r = decompressed(
+                s,
+                FailsAfter(io::Cursor::new(data.clone())),
+                &NoProgress,
+                check,
+            );
+            let mut v = vec![0u8; data.len()];
+            r.read_exact(&mut v).unwrap();
+            assert!(v == data);
+            let e = r.read(&mut [0u8; 1]).unwrap_err();
+            assert!(e.to_string().contains("the disk failed"), "{e}");
+            // And again at every later read.
+            assert!(r.read(&mut [0u8; 1]).is_err());
+        });
     }
 
     #[test]
