@@ -208,6 +208,12 @@ pub struct ApplyOptions {
     /// it): the stream is not hashed a second time, and its stats carry
     /// this. Ignored for a compressed stream. Default none.
     pub known_diff_id: Option<String>,
+    /// Start writing each file of 64 KiB or more to its device as soon as
+    /// it is written, for a target flushed as a whole when the apply ends
+    /// (a thin layer's filesystem, unmounted): the device works while the
+    /// archive is still being read, and the flush finds less to write.
+    /// Default false.
+    pub start_writeback: bool,
 }
 
 impl ApplyOptions {
@@ -223,6 +229,7 @@ impl ApplyOptions {
             lower: None,
             keep_existing_dirs: false,
             known_diff_id: None,
+            start_writeback: false,
         }
     }
 }

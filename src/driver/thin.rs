@@ -366,7 +366,14 @@ impl Driver for ThinDriver {
         let target = self.scratch(layer.id.as_str())?;
         let data = self.rec.fs.apply_mount_data();
         let dev = self.mount_thin_with(id, &target, false, data)?;
-        let applied = with.apply(changeset, &target, ApplyOptions::new(WhiteoutMode::Delete));
+        let applied = with.apply(
+            changeset,
+            &target,
+            ApplyOptions {
+                start_writeback: true,
+                ..ApplyOptions::new(WhiteoutMode::Delete)
+            },
+        );
         // Unmounted, the filesystem's writes are all on the device; one
         // flush makes them durable before the layer is recorded. A device
         // that will not unmount is left as `unmount_thin` leaves it.

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use tar::EntryType;
 
-use super::content::write_content;
+use super::content::{start_writeback, write_content, EARLY_WRITEBACK_FROM};
 use super::entry::ReadEntry;
 use super::meta::set_xattrs_fd;
 use super::whiteout::set_opaque;
@@ -62,6 +62,9 @@ impl Applier<'_> {
         .map_err(io_err("creating", &t.key))?;
         let file = File::from(fd);
         write_content(&file, data, size, self.opts.holes, t, shared)?;
+        if self.opts.start_writeback && size >= EARLY_WRITEBACK_FROM {
+            start_writeback(&file);
+        }
         // Owner before mode (chown clears setuid/setgid), xattrs after the
         // owner (chown drops security.capability), mtime last.
         sys::fchown(file.as_fd(), meta.uid, meta.gid)
