@@ -22,6 +22,38 @@ pub fn mount(source: &Path, target: &Path, fstype: &str, readonly: bool, data: &
     })
 }
 
+/// Mounts a filesystem whose options name paths relative to `dir` (an
+/// overlay's lower directories, by their short links in its store), in
+/// this process: a thread of its own leaves the process's working
+/// directory for `dir` (`unshare(CLONE_FS)`, so no other thread's paths
+/// move) and makes the mount(2) call. A mount(8) child would also read
+/// the paths from its own working directory, but it outlives a kill of
+/// this process and can mount after the next command has cleaned up;
+/// a thread dies with it, its call done or not made.
+pub fn mount_in(dir: &Path, source: &str, target: &Path, fstype: &str, data: &str) -> Result<()> {
+    let target = std::path::absolute(target).map_err(Error::io("resolving", target))?;
+    let what = || format!("mounting {source} ({fstype}) on");
+    let made = std::thread::scope(|s| {
+        s.spawn(|| -> std::result::Result<(), (String, nix::errno::Errno)> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
+                .map_err(|e| ("unsharing the working directory for".to_string(), e))?;
+            nix::unistd::chdir(dir).map_err(|e| ("entering".to_string(), e))?;
+            let data = (!data.is_empty()).then_some(data);
+            nix::mount::mount(Some(source), &target, Some(fstype), MsFlags::empty(), data)
+                .map_err(|e| (what(), e))
+        })
+        .join()
+    });
+    match made {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err((op, e))) if op.starts_with("entering") => Err(Error::io(op, dir)(e.into())),
+        Ok(Err((op, e))) => Err(Error::io(op, &target)(e.into())),
+        Err(_) => Err(Error::io(what(), &target)(std::io::Error::other(
+            "the mounting thread panicked",
+        ))),
+    }
+}
+
 /// Unmounts `target`; not mounted is not an error.
 pub fn unmount(target: &Path) -> Result<()> {
     if !is_mounted(target)? {
@@ -190,6 +222,37 @@ mod tests {
         assert_eq!(unescape(r"/x\134y"), r"/x\y");
         assert_eq!(unescape("/plain"), "/plain");
         assert_eq!(unescape(r"/end\04"), r"/end\04");
+    }
+
+    #[test]
+    fn root_mount_in_reads_relative_paths_from_its_dir_and_leaves_the_cwd() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for x in ["lo/a", "lo/b", "mnt"] {
+            fs::create_dir_all(d.join(x)).unwrap();
+        }
+        fs::write(d.join("lo/a/f"), "a").unwrap();
+        fs::write(d.join("lo/b/g"), "b").unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let mnt = d.join("mnt");
+        mount_in(d, "overlay", &mnt, "overlay", "lowerdir=lo/a:lo/b").unwrap();
+        let seen = [
+            fs::read_to_string(mnt.join("f")).ok(),
+            fs::read_to_string(mnt.join("g")).ok(),
+        ];
+        unmount(&mnt).unwrap();
+        assert_eq!(seen, [Some("a".to_string()), Some("b".to_string())]);
+        // Only the mounting thread moved.
+        assert_eq!(std::env::current_dir().unwrap(), cwd);
+        // A lower directory that is not in `dir`: an error naming where.
+        let e = mount_in(d, "overlay", &mnt, "overlay", "lowerdir=nowhere:lo/a")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mounting overlay (overlay) on") && e.contains("mnt"),
+            "{e}"
+        );
+        assert!(!is_mounted(&mnt).unwrap());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::driver::{ApplyWith, Driver, MountSpec, Usage};
 use crate::error::{Error, Result};
 use crate::layer::{DriverResource, LayerId, LayerRecord, Resource};
 use crate::mount;
-use crate::util::{ids, tool};
+use crate::util::ids;
 
 /// overlayfs stacks at most this many lower directories (OVL_MAX_STACK).
 pub const MAX_LOWER: usize = 500;
@@ -294,9 +294,9 @@ impl Driver for OverlayDriver {
         if writable {
             self.make_work_dir(&chain[0].id)?;
         }
-        // mount(8) from the store directory, so the short relative links
-        // resolve there; the kernel reads them relative to the caller's cwd.
-        tool::mount("overlay", "overlay", &opts, target, Some(&self.dir))
+        // From the store directory, so the short relative links resolve
+        // there; the kernel reads them relative to the caller's cwd.
+        mount::mount_in(&self.dir, "overlay", target, "overlay", &opts)
     }
 
     fn unmount(&mut self, _layer: &LayerRecord, target: &Path) -> Result<()> {

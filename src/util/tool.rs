@@ -99,25 +99,10 @@ pub fn run_within(cmd: &mut Command, name: &str, limit: Duration) -> Result<()> 
     check(status, &stderr, name)
 }
 
-/// `mount -t FSTYPE [-o OPTS] SOURCE TARGET`, run in `cwd` if given (overlay
-/// mounts name their lower directories relative to the store).
-pub fn mount(
-    fstype: &str,
-    source: &str,
-    opts: &str,
-    target: &Path,
-    cwd: Option<&Path>,
-) -> Result<()> {
-    let mut cmd = mount_cmd(fstype, source, opts, target);
-    if let Some(d) = cwd {
-        cmd.current_dir(d);
-    }
-    run(&mut cmd, &format!("mount -t {fstype}"))
-}
-
-/// [`mount`] given `limit` to finish, as [`run_within`]: for filesystems
-/// that wait on a server (NFS, CIFS). On [`Error::TimedOut`] the tool is
-/// gone; whether it got as far as mounting is for the caller to check.
+/// `mount -t FSTYPE [-o OPTS] SOURCE TARGET` given `limit` to finish, as
+/// [`run_within`]: for filesystems that wait on a server (NFS, CIFS). On
+/// [`Error::TimedOut`] the tool is gone; whether it got as far as mounting
+/// is for the caller to check.
 pub fn mount_within(
     fstype: &str,
     source: &str,
