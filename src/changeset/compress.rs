@@ -14,6 +14,21 @@ const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
 /// "BZh", a level digit, then the first block's magic (pi in BCD).
 const BZIP2_BLOCK_MAGIC: &[u8] = &[0x31, 0x41, 0x59, 0x26, 0x53, 0x59];
 
+/// Reads `r` into `buf` until it is full or the stream ends: the bytes
+/// read, and the error that stopped it early, if one did.
+pub(crate) fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
+    let mut k = 0;
+    while k < buf.len() {
+        match r.read(&mut buf[k..]) {
+            Ok(0) => break,
+            Ok(got) => k += got,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (k, Some(e)),
+        }
+    }
+    (k, None)
+}
+
 /// Sniffs magic bytes (gzip 1f 8b, zstd 28 b5 2f fd, else plain tar) and
 /// returns a decompressing reader. Concatenated gzip members and zstd frames
 /// are read as one stream, as other OCI tools do. xz and bzip2 are
@@ -30,20 +45,13 @@ pub fn decompress<'a, R: Read + 'a>(
 ) -> Result<(Compression, Box<dyn Read + 'a>), ChangesetError> {
     let mut r = r;
     let mut head = [0u8; 10];
-    let mut n = 0;
-    while n < head.len() {
-        match r.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(ChangesetError::Io {
-                    op: "reading",
-                    path: "changeset input".to_string(),
-                    source: e,
-                })
-            }
-        }
+    let (n, failed) = read_full(&mut r, &mut head);
+    if let Some(e) = failed {
+        return Err(ChangesetError::Io {
+            op: "reading",
+            path: "changeset input".to_string(),
+            source: e,
+        });
     }
     let head = &head[..n];
     let unsupported = |what: &str| ChangesetError::Unsupported {

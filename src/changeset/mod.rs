@@ -141,6 +141,7 @@ mod tests;
 
 pub use apply::{apply, apply_recording};
 pub use compress::decompress;
+pub(crate) use compress::read_full;
 pub(crate) use compress::Encoder;
 pub use error::ChangesetError;
 pub use export::{export_diff, export_overlay_layer};

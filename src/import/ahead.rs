@@ -18,7 +18,7 @@ use std::thread::{Scope, ScopedJoinHandle};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::changeset::{decompress, Compression};
+use crate::changeset::{decompress, read_full, Compression};
 use crate::image::{hasher_digest, Digest};
 use crate::progress::Progress;
 
@@ -167,7 +167,7 @@ where
             // a fresh zeroed chunk, and a message to each consumer, for
             // every such read cost more than the inflating itself.
             let mut buf = vec![0u8; CHUNK];
-            let (k, failed) = fill(&mut plain, &mut buf);
+            let (k, failed) = read_full(&mut plain, &mut buf);
             if k > 0 {
                 buf.truncate(k);
                 let buf = Arc::new(buf);
@@ -215,21 +215,6 @@ where
         progress,
         ended: false,
     }
-}
-
-/// Reads `r` into `buf` until it is full or the stream ends: the bytes
-/// read, and the error that stopped it early, if one did.
-fn fill(r: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
-    let mut k = 0;
-    while k < buf.len() {
-        match r.read(&mut buf[k..]) {
-            Ok(0) => break,
-            Ok(got) => k += got,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (k, Some(e)),
-        }
-    }
-    (k, None)
 }
 
 /// The consuming end of [`decompressed`].
