@@ -32,26 +32,21 @@ pub fn mount(source: &Path, target: &Path, fstype: &str, readonly: bool, data: &
 /// a thread dies with it, its call done or not made.
 pub fn mount_in(dir: &Path, source: &str, target: &Path, fstype: &str, data: &str) -> Result<()> {
     let target = std::path::absolute(target).map_err(Error::io("resolving", target))?;
-    let what = || format!("mounting {source} ({fstype}) on");
-    let made = std::thread::scope(|s| {
-        s.spawn(|| -> std::result::Result<(), (String, nix::errno::Errno)> {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
-                .map_err(|e| ("unsharing the working directory for".to_string(), e))?;
-            nix::unistd::chdir(dir).map_err(|e| ("entering".to_string(), e))?;
-            let data = (!data.is_empty()).then_some(data);
-            nix::mount::mount(Some(source), &target, Some(fstype), MsFlags::empty(), data)
-                .map_err(|e| (what(), e))
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).map_err(|e| {
+                Error::io("unsharing the working directory to mount on", &target)(e.into())
+            })?;
+            nix::unistd::chdir(dir).map_err(|e| Error::io("entering", dir)(e.into()))?;
+            mount(Path::new(source), &target, fstype, false, data)
         })
         .join()
-    });
-    match made {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err((op, e))) if op.starts_with("entering") => Err(Error::io(op, dir)(e.into())),
-        Ok(Err((op, e))) => Err(Error::io(op, &target)(e.into())),
-        Err(_) => Err(Error::io(what(), &target)(std::io::Error::other(
-            "the mounting thread panicked",
-        ))),
-    }
+        .unwrap_or_else(|_| {
+            Err(Error::io("mounting on", &target)(std::io::Error::other(
+                "the mounting thread panicked",
+            )))
+        })
+    })
 }
 
 /// Unmounts `target`; not mounted is not an error.
