@@ -1,24 +1,28 @@
 //! Running the external tools that own a format or a kernel interface
-//! (mkfs.*, resize2fs, xfs_growfs, mount(8) for overlay and remote
+//! (mkfs.*, resize2fs, xfs_growfs, the mount helpers of remote
 //! filesystems): one way, with the tool's stderr as the error, and a
-//! time limit for those that wait on a server.
+//! time limit for those that wait on a server. Every tool runs as a
+//! helper ([`thinpool::helper`]): it dies with the command, and holds the
+//! command's locks until it is gone, so that the next command never finds
+//! one still at work on what a killed command left.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use thinpool::helper;
 
 use crate::error::{Error, Result};
 
 /// Runs `cmd` to completion; a failure to start it, or a non-zero exit,
 /// becomes [`Error::Tool`] naming `name` with the tool's own stderr.
 pub fn run(cmd: &mut Command, name: &str) -> Result<()> {
-    let out = cmd.output().map_err(|e| Error::Tool {
+    let out = helper::output(cmd).map_err(|e| Error::Tool {
         tool: name.to_string(),
         detail: e.to_string(),
     })?;
@@ -53,13 +57,13 @@ pub fn run_within(cmd: &mut Command, name: &str, limit: Duration) -> Result<()> 
         tool: name.to_string(),
         detail: e.to_string(),
     };
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(failed)?;
+    let mut child = helper::spawn(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0),
+    )
+    .map_err(failed)?;
     // Read on a thread, so that a chatty tool never blocks on a full pipe;
     // handed over by channel, so that a daemon the tool left holding the
     // pipe cannot block us either.
@@ -99,10 +103,13 @@ pub fn run_within(cmd: &mut Command, name: &str, limit: Duration) -> Result<()> 
     check(status, &stderr, name)
 }
 
-/// `mount -t FSTYPE [-o OPTS] SOURCE TARGET` given `limit` to finish, as
-/// [`run_within`]: for filesystems that wait on a server (NFS, CIFS). On
-/// [`Error::TimedOut`] the tool is gone; whether it got as far as mounting
-/// is for the caller to check.
+/// Mounts SOURCE of type FSTYPE with options OPTS at TARGET, given `limit`
+/// to finish, as [`run_within`]: for filesystems that wait on a server
+/// (NFS, CIFS). The filesystem's mount helper (`mount.nfs`) is run
+/// directly, as `mount(8)` would run it, so that the process making the
+/// mount is the one that dies with this one; a type with no helper is
+/// mounted by `mount -t FSTYPE`. On [`Error::TimedOut`] the tool is gone;
+/// whether it got as far as mounting is for the caller to check.
 pub fn mount_within(
     fstype: &str,
     source: &str,
@@ -118,13 +125,35 @@ pub fn mount_within(
 }
 
 fn mount_cmd(fstype: &str, source: &str, opts: &str, target: &Path) -> Command {
-    let mut cmd = Command::new("mount");
-    cmd.args(["-t", fstype]);
+    let mut cmd = match mount_helper(fstype) {
+        // mount(8)'s interface to helpers: SOURCE TARGET [-o OPTS].
+        Some(h) => {
+            let mut c = Command::new(h);
+            c.arg(source).arg(target);
+            c
+        }
+        None => {
+            let mut c = Command::new("mount");
+            c.args(["-t", fstype]).arg(source).arg(target);
+            c
+        }
+    };
     if !opts.is_empty() {
         cmd.args(["-o", opts]);
     }
-    cmd.arg(source).arg(target);
     cmd
+}
+
+/// The mount helper `mount(8)` runs for `fstype` (`/sbin/mount.nfs4`),
+/// where it looks for one.
+fn mount_helper(fstype: &str) -> Option<PathBuf> {
+    if fstype.is_empty() || fstype.contains('/') {
+        return None;
+    }
+    ["/sbin", "/sbin/fs.d", "/sbin/fs", "/usr/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(format!("mount.{fstype}")))
+        .find(|p| p.is_file())
 }
 
 #[cfg(test)]
@@ -182,5 +211,26 @@ mod tests {
         assert!(took < Duration::from_millis(900), "took {took:?}");
         std::thread::sleep(Duration::from_millis(1300));
         assert!(!marker.exists(), "the tool's child outlived the kill");
+    }
+
+    #[test]
+    fn plain_a_mount_runs_the_type_s_helper_directly_and_mount_8_without_one() {
+        let args = |c: &Command| -> Vec<String> {
+            std::iter::once(c.get_program())
+                .chain(c.get_args())
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        // nfs-common (tools/setup.sh) installs mount.nfs4.
+        let helper = mount_helper("nfs4").expect("mount.nfs4 is installed");
+        assert!(helper.ends_with("mount.nfs4"), "{}", helper.display());
+        let nfs = mount_cmd("nfs4", "h:/x", "vers=4.2", Path::new("/t"));
+        assert_eq!(
+            args(&nfs),
+            [helper.to_str().unwrap(), "h:/x", "/t", "-o", "vers=4.2"]
+        );
+        let other = mount_cmd("no-such-fs", "src", "", Path::new("/t"));
+        assert_eq!(args(&other), ["mount", "-t", "no-such-fs", "src", "/t"]);
+        assert_eq!(mount_helper("../nfs"), None);
     }
 }

@@ -28,6 +28,7 @@
 
 pub mod config;
 pub mod error;
+pub mod helper;
 pub mod kernel;
 pub mod killpoint;
 pub mod lock;

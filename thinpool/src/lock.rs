@@ -19,11 +19,17 @@
 //! read under the lock before is still true. The file is one fixed-width
 //! line, `<pid or -> <generation>`, overwritten in place (after its first
 //! write it needs no new block, even on a full filesystem).
+//!
+//! A helper process the holder starts ([`crate::helper`]) holds its locks
+//! too, until the helper is gone: the locks of a holder killed while its
+//! helper works are let go only when that helper is dead as well.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -141,11 +147,7 @@ impl LockGuard {
             file = open_lock_file(path)?;
         };
         if mode == Mode::Shared {
-            return Ok(LockGuard {
-                file,
-                path: path.to_path_buf(),
-                generation: None,
-            });
+            return Ok(LockGuard::held(file, path, None));
         }
         let mut text = String::new();
         file.rewind().map_err(io_err("reading"))?;
@@ -171,11 +173,18 @@ impl LockGuard {
             }
             Err(e) => return Err(io_err("writing")(e)),
         };
-        Ok(LockGuard {
+        Ok(LockGuard::held(file, path, generation))
+    }
+
+    /// The guard of a lock just taken, counted among the locks helpers
+    /// inherit ([`with_held`]) until it is dropped.
+    fn held(file: Flock<File>, path: &Path, generation: Option<u64>) -> LockGuard {
+        held_fds().push(file.as_raw_fd());
+        LockGuard {
             file,
             path: path.to_path_buf(),
             generation,
-        })
+        }
     }
 
     /// How many times the lock has been taken, this time included, as
@@ -218,7 +227,9 @@ impl LockGuard {
     }
 
     /// Takes the lock at `path` if no one holds it; `None` if someone
-    /// does (a live process: the kernel drops a dead one's locks).
+    /// does (a live process, or a helper a dead one started that is still
+    /// running: the kernel drops a dead one's locks when the last of them
+    /// is gone).
     ///
     /// Errors: [`LockError::Io`].
     pub fn try_acquire(path: &Path) -> Result<Option<LockGuard>, LockError> {
@@ -228,6 +239,25 @@ impl LockGuard {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The descriptors of the locks this process holds (every [`LockGuard`]
+/// alive).
+static HELD: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+fn held_fds() -> MutexGuard<'static, Vec<RawFd>> {
+    // The list is left whole at every step: a panic elsewhere while it
+    // was held spoils nothing.
+    HELD.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `f` with the descriptors of every lock this process holds,
+/// which stay open and held while it runs: a lock taken or let go by
+/// another thread waits for it. [`crate::helper`] starts a helper
+/// process in `f` and hands it these descriptors, so that the locks stay
+/// held, even past this process's death, until the helper is gone too.
+pub(crate) fn with_held<T>(f: impl FnOnce(&[RawFd]) -> T) -> T {
+    f(&held_fds())
 }
 
 /// How a lock is held.
@@ -321,6 +351,11 @@ fn names_same_file(file: &File, path: &Path) -> io::Result<bool> {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        // Out of the list before the descriptor is closed (when the fields
+        // drop, after this): a helper started meanwhile must not be handed
+        // a number that may name another file by then.
+        let fd = self.file.as_raw_fd();
+        held_fds().retain(|&f| f != fd);
         // The pid goes; the generation stays for the next holder.
         if let Some(g) = self.generation {
             let _ = self.file.write_all_at(lock_line(None, g).as_bytes(), 0);

@@ -10,10 +10,10 @@ use std::process::{Command, Output};
 use crate::error::{Error, Result};
 use crate::loopback;
 
-/// Runs a thin tool; one that cannot start is [`Error::Tool`] naming the
-/// package to install.
+/// Runs a thin tool, as a helper ([`crate::helper`]); one that cannot
+/// start is [`Error::Tool`] naming the package to install.
 pub(super) fn run(cmd: &mut Command, tool: &str) -> Result<Output> {
-    cmd.output().map_err(|e| Error::Tool {
+    crate::helper::output(cmd).map_err(|e| Error::Tool {
         tool: tool.into(),
         detail: format!("{e} (install thin-provisioning-tools)"),
     })
