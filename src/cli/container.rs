@@ -35,12 +35,14 @@ pub enum ContainerCommand {
     },
     /// List containers.
     Ls {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show one container.
     Inspect {
         container: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -58,6 +60,7 @@ pub enum ContainerCommand {
     /// init files are left out. Refused while the container is mounted.
     Diff {
         container: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },

@@ -26,6 +26,7 @@ pub enum ImageCommand {
     },
     /// List images.
     Ls {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -33,6 +34,7 @@ pub enum ImageCommand {
     /// working dir, user, ports, volumes, labels).
     Inspect {
         image: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -41,6 +43,7 @@ pub enum ImageCommand {
     /// uncompressed changeset).
     History {
         image: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         /// Do not shorten ids and commands.

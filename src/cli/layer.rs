@@ -21,12 +21,14 @@ pub enum LayerCommand {
     Create(NewLayer),
     /// List layers as a tree with their sizes.
     Ls {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show one layer.
     Inspect {
         layer: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -40,6 +42,7 @@ pub enum LayerCommand {
         /// Only list what would be removed.
         #[arg(long)]
         dry_run: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },

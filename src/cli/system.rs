@@ -16,6 +16,7 @@ pub enum SystemCommand {
     /// removing the unused ones would free; then the pool's data and
     /// metadata use.
     Df {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },

@@ -36,6 +36,7 @@ pub enum VolumeCommand {
         /// Only names.
         #[arg(short, long)]
         quiet: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -53,6 +54,7 @@ pub enum VolumeCommand {
     },
     /// Remove anonymous volumes no container uses (with --all, named ones too).
     Prune {
+        /// Named volumes no container uses go too.
         #[arg(short, long)]
         all: bool,
     },
