@@ -78,6 +78,7 @@ conformance!(
     local_volume_with_mount_options_is_mounted_on_use,
     refusals_name_the_problem_and_create_nothing,
     container_create_killed_at_any_instant_leaves_all_or_nothing,
+    a_mount_killed_before_it_is_whole_is_undone_by_the_next_command,
     a_scratch_image_gets_the_mount_points_a_process_needs,
     containers_share_an_init_layer_and_own_their_files,
 );
@@ -454,6 +455,37 @@ fn local_volume_with_mount_options_is_mounted_on_use(d: Drv) {
             .count(),
         0
     );
+    // A command killed after it mounted a volume for a container, before
+    // the container was mounted, leaves the volume mounted for no one:
+    // removing or pruning it unmounts it first.
+    for (v, rm) in [
+        ("left1", &["volume", "rm", "left1"][..]),
+        ("left2", &["volume", "prune", "--all"][..]),
+    ] {
+        e.ok(&[
+            "volume",
+            "create",
+            v,
+            "--opt",
+            "type=tmpfs",
+            "--opt",
+            "device=tmpfs",
+        ]);
+        let data = PathBuf::from(
+            json(&e, &["volume", "inspect", v])[0]["mountpoint"]
+                .as_str()
+                .unwrap(),
+        );
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(st.success() && is_mount(&data));
+        e.ok(rm);
+        assert!(!is_mount(&data) && !data.exists(), "{v} is left behind");
+    }
+    assert!(!volumes(&e).iter().any(|v| v.starts_with("left")));
 }
 
 fn is_mount(p: &Path) -> bool {
@@ -566,6 +598,63 @@ fn refusals_name_the_problem_and_create_nothing(d: Drv) {
         &["container", "create", "--name", "dup", "--image", "bb"],
         &["already exists"],
     );
+}
+
+fn a_mount_killed_before_it_is_whole_is_undone_by_the_next_command(d: Drv) {
+    use std::os::unix::process::ExitStatusExt;
+    use thinpool::killpoint;
+    let e = setup("mount-kill", d);
+    e.ok(&[
+        "volume",
+        "create",
+        "t",
+        "--opt",
+        "type=tmpfs",
+        "--opt",
+        "device=tmpfs",
+    ]);
+    let data = PathBuf::from(
+        json(&e, &["volume", "inspect", "t"])[0]["mountpoint"]
+            .as_str()
+            .unwrap(),
+    );
+    create(&e, "c", &["-v", "t:/t"]);
+    // Where it is mounted (any command now would repair the kill first).
+    let rootfs = PathBuf::from(
+        json(&e, &["container", "inspect", "c", "--json"])["rootfs"]
+            .as_str()
+            .unwrap(),
+    );
+    let o = e
+        .cmd(&["container", "mount", "c"])
+        .env(killpoint::ENV, killpoint::CONTAINER_MOUNTS_MADE)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.signal(), Some(9), "not killed: {}", stderr(&o));
+    // Killed with everything mounted but not yet marked whole.
+    assert!(is_mount(&rootfs) && is_mount(&rootfs.join("t")) && is_mount(&data));
+    // The next command undoes it, and says so; the container is not
+    // taken for mounted meanwhile.
+    let ls = e.run(&["container", "ls", "--json"]);
+    assert!(
+        stderr(&ls).contains("recovered:") && stderr(&ls).contains("unmounted container c"),
+        "{}",
+        stderr(&ls)
+    );
+    assert!(
+        !is_mount(&rootfs) && !is_mount(&data),
+        "the half mount is left"
+    );
+    assert!(e.list("container").iter().all(|c| c["mounted"] == false));
+    e.assert_consistent();
+    // A mount then is whole: its volume is there.
+    assert_eq!(
+        e.sh("c", "grep -c ' /t .* - tmpfs ' /proc/self/mountinfo"),
+        "1\n"
+    );
+    e.ok(&["container", "rm", "c"]);
+    e.ok(&["volume", "rm", "t"]);
+    e.assert_consistent();
 }
 
 fn container_create_killed_at_any_instant_leaves_all_or_nothing(d: Drv) {

@@ -226,3 +226,108 @@ fn dm_nfs_server_down_or_silent_fails_the_mount_in_bounded_time_and_mounts_nothi
     assert_eq!(mounts_under(&e.root), Vec::<String>::new());
     e.assert_consistent();
 }
+
+/// The parent of every process, from /proc: pid to (parent, command name).
+fn processes() -> std::collections::BTreeMap<u32, (u32, String)> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let (Some((_, rest)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
+            continue;
+        };
+        let comm = stat[open + 1..stat.len() - rest.len() - 1].to_string();
+        let mut f = rest.split_whitespace();
+        if f.next() == Some("Z") {
+            continue;
+        }
+        if let Some(ppid) = f.next().and_then(|p| p.parse().ok()) {
+            out.insert(pid, (ppid, comm));
+        }
+    }
+    out
+}
+
+/// A live process named `mount.nfs*` started, directly or not, by `pid`.
+fn nfs_helper_of(pid: u32) -> Option<u32> {
+    let procs = processes();
+    procs.iter().find_map(|(&p, (_, comm))| {
+        if !comm.starts_with("mount.nfs") {
+            return None;
+        }
+        let mut at = p;
+        while let Some((parent, _)) = procs.get(&at) {
+            if *parent == pid {
+                return Some(p);
+            }
+            at = *parent;
+        }
+        None
+    })
+}
+
+/// `container mount` killed while mount.nfs works on the container's
+/// volume, the rootfs already mounted: no helper is left at work, and the
+/// next command finds the container unmounted (not taken for mounted
+/// without its volume) and the volume not mounted.
+#[test]
+fn dm_nfs_mount_killed_midway_leaves_no_helper_behind_and_nothing_mounted() {
+    thinpool::testing::require_dm();
+    let e = setup("nfs-killed", Drv::Overlay);
+    // A server that never answers holds the mount helper for as long as
+    // the test needs: the kill lands while it is mounting.
+    let (listener, port) = silent_server();
+    let data = nfs_volume(&e, "silent", "/vol1", &format!(",port={port}"));
+    create(&e, "s", "silent");
+    let mut cmd = e
+        .cmd(&["container", "mount", "s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let deadline = started + BOUND;
+    let helper = loop {
+        if let Some(h) = nfs_helper_of(cmd.id()) {
+            break h;
+        }
+        assert!(
+            cmd.try_wait().unwrap().is_none(),
+            "the mount ended before its helper was seen"
+        );
+        assert!(Instant::now() < deadline, "no mount.nfs was started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        cmd.try_wait().unwrap().is_none() && processes().contains_key(&helper),
+        "the mount ended before the kill: the kill proves nothing"
+    );
+    cmd.kill().unwrap();
+    cmd.wait().unwrap();
+    // The helper dies with the command, though its server still hangs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes().contains_key(&helper) {
+        assert!(
+            Instant::now() < deadline,
+            "mount.nfs (pid {helper}) outlived the command that started it"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(19),
+        "the command's own 20 s limit may have ended the helper: the test proves nothing"
+    );
+    // The next commands find nothing mounted and remove all of it.
+    assert_eq!(mount_at(&data), None);
+    assert!(!mounted(&e, "s"));
+    drop(listener);
+    e.ok(&["container", "rm", "s"]);
+    e.ok(&["volume", "rm", "silent"]);
+    assert_eq!(mounts_under(&e.root), Vec::<String>::new());
+    e.assert_consistent();
+}

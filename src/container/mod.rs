@@ -54,7 +54,7 @@ mod volumes;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -164,6 +164,7 @@ impl<'r> Containers<'r> {
                 ));
             }
         }
+        self.unmount_unfinished()?;
         let unfinished: Vec<ContainerRecord> = self
             .records
             .values()
@@ -191,6 +192,32 @@ impl<'r> Containers<'r> {
                         .push(format!("finished removing container {}", rec.name));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Undoes the mounts of containers whose mount or unmount a killed
+    /// command left unfinished: a rootfs mounted without the marker of a
+    /// whole mount, with some of its volumes perhaps. A container would
+    /// otherwise look mounted without its volumes, and run without them.
+    fn unmount_unfinished(&mut self) -> Result<()> {
+        let mounted: BTreeSet<PathBuf> = mount::mount_points()?.into_iter().collect();
+        let half: Vec<ContainerRecord> = self
+            .records
+            .values()
+            .filter(|r| {
+                r.state == State::Created
+                    && mounted.contains(&self.rootfs(r))
+                    && !self.whole_marker(r).exists()
+            })
+            .cloned()
+            .collect();
+        for rec in half {
+            self.unmount_all(&rec)?;
+            self.res.repairs.push(format!(
+                "unmounted container {}, whose mount or unmount a killed command left unfinished",
+                rec.name
+            ));
         }
         Ok(())
     }
@@ -288,9 +315,21 @@ impl<'r> Containers<'r> {
         Ok(r)
     }
 
-    /// Whether the container's rootfs is mounted.
+    /// Whether the container is mounted: its rootfs, and everything
+    /// inside it (the mount finished: [`Self::whole_marker`]).
     pub fn is_mounted(&self, rec: &ContainerRecord) -> Result<bool> {
-        mount::is_mounted(&self.rootfs(rec))
+        Ok(self.whole_marker(rec).exists() && mount::is_mounted(&self.rootfs(rec))?)
+    }
+
+    /// The file that says a container's mount is whole: written after the
+    /// last of its mounts, removed before the first unmount. A rootfs
+    /// mounted without it is a mount a killed command left unfinished,
+    /// or an unmount it left unfinished, which the next command finishes
+    /// undoing ([`Self::recover`]). Mounts do not outlive the machine, so
+    /// neither needs the file to be durable: one left by a power cut goes
+    /// with the next mount.
+    fn whole_marker(&self, rec: &ContainerRecord) -> PathBuf {
+        self.cdir(&rec.id).join("mounted")
     }
 
     /// Every container, oldest first.

@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
+use thinpool::killpoint;
 
 use super::scoped::{self, Make};
 use super::spec::{self, MountSpec, Source};
@@ -24,10 +25,18 @@ impl Containers<'_> {
         let rec = self.get(key)?.clone();
         let rootfs = self.rootfs(&rec);
         if !self.is_mounted(&rec)? {
+            // Whatever is there (a mount or an unmount left unfinished)
+            // goes first: the mount is made whole from the start.
+            self.unmount_all(&rec)?;
             fs::create_dir_all(&rootfs).map_err(Error::io("creating", &rootfs))?;
             let rw = rec.writable_layer()?.clone();
             self.res.open_store(&rec)?.mount_at(&rw, &rootfs, true)?;
-            if let Err(e) = self.mount_volumes(&rec, &rootfs) {
+            let marker = self.whole_marker(&rec);
+            let made = self.mount_volumes(&rec, &rootfs).and_then(|()| {
+                killpoint::here(killpoint::CONTAINER_MOUNTS_MADE);
+                fs::write(&marker, b"").map_err(Error::io("writing", &marker))
+            });
+            if let Err(e) = made {
                 let undo = self.unmount_all(&rec);
                 return Err(e.with_rollback(undo));
             }
@@ -160,6 +169,13 @@ impl Containers<'_> {
     }
 
     pub(super) fn unmount_all(&mut self, rec: &ContainerRecord) -> Result<()> {
+        let marker = self.whole_marker(rec);
+        match fs::remove_file(&marker) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io("removing", &marker)(e))
+            }
+            _ => {}
+        }
         let rootfs = self.rootfs(rec);
         let inside: Vec<PathBuf> = mount::mount_points()?
             .into_iter()

@@ -98,7 +98,15 @@ impl Containers<'_> {
                 });
             }
         }
-        self.volumes.remove(&v, &mut self.res)
+        self.release_and_remove(&v)
+    }
+
+    /// Removes a volume no mounted container uses. It is released first:
+    /// a command killed after it mounted the volume for a container, and
+    /// before the container was mounted, left it mounted for no one.
+    fn release_and_remove(&mut self, v: &VolumeRecord) -> Result<()> {
+        self.volumes.release(v, &mut self.res)?;
+        self.volumes.remove(v, &mut self.res)
     }
 
     /// Removes unused anonymous volumes, and with `all` unused named ones
@@ -107,7 +115,7 @@ impl Containers<'_> {
         let mut removed = vec![];
         for v in self.volumes.list()? {
             if (v.anonymous || all) && self.users_of(&v.name).is_empty() {
-                self.volumes.remove(&v, &mut self.res)?;
+                self.release_and_remove(&v)?;
                 removed.push(v.name);
             }
         }
