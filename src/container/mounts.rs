@@ -25,9 +25,12 @@ impl Containers<'_> {
         let rec = self.get(key)?.clone();
         let rootfs = self.rootfs(&rec);
         if !self.is_mounted(&rec)? {
-            // Whatever is there (a mount or an unmount left unfinished)
-            // goes first: the mount is made whole from the start.
-            self.unmount_all(&rec)?;
+            // A rootfs mounted without the marker (a mount or an unmount
+            // left unfinished, which the next command's recovery undoes
+            // anyway) goes first: the mount is made whole from the start.
+            if mount::is_mounted(&rootfs)? {
+                self.unmount_all(&rec)?;
+            }
             fs::create_dir_all(&rootfs).map_err(Error::io("creating", &rootfs))?;
             let rw = rec.writable_layer()?.clone();
             self.res.open_store(&rec)?.mount_at(&rw, &rootfs, true)?;
