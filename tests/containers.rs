@@ -396,26 +396,30 @@ fn rm_v_removes_anonymous_volumes_but_never_named_ones(d: Drv) {
     assert_eq!(volumes(&e), ["named"], "a volume in use is never pruned");
 }
 
-fn local_volume_with_mount_options_is_mounted_on_use(d: Drv) {
-    let e = setup("vol-opts", d);
-    e.ok(&[
+/// `volume create NAME` of a tmpfs mount, with `extra` arguments; returns
+/// its mountpoint.
+fn tmpfs_volume(e: &Env, name: &str, extra: &[&str]) -> PathBuf {
+    let mut args = vec![
         "volume",
         "create",
-        "t",
+        name,
         "--opt",
         "type=tmpfs",
         "--opt",
         "device=tmpfs",
-        "--opt",
-        "o=size=4m,mode=1777",
-        "--label",
-        "k=v",
-    ]);
-    let data = PathBuf::from(
-        json(&e, &["volume", "inspect", "t"])[0]["mountpoint"]
+    ];
+    args.extend_from_slice(extra);
+    e.ok(&args);
+    PathBuf::from(
+        json(e, &["volume", "inspect", name])[0]["mountpoint"]
             .as_str()
             .unwrap(),
-    );
+    )
+}
+
+fn local_volume_with_mount_options_is_mounted_on_use(d: Drv) {
+    let e = setup("vol-opts", d);
+    let data = tmpfs_volume(&e, "t", &["--opt", "o=size=4m,mode=1777", "--label", "k=v"]);
     assert!(!is_mount(&data), "not mounted before use");
     create(&e, "c", &["-v", "t:/t"]);
     let out = e.sh(
@@ -462,20 +466,7 @@ fn local_volume_with_mount_options_is_mounted_on_use(d: Drv) {
         ("left1", &["volume", "rm", "left1"][..]),
         ("left2", &["volume", "prune", "--all"][..]),
     ] {
-        e.ok(&[
-            "volume",
-            "create",
-            v,
-            "--opt",
-            "type=tmpfs",
-            "--opt",
-            "device=tmpfs",
-        ]);
-        let data = PathBuf::from(
-            json(&e, &["volume", "inspect", v])[0]["mountpoint"]
-                .as_str()
-                .unwrap(),
-        );
+        let data = tmpfs_volume(&e, v, &[]);
         let st = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "tmpfs"])
             .arg(&data)
@@ -604,20 +595,7 @@ fn a_mount_killed_before_it_is_whole_is_undone_by_the_next_command(d: Drv) {
     use std::os::unix::process::ExitStatusExt;
     use thinpool::killpoint;
     let e = setup("mount-kill", d);
-    e.ok(&[
-        "volume",
-        "create",
-        "t",
-        "--opt",
-        "type=tmpfs",
-        "--opt",
-        "device=tmpfs",
-    ]);
-    let data = PathBuf::from(
-        json(&e, &["volume", "inspect", "t"])[0]["mountpoint"]
-            .as_str()
-            .unwrap(),
-    );
+    let data = tmpfs_volume(&e, "t", &[]);
     create(&e, "c", &["-v", "t:/t"]);
     // Where it is mounted (any command now would repair the kill first).
     let rootfs = PathBuf::from(
