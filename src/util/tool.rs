@@ -2,9 +2,10 @@
 //! (mkfs.*, resize2fs, xfs_growfs, the mount helpers of remote
 //! filesystems): one way, with the tool's stderr as the error, and a
 //! time limit for those that wait on a server. Every tool runs as a
-//! helper ([`thinpool::helper`]): it dies with the command, and holds the
-//! command's locks until it is gone, so that the next command never finds
-//! one still at work on what a killed command left.
+//! helper ([`thinpool::helper`]): it dies with the command, so that the
+//! next command never finds one still at work on what a killed command
+//! left; one that runs to its end also holds the command's locks until
+//! it is gone.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -51,13 +52,15 @@ fn check(status: ExitStatus, stderr: &[u8], name: &str) -> Result<()> {
 /// and the result is [`Error::TimedOut`] naming `name`. For tools that
 /// wait on something outside the machine, such as a mount of a network
 /// filesystem whose server is down, which would otherwise hold the caller
-/// for minutes.
+/// for minutes. Such a tool may leave a daemon behind (`rpc.statd`, a
+/// FUSE filesystem's server), so it holds none of the command's locks
+/// ([`helper::spawn_without_locks`]); it dies with the command.
 pub fn run_within(cmd: &mut Command, name: &str, limit: Duration) -> Result<()> {
     let failed = |e: std::io::Error| Error::Tool {
         tool: name.to_string(),
         detail: e.to_string(),
     };
-    let mut child = helper::spawn(
+    let mut child = helper::spawn_without_locks(
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
