@@ -20,9 +20,9 @@
 //! line, `<pid or -> <generation>`, overwritten in place (after its first
 //! write it needs no new block, even on a full filesystem).
 //!
-//! A helper process the holder starts ([`crate::helper`]) holds its locks
-//! too, until the helper is gone: the locks of a holder killed while its
-//! helper works are let go only when that helper is dead as well.
+//! A tool the holder runs to its end ([`crate::helper::spawn`]) holds its
+//! locks too, until the tool is gone: the locks of a holder killed while
+//! such a tool works are let go only when the tool is dead as well.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek};
