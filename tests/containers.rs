@@ -1210,7 +1210,7 @@ fn dm_a_watched_pool_autoextends_on_its_low_water_event_and_no_write_fails() {
     let last = grows.last().unwrap()["data"][1].as_u64().unwrap();
     assert_eq!(last, data, "{grows:?}");
     // The grown pool's low-water mark follows its size.
-    let blocks = data / (64 << 10);
+    let blocks = data / pool_status(&e)["block_size"].as_u64().unwrap();
     let lwm = blocks - (blocks * 60).div_ceil(100);
     assert_eq!(pool_table(&e)[6], lwm.to_string());
     // Turned off, the mark is 0 again; the max below the size is refused.

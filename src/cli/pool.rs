@@ -70,7 +70,7 @@ pub struct CreateArgs {
     #[arg(long, value_name = "SIZE")]
     metadata_size: Option<Bytes>,
     /// Allocation unit: a multiple of 64K from 64K to 1G.
-    #[arg(long, value_name = "SIZE", default_value = "64K")]
+    #[arg(long, value_name = "SIZE", default_value_t = BlockSize::DEFAULT.bytes())]
     block_size: Bytes,
     /// Use this block device for data instead of a file.
     #[arg(long, value_name = "DEV", requires = "metadata_dev")]

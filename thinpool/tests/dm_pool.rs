@@ -153,7 +153,8 @@ fn dm_snapshot_shares_blocks_and_isolates_writes() {
     assert_eq!(pool.status().unwrap().data.used_bytes.unwrap(), used_before);
     let sdev = pool.activate_thin(snap).unwrap();
     assert_eq!(read_at(&sdev, 0, a.len()), a);
-    let b = pattern(2, 64 << 10);
+    let block = pool.record().block_size.bytes().0;
+    let b = pattern(2, block as usize);
     write_at(&sdev, 0, &b);
     assert_eq!(
         read_at(&odev, 0, a.len()),
@@ -161,10 +162,10 @@ fn dm_snapshot_shares_blocks_and_isolates_writes() {
         "a write to the snapshot reached its origin"
     );
     assert_eq!(read_at(&sdev, 0, b.len()), b);
-    // Exactly one 64K block was copied.
+    // Exactly one block was copied.
     assert_eq!(
         pool.status().unwrap().data.used_bytes.unwrap(),
-        Bytes(used_before.0 + (64 << 10))
+        Bytes(used_before.0 + block)
     );
     pool.destroy(true).unwrap();
 }

@@ -1,26 +1,55 @@
 //! What a run's numbers mean: sentences computed from the medians of the
 //! samples, so `--render` can remake them from a saved `samples.json`.
 
-use crate::samples::{Scenario, Series};
+use crate::samples::{Environment, Scenario, Series};
+use crate::scenarios::size_label;
 
-/// The findings of one scenario.
-pub fn findings(s: &Scenario, cpus: u32) -> Vec<String> {
+/// The findings of one scenario, in the run's environment (its CPUs and
+/// the pool's block size).
+pub fn findings(s: &Scenario, env: &Environment) -> Vec<String> {
     let series = &s.series;
+    let cpus = env.cpus;
+    let block = Block(env.pool_block_bytes);
     match s.id.as_str() {
         "provision" => match deepest(series, "thin", "depth ") {
             Some(deep) => provision_findings(series, &deep, cpus),
             None => vec![],
         },
-        "first-write" => first_write_findings(series),
-        "metadata" => metadata_findings(series),
-        "new-data" => new_data_findings(series),
+        "first-write" => first_write_findings(series, block),
+        "metadata" => metadata_findings(series, block),
+        "new-data" => new_data_findings(series, block),
         "lookup" => lookup_findings(series),
         "page-cache" => page_cache_findings(series),
-        "space" => space_findings(series),
+        "space" => space_findings(series, block),
         "containerd" => containerd_findings(series),
         "import" => import_findings(series, cpus),
         "containerd-bench" => containerd_bench_findings(series),
         _ => vec![],
+    }
+}
+
+/// The pool's block size, as the run recorded it (`None` for a run made
+/// before it was recorded): the findings name it rather than assume it.
+#[derive(Clone, Copy)]
+struct Block(Option<u64>);
+
+impl Block {
+    /// "256 KiB pool block", or "pool block".
+    fn pool_block(self) -> String {
+        match self.0 {
+            Some(b) => format!("{} pool block", size_label(b)),
+            None => "pool block".into(),
+        }
+    }
+
+    /// What a pool that zeroes new blocks writes around a 4 KiB write into
+    /// a new block: "the 252 KiB around the write", or "the rest of the
+    /// block around the write".
+    fn zeroed_around_4k(self) -> String {
+        match self.0 {
+            Some(b) => format!("the {} around the write", size_label(b - 4096)),
+            None => "the rest of the block around the write".into(),
+        }
     }
 }
 
@@ -54,7 +83,7 @@ fn times(r: f64) -> String {
     }
 }
 
-fn first_write_findings(series: &[Series]) -> Vec<String> {
+fn first_write_findings(series: &[Series], block: Block) -> Vec<String> {
     let Some(big) = deepest(series, "thin", "first write") else {
         return vec![];
     };
@@ -73,14 +102,15 @@ fn first_write_findings(series: &[Series]) -> Vec<String> {
     };
     vec![format!(
         "The first 4 KiB write into a {size} inherited file takes {t1:.1} ms on thin and {o1:.0} ms on \
-         overlay ({:.4} of it): overlay copies the whole file up before the write, thin copies one 64 KiB \
-         pool block. The copy is paid once: the second write, 12 KiB further on in the same 64 KiB \
-         block, takes {t2:.1} ms on thin and {o2:.1} ms on overlay, each overwriting its own copy.",
+         overlay ({:.4} of it): overlay copies the whole file up before the write, thin copies one {}. \
+         The copy is paid once: the second write, 12 KiB further on in the same block, takes {t2:.1} ms \
+         on thin and {o2:.1} ms on overlay, each overwriting its own copy.",
         t1 / o1,
+        block.pool_block(),
     )]
 }
 
-fn metadata_findings(series: &[Series]) -> Vec<String> {
+fn metadata_findings(series: &[Series], block: Block) -> Vec<String> {
     let Some(v) = variant(series, "thin", "chmod") else {
         return vec![];
     };
@@ -92,13 +122,14 @@ fn metadata_findings(series: &[Series]) -> Vec<String> {
         "For {v}, thin is {} than overlay and {} than overlay with `metacopy=on`. Without metacopy \
          overlay copies every file's data up to change its mode; with it, only the inode, yet each file \
          still becomes a new inode in the upper directory. thin rewrites inode table blocks in place, \
-         sixteen 256-byte inodes per 4 KiB block, after one 64 KiB copy per touched pool block.",
+         sixteen 256-byte inodes per 4 KiB block, after one copy of each {} it touches.",
         times(t / o),
         times(t / mc),
+        block.pool_block(),
     )]
 }
 
-fn new_data_findings(series: &[Series]) -> Vec<String> {
+fn new_data_findings(series: &[Series], block: Block) -> Vec<String> {
     let (Some(seq), Some(rnd)) = (
         variant(series, "thin", "sequential"),
         variant(series, "thin", "random"),
@@ -117,15 +148,17 @@ fn new_data_findings(series: &[Series]) -> Vec<String> {
     vec![format!(
         "Provisioning costs thin {:.0}% of the linear device's sequential throughput ({:.1} against {:.1} \
          MiB/s) and {:.0}% of its random 4 KiB throughput ({:.1} against {:.1} MiB/s). A random write that \
-         lands in an unprovisioned 64 KiB block makes the pool allocate the block, zero the 60 KiB around the \
-         write and commit the mapping; a sequential stream fills whole blocks, which the pool does not zero. \
-         overlay writes straight into the host filesystem, without a loop device in between.",
+         lands in an unprovisioned {} makes the pool allocate the block, zero {} and commit the \
+         mapping; a sequential stream fills whole blocks, which the pool does not zero. overlay writes \
+         straight into the host filesystem, without a loop device in between.",
         (1.0 - ts / ls) * 100.0,
         mib(ts),
         mib(ls),
         (1.0 - tr / lr) * 100.0,
         mib(tr),
         mib(lr),
+        block.pool_block(),
+        block.zeroed_around_4k(),
     )]
 }
 
@@ -183,7 +216,7 @@ fn page_cache_findings(series: &[Series]) -> Vec<String> {
     )]
 }
 
-fn space_findings(series: &[Series]) -> Vec<String> {
+fn space_findings(series: &[Series], block: Block) -> Vec<String> {
     let m = |d: &str, v: &str| median(series, d, v);
     let mut out = vec![];
     let gone = "container rm after scenarios 2–4";
@@ -232,14 +265,16 @@ fn space_findings(series: &[Series]) -> Vec<String> {
     };
     out.insert(0, format!(
         "After the first writes thin holds {:.2} MiB of new pool data against {:.2} MiB in overlay's upper \
-         directory: a 64 KiB block per write, plus the blocks of ext4's journal and inode tables the writes \
+         directory: a {} per write, plus the blocks of ext4's journal and inode tables the writes \
          touch, against whole copied-up files. The new data step adds {:.1} MiB to the pool and {:.1} MiB \
-         to overlay: there a random 4 KiB write takes a whole 64 KiB pool block. After all three steps thin \
+         to overlay: there a random 4 KiB write takes a whole {}. After all three steps thin \
          holds {:.1} MiB against overlay's {:.1} MiB.",
         mib(t1),
         mib(o1),
+        block.pool_block(),
         mib(t3 - t2),
         mib(o3 - o2),
+        block.pool_block(),
         mib(t3),
         mib(o3),
     ));
@@ -903,6 +938,23 @@ mod tests {
         }
     }
 
+    /// A run's environment with `cpus` CPUs and a 256 KiB pool block.
+    fn env(cpus: u32) -> Environment {
+        Environment {
+            kernel: "6.1.0".into(),
+            cpus,
+            memory_bytes: 8 << 30,
+            emulated: true,
+            quick: false,
+            started_unix: 0,
+            duration_secs: 1.0,
+            thinlayer_version: "0.1.0".into(),
+            command: "thinlayer-bench".into(),
+            notes: vec![],
+            pool_block_bytes: Some(256 << 10),
+        }
+    }
+
     fn scenario(id: &str, series: Vec<Series>) -> Scenario {
         Scenario {
             id: id.into(),
@@ -930,7 +982,7 @@ mod tests {
                 series("record write", "one log entry", None, 1.0),
             ],
         );
-        let f = findings(&s, 2);
+        let f = findings(&s, &env(2));
         assert_eq!(f.len(), 2, "{f:?}");
         assert!(f[0].contains("50.0 ms per layer above"), "{}", f[0]);
         assert!(f[1].contains("at depth 64: the same ioctls"), "{}", f[1]);
@@ -940,8 +992,8 @@ mod tests {
     #[test]
     fn plain_missing_series_give_no_findings_rather_than_wrong_ones() {
         let s = scenario("import", vec![series("thin", "3 layers", None, 1.0)]);
-        assert!(findings(&s, 2).is_empty());
-        assert!(findings(&scenario("nonesuch", vec![]), 2).is_empty());
+        assert!(findings(&s, &env(2)).is_empty());
+        assert!(findings(&scenario("nonesuch", vec![]), &env(2)).is_empty());
     }
 
     #[test]
@@ -964,12 +1016,12 @@ mod tests {
         };
         // 1/40 + 1/40 + 1/40 = 3/40 s per MiB over two cores: 26.7 MiB/s,
         // under 0.8 × 50: the checks' CPU time bounds it.
-        let f = findings(&import(50.0, 40.0, 40.0, 40.0), 2);
+        let f = findings(&import(50.0, 40.0, 40.0, 40.0), &env(2));
         assert!(f[0].contains("runs at most at 26.7 MiB/s"), "{}", f[0]);
         assert!(f[0].contains("alone keeps an import"), "{}", f[0]);
         assert!(f[0].contains("thin reaches 0.30 of the bound"), "{}", f[0]);
         // On 8 cores the slowest stream (40 MiB/s) bounds it: 40 ≥ 0.8 × 50.
-        let f = findings(&import(50.0, 40.0, 40.0, 40.0), 8);
+        let f = findings(&import(50.0, 40.0, 40.0, 40.0), &env(8));
         assert!(f[0].contains("runs at most at 40.0 MiB/s"), "{}", f[0]);
         assert!(f[0].contains("does not rule out the 0.8"), "{}", f[0]);
     }
@@ -1004,7 +1056,7 @@ mod tests {
                 all.push(series(d, &format!("{IMPORT_GZIP}: {what}"), None, v));
             }
         }
-        let f = findings(&scenario("import", all.clone()), 2);
+        let f = findings(&scenario("import", all.clone()), &env(2));
         assert_eq!(f.len(), 3, "{f:?}");
         // 100 MiB at 50 MiB/s, twice: 4000 ms; inflating at 100 MiB/s: 1000 ms.
         assert!(
@@ -1031,7 +1083,7 @@ mod tests {
         assert!(f[2].contains("thin reaches 0.60 of that bound"), "{}", f[2]);
         // Without the CPU rows, the others still stand.
         all.retain(|s| !s.variant.contains("CPU"));
-        assert_eq!(findings(&scenario("import", all), 2).len(), 2);
+        assert_eq!(findings(&scenario("import", all), &env(2)).len(), 2);
     }
 
     #[test]
@@ -1056,7 +1108,7 @@ mod tests {
                 all.push(series(d, "prepare", None, total / 10.0));
                 all.push(series(d, "commit", None, total / 20.0));
             }
-            findings(&scenario("containerd-bench", all), 2).join(" ")
+            findings(&scenario("containerd-bench", all), &env(2)).join(" ")
         };
         let f = run(3500.0);
         // Per layer: (380 - 350) / 16, (1900 - 1750) / 16, (190 - 175) / 16.
@@ -1100,7 +1152,7 @@ mod tests {
             all.push(series(FLOOR_EXPEDITED, prepare, None, 80.0));
             all.push(series(FLOOR_EXPEDITED, write, None, expedited_write));
             all.push(series(FLOOR_EXPEDITED, UNMOUNT, None, 700.0));
-            findings(&scenario("containerd-bench", all), 2).join(" ")
+            findings(&scenario("containerd-bench", all), &env(2)).join(" ")
         };
         let f = run(2400.0, 2300.0);
         // (400 - 80) / 16 layers.
@@ -1151,7 +1203,7 @@ mod tests {
                     all.push(series(d, &format!("{v}: {what}"), None, ms));
                 }
             }
-            findings(&scenario("provision", all), 2).join(" ")
+            findings(&scenario("provision", all), &env(2)).join(" ")
         };
         let f = run(1000.0);
         assert!(
@@ -1209,7 +1261,7 @@ mod tests {
                 ),
                 series("overlay", &format!("{STORE_OPEN}{FIXED}"), None, 60.0),
             ];
-            findings(&scenario("provision", all), 2).join(" ")
+            findings(&scenario("provision", all), &env(2)).join(" ")
         };
         // Fixed: 200 ms longer; the openings 5 ms more each, 16 over 2
         // CPUs: 40 ms, 20% of it.
@@ -1250,7 +1302,7 @@ mod tests {
             series("thin", STORE_OPEN, None, 125.0),
             series("overlay", STORE_OPEN, None, 100.0),
         ];
-        let f = findings(&scenario("provision", all), 2).join(" ");
+        let f = findings(&scenario("provision", all), &env(2)).join(" ");
         assert!(!f.contains("setarch"), "{f}");
     }
 
@@ -1267,7 +1319,7 @@ mod tests {
                 series("thin", STORE_OPEN, None, thin_open),
                 series("overlay", STORE_OPEN, None, 100.0),
             ];
-            findings(&scenario("provision", all), 2).join(" ")
+            findings(&scenario("provision", all), &env(2)).join(" ")
         };
         // 25 ms more per process, 16 processes over 2 CPUs: 200 ms of the
         // 400 ms gap.
@@ -1311,11 +1363,18 @@ mod tests {
         all.push(series("thin (data file freed)", gone, None, mib(95.0)));
         all.push(series("thin (pool data)", fresh, None, mib(5.0)));
         all.push(series("thin (pool data size)", fresh, None, mib(2048.0)));
-        let f = findings(&scenario("space", all), 2).join(" ");
+        let f = findings(&scenario("space", all.clone()), &env(2)).join(" ");
         assert!(
             f.contains("gave 95.0 MiB of it back") && f.contains("(95%)"),
             "{f}"
         );
+        // The block size is the run's, and named only when it recorded it.
+        assert!(f.contains("a 256 KiB pool block per write"), "{f}");
+        let mut old = env(2);
+        old.pool_block_bytes = None;
+        let f_old = findings(&scenario("space", all), &old).join(" ");
+        assert!(f_old.contains("a pool block per write"), "{f_old}");
+        assert!(!f_old.contains("KiB pool block"), "{f_old}");
         assert!(f.contains("holds 5.0 MiB of its 2048 MiB"), "{f}");
         assert!(
             f.contains("After the first writes thin holds 1.00 MiB"),
@@ -1336,7 +1395,7 @@ mod tests {
                 series("record write", "one log entry", None, 0.5),
             ],
         );
-        let f = findings(&s, 2).join(" ");
+        let f = findings(&s, &env(2)).join(" ");
         assert!(f.contains("an estimate from those samples"), "{f}");
         assert!(
             !f.contains("strace") && !f.contains("opening the pool"),
@@ -1352,7 +1411,7 @@ mod tests {
         // Without the log's series, the gap alone.
         let mut old = s.clone();
         old.series.pop();
-        let f = findings(&old, 2).join(" ");
+        let f = findings(&old, &env(2)).join(" ");
         assert!(
             f.contains("60.0 ms per layer above") && !f.contains("estimate"),
             "{f}"
@@ -1360,7 +1419,7 @@ mod tests {
         // A gap smaller than the writes' estimate is not split.
         let mut noisy = s.clone();
         noisy.series[2].samples = vec![30.0, 103.0, 104.0];
-        let f = findings(&noisy, 2).join(" ");
+        let f = findings(&noisy, &env(2)).join(" ");
         assert!(f.contains("this run cannot split it"), "{f}");
         assert!(!f.contains("The rest"), "{f}");
     }

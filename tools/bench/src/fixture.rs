@@ -67,6 +67,9 @@ pub struct Fixture {
     pub bin: PathBuf,
     /// The size of the pool's base filesystem (every thin layer's size).
     pub base: Bytes,
+    /// The pool's block size: what it provisions, and copies on a first
+    /// write, at a time.
+    pub block: Bytes,
     /// containerd's benchsuite, built by tools/build-containerd-bench.sh
     /// (scenario containerd-bench).
     pub containerd_bench: Option<PathBuf>,
@@ -94,13 +97,16 @@ impl Fixture {
             data: BackingRequest::File(Some(data)),
             ..CreateOptions::default()
         };
-        thinlayer::system::create_pool(&root, &opts, FsType::Ext4, base)
+        let pool = thinlayer::system::create_pool(&root, &opts, FsType::Ext4, base)
             .context("creating the benchmark's pool")?;
+        let block = pool.record().block_size.bytes();
+        drop(pool);
         Ok(Fixture {
             root,
             work: work.to_path_buf(),
             bin,
             base,
+            block,
             containerd_bench: None,
             n: 0,
         })

@@ -186,9 +186,8 @@ fn main() -> Result<()> {
         let path = dir.join("samples.json");
         let mut run =
             samples::Run::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let cpus = run.environment.cpus;
         for sc in &mut run.scenarios {
-            sc.findings = findings::findings(sc, cpus);
+            sc.findings = findings::findings(sc, &run.environment);
         }
         return write_outputs(&run, dir);
     }
@@ -268,6 +267,7 @@ fn main() -> Result<()> {
         samples: Default::default(),
         last_line: std::cell::Cell::new(Instant::now()),
     };
+    let block = fx.block.0;
     let environment = || {
         Environment {
                 kernel: kernel(),
@@ -284,6 +284,7 @@ fn main() -> Result<()> {
                     args.work.display(),
                     filesystem_of(&args.work)
                 )],
+                pool_block_bytes: Some(block),
             }
     };
     let mut scenarios = vec![];
@@ -293,9 +294,9 @@ fn main() -> Result<()> {
             eprintln!("thinlayer-bench: {id}: started");
         }
         let mut s = run(&mut fx, plan, &progress).with_context(|| format!("scenario {id}"))?;
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let env = environment();
         for sc in &mut s {
-            sc.findings = findings::findings(sc, cpus);
+            sc.findings = findings::findings(sc, &env);
         }
         if progress.bar.is_none() {
             eprintln!(

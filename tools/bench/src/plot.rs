@@ -1026,6 +1026,7 @@ mod tests {
                 thinlayer_version: "v".into(),
                 command: "c".into(),
                 notes: vec![],
+                pool_block_bytes: Some(256 << 10),
             },
             scenarios: vec![sizes_scenario(), no_x, nested],
         };

@@ -4,6 +4,7 @@
 //! their order, never on hash-map iteration order or the current time.
 
 use crate::samples::{stats, Environment, Ratio, Run, Scenario, Stats, Unit};
+use crate::scenarios::size_label;
 
 /// Sentence shown when the run happened under emulation.
 pub const EMULATION_NOTE: &str =
@@ -48,6 +49,11 @@ fn render_environment(env: &Environment, blocks: &mut Vec<String>) {
             },
         ),
         ("Mode", if env.quick { "quick" } else { "full" }.to_string()),
+        (
+            "Pool block size",
+            env.pool_block_bytes
+                .map_or("not recorded".to_string(), size_label),
+        ),
         ("Duration", format_duration(env.duration_secs)),
         ("Command", command),
         ("thinlayer version", env.thinlayer_version.clone()),
@@ -402,6 +408,7 @@ mod tests {
                 thinlayer_version: "0.3.0".into(),
                 command: "thinlayer bench --quick | tee".into(),
                 notes: vec!["loop devices backed by tmpfs".into()],
+                pool_block_bytes: Some(256 << 10),
             },
             scenarios: vec![
                 Scenario {

@@ -39,6 +39,10 @@ pub struct Environment {
     /// Free-form remarks shown as a bullet list.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// The benchmark pool's block size in bytes, as its record says
+    /// (absent from runs made before it was recorded).
+    #[serde(default)]
+    pub pool_block_bytes: Option<u64>,
 }
 
 /// The unit all samples of a scenario are expressed in.
@@ -322,6 +326,7 @@ mod tests {
                 thinlayer_version: "0.1.0".into(),
                 command: "thinlayer bench --out x".into(),
                 notes: vec!["a note".into()],
+                pool_block_bytes: Some(256 << 10),
             },
             scenarios: vec![Scenario {
                 id: "provision".into(),

@@ -10,6 +10,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use devicemapper::DM;
 use thinlayer::driver::overlay::OverlayOptions;
+use thinpool::Bytes;
 
 use super::{ge, le, size_label, sref, Collect, Plan, Tick};
 use crate::fixture::{drop_caches, run, timed, Changeset, Drv, Fixture, Noise};
@@ -43,15 +44,16 @@ fn write_sequential(path: &Path, bytes: u64, chunk: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// `n` 4 KiB writes into a new sparse file, each in a 64 KiB block of its
-/// own (a thin pool block), in random order; then fsync.
-fn write_random(path: &Path, n: usize, seed: u64) -> Result<()> {
+/// `n` 4 KiB writes into a new sparse file, each in a `slot`-sized piece
+/// of its own (the thin pool's block), in random order; then fsync.
+fn write_random(path: &Path, n: usize, slot_bytes: Bytes, seed: u64) -> Result<()> {
     let block = [0x3cu8; 4096];
     let slots = n as u64 * 4;
+    let per_slot = slot_bytes.0 / 4096;
     let f = File::create(path)?;
-    f.set_len(slots * (64 << 10))?;
+    f.set_len(slots * slot_bytes.0)?;
     for (k, slot) in scatter(n, slots, seed).into_iter().enumerate() {
-        f.write_all_at(&block, slot * (64 << 10) + (k as u64 % 16) * 4096)?;
+        f.write_all_at(&block, slot * slot_bytes.0 + (k as u64 % per_slot) * 4096)?;
     }
     f.sync_all()?;
     Ok(())
@@ -115,7 +117,8 @@ pub fn new_data(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario
                 drop_caches()?;
                 let (t, ()) = timed(|| write_sequential(&dir.join("seq"), seq, &chunk))?;
                 c.add(dest.name(), &seq_v, None, seq as f64 / (t / 1000.0));
-                let (t, ()) = timed(|| write_random(&dir.join("rand"), rand_n, rep as u64))?;
+                let (t, ()) =
+                    timed(|| write_random(&dir.join("rand"), rand_n, f.block, rep as u64))?;
                 c.add(
                     dest.name(),
                     &rand_v,
@@ -147,14 +150,15 @@ pub fn new_data(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario
         title: "New data".into(),
         description: format!(
             "New files written in a fresh container, page cache dropped first: {} in 1 MiB writes then \
-             fsync; then {rand_n} 4 KiB writes at random places in a new sparse file, each in a 64 KiB \
-             block of its own, then fsync. Throughput. `linear` is the same stack as a thin layer without \
+             fsync; then {rand_n} 4 KiB writes at random places in a new sparse file, each in a {block} \
+             piece of its own (one pool block), then fsync. Throughput. `linear` is the same stack as a thin layer without \
              dm-thin: a plain linear device over a loop device on a sparse file beside the pool's, ext4 \
              made with the thin base's options; thin / linear is the cost of provisioning pool blocks \
-             (64 KiB, zeroed before a partial write). overlay writes into its upper directory on the \
+             ({block}, zeroed before a partial write). overlay writes into its upper directory on the \
              host filesystem. {} repetitions, the order of the three turning.",
             size_label(seq),
-            plan.reps
+            plan.reps,
+            block = size_label(f.block.0),
         ),
         unit: Unit::BytesPerSec,
         ratios: vec![
@@ -348,7 +352,7 @@ pub fn space(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Vec<Scenari
                     }
                     _ => {
                         write_sequential(&rootfs.join("seq"), seq, &chunk)?;
-                        write_random(&rootfs.join("rand"), rand_n, rep as u64)?;
+                        write_random(&rootfs.join("rand"), rand_n, f.block, rep as u64)?;
                     }
                 }
                 let now = usage(f, &overlay_dir)?;

@@ -87,7 +87,7 @@ fn ge(value: f64, text: &str) -> Option<Target> {
     })
 }
 
-fn size_label(b: u64) -> String {
+pub(crate) fn size_label(b: u64) -> String {
     match b {
         b if b >= 1 << 30 => format!("{} GiB", b >> 30),
         b if b >= 1 << 20 => format!("{} MiB", b >> 20),
@@ -535,8 +535,9 @@ pub fn first_write(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scena
         description: format!(
             "A container over a layer holding fully written files (noise, no holes) of each size; with \
              the page cache dropped, one 4 KiB write in the middle of each file then `fdatasync`, and a \
-             second 4 KiB write into the same file. thin copies one 64 KiB pool block; overlay copies the \
+             second 4 KiB write into the same file. thin copies one pool block ({}); overlay copies the \
              whole file up first. {} repetitions, a fresh container each.",
+            size_label(f.block.0),
             plan.reps
         ),
         unit: Unit::Millis,
