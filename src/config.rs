@@ -16,7 +16,7 @@
 //! [pool]                     # `pool create`
 //! data_size = "100G"
 //! metadata_size = "16M"
-//! block_size = "256K"
+//! block_size = "64K"
 //! on_full = "error"          # or "queue"
 //! fs = "ext4"                # or "xfs"
 //! base_size = "10G"

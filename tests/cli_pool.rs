@@ -66,7 +66,7 @@ fn plain_pool_create_refuses_bad_sizes_before_touching_anything() {
         &root,
         &["pool", "create", "--data-size", "1000000"],
         1,
-        &["not a whole number of 256K blocks", "use 768K or 1M"],
+        &["not a whole number of 64K blocks"],
     );
     fails(
         &root,
@@ -79,7 +79,7 @@ fn plain_pool_create_refuses_bad_sizes_before_touching_anything() {
             "16M",
         ],
         1,
-        &["too small for 1T", "in 256K blocks", "at least 192M"],
+        &["too small for 1T", "at least 768M"],
     );
     fails(
         &root,
@@ -342,12 +342,11 @@ fn dm_pool_create_with_defaults_matches_dmsetup_status() {
     let st = status(&root);
     assert_eq!(st["active"], true);
     assert_eq!(st["mode"], "rw");
-    assert_eq!(st["block_size"], 256 << 10);
+    assert_eq!(st["block_size"], 64 << 10);
     assert_eq!(st["on_full"], "error");
     assert_eq!(st["thin_devices"], 1, "the base filesystem's device");
     assert_eq!(st["data"]["total_bytes"], 100u64 << 30);
-    // 48 bytes per 256K block of 100G: 18.75M, in whole MiB.
-    assert_eq!(st["metadata"]["total_bytes"], 19u64 << 20);
+    assert_eq!(st["metadata"]["total_bytes"], 75u64 << 20);
     assert_eq!(st["data"]["backing"], "file");
     assert!(st["data"]["loop_device"]
         .as_str()
@@ -372,15 +371,15 @@ fn dm_pool_create_with_defaults_matches_dmsetup_status() {
         n(mt) * 4096,
         st["metadata"]["total_bytes"].as_u64().unwrap()
     );
-    assert_eq!(n(du) * 262144, st["data"]["used_bytes"].as_u64().unwrap());
-    assert_eq!(n(dt) * 262144, st["data"]["total_bytes"].as_u64().unwrap());
+    assert_eq!(n(du) * 65536, st["data"]["used_bytes"].as_u64().unwrap());
+    assert_eq!(n(dt) * 65536, st["data"]["total_bytes"].as_u64().unwrap());
     assert_eq!(f[6], "-", "held metadata root");
     assert_eq!(f[7], "rw");
     assert!(f.contains(&"error_if_no_space"), "{line}");
     let table = dmsetup(&["table", &pool_dm_name(&st)]);
     assert!(
-        table.contains(" 512 "),
-        "block size not 512 sectors: {table}"
+        table.contains(" 128 "),
+        "block size not 128 sectors: {table}"
     );
 
     let human = ok(&root, &["pool", "status"]);

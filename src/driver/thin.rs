@@ -4,7 +4,7 @@
 //! a thin device tagged `base`. A layer with no parent is a snapshot of the
 //! base; any other layer is a snapshot of its parent's device, tagged
 //! `layer:<id>`, so the pool's record alone says which layer owns which
-//! device. A snapshot is O(1) and later writes copy one pool block (256 KiB
+//! device. A snapshot is O(1) and later writes copy one pool block (64 KiB
 //! by default) at a time. Devices are activated only while mounted.
 
 use std::fs;

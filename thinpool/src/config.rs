@@ -437,7 +437,7 @@ mod tests {
 
     #[test]
     fn plain_autoextend_steps_to_its_maximum_and_checks_its_settings() {
-        let bs = BlockSize::new(Bytes(64 << 10)).unwrap();
+        let bs = BlockSize::DEFAULT;
         let a = Autoextend {
             threshold: "80".parse().unwrap(),
             step: Bytes(64 << 20),
@@ -501,19 +501,16 @@ mod tests {
     fn plain_default_metadata_follows_kernel_guidance_with_a_floor() {
         let bs = BlockSize::DEFAULT;
         assert_eq!(default_metadata(Bytes::GIB, bs), Bytes(16 << 20));
-        // 100G / 256K = 409600 blocks * 48 = 18.75 MiB, in whole MiB
-        assert_eq!(default_metadata(DEFAULT_DATA_SIZE, bs), Bytes(19 << 20));
-        assert_eq!(default_metadata(Bytes(1 << 50), bs), MAX_METADATA);
-        let small = BlockSize::new(Bytes(64 << 10)).unwrap();
         // 100G / 64K = 1638400 blocks * 48 = 75 MiB
-        assert_eq!(default_metadata(DEFAULT_DATA_SIZE, small), Bytes(75 << 20));
+        assert_eq!(default_metadata(DEFAULT_DATA_SIZE, bs), Bytes(75 << 20));
+        assert_eq!(default_metadata(Bytes(1 << 50), bs), MAX_METADATA);
         let big = BlockSize::new(Bytes(1 << 20)).unwrap();
         assert!(default_metadata(DEFAULT_DATA_SIZE, big) < default_metadata(DEFAULT_DATA_SIZE, bs));
     }
 
     #[test]
     fn plain_data_size_must_fill_whole_blocks() {
-        let bs = BlockSize::new(Bytes(64 << 10)).unwrap();
+        let bs = BlockSize::DEFAULT;
         assert!(check_data_size(Bytes::GIB, bs).is_ok());
         let msg = check_data_size(Bytes(100 << 10), bs)
             .unwrap_err()
@@ -528,7 +525,7 @@ mod tests {
 
     #[test]
     fn plain_metadata_too_small_for_data_is_refused_with_the_minimum() {
-        let bs = BlockSize::new(Bytes(64 << 10)).unwrap();
+        let bs = BlockSize::DEFAULT;
         let msg = check_metadata_size(Bytes(4 << 20), Bytes(1 << 40), bs)
             .unwrap_err()
             .to_string();

@@ -304,7 +304,7 @@ mod tests {
         assert!(Superblock::parse(&flagged.encode()).unwrap().needs_check);
         assert_eq!(Superblock::parse(&[0u8; 4096]), None);
 
-        let bs = BlockSize::new(Bytes(64 << 10)).unwrap();
+        let bs = BlockSize::DEFAULT;
         assert!(check_superblock(Some(&sb), bs, &[TransactionId(5)]).is_ok());
         assert!(check_superblock(Some(&sb), bs, &[TransactionId(4), TransactionId(5)]).is_ok());
         let e = check_superblock(Some(&sb), bs, &[TransactionId(3)]).unwrap_err();
