@@ -128,69 +128,108 @@ fn import_layers(
     m: &ImageManifest,
     progress: &dyn Progress,
 ) -> Result<Vec<LayerId>> {
+    let count = m.layers.len();
+    // Which layers are there already (by chain id), decided up front: the
+    // transaction holds the store, and this image's own layers have chain
+    // ids of their own.
+    let existing: Vec<Option<LayerId>> = m
+        .layers
+        .iter()
+        .map(|lr| {
+            let chain_id = lr.chain_id.to_string();
+            txn.store()
+                .layers()
+                .find(|l| l.chain_id.as_deref() == Some(chain_id.as_str()))
+                .map(|l| l.id.clone())
+        })
+        .collect();
     let mut parent: Option<LayerId> = None;
     let mut out = vec![];
-    let count = m.layers.len();
-    for (i, lr) in m.layers.iter().enumerate() {
-        let chain_id = lr.chain_id.to_string();
-        if let Some(existing) = txn
-            .store()
-            .layers()
-            .find(|l| l.chain_id.as_deref() == Some(chain_id.as_str()))
-        {
-            let id = existing.id.clone();
-            progress.layer_done(i, true);
-            out.push(id.clone());
-            parent = Some(id);
-            continue;
-        }
-        progress.layer_start(i, count, lr.size);
-        let id = txn.reserve_layers(1)?.remove(0);
-        let blob = archive.open_layer(lr)?;
-        let diff_id = lr.diff_id.to_string();
-        // A blob whose digest is its diff_id is the uncompressed tar
-        // itself: its reader's digest check is the diff_id check, and it
-        // is hashed once.
-        let plain_blob = lr
-            .blob_digest
-            .as_ref()
-            .is_some_and(|d| d.to_string() == diff_id);
-        let what = format!("layer {} of the image", i + 1);
-        let check = if plain_blob {
-            DiffIdCheck::ByBlob
-        } else {
-            DiffIdCheck::Hash {
-                diff_id: lr.diff_id.clone(),
-                what: what.clone(),
-                // Only a `docker save` layer.tar has no digest of its own;
-                // uncompressed, its reader checks it against the diff_id.
-                reader_if_plain: lr.blob_digest.is_none(),
-            }
+    // The blob is read, checked and inflated on a second core, its tar
+    // hashed on a third, as it is applied. The next layer's blob starts
+    // as soon as this one's tar has been read to its end, while this
+    // layer's files are still going to its device (its unmount, the
+    // device's flush and its record), which leaves the CPUs waiting.
+    std::thread::scope(|s| -> Result<()> {
+        let start = |i: usize, gate: Option<ahead::Gate>| -> Result<ahead::Ahead<'_>> {
+            let lr = &m.layers[i];
+            let blob = archive.open_layer(lr)?;
+            Ok(ahead::decompressed(
+                s,
+                blob,
+                progress,
+                diff_id_check(lr, i),
+                gate,
+            ))
         };
-        // The blob is read, checked and inflated on a second core, its tar
-        // hashed on a third, as it is applied.
-        std::thread::scope(|s| {
-            let mut plain = ahead::decompressed(s, blob, progress, check);
+        let mut prefetched: Option<ahead::Ahead<'_>> = None;
+        for (i, lr) in m.layers.iter().enumerate() {
+            if let Some(id) = &existing[i] {
+                progress.layer_done(i, true);
+                out.push(id.clone());
+                parent = Some(id.clone());
+                continue;
+            }
+            progress.layer_start(i, count, lr.size);
+            let id = txn.reserve_layers(1)?.remove(0);
+            let mut plain = match prefetched.take() {
+                Some(p) => p,
+                None => start(i, None)?,
+            };
+            if let Some(next) = (i + 1..count).find(|&j| existing[j].is_none()) {
+                let (opened, gate) = ahead::gate();
+                plain.open_at_end(opened);
+                prefetched = Some(start(next, Some(gate))?);
+            }
+            let diff_id = lr.diff_id.to_string();
             txn.make_layer(
                 &id,
                 NewLayer {
                     parent: parent.as_ref(),
-                    chain_id: Some(chain_id),
+                    chain_id: Some(lr.chain_id.to_string()),
                     changeset: Some(&mut plain),
                     expect: Some(ExpectDiffId {
                         diff_id: &diff_id,
-                        what,
+                        what: layer_what(i),
                         checked_by_reader: true,
                     }),
                     keep_layout: true,
                     ..NewLayer::default()
                 },
-            )
-            .map(|_| ())
-        })?;
-        progress.layer_done(i, false);
-        out.push(id.clone());
-        parent = Some(id);
-    }
+            )?;
+            plain.open_next();
+            progress.layer_done(i, false);
+            out.push(id.clone());
+            parent = Some(id);
+        }
+        Ok(())
+    })?;
     Ok(out)
+}
+
+/// How layer `i` (of `lr`) is named in errors.
+fn layer_what(i: usize) -> String {
+    format!("layer {} of the image", i + 1)
+}
+
+/// How layer `i`'s tar is checked against its diff_id.
+fn diff_id_check(lr: &crate::image::LayerRef, i: usize) -> DiffIdCheck {
+    // A blob whose digest is its diff_id is the uncompressed tar itself:
+    // its reader's digest check is the diff_id check, and it is hashed
+    // once.
+    let plain_blob = lr
+        .blob_digest
+        .as_ref()
+        .is_some_and(|d| d.to_string() == lr.diff_id.to_string());
+    if plain_blob {
+        DiffIdCheck::ByBlob
+    } else {
+        DiffIdCheck::Hash {
+            diff_id: lr.diff_id.clone(),
+            what: layer_what(i),
+            // Only a `docker save` layer.tar has no digest of its own;
+            // uncompressed, its reader checks it against the diff_id.
+            reader_if_plain: lr.blob_digest.is_none(),
+        }
+    }
 }
