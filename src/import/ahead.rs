@@ -6,7 +6,8 @@
 //! gets part of that split for free by running gzip as a second process.
 //! [`decompressed`] runs read, digest check and decompression in a scoped
 //! thread and hands the plain tar over in chunks through a bounded channel,
-//! so at most [`DEPTH`] chunks are ever held in memory; the diff_id is
+//! so at most [`DEPTH`] chunks are ever held in memory (behind a gate,
+//! below, [`PREFETCH_DEPTH`]); the diff_id is
 //! hashed from the same chunks on a third thread ([`DiffIdCheck::Hash`]),
 //! so that neither the inflating thread nor the applying one carries it.
 //!
