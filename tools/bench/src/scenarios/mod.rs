@@ -720,6 +720,16 @@ pub fn lookup(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario> 
 
 // ---- 8. containerd's snapshotter benchmark, replicated ---------------------
 
+/// The replica's phases, each summed over the layers of a repetition:
+/// where its total goes.
+pub const REPLICA_PHASES: [&str; 5] = [
+    "prepare: create and mount",
+    "file operations",
+    "unmount",
+    "commit",
+    "container removal",
+];
+
 pub fn containerd(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenario> {
     let layers = if plan.quick { 4 } else { 16 };
     // A full repetition is 16 layers of 10 MiB each: five give the spread.
@@ -733,8 +743,15 @@ pub fn containerd(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenar
             let mut parent: LayerId = f.layer(drv, None, &empty)?;
             let mut made = vec![parent.clone()];
             let start = Instant::now();
+            let mut phases = [0.0f64; REPLICA_PHASES.len()];
             for i in 0..layers {
+                let mut lap = Instant::now();
+                let mut phase = |n: usize| {
+                    phases[n] += ms(lap);
+                    lap = Instant::now();
+                };
                 let (name, rootfs) = f.container(drv, &parent, OverlayOptions::default())?;
+                phase(0);
                 for k in 0..10 {
                     fs::write(rootfs.join(format!("l{i}-{k}")), &mb)?;
                 }
@@ -751,14 +768,21 @@ pub fn containerd(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenar
                         file.write_all_at(b"abcd", 512 << 10)?;
                     }
                 }
+                phase(1);
                 let mut cs = f.containers()?;
                 cs.unmount(&name)?;
+                phase(2);
                 let layer = cs.commit(&name, None)?;
+                phase(3);
                 cs.remove(&name, true, true)?;
+                phase(4);
                 made.push(layer.clone());
                 parent = layer;
             }
             c.add(drv.name(), &format!("{layers} layers"), None, ms(start));
+            for (what, t) in REPLICA_PHASES.iter().zip(phases) {
+                c.add(drv.name(), what, None, t);
+            }
             let mut store = f.store(drv)?;
             for l in made.iter().rev() {
                 store.remove_layer(l.as_str())?;
@@ -774,18 +798,26 @@ pub fn containerd(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenar
         description: format!(
             "{layers} layers in a row, each: a container over the previous layer (prepare), mounted; ten \
              1 MiB files created, the ten files of two layers back removed, 4 bytes written in the middle \
-             of each of the previous layer's ten files; unmounted and committed as the next layer. Total \
-             time. containerd's own devmapper snapshotter published 2.68× its overlay snapshotter on this \
+             of each of the previous layer's ten files; unmounted and committed as the next layer; the \
+             container removed. Total time, and each phase summed over the layers. containerd's own devmapper snapshotter published 2.68× its overlay snapshotter on this \
              benchmark. {reps} repetitions."
         ),
         unit: Unit::Millis,
-        ratios: vec![Ratio {
+        ratios: std::iter::once(Ratio {
             name: "thin total / overlay total".into(),
             numerator: sref("thin", &v),
             denominator: sref("overlay", &v),
             target: le(1.5, "≤ 1.5 (containerd devmapper: 2.68)"),
             headline: true,
-        }],
+        })
+        .chain(REPLICA_PHASES.iter().map(|p| Ratio {
+            name: format!("thin / overlay, {p}"),
+            numerator: sref("thin", p),
+            denominator: sref("overlay", p),
+            target: None,
+            headline: false,
+        }))
+        .collect(),
         series: c.series,
         plot: None,
         findings: vec![],
