@@ -754,6 +754,122 @@ fn dm_thin_volume_has_a_hard_size_and_clones_in_place() {
     }
 }
 
+/// A thin commit is a snapshot of the container's device, its init
+/// layer's paths taken out: it copies nothing (the new layer shares the
+/// container's blocks), and holds the very changes overlay's commit,
+/// which exports and applies them, holds.
+#[test]
+fn dm_a_thin_commit_copies_no_data_and_holds_what_an_export_and_apply_would() {
+    thinpool::testing::require_dm();
+    use std::os::unix::fs::symlink;
+    let members = |e: &Env| -> Vec<String> {
+        let tar = e.path().join("cm.tar");
+        e.ok(&["layer", "diff", "cm", "-o", tar.to_str().unwrap()]);
+        let mut ar = tar::Archive::new(std::fs::File::open(&tar).unwrap());
+        ar.entries()
+            .unwrap()
+            .map(|en| {
+                let mut en = en.unwrap();
+                let mut data = vec![];
+                std::io::Read::read_to_end(&mut en, &mut data).unwrap();
+                let h = en.header();
+                // Not the times: the two containers made them at other
+                // instants.
+                format!(
+                    "{} {:?} mode={:o} {}:{} link={:?} data={}",
+                    String::from_utf8_lossy(&en.path_bytes()),
+                    h.entry_type(),
+                    h.mode().unwrap(),
+                    h.uid().unwrap(),
+                    h.gid().unwrap(),
+                    h.link_name().unwrap(),
+                    String::from_utf8_lossy(&data[..data.len().min(16)])
+                        + format!(" ({} bytes)", data.len()).as_str()
+                )
+            })
+            .collect()
+    };
+    let mut seen = vec![];
+    for d in [Drv::Thin, Drv::Overlay] {
+        let e = setup(&format!("commit-copy-{}", d.name()), d);
+        create(&e, "c", &[]);
+        let rootfs = PathBuf::from(e.ok(&["container", "mount", "c"]).trim());
+        // New data, a changed file of the image, one removed; a directory
+        // made in /dev, which the init layer changed (it made /dev/pts);
+        // /etc/mtab, the init layer's, replaced: never committed.
+        std::fs::write(rootfs.join("big"), vec![0x5a; 4 << 20]).unwrap();
+        std::fs::write(rootfs.join("srv/app/config"), "v2\n").unwrap();
+        std::fs::remove_file(rootfs.join("bin/wc")).unwrap();
+        std::fs::create_dir(rootfs.join("dev/mine")).unwrap();
+        std::fs::write(rootfs.join("dev/mine/f"), "in dev\n").unwrap();
+        std::fs::remove_file(rootfs.join("etc/mtab")).unwrap();
+        std::fs::write(rootfs.join("etc/mtab"), "not a link\n").unwrap();
+        symlink("/somewhere", rootfs.join("link")).unwrap();
+        e.ok(&["container", "umount", "c"]);
+        e.ok(&["container", "commit", "c", "--name", "cm"]);
+        let got = members(&e);
+        let cm = e
+            .list("layer")
+            .into_iter()
+            .find(|l| l["name"] == "cm")
+            .unwrap();
+        if d == Drv::Thin {
+            assert!(
+                cm["diff_id"].is_null(),
+                "thin commits by snapshot, applying nothing: {cm}"
+            );
+            let exclusive = cm["exclusive_bytes"].as_u64().unwrap();
+            assert!(
+                exclusive < 1 << 20,
+                "the 4 MiB file was copied: {exclusive} bytes are the commit's own"
+            );
+        } else {
+            assert!(cm["diff_id"].is_string(), "overlay exports and applies");
+        }
+        // The layer runs: a container over it sees the changes, and the
+        // init layer's files are its own again.
+        create(&e, "c2", &["--layer", "cm", "--hostname", "two"]);
+        assert_eq!(
+            e.sh(
+                "c2",
+                "cat /srv/app/config /etc/hostname; stat -c %s /big; readlink /etc/mtab; \
+                 ls /bin/wc 2>/dev/null || echo no-wc"
+            ),
+            "v2\ntwo\n4194304\n/proc/mounts\nno-wc\n"
+        );
+        // The container's /dev is a tmpfs: the layer's is seen mounted.
+        e.with_mounted("cm", |m| {
+            assert_eq!(read(&m.join("dev/mine/f")).as_deref(), Some("in dev\n"));
+            assert!(!m.join("etc/mtab").exists() && !m.join("sys").exists());
+        });
+        seen.push(got);
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "thin's commit (left) holds other changes than overlay's (right)"
+    );
+    for want in [
+        "big ",
+        "srv/app/config ",
+        "bin/.wh.wc ",
+        "dev/mine/f ",
+        "link ",
+    ] {
+        assert!(
+            seen[0].iter().any(|m| m.starts_with(want)),
+            "{want} not committed: {:?}",
+            seen[0]
+        );
+    }
+    for never in ["etc/mtab", "dev/pts", "dev/shm", "sys", "etc/hostname"] {
+        assert!(
+            !seen[0].iter().any(|m| m.starts_with(never)),
+            "{never} committed: {:?}",
+            seen[0]
+        );
+    }
+}
+
 #[test]
 fn dm_thin_container_size_grows_its_filesystem() {
     thinpool::testing::require_dm();

@@ -135,6 +135,7 @@ pub mod split;
 mod stream;
 pub mod summary;
 mod tree;
+mod unlayer;
 
 #[cfg(test)]
 mod tests;
@@ -145,6 +146,7 @@ pub(crate) use compress::read_full;
 pub(crate) use compress::Encoder;
 pub use error::ChangesetError;
 pub use export::{export_diff, export_overlay_layer};
+pub use unlayer::unlayer;
 
 /// How a changeset stream is (or is to be) compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -410,7 +410,7 @@ impl<'r> Containers<'r> {
         let rec = self.quiet(key)?;
         let rw = rec.writable_layer()?.clone();
         let store = self.res.open_store(&rec)?;
-        store.commit(&rw, &rec.parent, name, spec::INIT_FILES)
+        store.commit(&rw, &rec.parent, name, spec::INIT_FILES, &spec::INIT_DIRS)
     }
 
     /// The container's changes against its image (`docker diff`), without

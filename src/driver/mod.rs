@@ -131,6 +131,25 @@ pub trait Driver: Send {
     /// empty filesystem when `chain` is empty). O(1) where the driver can.
     fn create(&mut self, id: &LayerId, chain: &[&LayerRecord]) -> Result<Resource>;
 
+    /// Makes the resource of a new layer `id` over `base[0]` holding the
+    /// changes of the container layer `of[0]` against `of[1]` (a layer
+    /// over `base[0]` that made at most `files` and `dirs`), without
+    /// `files`: a commit, as [`Driver::export`] then [`Driver::apply`]
+    /// would make it, but without copying the changed files. `None` when
+    /// the driver cannot (the caller then exports and applies); nothing
+    /// is left then. The thin driver snapshots `of[0]` and takes out what
+    /// `of[1]` made ([`crate::changeset::unlayer`]).
+    fn copy_commit(
+        &mut self,
+        _id: &LayerId,
+        _of: &[&LayerRecord],
+        _base: &[&LayerRecord],
+        _files: &[&str],
+        _dirs: &[&str],
+    ) -> Result<Option<Resource>> {
+        Ok(None)
+    }
+
     /// Applies a changeset to a new layer's resource (before anything else
     /// uses it), as `with` says.
     fn apply(

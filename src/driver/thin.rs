@@ -334,6 +334,48 @@ impl ThinDriver {
         }
     }
 
+    /// Takes out of the new thin device `new` (a snapshot of a container
+    /// layer over `over`) what `over` made over `base`
+    /// ([`crate::changeset::unlayer`]), then flushes it, as
+    /// [`Driver::apply`] does.
+    fn unlayer(
+        &mut self,
+        id: &LayerId,
+        new: ThinId,
+        over: ThinId,
+        base: ThinId,
+        files: &[&str],
+        dirs: &[&str],
+    ) -> Result<()> {
+        let target = self.scratch(id.as_str())?;
+        let over_dir = self.scratch(&format!("{id}-over"))?;
+        let base_dir = self.scratch(&format!("{id}-base"))?;
+        let data = self.rec.fs.apply_mount_data();
+        let dev = self.mount_thin_with(new, &target, false, data)?;
+        let mut mounted = vec![];
+        let result = self
+            .mount_thin(over, &over_dir, true)
+            .inspect(|()| mounted.push((over, over_dir.clone())))
+            .and_then(|()| self.mount_thin(base, &base_dir, true))
+            .inspect(|()| mounted.push((base, base_dir.clone())))
+            .and_then(|()| {
+                crate::changeset::unlayer(&target, &over_dir, &base_dir, files, dirs)
+                    .map_err(Error::from)
+            });
+        let mut undo: Vec<Result<()>> = mounted
+            .into_iter()
+            .map(|(t, dir)| self.unmount_thin(t, &dir))
+            .collect();
+        // Unmounted, the filesystem's writes are all on the device; one
+        // flush makes them durable before the layer is recorded.
+        undo.push(mount::unmount(&target).and_then(|()| {
+            let flushed = flush_device(&dev);
+            let released = self.release_thin(new, &target);
+            flushed.and(released)
+        }));
+        Error::after_cleanup(result, undo)
+    }
+
     fn base(&self) -> ThinId {
         self.rec
             .base
@@ -353,6 +395,53 @@ impl Driver for ThinDriver {
         };
         let thin_id = self.pool().snapshot_thin(origin, &layer_tag(id))?;
         Ok(Resource::new(&ThinResource { thin_id }))
+    }
+
+    fn copy_commit(
+        &mut self,
+        id: &LayerId,
+        of: &[&LayerRecord],
+        base: &[&LayerRecord],
+        files: &[&str],
+        dirs: &[&str],
+    ) -> Result<Option<Resource>> {
+        let ([rw, over, ..], [parent, ..]) = (of, base) else {
+            return Ok(None);
+        };
+        if over.parent.as_ref() != Some(&parent.id) {
+            return Ok(None);
+        }
+        let (rw_id, over_id, base_id) = (
+            Self::thin_of(rw)?,
+            Self::thin_of(over)?,
+            Self::thin_of(parent)?,
+        );
+        // A container grown past its image's size would make a layer of
+        // its size; the export and apply keep the parent's.
+        let sizes: Vec<Option<thinpool::Bytes>> = {
+            let pool = self.pool();
+            [rw_id, base_id]
+                .iter()
+                .map(|t| pool.thins().get(t).map(|r| r.size))
+                .collect()
+        };
+        if sizes[0].is_none() || sizes[0] != sizes[1] {
+            return Ok(None);
+        }
+        let thin_id = self.pool().snapshot_thin(rw_id, &layer_tag(id))?;
+        let made = self.unlayer(id, thin_id, over_id, base_id, files, dirs);
+        match made {
+            Ok(()) => Ok(Some(Resource::new(&ThinResource { thin_id }))),
+            Err(e) => {
+                let undo = self.pool().delete_thin(thin_id).map_err(Error::from);
+                match e {
+                    Error::Changeset(crate::changeset::ChangesetError::Unsupported { .. }) => {
+                        undo.map(|()| None)
+                    }
+                    e => Err(e.with_rollback(undo)),
+                }
+            }
+        }
     }
 
     fn apply(

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::graph::refuse_container_layer;
-use super::{NewLayer, Store, Txn};
+use super::{CommitOf, NewLayer, Store, Txn};
 use crate::changeset::{ChangesetError, Encoder, ExportOptions};
 use crate::driver::{MountSpec, Usage};
 use crate::error::{Error, Result};
@@ -421,36 +421,47 @@ impl Store {
     }
 
     /// Makes a new layer over `parent` holding the changes of the
-    /// container layer `rw` against its own parent, leaving out `skip`
-    /// (the init layer's files). Returns the new layer's id.
+    /// container layer `rw` against the layer below it (its init layer,
+    /// over `parent`), leaving out `files` (the init layer's files);
+    /// `dirs` are the directories the init layer may have made. The
+    /// driver makes it without copying the changed files where it can
+    /// ([`crate::driver::Driver::copy_commit`]), else it is exported and
+    /// applied. Returns the new layer's id.
     pub fn commit(
         &mut self,
         rw: &LayerId,
         parent: &LayerId,
         name: Option<&str>,
-        skip: &'static [&'static str],
+        files: &'static [&'static str],
+        dirs: &'static [&'static str],
     ) -> Result<LayerId> {
         self.check_new_name(name)?;
-        let spool = super::scratch_dir(&self.dir)?.join(format!("commit-{rw}.tar"));
-        let mut f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&spool)
-            .map_err(Error::io("creating", &spool))?;
-        // The spool is only a buffer: unlinked now, freed on close or kill.
-        let _ = fs::remove_file(&spool);
-        let opts = ExportOptions {
-            skip,
-            ..ExportOptions::default()
+        let parent = {
+            let l = self.layer(parent.as_str())?;
+            refuse_container_layer(l, "snapshot")?;
+            l.id.clone()
         };
         let chain = self.chain_owned(rw)?;
-        let refs: Vec<&LayerRecord> = chain.iter().collect();
-        self.driver.export(&refs, &mut f, &opts)?;
-        use std::io::Seek;
-        f.rewind().map_err(Error::io("reading", &spool))?;
-        let mut r = std::io::BufReader::new(f);
-        self.create_layer(Some(parent.as_str()), name, Some(&mut r))
+        self.claims_transaction("commit", |txn| {
+            let id = txn.reserve_layer(super::Claim {
+                parent: Some(parent.clone()),
+                name: name.map(str::to_string),
+                key: None,
+            })?;
+            txn.make_layer(
+                &id,
+                NewLayer {
+                    parent: Some(&parent),
+                    name,
+                    commit: Some(CommitOf {
+                        chain: &chain,
+                        files,
+                        dirs,
+                    }),
+                    ..NewLayer::default()
+                },
+            )?;
+            Ok(id)
+        })
     }
 }

@@ -80,7 +80,7 @@ pub use crate::mount::{scratch_dir, sweep_scratch};
 pub use images::{normalize_image_name, ImageRecord, ImageRemoval};
 pub use journal::{Claim, Journal};
 pub use layers::LayerDiff;
-pub use txn::{ExpectDiffId, NewLayer, Txn};
+pub use txn::{CommitOf, ExpectDiffId, NewLayer, Txn};
 
 /// What recovery did, for the user to see.
 pub type Repairs = Vec<String>;

@@ -44,6 +44,22 @@ pub struct NewLayer<'a, 'r> {
     pub snapshot: Option<crate::layer::SnapshotMeta>,
     /// A shared init layer ([`LayerRecord::init`]).
     pub init: bool,
+    /// Made as a container's commit, instead of from `changeset`.
+    pub commit: Option<CommitOf<'a>>,
+}
+
+/// A commit: the changes of a container's writable layer, over the layer
+/// below it (its init layer, over the new layer's parent), without that
+/// layer's paths. The driver copies it where it can
+/// ([`crate::driver::Driver::copy_commit`]); otherwise it is exported and
+/// applied.
+pub struct CommitOf<'a> {
+    /// The writable layer and its ancestors, the layer first.
+    pub chain: &'a [LayerRecord],
+    /// The files the layer below made, left out (the init layer's).
+    pub files: &'static [&'static str],
+    /// The directories the layer below may have made.
+    pub dirs: &'static [&'static str],
 }
 
 /// A changeset's required diff_id, and how to name the layer if it differs.
@@ -467,6 +483,35 @@ impl Txn<'_> {
 /// Makes layer `id`'s resource over `chain` and applies its changeset:
 /// the driver's part of [`Txn::make_layer`], run without the store's lock.
 /// On failure the resource is freed.
+/// A commit's changes as a changeset, spooled to an unnamed file next to
+/// the layer's `layout` (freed on close or kill) and read from its start.
+fn export_commit(
+    driver: &mut dyn crate::driver::Driver,
+    of: &[&LayerRecord],
+    files: &'static [&'static str],
+    layout: &std::path::Path,
+) -> Result<std::io::BufReader<std::fs::File>> {
+    use std::io::Seek;
+    let path = layout.with_extension("commit");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(Error::io("creating", &path))?;
+    // Only a buffer: unlinked now.
+    let _ = std::fs::remove_file(&path);
+    let opts = crate::changeset::ExportOptions {
+        skip: files,
+        ..crate::changeset::ExportOptions::default()
+    };
+    driver.export(of, &mut f, &opts)?;
+    f.rewind().map_err(Error::io("reading", &path))?;
+    Ok(std::io::BufReader::new(f))
+}
+
 fn make_resource(
     driver: &mut dyn crate::driver::Driver,
     id: &LayerId,
@@ -475,6 +520,30 @@ fn make_resource(
     new: NewLayer<'_, '_>,
 ) -> Result<LayerRecord> {
     let chain_refs: Vec<&LayerRecord> = chain.iter().collect();
+    let mut spool = None;
+    if let Some(c) = &new.commit {
+        let of: Vec<&LayerRecord> = c.chain.iter().collect();
+        if let Some(resource) = driver.copy_commit(id, &of, &chain_refs, c.files, c.dirs)? {
+            return Ok(LayerRecord {
+                id: id.clone(),
+                name: new.name.map(str::to_string),
+                parent: new.parent.cloned(),
+                created_unix: now_unix(),
+                diff_id: None,
+                chain_id: None,
+                resource,
+                container: None,
+                layout: false,
+                snapshot: None,
+                init: false,
+            });
+        }
+        spool = Some(export_commit(driver, &of, c.files, layout)?);
+    }
+    let changeset: Option<&mut dyn Read> = match spool.as_mut() {
+        Some(r) => Some(r),
+        None => new.changeset,
+    };
     let resource = driver.create(id, &chain_refs)?;
     let mut rec = LayerRecord {
         id: id.clone(),
@@ -489,7 +558,7 @@ fn make_resource(
         snapshot: new.snapshot,
         init: new.init,
     };
-    let Some(cs) = new.changeset else {
+    let Some(cs) = changeset else {
         return Ok(rec);
     };
     let mut record = match new.keep_layout {
