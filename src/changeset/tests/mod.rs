@@ -8,6 +8,7 @@ mod hostile;
 mod prop;
 mod roundtrip;
 mod split;
+mod unlayer;
 mod whiteouts;
 
 use std::collections::BTreeMap;
