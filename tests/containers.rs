@@ -870,6 +870,83 @@ fn dm_a_thin_commit_copies_no_data_and_holds_what_an_export_and_apply_would() {
     }
 }
 
+/// A commit killed at any step of its protocol, or while its snapshot,
+/// the init layer and the image are mounted for the init layer's paths to
+/// be taken out, leaves no layer, no thin device and no mount; the next
+/// commit makes the layer whole.
+#[test]
+fn dm_a_thin_commit_killed_at_any_instant_leaves_nothing_and_the_next_one_commits() {
+    thinpool::testing::require_dm();
+    use std::os::unix::process::ExitStatusExt;
+    use thinpool::killpoint;
+    let e = setup("commit-kill", Drv::Thin);
+    create(&e, "c", &[]);
+    e.sh("c", "echo data > /kept");
+    let thins = |e: &Env| pool_status(e)["thin_devices"].as_u64().unwrap();
+    let before = thins(&e);
+    let mut hit = vec![];
+    for &point in killpoint::ALL {
+        let o = e
+            .cmd(&["container", "commit", "c", "--name", "cm"])
+            .env(killpoint::ENV, point)
+            .output()
+            .unwrap();
+        if o.status.signal() != Some(9) {
+            // The point is not on a commit's path.
+            assert!(o.status.success(), "{point}: {}", stderr(&o));
+            e.ok(&["layer", "rm", "cm"]);
+            continue;
+        }
+        hit.push(point);
+        let ls = e.run(&["layer", "ls"]);
+        assert!(
+            stderr(&ls).contains("recovered:"),
+            "killed at {point}: the next command recovered nothing: {}",
+            stderr(&ls)
+        );
+        e.assert_consistent();
+        assert!(
+            !e.list("layer").iter().any(|l| l["name"] == "cm"),
+            "killed at {point}: a half-made layer survived"
+        );
+        assert_eq!(
+            thins(&e),
+            before,
+            "killed at {point}: a thin device survived"
+        );
+        let root = e.root.to_string_lossy().into_owned();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.lines().any(|l| l.contains(&root)),
+            "killed at {point}: a mount survived: {mounts}"
+        );
+    }
+    for want in [
+        killpoint::STORE_JOURNAL_WRITTEN,
+        killpoint::POOL_MESSAGE_SENT,
+        killpoint::CONTAINER_COMMIT_UNLAYERING,
+        killpoint::STORE_RESOURCE_MADE,
+        killpoint::STORE_LAYER_RECORDED,
+    ] {
+        assert!(hit.contains(&want), "{want} not hit: {hit:?}");
+    }
+    e.ok(&["container", "commit", "c", "--name", "cm"]);
+    e.with_mounted("cm", |m| {
+        assert_eq!(read(&m.join("kept")).as_deref(), Some("data\n"));
+        assert!(!m.join("etc/hostname").exists());
+    });
+    // Reloading the pool frees ids its metadata holds and no record
+    // names: no kill may have left one.
+    e.ok(&["pool", "deactivate"]);
+    let o = e.run(&["pool", "activate"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("freed thin id"),
+        "a kill left an orphan thin id: {}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn dm_thin_container_size_grows_its_filesystem() {
     thinpool::testing::require_dm();

@@ -359,6 +359,7 @@ impl ThinDriver {
             .and_then(|()| self.mount_thin(base, &base_dir, true))
             .inspect(|()| mounted.push((base, base_dir.clone())))
             .and_then(|()| {
+                thinpool::killpoint::here(thinpool::killpoint::CONTAINER_COMMIT_UNLAYERING);
                 crate::changeset::unlayer(&target, &over_dir, &base_dir, files, dirs)
                     .map_err(Error::from)
             });

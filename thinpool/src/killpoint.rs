@@ -32,6 +32,10 @@ pub const STORE_RESOURCE_REMOVED: &str = "store-resource-removed";
 /// its mount is whole not yet written.
 pub const CONTAINER_MOUNTS_MADE: &str = "container-mounts-made";
 
+/// A thin commit's new snapshot is mounted, with the init layer and the
+/// image beside it, and the init layer's paths are not yet taken out.
+pub const CONTAINER_COMMIT_UNLAYERING: &str = "container-commit-unlayering";
+
 /// Every point: the store's and the pool's protocol in its order, then
 /// the containers'.
 pub const ALL: &[&str] = &[
@@ -43,6 +47,7 @@ pub const ALL: &[&str] = &[
     STORE_LAYER_RECORDED,
     STORE_RESOURCE_REMOVED,
     CONTAINER_MOUNTS_MADE,
+    CONTAINER_COMMIT_UNLAYERING,
 ];
 
 /// Kills the process if [`ENV`] names `point`.
