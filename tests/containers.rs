@@ -967,6 +967,21 @@ fn dm_thin_container_size_grows_its_filesystem() {
     e.sh("big", "dd if=/dev/zero of=/f bs=1M count=400 && sync");
     let info = json(&e, &["container", "inspect", "big", "--json"]);
     assert_eq!(info["size"], 1 << 30);
+    // A grown container is not committed by snapshot (the layer would
+    // have its size): it is exported and applied, into a layer of the
+    // image's size.
+    create(&e, "grown", &["--size", "512M"]);
+    e.sh("grown", "echo kept > /kept");
+    e.ok(&["container", "commit", "grown", "--name", "from-grown"]);
+    let l = e
+        .list("layer")
+        .into_iter()
+        .find(|l| l["name"] == "from-grown")
+        .unwrap();
+    assert!(l["diff_id"].is_string(), "not exported and applied: {l}");
+    create(&e, "over", &["--layer", "from-grown"]);
+    assert_eq!(e.sh("over", "cat /kept"), "kept\n");
+    assert!(kb("over") < 300 << 10, "{}", kb("over"));
 }
 
 #[test]

@@ -442,6 +442,7 @@ impl Store {
             l.id.clone()
         };
         let chain = self.chain_owned(rw)?;
+        let spool = super::scratch_dir(&self.dir)?.join(format!("commit-{rw}.tar"));
         self.claims_transaction("commit", |txn| {
             let id = txn.reserve_layer(super::Claim {
                 parent: Some(parent.clone()),
@@ -457,6 +458,7 @@ impl Store {
                         chain: &chain,
                         files,
                         dirs,
+                        spool: &spool,
                     }),
                     ..NewLayer::default()
                 },

@@ -60,6 +60,10 @@ pub struct CommitOf<'a> {
     pub files: &'static [&'static str],
     /// The directories the layer below may have made.
     pub dirs: &'static [&'static str],
+    /// Where the changes are spooled if the driver cannot copy them: a
+    /// file in the process's scratch directory ([`crate::mount::scratch_dir`]),
+    /// swept if a kill leaves it.
+    pub spool: &'a std::path::Path,
 }
 
 /// A changeset's required diff_id, and how to name the layer if it differs.
@@ -480,38 +484,38 @@ impl Txn<'_> {
     }
 }
 
-/// Makes layer `id`'s resource over `chain` and applies its changeset:
-/// the driver's part of [`Txn::make_layer`], run without the store's lock.
-/// On failure the resource is freed.
-/// A commit's changes as a changeset, spooled to an unnamed file next to
-/// the layer's `layout` (freed on close or kill) and read from its start.
+/// A commit's changes as a changeset, spooled to `c.spool` (unlinked at
+/// once, so freed on close or kill) and read from its start.
 fn export_commit(
     driver: &mut dyn crate::driver::Driver,
     of: &[&LayerRecord],
-    files: &'static [&'static str],
-    layout: &std::path::Path,
+    c: &CommitOf<'_>,
 ) -> Result<std::io::BufReader<std::fs::File>> {
     use std::io::Seek;
-    let path = layout.with_extension("commit");
+    let path = c.spool;
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)
-        .map_err(Error::io("creating", &path))?;
+        .open(path)
+        .map_err(Error::io("creating", path))?;
     // Only a buffer: unlinked now.
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(path);
     let opts = crate::changeset::ExportOptions {
-        skip: files,
+        skip: c.files,
         ..crate::changeset::ExportOptions::default()
     };
     driver.export(of, &mut f, &opts)?;
-    f.rewind().map_err(Error::io("reading", &path))?;
+    f.rewind().map_err(Error::io("reading", path))?;
     Ok(std::io::BufReader::new(f))
 }
 
+/// Makes layer `id`'s resource over `chain` and applies its changeset,
+/// or makes it as a commit ([`CommitOf`]): the driver's part of
+/// [`Txn::make_layer`], run without the store's lock. On failure the
+/// resource is freed.
 fn make_resource(
     driver: &mut dyn crate::driver::Driver,
     id: &LayerId,
@@ -538,7 +542,7 @@ fn make_resource(
                 init: false,
             });
         }
-        spool = Some(export_commit(driver, &of, c.files, layout)?);
+        spool = Some(export_commit(driver, &of, c)?);
     }
     let changeset: Option<&mut dyn Read> = match spool.as_mut() {
         Some(r) => Some(r),
