@@ -13,8 +13,8 @@ use thinpool::testing::Scratch;
 mod common;
 use common::env::{read, Drv, Env};
 use common::{
-    assert_same_tree, build_image, corpus_image, reference_unpack, run, stderr, umoci_unpack, Tar,
-    XattrDir,
+    assert_same_tree, build_image, corpus_image, reference_unpack, run, stderr, tar_members,
+    umoci_unpack, Tar, XattrDir,
 };
 
 conformance!(
@@ -377,7 +377,6 @@ fn snapshot_killed_at_any_instant_is_repaired(d: Drv) {
 /// killed while being removed is removed, records and resources agree,
 /// and (thin) the pool's metadata holds no id the records do not name.
 fn every_kill_point_of_the_protocol_is_hit_and_recovered(d: Drv) {
-    use std::os::unix::process::ExitStatusExt;
     use thinpool::killpoint;
     let e = Env::new("killpoints", d);
     let t = e.tar("t.tar", Tar::new().file("payload", &vec![7u8; 1 << 20]));
@@ -391,24 +390,15 @@ fn every_kill_point_of_the_protocol_is_hit_and_recovered(d: Drv) {
             } else {
                 vec!["snapshot", "layer", "base", "--name", "k", "--from-tar", &t]
             };
-            let o = e.cmd(&args).env(killpoint::ENV, point).output().unwrap();
             let what = format!("{} killed at {point}", args[..2].join(" "));
-            if o.status.signal() != Some(9) {
+            if !e.killed_at_point(&args, point) {
                 // The point is not on this command's path.
-                assert!(o.status.success(), "{what}: {}", stderr(&o));
                 if !removal {
                     e.ok(&["layer", "rm", "k"]);
                 }
                 continue;
             }
             hit.insert(point);
-            let ls = e.run(&["layer", "ls"]);
-            assert!(
-                stderr(&ls).contains("recovered:"),
-                "{what}: the next command recovered nothing: {}",
-                stderr(&ls)
-            );
-            e.assert_consistent();
             // Neither a half-made layer nor a half-removed one survives.
             assert!(
                 !e.list("layer").iter().any(|l| l["name"] == "k"),
@@ -417,16 +407,7 @@ fn every_kill_point_of_the_protocol_is_hit_and_recovered(d: Drv) {
         }
     }
     if d == Drv::Thin {
-        // Reloading the pool frees ids its metadata holds and no record
-        // names: no kill may have left one.
-        e.ok(&["pool", "deactivate"]);
-        let o = e.run(&["pool", "activate"]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        assert!(
-            !stderr(&o).contains("freed thin id"),
-            "a kill left an orphan thin id: {}",
-            stderr(&o)
-        );
+        e.assert_no_orphan_thin_id();
     }
     e.with_mounted("base", |m| {
         assert_eq!(std::fs::metadata(m.join("payload")).unwrap().len(), 1 << 20)
@@ -807,37 +788,7 @@ fn dm_both_drivers_give_the_same_trees_and_the_same_layer_bytes() {
         overlay.ok(&["layer", "diff", &b, "-o", pb.to_str().unwrap()]);
         let (ba, bb) = (std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
         if ba != bb {
-            let members = |b: &[u8]| -> Vec<String> {
-                let mut ar = tar::Archive::new(b);
-                ar.entries()
-                    .unwrap()
-                    .map(|e| {
-                        let mut e = e.unwrap();
-                        let pax: Vec<String> = e
-                            .pax_extensions()
-                            .unwrap()
-                            .map(|p| {
-                                p.map(|x| {
-                                    let x = x.unwrap();
-                                    format!("{}={:?}", x.key().unwrap(), x.value_bytes())
-                                })
-                                .collect()
-                            })
-                            .unwrap_or_default();
-                        let h = e.header();
-                        format!(
-                            "{} {:?} mode={:o} {}:{} mtime={} size={} pax={pax:?}",
-                            String::from_utf8_lossy(&e.path_bytes()),
-                            h.entry_type(),
-                            h.mode().unwrap(),
-                            h.uid().unwrap(),
-                            h.gid().unwrap(),
-                            h.mtime().unwrap(),
-                            h.size().unwrap()
-                        )
-                    })
-                    .collect()
-            };
+            let members = |b: &[u8]| tar_members(b, true);
             let (ma, mb) = (members(&ba), members(&bb));
             let diffs: Vec<String> = ma
                 .iter()

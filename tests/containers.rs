@@ -10,7 +10,7 @@ use serde_json::Value;
 
 mod common;
 use common::env::{read, Drv, Env};
-use common::{busybox_image, scratch_image, stderr, stdout};
+use common::{busybox_image, scratch_image, stderr, stdout, tar_members};
 
 /// An environment with the busybox image imported as `bb`.
 fn setup(label: &str, d: Drv) -> Env {
@@ -762,32 +762,11 @@ fn dm_thin_volume_has_a_hard_size_and_clones_in_place() {
 fn dm_a_thin_commit_copies_no_data_and_holds_what_an_export_and_apply_would() {
     thinpool::testing::require_dm();
     use std::os::unix::fs::symlink;
+    // Not the times: the two containers made them at other instants.
     let members = |e: &Env| -> Vec<String> {
         let tar = e.path().join("cm.tar");
         e.ok(&["layer", "diff", "cm", "-o", tar.to_str().unwrap()]);
-        let mut ar = tar::Archive::new(std::fs::File::open(&tar).unwrap());
-        ar.entries()
-            .unwrap()
-            .map(|en| {
-                let mut en = en.unwrap();
-                let mut data = vec![];
-                std::io::Read::read_to_end(&mut en, &mut data).unwrap();
-                let h = en.header();
-                // Not the times: the two containers made them at other
-                // instants.
-                format!(
-                    "{} {:?} mode={:o} {}:{} link={:?} data={}",
-                    String::from_utf8_lossy(&en.path_bytes()),
-                    h.entry_type(),
-                    h.mode().unwrap(),
-                    h.uid().unwrap(),
-                    h.gid().unwrap(),
-                    h.link_name().unwrap(),
-                    String::from_utf8_lossy(&data[..data.len().min(16)])
-                        + format!(" ({} bytes)", data.len()).as_str()
-                )
-            })
-            .collect()
+        tar_members(&std::fs::read(&tar).unwrap(), false)
     };
     let mut seen = vec![];
     for d in [Drv::Thin, Drv::Overlay] {
@@ -877,7 +856,6 @@ fn dm_a_thin_commit_copies_no_data_and_holds_what_an_export_and_apply_would() {
 #[test]
 fn dm_a_thin_commit_killed_at_any_instant_leaves_nothing_and_the_next_one_commits() {
     thinpool::testing::require_dm();
-    use std::os::unix::process::ExitStatusExt;
     use thinpool::killpoint;
     let e = setup("commit-kill", Drv::Thin);
     create(&e, "c", &[]);
@@ -886,25 +864,12 @@ fn dm_a_thin_commit_killed_at_any_instant_leaves_nothing_and_the_next_one_commit
     let before = thins(&e);
     let mut hit = vec![];
     for &point in killpoint::ALL {
-        let o = e
-            .cmd(&["container", "commit", "c", "--name", "cm"])
-            .env(killpoint::ENV, point)
-            .output()
-            .unwrap();
-        if o.status.signal() != Some(9) {
+        if !e.killed_at_point(&["container", "commit", "c", "--name", "cm"], point) {
             // The point is not on a commit's path.
-            assert!(o.status.success(), "{point}: {}", stderr(&o));
             e.ok(&["layer", "rm", "cm"]);
             continue;
         }
         hit.push(point);
-        let ls = e.run(&["layer", "ls"]);
-        assert!(
-            stderr(&ls).contains("recovered:"),
-            "killed at {point}: the next command recovered nothing: {}",
-            stderr(&ls)
-        );
-        e.assert_consistent();
         assert!(
             !e.list("layer").iter().any(|l| l["name"] == "cm"),
             "killed at {point}: a half-made layer survived"
@@ -935,16 +900,7 @@ fn dm_a_thin_commit_killed_at_any_instant_leaves_nothing_and_the_next_one_commit
         assert_eq!(read(&m.join("kept")).as_deref(), Some("data\n"));
         assert!(!m.join("etc/hostname").exists());
     });
-    // Reloading the pool frees ids its metadata holds and no record
-    // names: no kill may have left one.
-    e.ok(&["pool", "deactivate"]);
-    let o = e.run(&["pool", "activate"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        !stderr(&o).contains("freed thin id"),
-        "a kill left an orphan thin id: {}",
-        stderr(&o)
-    );
+    e.assert_no_orphan_thin_id();
 }
 
 #[test]

@@ -45,6 +45,26 @@ impl Store {
         name: Option<&str>,
         changeset: Option<&mut dyn Read>,
     ) -> Result<LayerId> {
+        self.new_layer(
+            "create layer",
+            parent,
+            name,
+            NewLayer {
+                changeset,
+                ..NewLayer::default()
+            },
+        )
+    }
+
+    /// Makes `new` over `parent` with `name` (which it sets, after
+    /// checking them) in a transaction of its own, called `op`.
+    fn new_layer(
+        &mut self,
+        op: &str,
+        parent: Option<&str>,
+        name: Option<&str>,
+        new: NewLayer<'_, '_>,
+    ) -> Result<LayerId> {
         self.check_new_name(name)?;
         let parent = match parent {
             Some(p) => {
@@ -54,7 +74,7 @@ impl Store {
             }
             None => None,
         };
-        self.claims_transaction("create layer", |txn| {
+        self.claims_transaction(op, |txn| {
             let id = txn.reserve_layer(super::Claim {
                 parent: parent.clone(),
                 name: name.map(str::to_string),
@@ -65,8 +85,7 @@ impl Store {
                 NewLayer {
                     parent: parent.as_ref(),
                     name,
-                    changeset,
-                    ..NewLayer::default()
+                    ..new
                 },
             )?;
             Ok(id)
@@ -435,35 +454,21 @@ impl Store {
         files: &'static [&'static str],
         dirs: &'static [&'static str],
     ) -> Result<LayerId> {
-        self.check_new_name(name)?;
-        let parent = {
-            let l = self.layer(parent.as_str())?;
-            refuse_container_layer(l, "snapshot")?;
-            l.id.clone()
-        };
         let chain = self.chain_owned(rw)?;
         let spool = super::scratch_dir(&self.dir)?.join(format!("commit-{rw}.tar"));
-        self.claims_transaction("commit", |txn| {
-            let id = txn.reserve_layer(super::Claim {
-                parent: Some(parent.clone()),
-                name: name.map(str::to_string),
-                key: None,
-            })?;
-            txn.make_layer(
-                &id,
-                NewLayer {
-                    parent: Some(&parent),
-                    name,
-                    commit: Some(CommitOf {
-                        chain: &chain,
-                        files,
-                        dirs,
-                        spool: &spool,
-                    }),
-                    ..NewLayer::default()
-                },
-            )?;
-            Ok(id)
-        })
+        self.new_layer(
+            "commit",
+            Some(parent.as_str()),
+            name,
+            NewLayer {
+                commit: Some(CommitOf {
+                    chain: &chain,
+                    files,
+                    dirs,
+                    spool: &spool,
+                }),
+                ..NewLayer::default()
+            },
+        )
     }
 }

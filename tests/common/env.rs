@@ -73,6 +73,46 @@ impl Env {
         c
     }
 
+    /// Reloads the pool, which frees ids its metadata holds and no record
+    /// names, and asserts it freed none: no kill left one.
+    pub fn assert_no_orphan_thin_id(&self) {
+        self.ok(&["pool", "deactivate"]);
+        let o = self.run(&["pool", "activate"]);
+        assert!(o.status.success(), "{}", super::stderr(&o));
+        assert!(
+            !super::stderr(&o).contains("freed thin id"),
+            "a kill left an orphan thin id: {}",
+            super::stderr(&o)
+        );
+    }
+
+    /// Runs `thinlayer ARGS` with kill point `point` set
+    /// (`THINLAYER_KILL_AT`). `false` if the point is not on the command's
+    /// path (it then succeeded); `true` if it was killed there, after
+    /// checking that the next command recovered something and that
+    /// records and resources agree.
+    pub fn killed_at_point(&self, args: &[&str], point: &str) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        let o = self
+            .cmd(args)
+            .env(thinpool::killpoint::ENV, point)
+            .output()
+            .unwrap();
+        let what = format!("{} killed at {point}", args[..2].join(" "));
+        if o.status.signal() != Some(9) {
+            assert!(o.status.success(), "{what}: {}", super::stderr(&o));
+            return false;
+        }
+        let ls = self.run(&["layer", "ls"]);
+        assert!(
+            super::stderr(&ls).contains("recovered:"),
+            "{what}: the next command recovered nothing: {}",
+            super::stderr(&ls)
+        );
+        self.assert_consistent();
+        true
+    }
+
     /// Starts `thinlayer ARGS` and SIGKILLs it after `ms` milliseconds
     /// (or when it ends, if sooner): a crash at an arbitrary instant.
     pub fn killed_after(&self, args: &[&str], ms: u64) {

@@ -27,6 +27,49 @@ pub fn last_layer(image: &serde_json::Value) -> String {
         .to_string()
 }
 
+/// Each member of a tar stream on one line: path, type, mode, owner,
+/// modification time (with `times`), size, link target, pax records and
+/// the sha256 of its data, for comparing two changesets member by member.
+pub fn tar_members(tar: &[u8], times: bool) -> Vec<String> {
+    use sha2::{Digest, Sha256};
+    let mut ar = tar::Archive::new(tar);
+    ar.entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let pax: Vec<String> = e
+                .pax_extensions()
+                .unwrap()
+                .map(|p| {
+                    p.map(|x| {
+                        let x = x.unwrap();
+                        format!("{}={:?}", x.key().unwrap(), x.value_bytes())
+                    })
+                    .collect()
+                })
+                .unwrap_or_default();
+            let mut data = vec![];
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            let h = e.header();
+            let mtime = match times {
+                true => format!(" mtime={}", h.mtime().unwrap()),
+                false => String::new(),
+            };
+            format!(
+                "{} {:?} mode={:o} {}:{}{mtime} size={} link={:?} pax={pax:?} sha256={:x}",
+                String::from_utf8_lossy(&e.path_bytes()),
+                h.entry_type(),
+                h.mode().unwrap(),
+                h.uid().unwrap(),
+                h.gid().unwrap(),
+                h.size().unwrap(),
+                h.link_name().unwrap(),
+                Sha256::digest(&data)
+            )
+        })
+        .collect()
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
