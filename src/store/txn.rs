@@ -524,31 +524,24 @@ fn make_resource(
     new: NewLayer<'_, '_>,
 ) -> Result<LayerRecord> {
     let chain_refs: Vec<&LayerRecord> = chain.iter().collect();
-    let mut spool = None;
+    // A commit the driver copies is made whole; otherwise its changes are
+    // exported, to be applied as any changeset.
+    let (mut copied, mut spool) = (None, None);
     if let Some(c) = &new.commit {
         let of: Vec<&LayerRecord> = c.chain.iter().collect();
-        if let Some(resource) = driver.copy_commit(id, &of, &chain_refs, c.files, c.dirs)? {
-            return Ok(LayerRecord {
-                id: id.clone(),
-                name: new.name.map(str::to_string),
-                parent: new.parent.cloned(),
-                created_unix: now_unix(),
-                diff_id: None,
-                chain_id: None,
-                resource,
-                container: None,
-                layout: false,
-                snapshot: None,
-                init: false,
-            });
+        copied = driver.copy_commit(id, &of, &chain_refs, c.files, c.dirs)?;
+        if copied.is_none() {
+            spool = Some(export_commit(driver, &of, c)?);
         }
-        spool = Some(export_commit(driver, &of, c)?);
     }
     let changeset: Option<&mut dyn Read> = match spool.as_mut() {
         Some(r) => Some(r),
         None => new.changeset,
     };
-    let resource = driver.create(id, &chain_refs)?;
+    let resource = match copied {
+        Some(r) => r,
+        None => driver.create(id, &chain_refs)?,
+    };
     let mut rec = LayerRecord {
         id: id.clone(),
         name: new.name.map(str::to_string),

@@ -799,8 +799,9 @@ pub fn containerd(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenar
             "{layers} layers in a row, each: a container over the previous layer (prepare), mounted; ten \
              1 MiB files created, the ten files of two layers back removed, 4 bytes written in the middle \
              of each of the previous layer's ten files; unmounted and committed as the next layer; the \
-             container removed. Total time, and each phase summed over the layers. containerd's own devmapper snapshotter published 2.68× its overlay snapshotter on this \
-             benchmark. {reps} repetitions."
+             container removed. Total time, and each phase summed over the layers. containerd's own \
+             devmapper snapshotter published 2.68× its overlay snapshotter on this benchmark. {reps} \
+             repetitions."
         ),
         unit: Unit::Millis,
         ratios: std::iter::once(Ratio {
