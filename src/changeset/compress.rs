@@ -86,10 +86,15 @@ pub fn decompress<'a, R: Read + 'a>(
     }
 }
 
+/// What is gathered before gzip is given it: flate2 zeroes its whole
+/// output buffer (32 KiB) on every write, and an archive comes a header
+/// (512 bytes) or a copy buffer (8 KiB) at a time.
+const GZIP_INPUT: usize = 256 << 10;
+
 /// The compressing end of an export.
 pub(crate) enum Encoder<W: Write> {
     None(W),
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(io::BufWriter<flate2::write::GzEncoder<W>>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
@@ -98,11 +103,12 @@ impl<W: Write> Encoder<W> {
         Ok(match c {
             Compression::None => Encoder::None(w),
             // No name, mtime 0, fixed level: the same input, the same bytes.
-            Compression::Gzip => Encoder::Gzip(
+            Compression::Gzip => Encoder::Gzip(io::BufWriter::with_capacity(
+                GZIP_INPUT,
                 flate2::GzBuilder::new()
                     .mtime(0)
                     .write(w, flate2::Compression::new(6)),
-            ),
+            )),
             Compression::Zstd => {
                 let mut e = zstd::stream::write::Encoder::new(w, 3)?;
                 e.include_checksum(true)?;
@@ -118,7 +124,7 @@ impl<W: Write> Encoder<W> {
                 Ok(w)
             }
             Encoder::Gzip(e) => {
-                let mut w = e.finish()?;
+                let mut w = e.into_inner().map_err(|e| e.into_error())?.finish()?;
                 w.flush()?;
                 Ok(w)
             }

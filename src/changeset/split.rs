@@ -41,7 +41,10 @@ const RAW_CHUNK: usize = 64 * 1024;
 /// documentation). Errors are kept and reported by [`Recorder::finish`]
 /// and by the reader that feeds it.
 pub(crate) struct Recorder<'w> {
-    out: GzEncoder<BufWriter<&'w mut dyn Write>>,
+    /// Buffered in front of the encoder too: flate2 zeroes its whole
+    /// output buffer (32 KiB) on every write it is given, and the record
+    /// is written a few bytes at a time.
+    out: BufWriter<GzEncoder<BufWriter<&'w mut dyn Write>>>,
     raw: Vec<u8>,
     /// Bytes of file content still to leave out of the record.
     skip: u64,
@@ -49,7 +52,10 @@ pub(crate) struct Recorder<'w> {
 
 impl<'w> Recorder<'w> {
     pub(crate) fn new(out: &'w mut dyn Write) -> io::Result<Self> {
-        let mut out = GzEncoder::new(BufWriter::new(out), flate2::Compression::fast());
+        let mut out = BufWriter::with_capacity(
+            RAW_CHUNK,
+            GzEncoder::new(BufWriter::new(out), flate2::Compression::fast()),
+        );
         out.write_all(MAGIC)?;
         Ok(Recorder {
             out,
@@ -101,7 +107,11 @@ impl<'w> Recorder<'w> {
         self.out.write_all(b"E")?;
         self.out.write_all(&total.to_le_bytes())?;
         self.out.write_all(digest)?;
-        self.out.finish()?.flush()
+        self.out
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .finish()?
+            .flush()
     }
 }
 

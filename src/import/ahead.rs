@@ -11,6 +11,12 @@
 //! hashed from the same chunks on a third thread ([`DiffIdCheck::Hash`]),
 //! so that neither the inflating thread nor the applying one carries it.
 //!
+//! The chunks' buffers go round: the last holder of a chunk (the
+//! applying thread or the hashing one) hands its buffer back to the
+//! reader, which fills it again instead of allocating and zeroing a new
+//! one for every chunk (a pass over every byte of the layer, and the
+//! page faults of fresh memory, for nothing).
+//!
 //! A layer's reader can wait behind a [`Gate`] that the previous layer's
 //! reader opens when its tar has been read to the end: the next blob is
 //! then read and inflated while the previous layer's files are still
@@ -57,7 +63,41 @@ impl Opener {
 }
 
 /// One hand-over: the compressed bytes read so far, and the next plain bytes.
-type Msg = io::Result<(u64, Arc<Vec<u8>>)>;
+type Msg = io::Result<(u64, Arc<Chunk>)>;
+
+/// Plain bytes of the tar, shared by its consumers; its buffer goes back
+/// to the reader that filled it when the last of them drops it.
+struct Chunk {
+    data: Vec<u8>,
+    /// Where the buffer goes back to; `None` for a chunk of no buffer.
+    back: Option<SyncSender<Vec<u8>>>,
+}
+
+impl Chunk {
+    fn empty() -> Arc<Chunk> {
+        Arc::new(Chunk {
+            data: Vec::new(),
+            back: None,
+        })
+    }
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if let Some(back) = &self.back {
+            // The reader may be gone or have enough spares: then the
+            // buffer is freed here.
+            let _ = back.try_send(std::mem::take(&mut self.data));
+        }
+    }
+}
 
 /// How the plain tar is checked against its diff_id.
 pub(crate) enum DiffIdCheck {
@@ -94,7 +134,7 @@ impl<R: Read> Read for Counted<R> {
 /// The diff_id's hashing thread: fed the plain chunks, it returns their
 /// digest once the sender is dropped.
 struct DiffIdHasher<'scope> {
-    tx: SyncSender<Arc<Vec<u8>>>,
+    tx: SyncSender<Arc<Chunk>>,
     done: ScopedJoinHandle<'scope, Digest>,
     want: Digest,
     what: String,
@@ -106,7 +146,7 @@ impl<'scope> DiffIdHasher<'scope> {
         want: Digest,
         what: String,
     ) -> DiffIdHasher<'scope> {
-        let (tx, rx) = sync_channel::<Arc<Vec<u8>>>(DEPTH);
+        let (tx, rx) = sync_channel::<Arc<Chunk>>(DEPTH);
         let done = scope.spawn(move || {
             let mut h = Sha256::new();
             for chunk in rx {
@@ -205,16 +245,25 @@ where
                 Some(DiffIdHasher::start(scope, diff_id, what))
             }
         };
+        // Buffers handed back: at most one per chunk in flight (to the
+        // applier and to the hasher) and the one being read into.
+        let (back, spare) = sync_channel::<Vec<u8>>(2 * depth + 2);
         loop {
             // Filled before it is handed over: a decoder's read returns
             // what one pass over its input buffer made (tens of KiB), and
-            // a fresh zeroed chunk, and a message to each consumer, for
-            // every such read cost more than the inflating itself.
-            let mut buf = vec![0u8; CHUNK];
+            // a chunk, and a message to each consumer, for every such
+            // read cost more than the inflating itself.
+            let mut buf = spare.try_recv().unwrap_or_default();
+            // Zeroes only what was never filled: a buffer back from a full
+            // chunk is whole already.
+            buf.resize(CHUNK, 0);
             let (k, failed) = read_full(&mut plain, &mut buf);
             if k > 0 {
                 buf.truncate(k);
-                let buf = Arc::new(buf);
+                let buf = Arc::new(Chunk {
+                    data: buf,
+                    back: Some(back.clone()),
+                });
                 if let Some(h) = &hasher {
                     if h.tx.send(buf.clone()).is_err() {
                         // The hashing thread is gone, so it failed: its
@@ -241,7 +290,7 @@ where
                         Some(Err(e)) => Err(e),
                         // The last count: what the decoder read after its
                         // last output.
-                        _ => Ok((n.load(Ordering::Relaxed), Arc::new(Vec::new()))),
+                        _ => Ok((n.load(Ordering::Relaxed), Chunk::empty())),
                     };
                     let _ = tx.send(last);
                     return;
@@ -252,7 +301,7 @@ where
     });
     Ahead {
         rx,
-        buf: Arc::new(Vec::new()),
+        buf: Chunk::empty(),
         pos: 0,
         reported: 0,
         failed: None,
@@ -265,7 +314,7 @@ where
 /// The consuming end of [`decompressed`].
 pub(crate) struct Ahead<'a> {
     rx: Receiver<Msg>,
-    buf: Arc<Vec<u8>>,
+    buf: Arc<Chunk>,
     pos: usize,
     reported: u64,
     /// A failure, repeated to every later read.

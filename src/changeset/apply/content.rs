@@ -13,8 +13,13 @@ const HOLE_BLOCK: usize = 4096;
 
 static ZEROS: [u8; HOLE_BLOCK] = [0; HOLE_BLOCK];
 
+/// The most of a file's content read and written at once.
+const CONTENT_BUF: usize = 256 * 1024;
+
 /// Writes `size` bytes of `r` to `file`, leaving aligned zero blocks as
-/// holes when `holes`.
+/// holes when `holes`. `scratch` is the buffer the bytes pass through,
+/// kept by the caller from file to file: grown (and zeroed) once, not
+/// allocated and zeroed again for every file.
 pub(super) fn write_content(
     file: &File,
     r: &mut dyn ReadEntry,
@@ -22,13 +27,15 @@ pub(super) fn write_content(
     holes: bool,
     t: &Target,
     shared: &Shared,
+    scratch: &mut Vec<u8>,
 ) -> Result<()> {
-    let mut buf = vec![
-        0u8;
-        (256 * 1024)
-            .min(size.max(1) as usize)
-            .next_multiple_of(HOLE_BLOCK)
-    ];
+    let len = CONTENT_BUF
+        .min(size.max(1) as usize)
+        .next_multiple_of(HOLE_BLOCK);
+    if scratch.len() < len {
+        scratch.resize(len, 0);
+    }
+    let buf = &mut scratch[..len];
     let mut off = 0u64;
     while off < size {
         let want = (buf.len() as u64).min(size - off) as usize;

@@ -109,6 +109,7 @@ fn apply_inner<'a>(
         mine_anc: HashSet::new(),
         leaves: HashSet::new(),
         dirs: BTreeMap::new(),
+        content_buf: Vec::new(),
     };
     let mut last: Option<Vec<u8>> = None;
     let mut count = 0u64;
@@ -213,6 +214,8 @@ struct Applier<'o> {
     /// devices): a whiteout below one of them is redundant.
     leaves: HashSet<Vec<u8>>,
     dirs: BTreeMap<Vec<u8>, DirMeta>,
+    /// The buffer files' content passes through ([`content::write_content`]).
+    content_buf: Vec<u8>,
 }
 
 /// An entry's path split into its parent directory and its name.

@@ -61,7 +61,15 @@ impl Applier<'_> {
         )
         .map_err(io_err("creating", &t.key))?;
         let file = File::from(fd);
-        write_content(&file, data, size, self.opts.holes, t, shared)?;
+        write_content(
+            &file,
+            data,
+            size,
+            self.opts.holes,
+            t,
+            shared,
+            &mut self.content_buf,
+        )?;
         if self.opts.start_writeback && size >= EARLY_WRITEBACK_FROM {
             start_writeback(&file);
         }
