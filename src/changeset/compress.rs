@@ -86,15 +86,33 @@ pub fn decompress<'a, R: Read + 'a>(
     }
 }
 
-/// What is gathered before gzip is given it: flate2 zeroes its whole
-/// output buffer (32 KiB) on every write, and an archive comes a header
-/// (512 bytes) or a copy buffer (8 KiB) at a time.
+/// A gzip writer (no name, mtime 0) that gathers `input` bytes before
+/// gzip is given them: flate2 zeroes its whole output buffer (32 KiB) on
+/// every write, and archives and records come a header (512 bytes), a
+/// copy buffer (8 KiB) or a few bytes at a time.
+pub(crate) type GzipWriter<W> = io::BufWriter<flate2::write::GzEncoder<W>>;
+
+/// A [`GzipWriter`] of `level`, gathering `input` bytes.
+pub(crate) fn gzip_writer<W: Write>(
+    w: W,
+    level: flate2::Compression,
+    input: usize,
+) -> GzipWriter<W> {
+    io::BufWriter::with_capacity(input, flate2::GzBuilder::new().mtime(0).write(w, level))
+}
+
+/// Ends a [`GzipWriter`]'s stream: what it gathered, then gzip's trailer.
+pub(crate) fn finish_gzip<W: Write>(g: GzipWriter<W>) -> io::Result<W> {
+    g.into_inner().map_err(|e| e.into_error())?.finish()
+}
+
+/// What an export gathers before gzip: a few copy buffers.
 const GZIP_INPUT: usize = 256 << 10;
 
 /// The compressing end of an export.
 pub(crate) enum Encoder<W: Write> {
     None(W),
-    Gzip(io::BufWriter<flate2::write::GzEncoder<W>>),
+    Gzip(GzipWriter<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
@@ -103,12 +121,9 @@ impl<W: Write> Encoder<W> {
         Ok(match c {
             Compression::None => Encoder::None(w),
             // No name, mtime 0, fixed level: the same input, the same bytes.
-            Compression::Gzip => Encoder::Gzip(io::BufWriter::with_capacity(
-                GZIP_INPUT,
-                flate2::GzBuilder::new()
-                    .mtime(0)
-                    .write(w, flate2::Compression::new(6)),
-            )),
+            Compression::Gzip => {
+                Encoder::Gzip(gzip_writer(w, flate2::Compression::new(6), GZIP_INPUT))
+            }
             Compression::Zstd => {
                 let mut e = zstd::stream::write::Encoder::new(w, 3)?;
                 e.include_checksum(true)?;
@@ -124,7 +139,7 @@ impl<W: Write> Encoder<W> {
                 Ok(w)
             }
             Encoder::Gzip(e) => {
-                let mut w = e.into_inner().map_err(|e| e.into_error())?.finish()?;
+                let mut w = finish_gzip(e)?;
                 w.flush()?;
                 Ok(w)
             }

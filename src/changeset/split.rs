@@ -22,11 +22,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use flate2::read::GzDecoder;
-use flate2::write::GzEncoder;
 use rustix::fs::OFlags;
 use sha2::{Digest, Sha256};
 
-use super::compress::sha256_string;
+use super::compress::{finish_gzip, gzip_writer, sha256_string, GzipWriter};
 use super::error::{io_host, show, ChangesetError};
 use super::path::split;
 use crate::fsys::sys::{self, FileType};
@@ -41,10 +40,7 @@ const RAW_CHUNK: usize = 64 * 1024;
 /// documentation). Errors are kept and reported by [`Recorder::finish`]
 /// and by the reader that feeds it.
 pub(crate) struct Recorder<'w> {
-    /// Buffered in front of the encoder too: flate2 zeroes its whole
-    /// output buffer (32 KiB) on every write it is given, and the record
-    /// is written a few bytes at a time.
-    out: BufWriter<GzEncoder<BufWriter<&'w mut dyn Write>>>,
+    out: GzipWriter<BufWriter<&'w mut dyn Write>>,
     raw: Vec<u8>,
     /// Bytes of file content still to leave out of the record.
     skip: u64,
@@ -52,10 +48,7 @@ pub(crate) struct Recorder<'w> {
 
 impl<'w> Recorder<'w> {
     pub(crate) fn new(out: &'w mut dyn Write) -> io::Result<Self> {
-        let mut out = BufWriter::with_capacity(
-            RAW_CHUNK,
-            GzEncoder::new(BufWriter::new(out), flate2::Compression::fast()),
-        );
+        let mut out = gzip_writer(BufWriter::new(out), flate2::Compression::fast(), RAW_CHUNK);
         out.write_all(MAGIC)?;
         Ok(Recorder {
             out,
@@ -107,11 +100,7 @@ impl<'w> Recorder<'w> {
         self.out.write_all(b"E")?;
         self.out.write_all(&total.to_le_bytes())?;
         self.out.write_all(digest)?;
-        self.out
-            .into_inner()
-            .map_err(|e| e.into_error())?
-            .finish()?
-            .flush()
+        finish_gzip(self.out)?.flush()
     }
 }
 
