@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 mod common;
-use common::env::{read, Drv, Env};
+use common::env::{kill_sweep, read, Drv, Env};
 use common::{busybox_image, scratch_image, stderr, stdout, tar_members};
 
 /// An environment with the busybox image imported as `bb`.
@@ -649,35 +649,19 @@ fn container_create_killed_at_any_instant_leaves_all_or_nothing(d: Drv) {
         "-v",
         "named:/data",
     ];
-    // The fastest of three runs: a slow first one (cold caches, a busy
-    // machine) would put most kills after the command's end.
-    let mut full = u64::MAX;
-    for _ in 0..3 {
-        let start = std::time::Instant::now();
-        e.ok(&args);
-        full = full.min(start.elapsed().as_millis() as u64);
-        e.ok(&["container", "rm", "-v", "k"]);
-        e.ok(&["volume", "rm", "named"]);
-    }
-    let (mut whole, mut repaired) = (0, 0);
-    // Kills over the whole run and a little past it; then, if too few
-    // landed mid-create (the run's time varies with the machine's load),
-    // up to 32 more at finer points inside it.
-    let points = (0..=15u64)
-        .map(|k| full * k / 12)
-        .chain((1..=32u64).map(|k| full * k / 33));
-    let mut kills = 0;
-    for at in points {
-        if kills >= 16 && repaired >= 3 {
-            break;
-        }
-        kills += 1;
+    let full = Env::fastest_of_three(
+        || drop(e.ok(&args)),
+        || {
+            e.ok(&["container", "rm", "-v", "k"]);
+            e.ok(&["volume", "rm", "named"]);
+        },
+    );
+    let mut whole = 0;
+    kill_sweep("create", full, 16, 3, |at| {
         e.killed_after(&args, at);
         // Listing opens the containers, which repairs what the kill left,
         // and says so.
-        if stderr(&e.run(&["container", "ls"])).contains("recovered:") {
-            repaired += 1;
-        }
+        let repaired = stderr(&e.run(&["container", "ls"])).contains("recovered:");
         let names = containers(&e);
         e.assert_consistent();
         let vols = volumes(&e);
@@ -700,14 +684,9 @@ fn container_create_killed_at_any_instant_leaves_all_or_nothing(d: Drv) {
             .filter(|x| x.file_name() != "lock")
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
-    }
-    eprintln!(
-        "container create takes {full}ms; of {kills} killed creates {whole} had completed, {repaired} were killed mid-create"
-    );
-    assert!(
-        repaired >= 3,
-        "only {repaired} of {kills} kills landed mid-create: the test proves little"
-    );
+        repaired
+    });
+    eprintln!("{whole} killed creates had completed");
 }
 
 // ---- thin only: sizes and thin volumes (the VM) -----------------------
@@ -959,20 +938,10 @@ fn dm_thin_volume_killed_create_and_clone_leave_no_device() {
         st["thin_devices"].as_u64().unwrap()
     };
     let base = thins();
-    // The fastest of three runs, then kills over it and a little past.
-    let mut full = u64::MAX;
-    for _ in 0..3 {
-        let start = std::time::Instant::now();
-        e.ok(&["volume", "create", "t", "--driver", "thin", "--size", "64M"]);
-        full = full.min(start.elapsed().as_millis() as u64);
-        e.ok(&["volume", "rm", "t"]);
-    }
-    let mut repaired = 0;
-    for k in 0..=10u64 {
-        e.killed_after(
-            &["volume", "create", "t", "--driver", "thin", "--size", "64M"],
-            full * k / 8,
-        );
+    let args = ["volume", "create", "t", "--driver", "thin", "--size", "64M"];
+    let full = Env::fastest_of_three(|| drop(e.ok(&args)), || drop(e.ok(&["volume", "rm", "t"])));
+    kill_sweep("create", full, 11, 2, |at| {
+        e.killed_after(&args, at);
         // Killed mid-create: the state, read before anything repairs it,
         // is half made (an operation pending in the pool, a volume's thin
         // device or directory without its record).
@@ -997,9 +966,7 @@ fn dm_thin_volume_killed_create_and_clone_leave_no_device() {
             .iter()
             .filter(|d| d.join("volume.json").exists())
             .count();
-        if !pool["pending"].is_null() || thin_vols > records || dirs.len() > records {
-            repaired += 1;
-        }
+        let half_made = !pool["pending"].is_null() || thin_vols > records || dirs.len() > records;
         // The next command, a listing, frees what the kill left: a
         // device no volume claims, then the directory.
         let vols = volumes(&e);
@@ -1007,12 +974,8 @@ fn dm_thin_volume_killed_create_and_clone_leave_no_device() {
         if !vols.is_empty() {
             e.ok(&["volume", "rm", "t"]);
         }
-    }
-    eprintln!("thin volume create takes {full}ms; {repaired} of 11 kills landed mid-create");
-    assert!(
-        repaired >= 2,
-        "only {repaired} of 11 kills landed mid-create: the test proves little"
-    );
+        half_made
+    });
 }
 
 #[test]

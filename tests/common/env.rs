@@ -113,6 +113,20 @@ impl Env {
         true
     }
 
+    /// The fastest of three timed runs of `run`, in milliseconds, with
+    /// `undo` after each: a slow first run (cold caches, a busy machine)
+    /// would put most kills of a [`kill_sweep`] after the command's end.
+    pub fn fastest_of_three(mut run: impl FnMut(), mut undo: impl FnMut()) -> u64 {
+        let mut full = u64::MAX;
+        for _ in 0..3 {
+            let start = std::time::Instant::now();
+            run();
+            full = full.min(start.elapsed().as_millis() as u64);
+            undo();
+        }
+        full
+    }
+
     /// Starts `thinlayer ARGS` and SIGKILLs it after `ms` milliseconds
     /// (or when it ends, if sooner): a crash at an arbitrary instant.
     pub fn killed_after(&self, args: &[&str], ms: u64) {
@@ -269,4 +283,44 @@ macro_rules! conformance {
             $( #[test] fn $scenario() { thinpool::testing::require_root(); super::$scenario(super::Drv::Overlay) } )*
         }
     };
+}
+
+/// Kills a command at instants spread over its run and checks each kill,
+/// asserting that at least `want` of them landed mid-operation (else the
+/// test proves little).
+///
+/// `full` is the command's time in milliseconds (see
+/// [`Env::fastest_of_three`]); `kill(ms)` starts the command, kills it
+/// after `ms`, checks what the next command finds, and says whether the
+/// kill landed mid-operation. The schedule is `even` instants over the
+/// whole run and a little past it; then, if fewer than `want` landed
+/// (a loaded machine times the run slower than the killed runs go), up to
+/// 32 more at finer instants inside it. Returns the number of kills.
+pub fn kill_sweep(
+    what: &str,
+    full: u64,
+    even: u64,
+    want: usize,
+    mut kill: impl FnMut(u64) -> bool,
+) -> usize {
+    let span = (even * 3 / 4).max(1);
+    let points = (0..even)
+        .map(|k| full * k / span)
+        .chain((1..=32u64).map(|k| full * k / 33));
+    let (mut kills, mut mid) = (0, 0);
+    for at in points {
+        if kills >= even as usize && mid >= want {
+            break;
+        }
+        kills += 1;
+        if kill(at) {
+            mid += 1;
+        }
+    }
+    eprintln!("{what} takes {full}ms; {mid} of {kills} kills landed mid-{what}");
+    assert!(
+        mid >= want,
+        "only {mid} of {kills} kills landed mid-{what}: the test proves little"
+    );
+    kills
 }
