@@ -40,6 +40,7 @@ pub mod image;
 pub mod import;
 pub mod layer;
 pub mod mount;
+pub mod phase;
 pub mod pool;
 pub mod progress;
 pub mod root;

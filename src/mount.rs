@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 
 /// Mounts `source` of type `fstype` at `target`.
 pub fn mount(source: &Path, target: &Path, fstype: &str, readonly: bool, data: &str) -> Result<()> {
+    let _phase = tracing::trace_span!(crate::phase::MOUNT).entered();
     let mut flags = MsFlags::empty();
     if readonly {
         flags |= MsFlags::MS_RDONLY;
@@ -31,6 +32,7 @@ pub fn mount(source: &Path, target: &Path, fstype: &str, readonly: bool, data: &
 /// this process and can mount after the next command has cleaned up;
 /// a thread dies with it, its call done or not made.
 pub fn mount_in(dir: &Path, source: &str, target: &Path, fstype: &str, data: &str) -> Result<()> {
+    let _phase = tracing::trace_span!(crate::phase::MOUNT).entered();
     let target = std::path::absolute(target).map_err(Error::io("resolving", target))?;
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -111,6 +113,7 @@ pub fn options_of(target: &Path) -> Result<Option<String>> {
 
 /// Whether something is mounted exactly at `target`.
 pub fn is_mounted(target: &Path) -> Result<bool> {
+    let _phase = tracing::trace_span!(crate::phase::MOUNT_CHECK).entered();
     Ok(mount_points()?.iter().any(|m| m == target))
 }
 

@@ -346,7 +346,8 @@ impl Store {
     /// taken again ([`Error::Lock`]), or the records cannot be read.
     pub fn unlocked<T>(&mut self, work: impl FnOnce(&mut dyn Driver) -> T) -> Result<T> {
         let before = self.lock.take().and_then(|g| g.generation());
-        let out = work(self.driver.as_mut());
+        let out =
+            tracing::trace_span!(crate::phase::DRIVER).in_scope(|| work(self.driver.as_mut()));
         if !self.take_lock_back(before)? {
             self.load()?;
         }
@@ -357,6 +358,7 @@ impl Store {
     /// `before`; whether no one else held it meanwhile, so that what this
     /// store read is still true.
     fn take_lock_back(&mut self, before: Option<u64>) -> Result<bool> {
+        let _phase = tracing::trace_span!(crate::phase::LOCK).entered();
         let lock = LockGuard::acquire(&self.dir.join("lock"), self.lock_timeout)?;
         let untouched = lock.follows(before);
         self.lock = Some(lock);

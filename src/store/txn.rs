@@ -173,6 +173,7 @@ impl Txn<'_> {
     }
 
     fn write_journal(&mut self) -> Result<()> {
+        let _phase = tracing::trace_span!(crate::phase::JOURNAL).entered();
         if self.live.is_none() {
             // The lock first: a journal is never seen without it held.
             let mut id = LayerId::generate()?.as_str()[..16].to_string();
@@ -352,6 +353,7 @@ impl Txn<'_> {
             .unlocked(|driver| make_resource(driver, id, &chain, &layout, new))??;
         killpoint::here(killpoint::STORE_RESOURCE_MADE);
         let path = self.store.layer_path(id);
+        let _phase = tracing::trace_span!(crate::phase::RECORD).entered();
         if self.claims_only {
             // Its name is synced as the transaction ends, with the
             // journal's removal.
@@ -436,6 +438,7 @@ impl Txn<'_> {
 
     /// Commits: the journal goes, and with it any way back.
     fn end(&mut self) -> Result<()> {
+        let _phase = tracing::trace_span!(crate::phase::END).entered();
         if let Some((id, guard)) = self.live.take() {
             let journal = self.store.journal_path(&id);
             if self.claims_only {

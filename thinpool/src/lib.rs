@@ -35,6 +35,7 @@ pub mod lock;
 pub mod loopback;
 pub mod monitor;
 pub mod names;
+pub mod phase;
 pub mod pool;
 pub mod record;
 pub mod recovery;

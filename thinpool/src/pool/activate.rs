@@ -293,7 +293,9 @@ impl Pool {
             return Ok(None);
         }
         // devicemapper's handle is taken when something needs it
-        // (`Pool::pool_dev`): a status read or a message goes by name.
+        // (`Pool::pool_dev`): a status read or a message goes by name, and
+        // a thin device's table names the pool by the number listed here.
+        self.pool_devno = self.listed_device(Role::Pool, listed);
         self.active = true;
         let status = self.working_status()?;
         if status.usage.total_meta.0 < self.record.metadata.size.0 / METADATA_BLOCK.0 {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use devicemapper::{
-    DevId, Device, DmFlags, DmName, DmNameBuf, DmOptions, ThinPoolDev, ThinPoolStatus, DM,
+    DevId, Device, DmDevice, DmFlags, DmName, DmNameBuf, DmOptions, ThinPoolDev, ThinPoolStatus, DM,
 };
 
 use super::{BackingKind, Pool, PoolRecord};
@@ -231,10 +231,38 @@ impl Pool {
         self.dev.as_ref().ok_or(Error::Inactive)
     }
 
+    /// The device number of the active pool's thin-pool device, what a
+    /// thin device's table names: one `DM_DEV_STATUS` the first time,
+    /// kept while the pool stays active (its number changes only when it
+    /// is deactivated and made again).
+    pub(super) fn pool_device(&mut self) -> Result<Device> {
+        self.require_active()?;
+        if let Some(d) = self.dev.as_ref().map(|d| d.device()).or(self.pool_devno) {
+            return Ok(d);
+        }
+        let name = self.names.name(Role::Pool);
+        match self.dm.device_info(&DevId::Name(&name)) {
+            Ok(info) => {
+                self.pool_devno = Some(info.device());
+                Ok(info.device())
+            }
+            Err(e) => {
+                if self.kernel_has(Role::Pool)? {
+                    Err(Error::dm(format!("looking up {}", &*name))(e))
+                } else {
+                    // Deactivated by another process since this one opened it.
+                    self.set_inactive();
+                    Err(Error::Inactive)
+                }
+            }
+        }
+    }
+
     /// Marks the pool inactive, letting go of devicemapper's handle.
     pub(super) fn set_inactive(&mut self) {
         self.active = false;
         self.dev = None;
+        self.pool_devno = None;
     }
 
     /// The device node (`/dev/dm-N`, made with or without udev) of our

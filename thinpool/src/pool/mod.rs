@@ -126,6 +126,9 @@ pub struct Pool {
     /// thin device is activated or the pool administered: a status read
     /// or a message to the pool goes by its name, and needs none.
     dev: Option<ThinPoolDev>,
+    /// The active pool's device number, looked up by the first thin
+    /// activation ([`Pool::pool_device`]) when `dev` is not taken.
+    pool_devno: Option<devicemapper::Device>,
     /// What the last read of the record decoded.
     cache: log::ReadCache,
 }
@@ -174,6 +177,7 @@ impl Pool {
             dm,
             active: false,
             dev: None,
+            pool_devno: None,
             cache: log::ReadCache::default(),
         }
     }
@@ -278,6 +282,7 @@ impl Pool {
             dm,
             active: false,
             dev: None,
+            pool_devno: None,
             cache,
         };
         // What the kernel has, listed once: no writer changes it while
@@ -344,7 +349,10 @@ impl Pool {
         if self.lock.is_some() {
             return f(self);
         }
-        self.lock = Some(lock_dir(&self.dir, self.lock_timeout)?);
+        self.lock = Some({
+            let _phase = tracing::trace_span!(crate::phase::LOCK).entered();
+            lock_dir(&self.dir, self.lock_timeout)?
+        });
         let r = self.reload().and_then(|()| f(self));
         self.lock = None;
         r
@@ -353,7 +361,10 @@ impl Pool {
     /// Reads the record again, holding the lock: a pending change in it
     /// was left by a killed process, and is finished or undone.
     fn reload(&mut self) -> Result<()> {
-        (self.record, self.log_len) = self.read_record()?;
+        (self.record, self.log_len) = {
+            let _phase = tracing::trace_span!(crate::phase::READ).entered();
+            self.read_record()?
+        };
         if self.record.pending.is_some() && self.active {
             self.recover()?;
         }
@@ -387,11 +398,13 @@ impl Pool {
         // protocol settles against the kernel, read first: a record is
         // written before the kernel moves on.
         let kernel = if self.active {
+            let _phase = tracing::trace_span!(crate::phase::CHECK).entered();
             Some(TransactionId(self.working_status()?.transaction_id))
         } else {
             None
         };
-        let (mut record, log_len) = self.read_record()?;
+        let (mut record, log_len) =
+            tracing::trace_span!(crate::phase::READ).in_scope(|| self.read_record())?;
         if let Some(kernel) = kernel {
             record.settle(kernel);
         }

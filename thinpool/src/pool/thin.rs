@@ -3,7 +3,10 @@
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
-use devicemapper::{DevId, DmDevice, DmFlags, DmOptions, Sectors, ThinDev, ThinDevId};
+use devicemapper::{
+    DevId, DmDevice, DmFlags, DmOptions, Sectors, TargetTable, ThinDev, ThinDevId,
+    ThinDevTargetTable, ThinTargetParams,
+};
 
 use super::devices::remove_device;
 use super::Pool;
@@ -76,7 +79,8 @@ impl Pool {
             tag: tag.to_string(),
         };
         let origin_name = self.names.name(Role::Thin(origin));
-        let active = self.kernel_has(Role::Thin(origin))?;
+        let active = tracing::trace_span!(crate::phase::CHECK)
+            .in_scope(|| self.kernel_has(Role::Thin(origin)))?;
         let suspend = |p: &Self| -> Result<()> {
             if active {
                 p.dm.device_suspend(
@@ -159,10 +163,55 @@ impl Pool {
     ///
     /// Errors: [`Error::NoSuchThin`]; [`Error::Inactive`]; [`Error::Dm`].
     pub fn activate_thin(&mut self, id: ThinId) -> Result<PathBuf> {
+        let _phase = tracing::trace_span!(crate::phase::ACTIVATE).entered();
         if !self.record.thins.contains_key(&id) {
             self.refresh()?;
         }
         let size = self.thin_size(id)?;
+        let pool = self.pool_device()?;
+        let name = self.names.name(Role::Thin(id));
+        let failed = || Error::dm(format!("activating thin device {id}"));
+        // The kernel's three steps and nothing more (the in-process floor's
+        // own): create, load, resume. devicemapper's `ThinDev::setup`
+        // would list every dm device first, and its handle needs the
+        // pool's (its tables read back and checked) once per process.
+        if let Err(e) = self.dm.device_create(
+            &name,
+            Some(&self.names.uuid(Role::Thin(id))),
+            DmOptions::default(),
+        ) {
+            let err = failed()(e);
+            return match err.errno() {
+                // Active already (mounted elsewhere): checked against the
+                // table it should have.
+                Some(libc::EBUSY) => self.adopt_thin(id, size),
+                _ => Err(err),
+            };
+        }
+        let dev = DevId::Name(&name);
+        let table = ThinDevTargetTable::new(
+            Sectors(0),
+            Sectors(size.sectors()),
+            ThinTargetParams::new(pool, thin_dev_id(id), None),
+        );
+        let loaded = self
+            .dm
+            .table_load(&dev, &table.to_raw_table(), DmOptions::default())
+            .and_then(|_| self.dm.device_suspend(&dev, DmOptions::default()));
+        match loaded {
+            Ok(info) => Ok(PathBuf::from(format!("/dev/dm-{}", info.device().minor))),
+            Err(e) => {
+                // No half-made device stays: one without a table would be
+                // in the way of the next activation.
+                let _ = self.dm.device_remove(&dev, DmOptions::default());
+                Err(failed()(e))
+            }
+        }
+    }
+
+    /// The node of thin device `id`, already active, once its table is
+    /// checked against the one it should have (`size` over this pool).
+    fn adopt_thin(&mut self, id: ThinId, size: Bytes) -> Result<PathBuf> {
         self.pool_dev()?;
         let pool = self.dev.as_ref().ok_or(Error::Inactive)?;
         let dev = ThinDev::setup(

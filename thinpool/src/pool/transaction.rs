@@ -155,21 +155,24 @@ impl Pool {
         before: impl FnOnce(&Self) -> Result<()>,
         after: impl FnOnce(&Self),
     ) -> Result<()> {
-        self.check_writable(op.adds_device())?;
+        tracing::trace_span!(crate::phase::CHECK)
+            .in_scope(|| self.check_writable(op.adds_device()))?;
         self.finish_pending()?;
         self.record.pending = Some(op.clone());
-        self.save_pending()?;
+        tracing::trace_span!(crate::phase::LOG).in_scope(|| self.save_pending())?;
         killpoint::here(killpoint::POOL_PENDING_RECORDED);
-        let sent = before(self).and_then(|()| {
-            let sent = self.message(msg);
-            after(self);
-            sent
+        let sent = tracing::trace_span!(crate::phase::MESSAGE).in_scope(|| {
+            before(self).and_then(|()| {
+                let sent = self.message(msg);
+                after(self);
+                sent
+            })
         });
         match sent {
             Ok(()) => {
                 killpoint::here(killpoint::POOL_MESSAGE_SENT);
                 self.record.commit(op);
-                self.save_committed()?;
+                tracing::trace_span!(crate::phase::LOG).in_scope(|| self.save_committed())?;
                 killpoint::here(killpoint::POOL_COMMIT_LOGGED);
                 Ok(())
             }

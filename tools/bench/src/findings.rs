@@ -530,39 +530,9 @@ fn provision_findings(series: &[Series], deep: &str, cpus: u32) -> Vec<String> {
             thin,
             floor,
         );
-        if let (Some(rec), Some(entry)) = (
-            m("record write", "one durable record"),
-            m("record write", "one log entry"),
-        ) {
-            let writes = rec + entry;
-            let split = if thin - floor >= writes {
-                format!(
-                    "The rest, {:.1} ms, is what this run does not break down.",
-                    thin - floor - writes
-                )
-            } else {
-                let spread = series
-                    .iter()
-                    .find(|s| s.driver == "dm-ioctl" && s.variant == "depth 1")
-                    .and_then(|s| crate::samples::stats(&s.samples))
-                    .map(|st| format!(" (p10–p90 {:.1}–{:.1} ms)", st.p10, st.p90))
-                    .unwrap_or_default();
-                format!(
-                    "The estimate is more than the whole gap: the floor's samples spread{spread} wider than \
-                     the gap, so this run cannot split it."
-                )
-            };
-            text.push_str(&format!(
-                " A snapshot makes two durable writes. Its pending operation (whose commit is the kernel's own \
-                 commit of the message) is one entry in the pool's change log (a sector and an fdatasync): {entry:.2} ms \
-                 in this run's `one log entry` series. The layer's record is one durable record write \
-                 (temporary file, fsync, rename, fsync of the directory, the directory's sync shared with the \
-                 removal of its journal; the journal itself, which only live processes read, is written \
-                 without fsync): {rec:.1} ms in the `one durable record` series. Together that would come to \
-                 about {writes:.1} ms, an estimate from those samples, not a measurement of the snapshot's own \
-                 writes. They are the price of surviving a kill or a power cut at any instant, which neither \
-                 floor does. {split}"
-            ));
+        if let Some(phases) = phase_finding(series, thin, floor) {
+            text.push(' ');
+            text.push_str(&phases);
         }
         out.push(text);
     }
@@ -614,6 +584,64 @@ fn provision_findings(series: &[Series], deep: &str, cpus: u32) -> Vec<String> {
         ));
     }
     out
+}
+
+/// Where thin's layer (`thin` ms at depth 1, against the floor's `floor`)
+/// spends its time, from the provisioning scenario's phase series: each
+/// phase's median, thin's largest first, with overlay's beside it, and the
+/// kernel's part (what the floor does too) against the floor.
+fn phase_finding(series: &[Series], thin: f64, floor: f64) -> Option<String> {
+    use crate::phases::REST;
+    use crate::scenarios::{phase_variant, PHASE};
+    let mut thin_phases: Vec<(&str, f64)> = series
+        .iter()
+        .filter(|s| s.driver == "thin")
+        .filter_map(|s| {
+            let name = s.variant.strip_prefix(PHASE)?;
+            Some((name, median(series, "thin", &s.variant)?))
+        })
+        .collect();
+    if thin_phases.is_empty() {
+        return None;
+    }
+    thin_phases.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let sum: f64 = thin_phases.iter().map(|p| p.1).sum();
+    let list: Vec<String> = thin_phases
+        .iter()
+        .map(|(name, ms)| {
+            let ov = median(series, "overlay", &phase_variant(name))
+                .map(|o| format!(", overlay {o:.1} ms"))
+                .unwrap_or_default();
+            format!("{name} {ms:.1} ms{ov}")
+        })
+        .collect();
+    let mut text = format!(
+        "Timed phase by phase in the same runs (each phase's own time, the median over all depths; \
+         the medians add up to {sum:.1} ms, where the whole is {thin:.1} ms at depth 1): {}.",
+        list.join("; ")
+    );
+    let kernel = [
+        thinpool::phase::MESSAGE,
+        thinpool::phase::ACTIVATE,
+        thinlayer::phase::MOUNT,
+    ];
+    let kernel_ms: f64 = thin_phases
+        .iter()
+        .filter(|p| kernel.contains(&p.0))
+        .map(|p| p.1)
+        .sum();
+    let ours = sum
+        - kernel_ms
+        - thin_phases
+            .iter()
+            .find(|p| p.0 == REST)
+            .map_or(0.0, |p| p.1);
+    text.push_str(&format!(
+        " The phases that do the floor's work (the dm message, the activation, the mount) take \
+         {kernel_ms:.1} ms, against the floor's {floor:.1} ms; thinlayer's own phases (locks, records, \
+         the pool's checks and change log) {ours:.1} ms."
+    ));
+    Some(text)
 }
 
 /// What opening the store costs each process of a burst `burst` (the

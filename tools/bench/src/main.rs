@@ -9,6 +9,7 @@
 mod findings;
 mod fixture;
 mod peers;
+mod phases;
 #[allow(dead_code)]
 mod plot;
 #[allow(dead_code)]

@@ -111,6 +111,15 @@ const STORE_OPENS: usize = 8;
 /// space randomization, for those processes only).
 pub const FIXED: &str = ", addresses fixed";
 
+/// The start of the provisioning scenario's variants that time one phase
+/// of a layer's making and mounting ([`crate::phases`]), over all depths.
+pub const PHASE: &str = "phase: ";
+
+/// The variant of phase `phase` ([`PHASE`]).
+pub fn phase_variant(phase: &str) -> String {
+    format!("{PHASE}{phase}")
+}
+
 /// The name of `variant` with the processes' addresses fixed when `fixed`.
 pub fn fixed_variant(variant: &str, fixed: bool) -> String {
     if fixed {
@@ -174,7 +183,7 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
             for drv in Drv::interleaved(rep) {
                 let top = if drv == Drv::Thin { thin_top } else { ov_top };
                 let mut store = f.store(drv)?;
-                let (t, id) = timed(|| {
+                let (t, id, phases) = crate::phases::timed_phases(|| {
                     let id = store.create_layer(Some(top.as_str()), None, None)?;
                     store.mount_layer(id.as_str())?;
                     Ok(id)
@@ -182,6 +191,9 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
                 store.unmount_layer(id.as_str())?;
                 store.remove_layer(id.as_str())?;
                 c.add(drv.name(), &variant, Some(*d as f64), t);
+                for (phase, ms) in phases {
+                    c.add(drv.name(), &phase_variant(phase), None, ms);
+                }
             }
             let origin = f.thin_of(thin_top)?;
             let (t, ()) = timed(|| floor.provision(rep as u32, origin, &mnt))?;
@@ -458,8 +470,14 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
              so that an emulator that looks up the code it translated by address can reuse, in each \
              process, what it translated for the ones before. \
              {single_reps} repetitions of one layer, {} of the bursts and of the store opens, drivers \
-             alternating.",
-            plan.reps
+             alternating. Each thin and overlay layer is also timed phase by phase in the same runs \
+             (the `{PHASE}` rows, over all depths): each phase is a span the library marks around its \
+             work (the store's lock, journal, driver call, layer record and transaction end; the pool's \
+             lock, record read, kernel checks, change log, dm message and activation; the mount check \
+             and the mount), timed by its own time (less the phases inside it), so that the phases \
+             and `{}` add up to the layer's time (which holds the spans' own cost too).",
+            plan.reps,
+            crate::phases::REST
         ),
         unit: Unit::Millis,
         series: c.series,

@@ -1,0 +1,29 @@
+//! The names of the phases of a pool operation, each a `tracing` span
+//! (level TRACE) around the work it names, so that a subscriber (the
+//! benchmark harness's) can time where an operation's time goes. No
+//! subscriber is installed by the library: a span then costs one atomic
+//! load.
+//!
+//! The phases do not nest, except [`ACTIVATE`], which may take the
+//! [`LOCK`] and do a [`READ`] the first time a process activates a device
+//! (the pool's own device is looked up then); a subscriber that times each
+//! span's own time (its time less its children's) gets a partition.
+
+/// Taking the pool's lock file (exclusive, for a change).
+pub const LOCK: &str = "pool: lock";
+/// Reading the pool's record and its change log.
+pub const READ: &str = "pool: record read";
+/// Asking the kernel before a change: the pool's status (is there room,
+/// is it writable) and whether the origin is active.
+pub const CHECK: &str = "pool: kernel checks";
+/// Appending a pending or commit entry to the pool's change log (the
+/// pending one with an `fdatasync`).
+pub const LOG: &str = "pool: change log";
+/// The dm message that makes the change (`create_snap`, `create_thin`,
+/// `delete`), with an active origin's suspend and resume.
+pub const MESSAGE: &str = "pool: dm message";
+/// Activating a thin device: create, table load, resume.
+pub const ACTIVATE: &str = "pool: activation";
+
+/// Every phase above, in the order an operation meets them.
+pub const ALL: &[&str] = &[LOCK, READ, CHECK, LOG, MESSAGE, ACTIVATE];
