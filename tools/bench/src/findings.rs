@@ -588,12 +588,13 @@ fn provision_findings(series: &[Series], deep: &str, cpus: u32) -> Vec<String> {
 
 /// Where thin's layer (`thin` ms at depth 1, against the floor's `floor`)
 /// spends its time, from the provisioning scenario's phase series: each
-/// phase's median, thin's largest first, with overlay's beside it, and the
-/// kernel's part (what the floor does too) against the floor.
+/// phase's median, thin's largest first, with overlay's beside it; the
+/// phases on a thread of their own apart; and the kernel's part (what the
+/// floor does too) against the floor.
 fn phase_finding(series: &[Series], thin: f64, floor: f64) -> Option<String> {
-    use crate::phases::REST;
+    use crate::phases::{background, BACKGROUND, REST};
     use crate::scenarios::{phase_variant, PHASE};
-    let mut thin_phases: Vec<(&str, f64)> = series
+    let mut phases: Vec<(&str, f64)> = series
         .iter()
         .filter(|s| s.driver == "thin")
         .filter_map(|s| {
@@ -601,45 +602,54 @@ fn phase_finding(series: &[Series], thin: f64, floor: f64) -> Option<String> {
             Some((name, median(series, "thin", &s.variant)?))
         })
         .collect();
-    if thin_phases.is_empty() {
+    if phases.is_empty() {
         return None;
     }
-    thin_phases.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let sum: f64 = thin_phases.iter().map(|p| p.1).sum();
-    let list: Vec<String> = thin_phases
-        .iter()
-        .map(|(name, ms)| {
-            let ov = median(series, "overlay", &phase_variant(name))
-                .map(|o| format!(", overlay {o:.1} ms"))
-                .unwrap_or_default();
-            format!("{name} {ms:.1} ms{ov}")
-        })
-        .collect();
+    phases.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let (bg, fg): (Vec<&(&str, f64)>, Vec<_>) =
+        phases.iter().partition(|p| p.0.ends_with(BACKGROUND));
+    let sum: f64 = fg.iter().map(|p| p.1).sum();
+    let list = |of: &[&(&str, f64)]| -> String {
+        of.iter()
+            .map(|(name, ms)| {
+                let ov = median(series, "overlay", &phase_variant(name))
+                    .map(|o| format!(", overlay {o:.1} ms"))
+                    .unwrap_or_default();
+                format!("{name} {ms:.1} ms{ov}")
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
     let mut text = format!(
         "Timed phase by phase in the same runs (each phase's own time, the median over all depths; \
-         the medians add up to {sum:.1} ms, where the whole is {thin:.1} ms at depth 1): {}.",
-        list.join("; ")
+         the medians of the caller's thread add up to {sum:.1} ms, where the whole is {thin:.1} ms at \
+         depth 1): {}.",
+        list(&fg)
     );
-    let kernel = [
-        thinpool::phase::MESSAGE,
-        thinpool::phase::ACTIVATE,
-        thinlayer::phase::MOUNT,
-    ];
-    let kernel_ms: f64 = thin_phases
-        .iter()
-        .filter(|p| kernel.contains(&p.0))
-        .map(|p| p.1)
-        .sum();
-    let ours = sum
-        - kernel_ms
-        - thin_phases
-            .iter()
-            .find(|p| p.0 == REST)
-            .map_or(0.0, |p| p.1);
+    if !bg.is_empty() {
+        text.push_str(&format!(
+            " Alongside, on a thread of its own while the layer's record was made durable: {}.",
+            list(&bg)
+        ));
+    }
+    let get = |name: &str| phases.iter().find(|p| p.0 == name).map_or(0.0, |p| p.1);
+    let (message, mount) = (get(thinpool::phase::MESSAGE), get(thinlayer::phase::MOUNT));
+    let activation = get(thinpool::phase::ACTIVATE) + get(&background(thinpool::phase::ACTIVATE));
+    let wait = get(thinlayer::phase::ACTIVATION_WAIT);
+    let ours = sum - message - get(thinpool::phase::ACTIVATE) - mount - wait - get(REST);
     text.push_str(&format!(
-        " The phases that do the floor's work (the dm message, the activation, the mount) take \
-         {kernel_ms:.1} ms, against the floor's {floor:.1} ms; thinlayer's own phases (locks, records, \
-         the pool's checks and change log) {ours:.1} ms."
+        " The phases that do the floor's work (the dm message {message:.1} ms, the activation \
+         {activation:.1} ms, the mount {mount:.1} ms) take {:.1} ms, against the floor's {floor:.1} ms",
+        message + activation + mount
+    ));
+    if wait > 0.0 {
+        text.push_str(&format!(
+            "; the caller waited {wait:.1} ms for the activation after its own work"
+        ));
+    }
+    text.push_str(&format!(
+        ". thinlayer's own phases on the caller's thread (locks, journal, records, the pool's \
+         checks and change log, the mount check) take {ours:.1} ms."
     ));
     Some(text)
 }
@@ -1440,44 +1450,74 @@ mod tests {
     }
 
     #[test]
-    fn plain_provisioning_findings_call_the_cost_of_records_an_estimate() {
+    fn plain_provisioning_findings_split_the_layer_by_its_timed_phases() {
+        use crate::phases::{background, REST};
+        use crate::scenarios::phase_variant;
+        use thinlayer::phase as store;
+        use thinpool::phase as pool;
+        let p = |drv: &str, name: &str, ms: f64| series(drv, &phase_variant(name), None, ms);
         let s = scenario(
             "provision",
             vec![
-                series("thin", "depth 1", Some(1.0), 105.0),
-                series("thin", "depth 64", Some(64.0), 107.0),
-                series("dm-ioctl", "depth 1", Some(1.0), 45.0),
+                series("thin", "depth 1", Some(1.0), 60.0),
+                series("thin", "depth 64", Some(64.0), 62.0),
+                series("dm-ioctl", "depth 1", Some(1.0), 40.0),
                 series("dm-ioctl", "depth 64", Some(64.0), 41.0),
-                series("record write", "one durable record", None, 8.0),
-                series("record write", "one log entry", None, 0.5),
+                p("thin", pool::MESSAGE, 8.0),
+                p("thin", &background(pool::ACTIVATE), 24.0),
+                p("thin", &background(pool::LOCK), 0.5),
+                p("thin", store::ACTIVATION_WAIT, 12.0),
+                p("thin", store::MOUNT, 7.0),
+                p("thin", store::RECORD, 5.0),
+                p("thin", store::END, 4.0),
+                p("thin", pool::LOG, 2.0),
+                p("thin", REST, 2.0),
+                p("overlay", store::RECORD, 4.5),
             ],
         );
         let f = findings(&s, &env(2)).join(" ");
-        assert!(f.contains("an estimate from those samples"), "{f}");
+        assert!(f.contains("20.0 ms per layer above"), "{f}");
+        // The caller's phases add up (8 + 12 + 7 + 5 + 4 + 2 + 2), the
+        // largest first, overlay's beside thin's; the thread's apart.
         assert!(
-            !f.contains("strace") && !f.contains("opening the pool"),
+            f.contains("add up to 40.0 ms, where the whole is 60.0 ms"),
             "{f}"
         );
-        // 60 ms above the floor, 8.5 of them the two writes.
         assert!(
-            f.contains("0.50 ms in this run's `one log entry`")
-                && f.contains("about 8.5 ms")
-                && f.contains("The rest, 51.5 ms"),
+            f.contains(&format!(
+                "{} 12.0 ms; {} 8.0 ms",
+                store::ACTIVATION_WAIT,
+                pool::MESSAGE
+            )),
             "{f}"
         );
-        // Without the log's series, the gap alone.
+        assert!(
+            f.contains(&format!("{} 5.0 ms, overlay 4.5 ms", store::RECORD)),
+            "{f}"
+        );
+        assert!(
+            f.contains(&format!(
+                "on a thread of its own while the layer's record was made durable: {} 24.0 ms; {} 0.5 ms",
+                background(pool::ACTIVATE),
+                background(pool::LOCK)
+            )),
+            "{f}"
+        );
+        // The floor's work: message, activation (wherever it ran), mount;
+        // thinlayer's own: record, end, log (11 ms).
+        assert!(
+            f.contains("take 39.0 ms, against the floor's 40.0 ms")
+                && f.contains("the caller waited 12.0 ms for the activation")
+                && f.contains("caller's thread (locks, journal, records, the pool's checks and change log, the mount check) take 11.0 ms"),
+            "{f}"
+        );
+        // Without phase series, the gap alone.
         let mut old = s.clone();
-        old.series.pop();
+        old.series.truncate(4);
         let f = findings(&old, &env(2)).join(" ");
         assert!(
-            f.contains("60.0 ms per layer above") && !f.contains("estimate"),
+            f.contains("20.0 ms per layer above") && !f.contains("phase by phase"),
             "{f}"
         );
-        // A gap smaller than the writes' estimate is not split.
-        let mut noisy = s.clone();
-        noisy.series[2].samples = vec![30.0, 103.0, 104.0];
-        let f = findings(&noisy, &env(2)).join(" ");
-        assert!(f.contains("this run cannot split it"), "{f}");
-        assert!(!f.contains("The rest"), "{f}");
     }
 }
