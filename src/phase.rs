@@ -19,8 +19,20 @@ pub const RECORD: &str = "store: layer record";
 pub const END: &str = "store: transaction end";
 /// Asking the kernel whether a mount point is mounted (`mountinfo`).
 pub const MOUNT_CHECK: &str = "store: mount check";
+/// Waiting for a thin device's activation, started in the background
+/// when the layer was made ([`crate::driver::Driver::prepare_mount`]).
+pub const ACTIVATION_WAIT: &str = "thin: waiting for the activation";
 /// The mount(2) call.
 pub const MOUNT: &str = "mount";
 
 /// Every phase above, in the order a layer's making and mounting meet them.
-pub const ALL: &[&str] = &[LOCK, JOURNAL, DRIVER, RECORD, END, MOUNT_CHECK, MOUNT];
+pub const ALL: &[&str] = &[
+    LOCK,
+    JOURNAL,
+    DRIVER,
+    RECORD,
+    END,
+    MOUNT_CHECK,
+    ACTIVATION_WAIT,
+    MOUNT,
+];

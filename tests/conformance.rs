@@ -26,6 +26,7 @@ conformance!(
     layer_rm_refuses_while_children_mounts_or_images_exist,
     sizes_follow_what_was_written,
     snapshot_killed_at_any_instant_is_repaired,
+    a_layer_made_and_mounted_at_once_is_whole_or_gone_when_killed,
     every_kill_point_of_the_protocol_is_hit_and_recovered,
     concurrent_snapshots_serialize_and_all_succeed,
     umoci_image_imports_to_the_same_tree_as_umoci_unpacks,
@@ -355,6 +356,78 @@ fn snapshot_killed_at_any_instant_is_repaired(d: Drv) {
         repaired
     });
     eprintln!("{whole} killed snapshots had completed");
+}
+
+/// `snapshot layer --mount`: the layer is made and mounted in one command
+/// (for thin, its device activated on a thread of its own while the
+/// record is made durable). It reads as its parent, shows as mounted, and
+/// a kill at any instant leaves it whole (mounted or not) or gone, with no
+/// device or resource left behind.
+fn a_layer_made_and_mounted_at_once_is_whole_or_gone_when_killed(d: Drv) {
+    let e = Env::new("mountnow", d);
+    let t = e.tar("t.tar", Tar::new().file("payload", &vec![3u8; 1 << 20]));
+    e.layer(None, "base", &t);
+    let args = ["snapshot", "layer", "base", "--name", "m", "--mount"];
+    let out = e.ok(&args);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let mp = PathBuf::from(lines[1]);
+    assert_eq!(
+        std::fs::metadata(mp.join("payload")).unwrap().len(),
+        1 << 20
+    );
+    let info: Value = serde_json::from_str(&e.ok(&["layer", "inspect", "m", "--json"])).unwrap();
+    assert_eq!(info["id"], lines[0], "{info}");
+    assert_eq!(info["mounted_at"].as_str(), mp.to_str(), "{info}");
+    // Mounted read-only, as `layer mount` mounts.
+    assert!(std::fs::write(mp.join("new"), b"x").is_err());
+    e.ok(&["layer", "umount", "m"]);
+    e.ok(&["layer", "rm", "m"]);
+    // With a changeset: applied, then mounted.
+    let out = e.ok(&[
+        "snapshot",
+        "layer",
+        "base",
+        "--name",
+        "m",
+        "--from-tar",
+        &t,
+        "--mount",
+    ]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    e.ok(&["layer", "umount", "m"]);
+    e.ok(&["layer", "rm", "m"]);
+    e.assert_consistent();
+    let kill = ["snapshot", "layer", "base", "--name", "k", "--mount"];
+    let full = Env::fastest_of_three(
+        || drop(e.ok(&kill)),
+        || {
+            e.ok(&["layer", "umount", "k"]);
+            e.ok(&["layer", "rm", "k"]);
+        },
+    );
+    let mut whole = 0;
+    kill_sweep("create-and-mount", full, 16, 3, |at| {
+        e.killed_after(&kill, at);
+        // The next command repairs what a kill mid-create left, and says so.
+        let repaired = stderr(&e.run(&["layer", "ls"])).contains("recovered:");
+        e.assert_consistent();
+        if e.list("layer").iter().any(|l| l["name"] == "k") {
+            whole += 1;
+            // Whole, mounted or not: it mounts, reads as its parent, and
+            // goes (its device with it).
+            e.with_mounted("k", |m| {
+                assert_eq!(std::fs::metadata(m.join("payload")).unwrap().len(), 1 << 20)
+            });
+            e.ok(&["layer", "rm", "k"]);
+        }
+        repaired
+    });
+    eprintln!("{whole} killed creates had completed");
+    e.assert_consistent();
+    if d == Drv::Thin {
+        e.assert_no_orphan_thin_id();
+    }
 }
 
 /// Random kills land where the time goes; this kills a snapshot and a

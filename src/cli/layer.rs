@@ -80,6 +80,11 @@ pub struct NewLayer {
     /// Apply this OCI layer tar (plain, gzip or zstd; - for stdin).
     #[arg(long, value_name = "FILE")]
     from_tar: Option<PathBuf>,
+    /// Mount the new layer read-only once it is made (as `layer mount`),
+    /// and print the mount point after its id. Without --from-tar, a thin
+    /// layer's device is activated while its record is made durable.
+    #[arg(long)]
+    mount: bool,
 }
 
 fn open_tar(path: &Option<PathBuf>) -> Result<Option<Box<dyn Read>>> {
@@ -96,12 +101,22 @@ fn open_tar(path: &Option<PathBuf>) -> Result<Option<Box<dyn Read>>> {
 
 fn create(store: &mut Store, parent: Option<&str>, new: &NewLayer) -> Result<()> {
     let mut tar = open_tar(&new.from_tar)?;
-    let id = store.create_layer(
-        parent,
-        new.name.as_deref(),
-        tar.as_mut().map(|t| t as &mut dyn Read),
-    )?;
+    let name = new.name.as_deref();
+    if new.mount && tar.is_none() {
+        let (id, mp) = store.create_and_mount_layer(parent, name).context(
+            "making and mounting the layer (a failed mount leaves it made: see `layer ls`)",
+        )?;
+        println!("{id}\n{}", mp.display());
+        return Ok(());
+    }
+    let id = store.create_layer(parent, name, tar.as_mut().map(|t| t as &mut dyn Read))?;
     println!("{id}");
+    if new.mount {
+        let mp = store
+            .mount_layer(id.as_str())
+            .with_context(|| format!("mounting the new layer {id} (it is made)"))?;
+        println!("{}", mp.display());
+    }
     Ok(())
 }
 

@@ -181,6 +181,15 @@ pub trait Driver: Send {
     /// thin driver activates the layer's device (its node is the source).
     fn mount_spec(&mut self, chain: &[&LayerRecord], writable: bool) -> Result<MountSpec>;
 
+    /// Starts in the background what mounting `layer` will take, for a
+    /// caller that mounts it (or asks for its [`Driver::mount_spec`]) as
+    /// soon as it is made: the store makes the layer's record durable
+    /// meanwhile. The thin driver activates the layer's device, which is
+    /// kernel work (mostly waiting); the next mount of that layer waits
+    /// for it, and activates the device itself if it failed. Nothing by
+    /// default.
+    fn prepare_mount(&mut self, _layer: &LayerRecord) {}
+
     /// Unmounts what [`Driver::mount`] mounted at `target`.
     fn unmount(&mut self, layer: &LayerRecord, target: &Path) -> Result<()>;
 

@@ -196,6 +196,17 @@ pub struct ThinDriver {
     pool: PoolHandle,
     dir: PathBuf,
     rec: ThinDriverRecord,
+    /// A device being activated in the background
+    /// ([`Driver::prepare_mount`]): its thin id and the thread.
+    activating: Option<(ThinId, std::thread::JoinHandle<thinpool::Result<PathBuf>>)>,
+}
+
+impl Drop for ThinDriver {
+    fn drop(&mut self) {
+        // No activation outlives the driver: its result is the device's
+        // state, active until unmounted, deactivated or deleted.
+        let _ = self.activated(None);
+    }
 }
 
 impl ThinDriver {
@@ -216,6 +227,7 @@ impl ThinDriver {
             pool,
             dir: dir.to_path_buf(),
             rec,
+            activating: None,
         };
         d.ensure_base()?;
         Ok(d)
@@ -242,6 +254,34 @@ impl ThinDriver {
 
     fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
         self.pool.lock()
+    }
+
+    /// Waits for the background activation, if one was started; the node
+    /// of device `id` if that activation was `id`'s and succeeded (`None`
+    /// asks for no device: it only waits).
+    fn activated(&mut self, id: Option<ThinId>) -> Option<PathBuf> {
+        let (of, thread) = self.activating.take()?;
+        let _phase = tracing::trace_span!(crate::phase::ACTIVATION_WAIT).entered();
+        let dev = thread.join().ok()?.ok()?;
+        (Some(of) == id).then_some(dev)
+    }
+
+    /// Waits for a background activation before other work on the pool:
+    /// its device is then only the state it left (active until unmounted,
+    /// deactivated or deleted), never a node taken later for a device made
+    /// since under a reused id.
+    fn settle(&mut self) {
+        let _ = self.activated(None);
+    }
+
+    /// Activates thin device `id`, or takes the node a background
+    /// activation of it made.
+    fn activate(&mut self, id: ThinId) -> Result<PathBuf> {
+        match self.activated(Some(id)) {
+            Some(dev) => Ok(dev),
+            // None started, or it failed: this one says why.
+            None => Ok(self.pool().activate_thin(id)?),
+        }
     }
 
     fn ensure_base(&mut self) -> Result<()> {
@@ -309,7 +349,7 @@ impl ThinDriver {
         readonly: bool,
         data: &str,
     ) -> Result<PathBuf> {
-        let dev = self.pool().activate_thin(id)?;
+        let dev = self.activate(id)?;
         let fs = self.rec.fs;
         mount::mount(&dev, target, fs.as_str(), readonly, data).inspect_err(|_| {
             let _ = self.pool().deactivate_thin(id);
@@ -390,6 +430,7 @@ impl Driver for ThinDriver {
     }
 
     fn create(&mut self, id: &LayerId, chain: &[&LayerRecord]) -> Result<Resource> {
+        self.settle();
         let origin = match chain.first() {
             Some(p) => Self::thin_of(p)?,
             None => self.base(),
@@ -406,6 +447,7 @@ impl Driver for ThinDriver {
         files: &[&str],
         dirs: &[&str],
     ) -> Result<Option<Resource>> {
+        self.settle();
         let ([rw, over, ..], [parent, ..]) = (of, base) else {
             return Ok(None);
         };
@@ -452,6 +494,7 @@ impl Driver for ThinDriver {
         changeset: &mut dyn Read,
         with: ApplyWith<'_>,
     ) -> Result<ApplyStats> {
+        self.settle();
         let id = Self::thin_of(layer)?;
         let target = self.scratch(layer.id.as_str())?;
         let data = self.rec.fs.apply_mount_data();
@@ -481,6 +524,7 @@ impl Driver for ThinDriver {
         record: &mut dyn Read,
         out: &mut dyn Write,
     ) -> Result<Reassembled> {
+        self.settle();
         let layer = chain[0];
         let id = Self::thin_of(layer)?;
         let target = self.scratch(&format!("{}-reassemble", layer.id))?;
@@ -495,7 +539,7 @@ impl Driver for ThinDriver {
     }
 
     fn mount_spec(&mut self, chain: &[&LayerRecord], writable: bool) -> Result<MountSpec> {
-        let dev = self.pool().activate_thin(Self::thin_of(chain[0])?)?;
+        let dev = self.activate(Self::thin_of(chain[0])?)?;
         let mut options = vec![if writable { "rw" } else { "ro" }.to_string()];
         let data = self.rec.fs.mount_data();
         if !data.is_empty() {
@@ -506,6 +550,26 @@ impl Driver for ThinDriver {
             source: dev.display().to_string(),
             options,
         })
+    }
+
+    fn prepare_mount(&mut self, layer: &LayerRecord) {
+        let _ = self.activated(None);
+        let Ok(id) = Self::thin_of(layer) else {
+            return;
+        };
+        let pool = self.pool.clone();
+        // The caller's tracing subscriber (a benchmark's) sees the thread's
+        // phases too.
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        // If no thread can be had, the mount activates the device itself.
+        if let Ok(thread) = std::thread::Builder::new()
+            .name(format!("activate {id}"))
+            .spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || pool.lock().activate_thin(id))
+            })
+        {
+            self.activating = Some((id, thread));
+        }
     }
 
     fn check_size(&self, size: Bytes) -> Result<()> {
@@ -523,6 +587,7 @@ impl Driver for ThinDriver {
     }
 
     fn resize(&mut self, layer: &LayerRecord, size: Bytes) -> Result<()> {
+        self.settle();
         self.check_size(size)?;
         let id = Self::thin_of(layer)?;
         self.pool().grow_thin(id, size)?;
@@ -541,6 +606,7 @@ impl Driver for ThinDriver {
     }
 
     fn unmount(&mut self, layer: &LayerRecord, target: &Path) -> Result<()> {
+        self.settle();
         self.unmount_thin(Self::thin_of(layer)?, target)
     }
 
@@ -550,6 +616,7 @@ impl Driver for ThinDriver {
         out: &mut dyn Write,
         opts: &ExportOptions,
     ) -> Result<ExportStats> {
+        self.settle();
         let layer = chain[0];
         let child_id = Self::thin_of(layer)?;
         let parent_id = match chain.get(1) {
@@ -568,6 +635,7 @@ impl Driver for ThinDriver {
     }
 
     fn remove(&mut self, layer: &LayerRecord) -> Result<()> {
+        self.settle();
         let id = Self::thin_of(layer)?;
         let mut pool = self.pool();
         if pool.thins().contains_key(&id) {
@@ -577,6 +645,7 @@ impl Driver for ThinDriver {
     }
 
     fn remove_orphan(&mut self, id: &LayerId) -> Result<()> {
+        self.settle();
         let tag = layer_tag(id);
         let mut pool = self.pool();
         let ids: Vec<ThinId> = pool
@@ -592,6 +661,7 @@ impl Driver for ThinDriver {
     }
 
     fn usage(&mut self, layers: &[&LayerRecord]) -> Result<Vec<Usage>> {
+        self.settle();
         let all = self.pool().usage()?;
         layers
             .iter()
@@ -611,6 +681,7 @@ impl Driver for ThinDriver {
         layers: &[&LayerRecord],
         in_flight: &std::collections::BTreeSet<LayerId>,
     ) -> Result<Vec<String>> {
+        self.settle();
         let mut freed = vec![];
         let owned: std::collections::BTreeSet<&LayerId> = layers
             .iter()
@@ -644,6 +715,7 @@ impl Driver for ThinDriver {
     }
 
     fn revalidate(&mut self) -> Result<bool> {
+        self.settle();
         // A failure here (the pool destroyed, its devices gone) is the
         // fresh open's to report.
         let mut pool = self.pool();

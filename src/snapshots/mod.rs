@@ -222,6 +222,8 @@ pub fn create(
             NewLayer {
                 parent: parent_id.as_ref(),
                 snapshot: Some(meta),
+                // Its mounts are asked for next, unless it is grown first.
+                mount_next: size.is_none(),
                 ..NewLayer::default()
             },
         )?;

@@ -56,6 +56,28 @@ impl Store {
         )
     }
 
+    /// Makes an empty layer over `parent` (as [`Store::create_layer`]) and
+    /// mounts it (as [`Store::mount_layer`]): for thin, the device is
+    /// activated while the layer's record is made durable. Returns the
+    /// layer and where it is mounted. A failed mount leaves the layer made.
+    pub fn create_and_mount_layer(
+        &mut self,
+        parent: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<(LayerId, PathBuf)> {
+        let id = self.new_layer(
+            "create layer",
+            parent,
+            name,
+            NewLayer {
+                mount_next: true,
+                ..NewLayer::default()
+            },
+        )?;
+        let mp = self.mount_layer(id.as_str())?;
+        Ok((id, mp))
+    }
+
     /// Makes `new` over `parent` with `name` (which it sets, after
     /// checking them) in a transaction of its own, called `op`.
     fn new_layer(

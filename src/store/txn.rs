@@ -46,6 +46,11 @@ pub struct NewLayer<'a, 'r> {
     pub init: bool,
     /// Made as a container's commit, instead of from `changeset`.
     pub commit: Option<CommitOf<'a>>,
+    /// Mounted (or its mount asked for) as soon as it is made: a layer
+    /// with nothing to write has its mount prepared
+    /// ([`crate::driver::Driver::prepare_mount`]) while its record is made
+    /// durable.
+    pub mount_next: bool,
 }
 
 /// A commit: the changes of a container's writable layer, over the layer
@@ -559,6 +564,9 @@ fn make_resource(
         init: new.init,
     };
     let Some(cs) = changeset else {
+        if new.mount_next {
+            driver.prepare_mount(&rec);
+        }
         return Ok(rec);
     };
     let mut record = match new.keep_layout {

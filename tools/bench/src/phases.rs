@@ -1,34 +1,58 @@
 //! Where one library call spends its time: a `tracing` subscriber that
 //! times the phases thinlayer's library marks with spans
 //! ([`thinlayer::phase`], [`thinpool::phase`]), each phase by its own time
-//! (its span's time less that of the spans inside it), so that the phases
-//! and the rest (time in no phase) add up to the call's time.
+//! (its span's time less that of the spans inside it). The phases on the
+//! calling thread and the rest (time in none) add up to the call's time;
+//! phases on threads the library started for the call (it passes them the
+//! subscriber) are reported apart, as [`background`] phases, which ran
+//! alongside.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
-/// The name of the time a call spent in no phase.
+/// The name of the time the calling thread spent in no phase.
 pub const REST: &str = "rest (in no phase)";
+/// What a background phase's name ends with.
+pub const BACKGROUND: &str = " (in the background)";
 
-#[derive(Default)]
+/// The name of phase `name` run on another thread than the caller's.
+pub fn background(name: &str) -> String {
+    format!("{name}{BACKGROUND}")
+}
+
+/// An entered span: its id, when, and the time of the spans inside it.
+type Entered = (u64, Instant, Duration);
+
 struct State {
+    caller: ThreadId,
     next: u64,
     names: HashMap<u64, &'static str>,
-    /// The spans entered and not left: id, entry, time in spans inside.
-    stack: Vec<(u64, Instant, Duration)>,
-    own: BTreeMap<&'static str, Duration>,
+    /// Each thread's spans entered and not left.
+    stacks: HashMap<ThreadId, Vec<Entered>>,
+    own: BTreeMap<String, Duration>,
 }
 
 /// The subscriber: cheap to clone, every clone shares the times.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Phases(Arc<Mutex<State>>);
 
 impl Phases {
+    fn new() -> Phases {
+        Phases(Arc::new(Mutex::new(State {
+            caller: std::thread::current().id(),
+            next: 0,
+            names: HashMap::new(),
+            stacks: HashMap::new(),
+            own: BTreeMap::new(),
+        })))
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -54,23 +78,34 @@ impl Subscriber for Phases {
     fn event(&self, _: &Event<'_>) {}
 
     fn enter(&self, span: &Id) {
-        self.state()
-            .stack
-            .push((span.into_u64(), Instant::now(), Duration::ZERO));
+        let thread = std::thread::current().id();
+        self.state().stacks.entry(thread).or_default().push((
+            span.into_u64(),
+            Instant::now(),
+            Duration::ZERO,
+        ));
     }
 
     fn exit(&self, span: &Id) {
         let now = Instant::now();
+        let thread = std::thread::current().id();
         let mut s = self.state();
-        let Some(at) = s.stack.iter().rposition(|e| e.0 == span.into_u64()) else {
+        let Some(stack) = s.stacks.get_mut(&thread) else {
             return;
         };
-        let (id, start, inner) = s.stack.remove(at);
+        let Some(at) = stack.iter().rposition(|e| e.0 == span.into_u64()) else {
+            return;
+        };
+        let (id, start, inner) = stack.remove(at);
         let spent = now - start;
-        if let Some(parent) = at.checked_sub(1).and_then(|p| s.stack.get_mut(p)) {
+        if let Some(parent) = at.checked_sub(1).and_then(|p| stack.get_mut(p)) {
             parent.2 += spent;
         }
         if let Some(&name) = s.names.get(&id) {
+            let name = match thread == s.caller {
+                true => name.to_string(),
+                false => background(name),
+            };
             *s.own.entry(name).or_default() += spent.saturating_sub(inner);
         }
     }
@@ -83,21 +118,24 @@ impl Subscriber for Phases {
 
 /// Runs `f` on this thread with the phases timed: its time in
 /// milliseconds, its value, and the milliseconds of each phase met (by
-/// name, [`REST`] for the time in none).
-pub fn timed_phases<T>(
-    f: impl FnOnce() -> Result<T>,
-) -> Result<(f64, T, BTreeMap<&'static str, f64>)> {
-    let phases = Phases::default();
+/// name; [`REST`] for this thread's time in none, [`background`] names
+/// for phases on other threads).
+pub fn timed_phases<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T, BTreeMap<String, f64>)> {
+    let phases = Phases::new();
     let (t, v) = tracing::subscriber::with_default(phases.clone(), || crate::fixture::timed(f))?;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let mut out: BTreeMap<&'static str, f64> = phases
+    let mut out: BTreeMap<String, f64> = phases
         .state()
         .own
         .iter()
-        .map(|(k, v)| (*k, ms(*v)))
+        .map(|(k, v)| (k.clone(), ms(*v)))
         .collect();
-    let inside: f64 = out.values().sum();
-    out.insert(REST, (t - inside).max(0.0));
+    let inside: f64 = out
+        .iter()
+        .filter(|(k, _)| !k.ends_with(BACKGROUND))
+        .map(|(_, v)| v)
+        .sum();
+    out.insert(REST.to_string(), (t - inside).max(0.0));
     Ok((t, v, out))
 }
 
@@ -116,6 +154,16 @@ mod tests {
             // Another crate's span is no phase: its time is the rest's.
             tracing::trace_span!(target: "tonic", "other")
                 .in_scope(|| std::thread::sleep(Duration::from_millis(10)));
+            // A thread given the subscriber: its phase is a background one.
+            let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+            std::thread::spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    tracing::trace_span!(target: "thinpool::z", "inner")
+                        .in_scope(|| std::thread::sleep(Duration::from_millis(5)))
+                })
+            })
+            .join()
+            .unwrap();
             Ok(())
         })
         .unwrap();
@@ -123,8 +171,14 @@ mod tests {
         // Its own time: without the inner span's 30 ms.
         assert!(p["outer"] >= 20.0 && p["outer"] < 50.0, "{p:?}");
         assert!(!p.contains_key("other"), "{p:?}");
-        assert!(p[REST] >= 10.0, "{p:?}");
-        let sum: f64 = p.values().sum();
+        assert!(p[&background("inner")] >= 5.0, "{p:?}");
+        // The join is in no phase: the rest holds the other span and it.
+        assert!(p[REST] >= 15.0, "{p:?}");
+        let sum: f64 = p
+            .iter()
+            .filter(|(k, _)| !k.ends_with(BACKGROUND))
+            .map(|(_, v)| v)
+            .sum();
         assert!((sum - t).abs() < 0.01, "{sum} against {t}");
     }
 }

@@ -184,15 +184,13 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
                 let top = if drv == Drv::Thin { thin_top } else { ov_top };
                 let mut store = f.store(drv)?;
                 let (t, id, phases) = crate::phases::timed_phases(|| {
-                    let id = store.create_layer(Some(top.as_str()), None, None)?;
-                    store.mount_layer(id.as_str())?;
-                    Ok(id)
+                    Ok(store.create_and_mount_layer(Some(top.as_str()), None)?.0)
                 })?;
                 store.unmount_layer(id.as_str())?;
                 store.remove_layer(id.as_str())?;
                 c.add(drv.name(), &variant, Some(*d as f64), t);
                 for (phase, ms) in phases {
-                    c.add(drv.name(), &phase_variant(phase), None, ms);
+                    c.add(drv.name(), &phase_variant(&phase), None, ms);
                 }
             }
             let origin = f.thin_of(thin_top)?;
@@ -451,9 +449,10 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
         number: 1,
         title: "Provisioning a layer".into(),
         description: format!(
-            "One new layer over a chain of the given depth, made and mounted through thinlayer's library: \
+            "One new layer over a chain of the given depth, made and mounted through thinlayer's library \
+             (`Store::create_and_mount_layer`, as the snapshotter prepares a snapshot): \
              for thin a journaled snapshot (an entry in the pool's change log, `create_snap`, the layer's record), activation \
-             and an ext4 mount; for overlay a directory, its link and an overlayfs mount of the chain. \
+             (on a thread of its own, while the layer's record is made durable) and an ext4 mount; for overlay a directory, its link and an overlayfs mount of the chain. \
              The floors are the same thin work done by hand: the dmsetup sequence (`dmsetup message \
              create_snap`, `dmsetup create`, `mount`, three processes) and the same ioctls made in one \
              process (`dm-ioctl`: message, create, load, resume, mount), which is the true floor. The peer is \
@@ -475,9 +474,11 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
              work (the store's lock, journal, driver call, layer record and transaction end; the pool's \
              lock, record read, kernel checks, change log, dm message and activation; the mount check \
              and the mount), timed by its own time (less the phases inside it), so that the phases \
-             and `{}` add up to the layer's time (which holds the spans' own cost too).",
+             and `{}` add up to the layer's time (which holds the spans' own cost too); the phases of \
+             the thread that activates a thin layer's device meanwhile are apart (`{}`).",
             plan.reps,
-            crate::phases::REST
+            crate::phases::REST,
+            crate::phases::BACKGROUND.trim(),
         ),
         unit: Unit::Millis,
         series: c.series,
