@@ -427,6 +427,21 @@ fn a_layer_made_and_mounted_at_once_is_whole_or_gone_when_killed(d: Drv) {
     e.assert_consistent();
     if d == Drv::Thin {
         e.assert_no_orphan_thin_id();
+        // A mount killed between the device's making and its table's
+        // loading leaves a device with no table; the next mount finishes
+        // it.
+        use std::os::unix::process::ExitStatusExt;
+        use thinpool::killpoint;
+        let o = e
+            .cmd(&["layer", "mount", "base"])
+            .env(killpoint::ENV, killpoint::POOL_THIN_DEVICE_MADE)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.signal(), Some(9), "not killed: {}", stderr(&o));
+        e.with_mounted("base", |m| {
+            assert_eq!(std::fs::metadata(m.join("payload")).unwrap().len(), 1 << 20)
+        });
+        e.assert_consistent();
     }
 }
 

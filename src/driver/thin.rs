@@ -268,8 +268,8 @@ impl ThinDriver {
 
     /// Waits for a background activation before other work on the pool:
     /// its device is then only the state it left (active until unmounted,
-    /// deactivated or deleted), never a node taken later for a device made
-    /// since under a reused id.
+    /// deactivated or deleted), and a later mount never takes its node
+    /// after that work deactivated or deleted the device.
     fn settle(&mut self) {
         let _ = self.activated(None);
     }

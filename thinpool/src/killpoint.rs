@@ -18,6 +18,9 @@ pub const POOL_PENDING_RECORDED: &str = "pool-pending-recorded";
 pub const POOL_MESSAGE_SENT: &str = "pool-message-sent";
 /// The operation's commit entry is in the pool's change log.
 pub const POOL_COMMIT_LOGGED: &str = "pool-commit-logged";
+/// A thin device's dm device was made for its activation; its table not
+/// yet loaded (the next activation finishes it).
+pub const POOL_THIN_DEVICE_MADE: &str = "pool-thin-device-made";
 /// A store transaction's journal was written (its intent recorded).
 pub const STORE_JOURNAL_WRITTEN: &str = "store-journal-written";
 /// A new layer's resource (thin device or directory) was made and
@@ -43,6 +46,7 @@ pub const ALL: &[&str] = &[
     POOL_PENDING_RECORDED,
     POOL_MESSAGE_SENT,
     POOL_COMMIT_LOGGED,
+    POOL_THIN_DEVICE_MADE,
     STORE_RESOURCE_MADE,
     STORE_LAYER_RECORDED,
     STORE_RESOURCE_REMOVED,

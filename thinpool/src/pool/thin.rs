@@ -170,7 +170,13 @@ impl Pool {
         let size = self.thin_size(id)?;
         let pool = self.pool_device()?;
         let name = self.names.name(Role::Thin(id));
+        let dev = DevId::Name(&name);
         let failed = || Error::dm(format!("activating thin device {id}"));
+        let table = ThinDevTargetTable::new(
+            Sectors(0),
+            Sectors(size.sectors()),
+            ThinTargetParams::new(pool, thin_dev_id(id), None),
+        );
         // The kernel's three steps and nothing more (the in-process floor's
         // own): create, load, resume. devicemapper's `ThinDev::setup`
         // would list every dm device first, and its handle needs the
@@ -181,19 +187,24 @@ impl Pool {
             DmOptions::default(),
         ) {
             let err = failed()(e);
-            return match err.errno() {
-                // Active already (mounted elsewhere): checked against the
-                // table it should have.
-                Some(libc::EBUSY) => self.adopt_thin(id, size),
-                _ => Err(err),
-            };
+            if err.errno() != Some(libc::EBUSY) {
+                return Err(err);
+            }
+            // There already: active (mounted elsewhere), checked against
+            // the table it should have; or with no live table, left by a
+            // process killed while it activated it, and finished here.
+            let (_, lines) = self
+                .dm
+                .table_status(
+                    &dev,
+                    DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+                )
+                .map_err(failed())?;
+            if !lines.is_empty() {
+                return self.adopt_thin(id, size);
+            }
         }
-        let dev = DevId::Name(&name);
-        let table = ThinDevTargetTable::new(
-            Sectors(0),
-            Sectors(size.sectors()),
-            ThinTargetParams::new(pool, thin_dev_id(id), None),
-        );
+        crate::killpoint::here(crate::killpoint::POOL_THIN_DEVICE_MADE);
         let loaded = self
             .dm
             .table_load(&dev, &table.to_raw_table(), DmOptions::default())
