@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use serde_json::Value;
 use thinpool::testing::Scratch;
@@ -113,30 +114,30 @@ impl Env {
         true
     }
 
-    /// The fastest of three timed runs of `run`, in milliseconds, with
-    /// `undo` after each: a slow first run (cold caches, a busy machine)
-    /// would put most kills of a [`kill_sweep`] after the command's end.
-    pub fn fastest_of_three(mut run: impl FnMut(), mut undo: impl FnMut()) -> u64 {
-        let mut full = u64::MAX;
+    /// The fastest of three timed runs of `run`, with `undo` after each:
+    /// a slow first run (cold caches, a busy machine) would put most kills
+    /// of a [`kill_sweep`] after the command's end.
+    pub fn fastest_of_three(mut run: impl FnMut(), mut undo: impl FnMut()) -> Duration {
+        let mut full = Duration::MAX;
         for _ in 0..3 {
             let start = std::time::Instant::now();
             run();
-            full = full.min(start.elapsed().as_millis() as u64);
+            full = full.min(start.elapsed());
             undo();
         }
         full
     }
 
-    /// Starts `thinlayer ARGS` and SIGKILLs it after `ms` milliseconds
-    /// (or when it ends, if sooner): a crash at an arbitrary instant.
-    pub fn killed_after(&self, args: &[&str], ms: u64) {
+    /// Starts `thinlayer ARGS` and SIGKILLs it after `at` (or when it
+    /// ends, if sooner): a crash at an arbitrary instant.
+    pub fn killed_after(&self, args: &[&str], at: Duration) {
         let mut child = self
             .cmd(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(ms));
+        std::thread::sleep(at);
         let _ = child.kill();
         let _ = child.wait();
     }
@@ -289,24 +290,24 @@ macro_rules! conformance {
 /// asserting that at least `want` of them landed mid-operation (else the
 /// test proves little).
 ///
-/// `full` is the command's time in milliseconds (see
-/// [`Env::fastest_of_three`]); `kill(ms)` starts the command, kills it
-/// after `ms`, checks what the next command finds, and says whether the
-/// kill landed mid-operation. The schedule is `even` instants over the
-/// whole run and a little past it; then, if fewer than `want` landed
-/// (a loaded machine times the run slower than the killed runs go), up to
-/// 32 more at finer instants inside it. Returns the number of kills.
+/// `full` is the command's time (see [`Env::fastest_of_three`]);
+/// `kill(at)` starts the command, kills it after `at`, checks what the
+/// next command finds, and says whether the kill landed mid-operation.
+/// The schedule is `even` instants over the whole run and a little past
+/// it; then, if fewer than `want` landed (a loaded machine times the run
+/// slower than the killed runs go), up to 48 more at finer instants
+/// inside it. Returns the number of kills.
 pub fn kill_sweep(
     what: &str,
-    full: u64,
-    even: u64,
+    full: Duration,
+    even: u32,
     want: usize,
-    mut kill: impl FnMut(u64) -> bool,
+    mut kill: impl FnMut(Duration) -> bool,
 ) -> usize {
     let span = (even * 3 / 4).max(1);
     let points = (0..even)
         .map(|k| full * k / span)
-        .chain((1..=32u64).map(|k| full * k / 33));
+        .chain((1..=48u32).map(|k| full * k / 49));
     let (mut kills, mut mid) = (0, 0);
     for at in points {
         if kills >= even as usize && mid >= want {
@@ -317,7 +318,7 @@ pub fn kill_sweep(
             mid += 1;
         }
     }
-    eprintln!("{what} takes {full}ms; {mid} of {kills} kills landed mid-{what}");
+    eprintln!("{what} takes {full:?}; {mid} of {kills} kills landed mid-{what}");
     assert!(
         mid >= want,
         "only {mid} of {kills} kills landed mid-{what}: the test proves little"
