@@ -24,15 +24,3 @@ pub const MOUNT_CHECK: &str = "store: mount check";
 pub const ACTIVATION_WAIT: &str = "thin: waiting for the activation";
 /// The mount(2) call.
 pub const MOUNT: &str = "mount";
-
-/// Every phase above, in the order a layer's making and mounting meet them.
-pub const ALL: &[&str] = &[
-    LOCK,
-    JOURNAL,
-    DRIVER,
-    RECORD,
-    END,
-    MOUNT_CHECK,
-    ACTIVATION_WAIT,
-    MOUNT,
-];

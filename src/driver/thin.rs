@@ -205,7 +205,7 @@ impl Drop for ThinDriver {
     fn drop(&mut self) {
         // No activation outlives the driver: its result is the device's
         // state, active until unmounted, deactivated or deleted.
-        let _ = self.activated(None);
+        self.settle();
     }
 }
 
@@ -553,7 +553,7 @@ impl Driver for ThinDriver {
     }
 
     fn prepare_mount(&mut self, layer: &LayerRecord) {
-        let _ = self.activated(None);
+        self.settle();
         let Ok(id) = Self::thin_of(layer) else {
             return;
         };

@@ -4,10 +4,10 @@
 //! subscriber is installed by the library: a span then costs one atomic
 //! load.
 //!
-//! The phases do not nest, except [`ACTIVATE`], which may take the
-//! [`LOCK`] and do a [`READ`] the first time a process activates a device
-//! (the pool's own device is looked up then); a subscriber that times each
-//! span's own time (its time less its children's) gets a partition.
+//! The phases do not nest, except [`ACTIVATE`], which reads the record
+//! again ([`CHECK`], [`READ`]) for a device made since this process last
+//! read it; a subscriber that times each span's own time (its time less
+//! its children's) gets a partition.
 
 /// Taking the pool's lock file (exclusive, for a change).
 pub const LOCK: &str = "pool: lock";
@@ -24,6 +24,3 @@ pub const LOG: &str = "pool: change log";
 pub const MESSAGE: &str = "pool: dm message";
 /// Activating a thin device: create, table load, resume.
 pub const ACTIVATE: &str = "pool: activation";
-
-/// Every phase above, in the order an operation meets them.
-pub const ALL: &[&str] = &[LOCK, READ, CHECK, LOG, MESSAGE, ACTIVATE];
