@@ -4,6 +4,8 @@ mod cli;
 
 use std::process::ExitCode;
 
+use thinlayer::phase::timing::{self, PhaseLine};
+
 fn main() -> ExitCode {
     // A listing piped into `head` must end quietly when the reader goes,
     // as other Unix tools do, not panic on a failed write: take SIGPIPE's
@@ -23,7 +25,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli::run(args) {
+    let result = match args.phases_file() {
+        None => cli::run(args),
+        Some(file) => {
+            let timed = timing::timed(|| cli::run(args));
+            let line = PhaseLine::new(std::env::args().skip(1).collect(), &timed);
+            if let Err(e) = line.append(&file) {
+                eprintln!(
+                    "thinlayer: warning: could not append the phases to {}: {e}",
+                    file.display()
+                );
+            }
+            timed.value
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!(

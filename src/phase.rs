@@ -3,9 +3,12 @@
 //! the pool's: a subscriber (the benchmark harness's) times where a
 //! layer's making and mounting spend their time. The driver's work
 //! ([`DRIVER`]) holds the pool's phases for thin; a subscriber that
-//! times each span's own time gets a partition.
+//! times each span's own time gets a partition ([`timing`]).
 
-/// Taking the store's lock file back after the driver's work.
+pub mod timing;
+
+/// Taking the store's lock file: when the store is opened, and back
+/// after the driver's work.
 pub const LOCK: &str = "store: lock";
 /// Writing a transaction's journal (with its lock file, the first time).
 pub const JOURNAL: &str = "store: journal";
@@ -24,3 +27,13 @@ pub const MOUNT_CHECK: &str = "store: mount check";
 pub const ACTIVATION_WAIT: &str = "thin: waiting for the activation";
 /// The mount(2) call.
 pub const MOUNT: &str = "mount";
+/// Opening a driver's store: reading its records, opening its driver
+/// (for thin, what the pool's phases in it do not cover).
+pub const STORE_OPEN: &str = "store: open";
+/// Taking the containers' lock file.
+pub const CONTAINERS_LOCK: &str = "containers: lock";
+/// Reading the containers' and volumes' records and finishing what a
+/// killed command left.
+pub const CONTAINERS_OPEN: &str = "containers: open";
+/// Writing a container's record.
+pub const CONTAINERS_RECORD: &str = "containers: record";

@@ -149,6 +149,7 @@ impl Root {
 
     /// Opens the overlay driver's layer store (no pool needed).
     pub fn open_overlay_store(&self, options: &OverlayOptions) -> Result<Store> {
+        let _phase = tracing::trace_span!(crate::phase::STORE_OPEN).entered();
         self.ensure()?;
         let dir = self.overlay_dir();
         let lock = lock_store(&dir, self.lock_timeout)?;
@@ -173,6 +174,7 @@ impl Root {
                 dir: self.pool_dir(),
             });
         }
+        let _phase = tracing::trace_span!(crate::phase::STORE_OPEN).entered();
         let dir = self.thin_dir();
         // The pool first, shared: each change to it takes its lock for
         // itself only, beside other processes' changes, and an active pool

@@ -13,6 +13,7 @@ fn run(args: &[&str], env: &[(&str, &Path)]) -> Output {
         "THINLAYER_DRIVER",
         "THINLAYER_CONFIG",
         "THINLAYER_LOCK_TIMEOUT",
+        "THINLAYER_PHASES",
     ] {
         c.env_remove(v);
     }
@@ -232,5 +233,61 @@ fn plain_config_named_file_must_exist() {
         &["layer", "ls"],
         &[("THINLAYER_CONFIG", &missing)],
         &needles,
+    );
+}
+
+#[test]
+fn plain_phases_flag_and_environment_append_one_timed_line_per_command() {
+    use thinlayer::phase::timing::{PhaseLine, REST};
+    let t = tempfile::tempdir().unwrap();
+    let (c, _) = overlay_config(t.path());
+    let lines = t.path().join("phases.jsonl");
+    ok(
+        &["--config", s(&c), "--phases", s(&lines), "layer", "ls"],
+        &[],
+    );
+    ok(
+        &["--config", s(&c), "layer", "ls", "--json"],
+        &[("THINLAYER_PHASES", &lines)],
+    );
+    // A command that fails still leaves its line, and its error stands.
+    fails(
+        &["--config", s(&c), "layer", "inspect", "nosuch"],
+        &[("THINLAYER_PHASES", &lines)],
+        &["nosuch"],
+    );
+    let got = PhaseLine::read_all(&lines).unwrap();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got[0].args.contains(&"--phases".to_string()),
+        "{:?}",
+        got[0]
+    );
+    assert_eq!(got[1].args.last().map(String::as_str), Some("--json"));
+    assert_eq!(
+        got.iter().map(|l| l.ok).collect::<Vec<_>>(),
+        [true, true, false]
+    );
+    for l in &got {
+        // Opening the store is a phase of every command here, and the
+        // phases with the rest add up to the command's time.
+        assert!(l.phases.contains_key(thinlayer::phase::STORE_OPEN), "{l:?}");
+        let sum: f64 = l.phases.values().sum();
+        assert!(
+            l.phases.contains_key(REST) && (sum - l.ms).abs() < 0.01,
+            "{l:?}"
+        );
+    }
+    // A file that cannot be written: a warning, and the command's own
+    // result.
+    let o = run(
+        &["--config", s(&c), "layer", "ls"],
+        &[("THINLAYER_PHASES", &t.path().join("no/such/dir"))],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.starts_with("thinlayer: warning: could not append the phases"),
+        "{err}"
     );
 }

@@ -71,8 +71,22 @@ pub struct Cli {
     )]
     config: PathBuf,
 
+    /// Append the command's time, phase by phase (locks, records, the
+    /// pool's checks, change log and dm message, mounts), to FILE as one
+    /// JSON line when it ends: where a command run as a process spends its
+    /// time (the benchmark harness times its container creates so).
+    #[arg(long, global = true, env = thinlayer::phase::timing::ENV, value_name = "FILE")]
+    phases: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// The file `--phases` names, if any.
+    pub fn phases_file(&self) -> Option<PathBuf> {
+        self.phases.clone()
+    }
 }
 
 #[derive(Debug, Subcommand)]

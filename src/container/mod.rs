@@ -89,6 +89,7 @@ impl<'r> Containers<'r> {
     /// Takes the containers' lock and finishes or undoes whatever a killed
     /// command left.
     pub fn open(root: &'r Root) -> Result<Containers<'r>> {
+        let _phase = tracing::trace_span!(crate::phase::CONTAINERS_OPEN).entered();
         root.ensure()?;
         let dir = root.containers_dir();
         fs::DirBuilder::new()
@@ -96,7 +97,8 @@ impl<'r> Containers<'r> {
             .mode(0o700)
             .create(&dir)
             .map_err(Error::io("creating", &dir))?;
-        let lock = LockGuard::acquire(&dir.join("lock"), root.lock_timeout())?;
+        let lock = tracing::trace_span!(crate::phase::CONTAINERS_LOCK)
+            .in_scope(|| LockGuard::acquire(&dir.join("lock"), root.lock_timeout()))?;
         let volumes = Volumes::open(&root.volumes_dir())?;
         let records = read_records(&dir)?;
         let mut c = Containers {
@@ -131,10 +133,13 @@ impl<'r> Containers<'r> {
         let before = self.lock.take().and_then(|g| g.generation());
         let out = work(self);
         self.res.park();
-        let lock = LockGuard::acquire(&self.dir.join("lock"), self.res.root.lock_timeout())?;
+        let lock = tracing::trace_span!(crate::phase::CONTAINERS_LOCK).in_scope(|| {
+            LockGuard::acquire(&self.dir.join("lock"), self.res.root.lock_timeout())
+        })?;
         let untouched = lock.follows(before);
         self.lock = Some(lock);
         if !untouched {
+            let _phase = tracing::trace_span!(crate::phase::CONTAINERS_OPEN).entered();
             self.records = read_records(&self.dir)?;
             self.volumes = Volumes::open(&self.res.root.volumes_dir())?;
         }
@@ -287,6 +292,7 @@ impl<'r> Containers<'r> {
     }
 
     fn save(&self, rec: &ContainerRecord) -> Result<()> {
+        let _phase = tracing::trace_span!(crate::phase::CONTAINERS_RECORD).entered();
         let d = self.cdir(&rec.id);
         fs::DirBuilder::new()
             .recursive(true)

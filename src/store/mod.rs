@@ -141,6 +141,7 @@ impl ParkedStore {
 
     /// [`ParkedStore::resume`], or with `reread` [`ParkedStore::reopen`].
     fn take_back(self, reread: bool) -> Result<Option<Store>> {
+        let _phase = tracing::trace_span!(crate::phase::STORE_OPEN).entered();
         let ParkedStore {
             mut store,
             generation,
@@ -195,10 +196,9 @@ pub fn lock_store(dir: &Path, timeout: Duration) -> Result<StoreLock> {
             .create(&p)
             .map_err(Error::io("creating", &p))?;
     }
-    Ok(StoreLock {
-        guard: LockGuard::acquire(&dir.join("lock"), timeout)?,
-        timeout,
-    })
+    let guard = tracing::trace_span!(crate::phase::LOCK)
+        .in_scope(|| LockGuard::acquire(&dir.join("lock"), timeout))?;
+    Ok(StoreLock { guard, timeout })
 }
 
 fn read_dir_records<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>> {

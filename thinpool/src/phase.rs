@@ -6,10 +6,12 @@
 //!
 //! The phases do not nest, except [`ACTIVATE`], which reads the record
 //! again ([`CHECK`], [`READ`]) for a device made since this process last
-//! read it; a subscriber that times each span's own time (its time less
-//! its children's) gets a partition.
+//! read it, and [`OPEN`], which holds the others an opening does; a
+//! subscriber that times each span's own time (its time less its
+//! children's) gets a partition.
 
-/// Taking the pool's lock file (exclusive, for a change).
+/// Taking the pool's lock file: shared to open the pool beside other
+/// processes, exclusive for a change.
 pub const LOCK: &str = "pool: lock";
 /// Reading the pool's record and its change log.
 pub const READ: &str = "pool: record read";
@@ -24,3 +26,6 @@ pub const LOG: &str = "pool: change log";
 pub const MESSAGE: &str = "pool: dm message";
 /// Activating a thin device: create, table load, resume.
 pub const ACTIVATE: &str = "pool: activation";
+/// Opening the pool: what its lock, record read and kernel checks in it
+/// do not cover (the devices listed, the backings and tables checked).
+pub const OPEN: &str = "pool: open";

@@ -202,9 +202,13 @@ impl Pool {
         if !dir.join(RECORD_FILE).exists() {
             return Err(no_pool());
         }
-        let lock = lock_dir(dir, open.lock_timeout)?;
+        let _phase = tracing::trace_span!(crate::phase::OPEN).entered();
+        let lock = tracing::trace_span!(crate::phase::LOCK)
+            .in_scope(|| lock_dir(dir, open.lock_timeout))?;
         let mut cache = log::ReadCache::default();
-        let (record, log_len) = log::read_cached(dir, &mut cache)?.ok_or_else(no_pool)?;
+        let (record, log_len) = tracing::trace_span!(crate::phase::READ)
+            .in_scope(|| log::read_cached(dir, &mut cache))?
+            .ok_or_else(no_pool)?;
         let dm = kernel::open_dm()?;
         match record.state {
             PoolState::Creating => {
@@ -258,9 +262,13 @@ impl Pool {
         // a pending operation the kernel has not committed is a dead
         // process's, and a thin device the record does not know is one a
         // dead process left.
-        let _shared = LockGuard::acquire_shared(&dir.join(LOCK_FILE), open.lock_timeout)?;
+        let _phase = tracing::trace_span!(crate::phase::OPEN).entered();
+        let _shared = tracing::trace_span!(crate::phase::LOCK)
+            .in_scope(|| LockGuard::acquire_shared(&dir.join(LOCK_FILE), open.lock_timeout))?;
         let mut cache = log::ReadCache::default();
-        let Some((record, log_len)) = log::read_cached(dir, &mut cache)? else {
+        let read = tracing::trace_span!(crate::phase::READ)
+            .in_scope(|| log::read_cached(dir, &mut cache))?;
+        let Some((record, log_len)) = read else {
             return Ok(None);
         };
         if record.state != PoolState::Ready {

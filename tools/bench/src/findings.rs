@@ -561,6 +561,9 @@ fn provision_findings(series: &[Series], deep: &str, cpus: u32) -> Vec<String> {
             if let Some(fixed) = fixed_addresses_finding(series, &b, cpus) {
                 out.push(fixed);
             }
+            if let Some(phases) = burst_phase_finding(series, &b) {
+                out.push(phases);
+            }
         }
     }
     if let (Some(t1), Some(td), Some(f1), Some(fd)) = (
@@ -752,6 +755,71 @@ fn fixed_addresses_finding(series: &[Series], burst: &str, cpus: u32) -> Option<
              of them spread over {cpus} CPUs, comes to about {wall:.0} ms of wall time (an estimate from the \
              two series with addresses fixed): {share}."
         ));
+    }
+    Some(text)
+}
+
+/// Where each create of the burst `burst` spent its time, as it timed
+/// itself (the [`crate::scenarios::CREATE_PHASE`] series, as deployed and
+/// with addresses fixed): thin's command time against overlay's, and the
+/// phases that differ most between them, the largest difference first.
+fn burst_phase_finding(series: &[Series], burst: &str) -> Option<String> {
+    use crate::scenarios::{fixed_variant, CREATE_PHASE, IN_COMMAND, PER_CREATE};
+    let one = |fixed: bool| -> Option<String> {
+        let v = fixed_variant(burst, fixed);
+        let both = |row: &str| {
+            let r = format!("{v}{row}");
+            Some((median(series, "thin", &r)?, median(series, "overlay", &r)?))
+        };
+        let (cmd_t, cmd_o) = both(IN_COMMAND)?;
+        let (end_t, end_o) = both(PER_CREATE)?;
+        let prefix = format!("{v}{CREATE_PHASE}");
+        let mut names: Vec<&str> = series
+            .iter()
+            .filter_map(|s| s.variant.strip_prefix(prefix.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut thin_only = 0.0;
+        let mut diffs: Vec<(&str, f64, f64)> = names
+            .into_iter()
+            .map(|name| {
+                let r = format!("{prefix}{name}");
+                let t = median(series, "thin", &r).unwrap_or(0.0);
+                let o = median(series, "overlay", &r);
+                if o.is_none() {
+                    thin_only += t;
+                }
+                (name, t, o.unwrap_or(0.0))
+            })
+            .collect();
+        diffs.sort_by(|a, b| (b.1 - b.2).abs().total_cmp(&(a.1 - a.2).abs()));
+        let list = diffs
+            .iter()
+            .take(5)
+            .map(|(name, t, o)| format!("{name} {:+.1} ms (thin {t:.1}, overlay {o:.1})", t - o))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Some(format!(
+            "{}a thin create's command took {cmd_t:.1} ms and overlay's {cmd_o:.1} ms ({:+.1} ms), and each \
+             ended {end_t:.0} ms and {end_o:.0} ms after the burst's start ({:.0} ms and {:.0} ms of that \
+             outside the command: the process's start, loading and exit, and its waits for a CPU); the \
+             phases only thin has take {thin_only:.1} ms of its command; the phases that differ most: \
+             {list}",
+            if fixed { "With addresses fixed, " } else { "As deployed, " },
+            cmd_t - cmd_o,
+            end_t - cmd_t,
+            end_o - cmd_o,
+        ))
+    };
+    let deployed = one(false)?;
+    let mut text = format!(
+        "Each create of the burst timed its own phases (`--phases`; per burst, the mean over its creates, \
+         then the median over the bursts; a phase's time includes its waits for a CPU and, as deployed, \
+         the emulator's translation of the code it runs). {deployed}."
+    );
+    if let Some(fixed) = one(true) {
+        text.push_str(&format!(" {fixed}."));
     }
     Some(text)
 }
@@ -1304,6 +1372,69 @@ mod tests {
             "{f}"
         );
         assert!(!f.contains("what keeps its burst above"), "{f}");
+    }
+
+    #[test]
+    fn plain_burst_findings_list_the_creates_phases_that_differ_most() {
+        use crate::scenarios::{CREATE_PHASE, FIXED, IN_COMMAND, PER_CREATE};
+        let v = "16 containers at once";
+        let mut all = vec![
+            series("thin", "depth 1", Some(1.0), 50.0),
+            series("thin", v, None, 3100.0),
+            series("overlay", v, None, 2700.0),
+            series("dm-ioctl", v, None, 520.0),
+        ];
+        let mut add = |variant: &str, rows: &[(&str, f64, f64)]| {
+            for (row, t, o) in rows {
+                all.push(series("thin", &format!("{variant}{row}"), None, *t));
+                all.push(series("overlay", &format!("{variant}{row}"), None, *o));
+            }
+        };
+        let phase = |name: &str| format!("{CREATE_PHASE}{name}");
+        let (lock, open, msg) = (
+            phase("containers: lock"),
+            phase("store: open"),
+            phase("pool: dm message"),
+        );
+        add(
+            v,
+            &[
+                (IN_COMMAND, 400.0, 300.0),
+                (PER_CREATE, 1500.0, 1300.0),
+                (&lock, 50.0, 80.0),
+                (&open, 120.0, 60.0),
+            ],
+        );
+        // A phase overlay does not have counts as 0 ms for it.
+        all.push(series("thin", &format!("{v}{msg}"), None, 10.0));
+        let fixed = format!("{v}{FIXED}");
+        let f = findings(&scenario("provision", all.clone()), &env(2)).join(" ");
+        assert!(
+            f.contains(
+                "As deployed, a thin create's command took 400.0 ms and overlay's 300.0 ms (+100.0 ms), and each \
+                 ended 1500 ms and 1300 ms after the burst's start (1100 ms and 1000 ms of that outside"
+            ),
+            "{f}"
+        );
+        // The largest difference first, whatever its sign.
+        assert!(
+            f.contains(
+                "only thin has take 10.0 ms of its command; the phases that differ most: store: open +60.0 ms (thin 120.0, overlay 60.0); containers: lock -30.0 ms \
+                 (thin 50.0, overlay 80.0); pool: dm message +10.0 ms (thin 10.0, overlay 0.0)."
+            ),
+            "{f}"
+        );
+        assert!(!f.contains("With addresses fixed, a thin create"), "{f}");
+        let mut with_fixed = all;
+        for (row, t, o) in [(IN_COMMAND, 200.0, 190.0), (PER_CREATE, 900.0, 880.0)] {
+            with_fixed.push(series("thin", &format!("{fixed}{row}"), None, t));
+            with_fixed.push(series("overlay", &format!("{fixed}{row}"), None, o));
+        }
+        let f = findings(&scenario("provision", with_fixed), &env(2)).join(" ");
+        assert!(
+            f.contains("With addresses fixed, a thin create's command took 200.0 ms and overlay's 190.0 ms (+10.0 ms)"),
+            "{f}"
+        );
     }
 
     #[test]

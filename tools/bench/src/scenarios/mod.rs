@@ -1,6 +1,7 @@
 //! The scenarios. Each measures both drivers on the same work, alternating
 //! which goes first in every repetition, and returns its raw samples.
 
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
@@ -11,6 +12,7 @@ use anyhow::{Context, Result};
 use devicemapper::DM;
 use thinlayer::driver::overlay::OverlayOptions;
 use thinlayer::layer::LayerId;
+use thinlayer::phase::timing::{self, PhaseLine};
 
 use crate::fixture::{drop_caches, ms, run, timed, Changeset, Drv, Fixture};
 use crate::peers::{DmFloor, Lvm};
@@ -118,6 +120,55 @@ pub const PHASE: &str = "phase: ";
 /// The variant of phase `phase` ([`PHASE`]).
 pub fn phase_variant(phase: &str) -> String {
     format!("{PHASE}{phase}")
+}
+
+/// What a burst's row of each create's mean ends with: the time from the
+/// burst's start to the create's exit.
+pub const PER_CREATE: &str = ", per create";
+/// The row of the time a create's command ran (from its parsed arguments
+/// to its result, as it timed itself).
+pub const IN_COMMAND: &str = ", per create: in the command";
+/// The row prefix of a create's phase (each create's own time in it).
+pub const CREATE_PHASE: &str = ", per create: phase: ";
+
+/// Records a burst's creates, each timed by itself (`lines`, one per
+/// create) and by when it ended (`ends`, milliseconds from the burst's
+/// start): their means, from the burst's start to each one's exit, of
+/// the command's own time (what is outside it is the process's start,
+/// loading and exit, and its waits for a CPU before), and of each phase.
+fn record_burst_phases(
+    c: &mut Collect,
+    driver: &str,
+    variant: &str,
+    ends: &[f64],
+    lines: &[PhaseLine],
+) -> Result<()> {
+    anyhow::ensure!(
+        lines.len() == ends.len() && lines.iter().all(|l| l.ok),
+        "the burst's {} creates left {} phase lines, {} of them failed",
+        ends.len(),
+        lines.len(),
+        lines.iter().filter(|l| !l.ok).count()
+    );
+    let n = ends.len() as f64;
+    c.add(
+        driver,
+        &format!("{variant}{PER_CREATE}"),
+        None,
+        ends.iter().sum::<f64>() / n,
+    );
+    let in_command = lines.iter().map(|l| l.ms).sum::<f64>() / n;
+    c.add(driver, &format!("{variant}{IN_COMMAND}"), None, in_command);
+    let mut phases: BTreeMap<&str, f64> = BTreeMap::new();
+    for l in lines {
+        for (name, ms) in &l.phases {
+            *phases.entry(name.as_str()).or_default() += ms / n;
+        }
+    }
+    for (name, ms) in phases {
+        c.add(driver, &format!("{variant}{CREATE_PHASE}{name}"), None, ms);
+    }
+    Ok(())
 }
 
 /// The name of `variant` with the processes' addresses fixed when `fixed`.
@@ -228,11 +279,17 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
             for drv in Drv::interleaved(rep) {
                 let top = &tops[0];
                 let layer = if drv == Drv::Thin { &top.1 } else { &top.2 };
+                // Each create times its own phases into this file.
+                let lines = f.scratch(&format!("burst-phases-{}", drv.name()));
+                if lines.exists() {
+                    fs::remove_file(&lines)?;
+                }
                 let cpu_before = machine_cpu()?;
                 let start = Instant::now();
                 let kids: Vec<_> = (0..n)
                     .map(|i| {
                         thinlayer(f, fixed)
+                            .env(timing::ENV, &lines)
                             .args(["--driver", drv.name(), "--lock-timeout", "600"])
                             .args([
                                 "container",
@@ -247,16 +304,36 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
                             .spawn()
                     })
                     .collect::<std::io::Result<_>>()?;
-                for k in kids {
-                    let o = k.wait_with_output()?;
-                    anyhow::ensure!(
-                        o.status.success(),
-                        "container create: {}",
-                        String::from_utf8_lossy(&o.stderr)
-                    );
-                }
+                // Each create's end, from the burst's start: one thread
+                // waits for each.
+                let ends: Vec<Result<f64>> = std::thread::scope(|s| {
+                    let waits: Vec<_> = kids
+                        .into_iter()
+                        .map(|k| {
+                            s.spawn(move || {
+                                let o = k.wait_with_output()?;
+                                anyhow::ensure!(
+                                    o.status.success(),
+                                    "container create: {}",
+                                    String::from_utf8_lossy(&o.stderr)
+                                );
+                                Ok(ms(start))
+                            })
+                        })
+                        .collect();
+                    waits
+                        .into_iter()
+                        .map(|w| {
+                            w.join()
+                                .unwrap_or_else(|_| Err(anyhow::anyhow!("a wait panicked")))
+                        })
+                        .collect()
+                });
                 c.add(drv.name(), &variant, None, ms(start));
                 machine_cpu()?.record_since(&cpu_before, &mut c, drv.name(), &variant);
+                let ends = ends.into_iter().collect::<Result<Vec<f64>>>()?;
+                let lines = PhaseLine::read_all(&lines).context("reading the burst's phases")?;
+                record_burst_phases(&mut c, drv.name(), &variant, &ends, &lines)?;
                 let mut cs = f.containers()?;
                 for i in 0..n {
                     cs.remove(&format!("burst-{i}"), true, true)?;
@@ -461,7 +538,10 @@ pub fn provision(f: &mut Fixture, plan: Plan, tick: &dyn Tick) -> Result<Scenari
              finished), each a writable layer over the init layer that containers over the same layer \
              share (made by the first create of the first burst); its floor (`dm-ioctl`) is {n} threads \
              at once, each the kernel's part of one thin container create: `create_snap` of that init \
-             layer, by ioctl. Last, what a process pays to open a driver's store, the first thing each \
+             layer, by ioctl. Each create of a burst times its own phases (`--phases`, the same spans, \
+             and the containers' lock, open and record): the `{PER_CREATE}` rows are per burst the \
+             means over its creates, from the burst's start to each one's exit, of the command's own \
+             time (`{IN_COMMAND}`) and of each phase (`{CREATE_PHASE}…`). Last, what a process pays to open a driver's store, the first thing each \
              create of the burst does: `thinlayer image ls` run {STORE_OPENS} times, one process after \
              another, the time per process (for thin that includes adopting the pool). The bursts and \
              the store opens run twice: as deployed, and (`{FIXED}`) with each thinlayer process's \
