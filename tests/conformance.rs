@@ -29,6 +29,7 @@ conformance!(
     a_layer_made_and_mounted_at_once_is_whole_or_gone_when_killed,
     every_kill_point_of_the_protocol_is_hit_and_recovered,
     concurrent_snapshots_serialize_and_all_succeed,
+    listings_beside_new_layers_show_what_they_read,
     umoci_image_imports_to_the_same_tree_as_umoci_unpacks,
     docker_archive_from_skopeo_imports_with_its_tag,
     corrupt_image_blobs_are_refused_and_leave_nothing,
@@ -528,6 +529,46 @@ fn concurrent_snapshots_serialize_and_all_succeed(d: Drv) {
         assert!(o.status.success(), "{}", stderr(&o));
     }
     assert_eq!(e.list("layer").len(), 4);
+    e.assert_consistent();
+}
+
+/// `layer ls` asks the layers' usage without the store's lock, and reads
+/// the records again after: layers made meanwhile must not break the
+/// listing, which shows the layers it read, each child among them.
+fn listings_beside_new_layers_show_what_they_read(d: Drv) {
+    let e = Env::new("listing", d);
+    let t = e.tar("t.tar", Tar::new().file("a", b"a"));
+    e.layer(None, "base", &t);
+    let made = 12;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let listings = std::thread::scope(|s| {
+        let maker = s.spawn(|| {
+            for _ in 0..made {
+                e.ok(&["snapshot", "layer", "base"]);
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut listings = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            e.ok(&["layer", "ls"]);
+            let ls: Vec<Value> = serde_json::from_str(&e.ok(&["layer", "ls", "--json"])).unwrap();
+            let ids: Vec<&str> = ls.iter().map(|l| l["id"].as_str().unwrap()).collect();
+            for l in &ls {
+                for c in l["children"].as_array().unwrap() {
+                    assert!(
+                        ids.contains(&c.as_str().unwrap()),
+                        "child {c} of {} is not in the listing",
+                        l["id"]
+                    );
+                }
+            }
+            listings += 1;
+        }
+        maker.join().unwrap();
+        listings
+    });
+    assert!(listings > 0);
+    assert_eq!(e.list("layer").len(), made + 1);
     e.assert_consistent();
 }
 

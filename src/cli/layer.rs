@@ -9,8 +9,8 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use thinlayer::changeset::{Compression, ExportOptions};
 use thinlayer::driver::Usage;
-use thinlayer::layer::LayerRecord;
-use thinlayer::store::Store;
+use thinlayer::layer::{LayerId, LayerRecord};
+use thinlayer::store::{ImageRecord, Store};
 use thinlayer::thinpool::Bytes;
 use thinlayer::util::ids::short;
 use thinlayer::util::time::rfc3339;
@@ -148,7 +148,35 @@ struct LayerJson<'a> {
     init: bool,
 }
 
-fn to_json<'a>(store: &'a Store, l: &'a LayerRecord, u: Usage) -> Result<LayerJson<'a>> {
+/// The layers and images a listing shows, as read in one go: asking the
+/// layers' usage lets go of the store's lock, and the records read again
+/// after may hold layers other processes made or removed meanwhile.
+struct Listed {
+    layers: Vec<LayerRecord>,
+    images: Vec<ImageRecord>,
+}
+
+impl Listed {
+    fn of(store: &Store) -> Listed {
+        Listed {
+            layers: store.layers().cloned().collect(),
+            images: store.images().cloned().collect(),
+        }
+    }
+
+    fn children<'a>(&'a self, id: &'a LayerId) -> impl Iterator<Item = &'a LayerRecord> + 'a {
+        self.layers
+            .iter()
+            .filter(move |l| l.parent.as_ref() == Some(id))
+    }
+}
+
+fn to_json<'a>(
+    store: &Store,
+    listed: &'a Listed,
+    l: &'a LayerRecord,
+    u: Usage,
+) -> Result<LayerJson<'a>> {
     Ok(LayerJson {
         id: l.id.as_str(),
         name: l.name.as_deref(),
@@ -161,8 +189,9 @@ fn to_json<'a>(store: &'a Store, l: &'a LayerRecord, u: Usage) -> Result<LayerJs
         shared_bytes: u.shared_bytes,
         mounted_at: store.is_mounted(&l.id)?.then(|| store.mount_point(&l.id)),
         mount_options: thinlayer::mount::options_of(&store.mount_point(&l.id))?,
-        images: store
-            .images()
+        images: listed
+            .images
+            .iter()
             .filter(|i| i.layers.contains(&l.id))
             .map(|i| {
                 i.names
@@ -171,11 +200,7 @@ fn to_json<'a>(store: &'a Store, l: &'a LayerRecord, u: Usage) -> Result<LayerJs
                     .unwrap_or_else(|| short(&i.id).to_string())
             })
             .collect(),
-        children: store
-            .children(&l.id)
-            .iter()
-            .map(|c| c.id.as_str())
-            .collect(),
+        children: listed.children(&l.id).map(|c| c.id.as_str()).collect(),
         container: l.container.as_deref(),
         init: l.init,
     })
@@ -188,18 +213,19 @@ pub fn run(mut store: Store, cmd: LayerCommand) -> Result<()> {
     match cmd {
         LayerCommand::Create(new) => create(&mut store, None, &new).context("creating a layer")?,
         LayerCommand::Ls { json } => {
-            let layers: Vec<LayerRecord> = store.layers().cloned().collect();
-            let ids: Vec<_> = layers.iter().map(|l| l.id.clone()).collect();
+            let listed = Listed::of(&store);
+            let ids: Vec<_> = listed.layers.iter().map(|l| l.id.clone()).collect();
             let usage = store.usage(&ids)?;
             if json {
-                let out: Vec<LayerJson> = layers
+                let out: Vec<LayerJson> = listed
+                    .layers
                     .iter()
                     .zip(&usage)
-                    .map(|(l, u)| to_json(&store, l, *u))
+                    .map(|(l, u)| to_json(&store, &listed, l, *u))
                     .collect::<Result<_>>()?;
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                print_tree(&store, &layers, &usage)?;
+                print_tree(&listed, &usage)?;
             }
         }
         LayerCommand::Prune { dry_run, json } => {
@@ -253,7 +279,8 @@ pub fn run(mut store: Store, cmd: LayerCommand) -> Result<()> {
         LayerCommand::Inspect { layer, json } => {
             let l = store.layer(&layer)?.clone();
             let u = store.usage(std::slice::from_ref(&l.id))?[0];
-            let j = to_json(&store, &l, u)?;
+            let listed = Listed::of(&store);
+            let j = to_json(&store, &listed, &l, u)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&j)?);
             } else {
@@ -356,7 +383,8 @@ pub fn run(mut store: Store, cmd: LayerCommand) -> Result<()> {
     Ok(())
 }
 
-fn print_tree(store: &Store, layers: &[LayerRecord], usage: &[Usage]) -> Result<()> {
+fn print_tree(listed: &Listed, usage: &[Usage]) -> Result<()> {
+    let layers = &listed.layers;
     println!(
         "{:<40} {:<20} {:>10} {:>10}  IMAGES",
         "LAYER", "NAME", "EXCLUSIVE", "SHARED"
@@ -367,8 +395,8 @@ fn print_tree(store: &Store, layers: &[LayerRecord], usage: &[Usage]) -> Result<
         .map(|(l, u)| (l.id.clone(), (l, *u)))
         .collect();
     fn walk(
-        store: &Store,
-        by_id: &std::collections::BTreeMap<thinlayer::layer::LayerId, (&LayerRecord, Usage)>,
+        listed: &Listed,
+        by_id: &std::collections::BTreeMap<LayerId, (&LayerRecord, Usage)>,
         l: &LayerRecord,
         prefix: &str,
         last: bool,
@@ -383,8 +411,9 @@ fn print_tree(store: &Store, layers: &[LayerRecord], usage: &[Usage]) -> Result<
             "├─ "
         };
         let label = format!("{prefix}{branch}{}", l.id.short());
-        let images: Vec<String> = store
-            .images()
+        let images: Vec<String> = listed
+            .images
+            .iter()
             .filter(|i| i.layers.last() == Some(&l.id))
             .flat_map(|i| i.names.clone())
             .collect();
@@ -400,18 +429,18 @@ fn print_tree(store: &Store, layers: &[LayerRecord], usage: &[Usage]) -> Result<
             Bytes(u.shared_bytes).to_string(),
             images.join(", ")
         );
-        let kids = store.children(&l.id);
+        let kids: Vec<&LayerRecord> = listed.children(&l.id).collect();
         let child_prefix = if top {
             prefix.to_string()
         } else {
             format!("{prefix}{}", if last { "   " } else { "│  " })
         };
         for (i, k) in kids.iter().enumerate() {
-            walk(store, by_id, k, &child_prefix, i + 1 == kids.len(), false);
+            walk(listed, by_id, k, &child_prefix, i + 1 == kids.len(), false);
         }
     }
     for l in layers.iter().filter(|l| l.parent.is_none()) {
-        walk(store, &by_id, l, "", true, true);
+        walk(listed, &by_id, l, "", true, true);
     }
     Ok(())
 }
