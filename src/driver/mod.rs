@@ -231,7 +231,10 @@ pub trait Driver: Send {
     /// Whether what the driver keeps of the system is still so after its
     /// store was let go for a while ([`crate::store::ParkedStore`]): the
     /// thin driver's pool still active and its record the same pool's.
-    /// `false` asks the caller to open the store anew.
+    /// `false` asks the caller to open the store anew. Asked with or
+    /// without the store's lock ([`crate::store::ParkedStore::reopen`]
+    /// asks before taking it): it looks at what the driver keeps, never
+    /// at the records.
     fn revalidate(&mut self) -> Result<bool> {
         Ok(true)
     }

@@ -65,7 +65,8 @@ pub mod txn;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -99,6 +100,9 @@ pub struct Store {
     /// This store's own transaction in flight, if any.
     own_txn: Option<String>,
     repairs: Repairs,
+    /// The layer and image records as last read from their files.
+    layer_files: RecordCache<LayerRecord>,
+    image_files: RecordCache<ImageRecord>,
 }
 
 /// A store between two uses by the process that opened it, its lock let
@@ -149,11 +153,18 @@ impl ParkedStore {
         if store.own_txn.is_some() || (!reread && !store.pending.is_empty()) {
             return Ok(None);
         }
+        // A store that is reread asks its driver first, without the
+        // store's lock: what the driver looks at (for thin, the pool, which
+        // has its own lock) is not the records', and other processes then
+        // wait for the store's lock only while its records are read.
+        if reread && !store.driver.revalidate()? {
+            return Ok(None);
+        }
         let untouched = store.take_lock_back(generation)?;
         if !untouched && !reread {
             return Ok(None);
         }
-        if !store.driver.revalidate()? {
+        if !reread && !store.driver.revalidate()? {
             return Ok(None);
         }
         if !untouched || !store.pending.is_empty() {
@@ -201,18 +212,59 @@ pub fn lock_store(dir: &Path, timeout: Duration) -> Result<StoreLock> {
     Ok(StoreLock { guard, timeout })
 }
 
-fn read_dir_records<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>> {
-    let mut out = vec![];
-    let rd = fs::read_dir(dir).map_err(Error::io("listing", dir))?;
-    for e in rd {
-        let p = e.map_err(Error::io("listing", dir))?.path();
-        if p.extension().is_some_and(|x| x == "json") {
-            if let Some(r) = thinpool::record::read(&p)? {
-                out.push(r);
-            }
+/// Every record in `dir` (its `*.json` files).
+fn read_dir_records<T: serde::de::DeserializeOwned + Clone>(dir: &Path) -> Result<Vec<T>> {
+    RecordCache::default().read_dir(dir)
+}
+
+/// What a store decoded when it last read a directory of records: each
+/// record file's bytes with its record. A store reads its records again
+/// every time it takes its lock back after another process held it (three
+/// times in a container create beside others), and most of them are as
+/// they were: a file whose bytes are the ones decoded before is not
+/// decoded again. Only identical bytes are reused, so what a read returns
+/// is what a fresh read would.
+struct RecordCache<T> {
+    files: HashMap<OsString, (Vec<u8>, T)>,
+}
+
+impl<T> Default for RecordCache<T> {
+    fn default() -> Self {
+        RecordCache {
+            files: HashMap::new(),
         }
     }
-    Ok(out)
+}
+
+impl<T: serde::de::DeserializeOwned + Clone> RecordCache<T> {
+    /// Every record in `dir` (its `*.json` files), decoding only the files
+    /// that changed since the last read, and forgetting those gone.
+    fn read_dir(&mut self, dir: &Path) -> Result<Vec<T>> {
+        let mut out = vec![];
+        let mut seen = HashMap::with_capacity(self.files.len());
+        let rd = fs::read_dir(dir).map_err(Error::io("listing", dir))?;
+        for e in rd {
+            let e = e.map_err(Error::io("listing", dir))?;
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let bytes = match fs::read(&p) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("reading", &p)(e)),
+            };
+            let name = e.file_name();
+            let rec = match self.files.remove(&name) {
+                Some((b, rec)) if b == bytes => rec,
+                _ => thinpool::record::decode(&bytes, &p)?,
+            };
+            out.push(rec.clone());
+            seen.insert(name, (bytes, rec));
+        }
+        self.files = seen;
+        Ok(out)
+    }
 }
 
 impl Store {
@@ -229,6 +281,8 @@ impl Store {
             pending: vec![],
             own_txn: None,
             repairs: vec![],
+            layer_files: RecordCache::default(),
+            image_files: RecordCache::default(),
         };
         store.recover()?;
         Ok(store)
@@ -237,11 +291,15 @@ impl Store {
     /// Reads the records, finishing or undoing the transactions of dead
     /// processes and noting those of live ones. Holding the lock.
     fn load(&mut self) -> Result<()> {
-        self.layers = read_dir_records::<LayerRecord>(&self.dir.join("layers"))?
+        self.layers = self
+            .layer_files
+            .read_dir(&self.dir.join("layers"))?
             .into_iter()
             .map(|r| (r.id.clone(), r))
             .collect();
-        self.images = read_dir_records::<ImageRecord>(&self.dir.join("images"))?
+        self.images = self
+            .image_files
+            .read_dir(&self.dir.join("images"))?
             .into_iter()
             .map(|r| (r.id.clone(), r))
             .collect();

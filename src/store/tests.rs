@@ -467,3 +467,49 @@ fn plain_store_a_container_create_killed_at_every_step_leaves_a_whole_init_layer
     // (a kill after the init layer is made keeps it, for the next try).
     assert_eq!(steps, 3);
 }
+
+#[test]
+fn plain_store_record_cache_reads_what_a_fresh_read_does_and_decodes_only_changes() {
+    let d = tempfile::tempdir().unwrap();
+    let img = |id: &str, names: &[&str]| ImageRecord {
+        id: id.to_string(),
+        names: names.iter().map(|n| n.to_string()).collect(),
+        layers: vec![],
+        created_unix: 1,
+        architecture: None,
+        os: None,
+    };
+    let write = |r: &ImageRecord| {
+        thinpool::record::write(&d.path().join(format!("{}.json", r.id)), r).unwrap()
+    };
+    let sorted = |mut v: Vec<ImageRecord>| {
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    };
+    let mut cache = RecordCache::<ImageRecord>::default();
+    let fresh = || sorted(read_dir_records::<ImageRecord>(d.path()).unwrap());
+    write(&img("a", &["x:1"]));
+    write(&img("b", &[]));
+    std::fs::write(d.path().join("a.split"), b"not a record").unwrap();
+    assert_eq!(sorted(cache.read_dir(d.path()).unwrap()), fresh());
+    assert_eq!(fresh().len(), 2);
+    // One rewritten, one removed, one added: the read is the fresh one's.
+    write(&img("a", &["x:1", "x:2"]));
+    std::fs::remove_file(d.path().join("b.json")).unwrap();
+    write(&img("c", &["y:1"]));
+    let got = sorted(cache.read_dir(d.path()).unwrap());
+    assert_eq!(got, fresh());
+    assert_eq!(got[0].names, ["x:1", "x:2"]);
+    assert_eq!(cache.files.len(), 2, "a removed file is forgotten");
+    // An unchanged file is not decoded again: its cached record stands
+    // in for the bytes it was decoded from.
+    let a = std::ffi::OsString::from("a.json");
+    cache.files.get_mut(&a).unwrap().1.names = vec!["cached".into()];
+    let got = sorted(cache.read_dir(d.path()).unwrap());
+    assert_eq!(got[0].names, ["cached"]);
+    // A file whose bytes changed is decoded, and a corrupt one is an
+    // error, as in a fresh read.
+    std::fs::write(d.path().join("a.json"), b"garbage").unwrap();
+    assert!(cache.read_dir(d.path()).is_err());
+    assert!(read_dir_records::<ImageRecord>(d.path()).is_err());
+}
