@@ -112,6 +112,11 @@ impl Subscriber for Phases {
         if let Some(parent) = at.checked_sub(1).and_then(|p| stack.get_mut(p)) {
             parent.2 += spent;
         }
+        if stack.is_empty() {
+            // Threads come and go (one per background activation): a
+            // long-lived process keeps no entry for each.
+            s.stacks.remove(&thread);
+        }
         if let Some(&name) = s.names.get(&id) {
             let name = match thread == s.caller {
                 true => name.to_string(),
