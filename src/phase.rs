@@ -27,8 +27,9 @@ pub const MOUNT_CHECK: &str = "store: mount check";
 pub const ACTIVATION_WAIT: &str = "thin: waiting for the activation";
 /// The mount(2) call.
 pub const MOUNT: &str = "mount";
-/// Opening a driver's store: reading its records, opening its driver
-/// (for thin, what the pool's phases in it do not cover).
+/// Opening a driver's store, or taking a parked one back: reading its
+/// records, opening or revalidating its driver (for thin, what the
+/// pool's phases in it do not cover).
 pub const STORE_OPEN: &str = "store: open";
 /// Taking the containers' lock file.
 pub const CONTAINERS_LOCK: &str = "containers: lock";
