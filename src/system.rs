@@ -181,15 +181,12 @@ pub fn disk_usage(
         (list, c.volume_list(None)?)
     };
     let mut store = root.open_store(driver, overlay)?;
+    // Every set is taken from one read of the store, before `usage`: that
+    // lets go of the store's lock and reads the records again after, so a
+    // layer could be made or removed between a set taken before it and
+    // one taken after. A container listed above whose layer is gone was
+    // removed since: it holds no layer of this read.
     let ids: Vec<LayerId> = store.layers().map(|l| l.id.clone()).collect();
-    let usage: BTreeMap<LayerId, crate::driver::Usage> =
-        ids.iter().cloned().zip(store.usage(&ids)?).collect();
-    let sum = |set: &BTreeSet<LayerId>, f: fn(&crate::driver::Usage) -> u64| -> u64 {
-        set.iter().filter_map(|id| usage.get(id)).map(f).sum()
-    };
-    let excl = |u: &crate::driver::Usage| u.exclusive_bytes;
-    let shared = |u: &crate::driver::Usage| u.shared_bytes;
-
     let in_use: BTreeSet<&str> = containers
         .iter()
         .filter_map(|c| c.record.image.as_deref())
@@ -197,7 +194,9 @@ pub fn disk_usage(
     let mut image_layers = BTreeSet::new();
     let mut active_layers = BTreeSet::new();
     let mut active_images = 0;
+    let mut image_count = 0;
     for img in store.images() {
+        image_count += 1;
         image_layers.extend(img.layers.iter().cloned());
         if in_use.contains(img.id.as_str()) {
             active_images += 1;
@@ -206,36 +205,20 @@ pub fn disk_usage(
     }
     // A container made from a layer keeps that layer's chain too.
     for c in &containers {
-        for l in store.chain(&c.record.parent)? {
-            active_layers.insert(l.id.clone());
+        if let Some(parent) = store.get(&c.record.parent) {
+            for l in store.chain(&parent.id)? {
+                active_layers.insert(l.id.clone());
+            }
         }
     }
     let unused_image_layers: BTreeSet<LayerId> =
         image_layers.difference(&active_layers).cloned().collect();
-    let images = DfRow {
-        kind: "images",
-        total: store.images().count(),
-        active: active_images,
-        size_bytes: sum(&image_layers, excl),
-        shared_bytes: sum(&image_layers, shared),
-        reclaimable_bytes: sum(&unused_image_layers, excl),
-    };
-
     let layers_of = |cs: &mut dyn Iterator<Item = &crate::container::ContainerInfo>| {
         cs.flat_map(|c| c.record.layers.iter().cloned())
             .collect::<BTreeSet<LayerId>>()
     };
     let container_layers = layers_of(&mut containers.iter());
     let idle_layers = layers_of(&mut containers.iter().filter(|c| !c.mounted));
-    let containers_row = DfRow {
-        kind: "containers",
-        total: containers.len(),
-        active: containers.iter().filter(|c| c.mounted).count(),
-        size_bytes: sum(&container_layers, excl),
-        shared_bytes: sum(&container_layers, shared),
-        reclaimable_bytes: sum(&idle_layers, excl),
-    };
-
     let other: BTreeSet<LayerId> = store
         .layers()
         .filter(|l| {
@@ -246,6 +229,31 @@ pub fn disk_usage(
         .map(|l| l.id.clone())
         .collect();
     let prunable: BTreeSet<LayerId> = store.prunable()?.into_iter().collect();
+
+    let usage: BTreeMap<LayerId, crate::driver::Usage> =
+        ids.iter().cloned().zip(store.usage(&ids)?).collect();
+    drop(store);
+    let sum = |set: &BTreeSet<LayerId>, f: fn(&crate::driver::Usage) -> u64| -> u64 {
+        set.iter().filter_map(|id| usage.get(id)).map(f).sum()
+    };
+    let excl = |u: &crate::driver::Usage| u.exclusive_bytes;
+    let shared = |u: &crate::driver::Usage| u.shared_bytes;
+    let images = DfRow {
+        kind: "images",
+        total: image_count,
+        active: active_images,
+        size_bytes: sum(&image_layers, excl),
+        shared_bytes: sum(&image_layers, shared),
+        reclaimable_bytes: sum(&unused_image_layers, excl),
+    };
+    let containers_row = DfRow {
+        kind: "containers",
+        total: containers.len(),
+        active: containers.iter().filter(|c| c.mounted).count(),
+        size_bytes: sum(&container_layers, excl),
+        shared_bytes: sum(&container_layers, shared),
+        reclaimable_bytes: sum(&idle_layers, excl),
+    };
     let layers = DfRow {
         kind: "layers",
         total: other.len(),
@@ -268,7 +276,6 @@ pub fn disk_usage(
             .map(vol_size)
             .sum(),
     };
-    drop(store);
 
     let pool = if root.has_pool() {
         let st = root.open_pool()?.status()?;

@@ -57,6 +57,7 @@ conformance!(
     inspect_shows_mounts_as_docker_inspect_does,
     layer_prune_takes_only_what_nothing_keeps_and_system_df_counts_it,
     image_rm_of_one_of_several_names_untags_it,
+    system_df_beside_containers_coming_and_going_counts_one_read,
 );
 
 fn declared_volumes_are_made_filled_and_shared_with_volumes_from(d: Drv) {
@@ -585,4 +586,59 @@ fn image_rm_of_one_of_several_names_untags_it(d: Drv) {
     assert!(e.ok(&["image", "rm", "bb"]).starts_with("removed image bb"));
     assert!(e.list("image").is_empty());
     assert!(e.list("layer").is_empty());
+}
+
+/// `system df` lists the containers, then reads the store, whose usage
+/// call lets go of its lock: containers (and their layers) made and
+/// removed meanwhile must neither fail it nor be counted half.
+fn system_df_beside_containers_coming_and_going_counts_one_read(d: Drv) {
+    let (e, _) = setup("df-race", d);
+    let top = e.top_layer("bb");
+    // overlay's usage walks each layer's files: a layer of many files makes
+    // it take as long as a container's removal, as thin's (a `thin_ls` of
+    // the pool, under emulation) does anyway.
+    let rounds = match d {
+        Drv::Overlay => {
+            let mut many = Tar::new().dir("many");
+            for i in 0..20_000 {
+                many = many.file(&format!("many/{i}"), b"x");
+            }
+            e.layer(None, "many", &e.tar("many.tar", many));
+            30
+        }
+        Drv::Thin => 6,
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let reports = std::thread::scope(|s| {
+        let churn = s.spawn(|| {
+            for i in 0..rounds {
+                let p = format!("p{i}");
+                let c = format!("c{i}");
+                e.ok(&["snapshot", "layer", &top, "--name", &p]);
+                create(&e, &c, &["--layer", &p]);
+                e.ok(&["container", "rm", &c]);
+                e.ok(&["layer", "rm", &p]);
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut reports = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let out = e.run(&["system", "df", "--json"]);
+            assert!(
+                out.status.success(),
+                "system df failed beside containers coming and going: {}",
+                stderr(&out)
+            );
+            let df: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let ctrs = df_row(&df, "containers");
+            assert!(ctrs["total"].as_u64().unwrap() <= 1, "{df}");
+            reports += 1;
+        }
+        churn.join().unwrap();
+        reports
+    });
+    assert!(reports > 0, "no report ran beside the churn");
+    let df: Value = serde_json::from_str(&e.ok(&["system", "df", "--json"])).unwrap();
+    assert_eq!(df_row(&df, "containers")["total"].as_u64(), Some(0), "{df}");
+    e.assert_consistent();
 }

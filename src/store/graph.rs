@@ -24,6 +24,11 @@ impl Store {
         by_id_prefix("layer", key, self.layers.values(), |l| l.id.as_str())
     }
 
+    /// The layer with id `id`, if this read of the store has it.
+    pub fn get(&self, id: &LayerId) -> Option<&LayerRecord> {
+        self.layers.get(id)
+    }
+
     /// A layer and its ancestors, the layer first.
     pub fn chain(&self, id: &LayerId) -> Result<Vec<&LayerRecord>> {
         let mut out = vec![];
