@@ -328,3 +328,36 @@ fn main() -> Result<()> {
     println!("wrote {}", args.out.join("report.md").display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// The committed run (docs/bench) is what `--render` makes of its own
+    /// samples: its report, plots and samples come back byte for byte, so
+    /// nothing in them was edited by hand or left behind by a renderer
+    /// that has changed since.
+    #[test]
+    fn plain_the_committed_run_renders_back_to_itself() {
+        let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/bench");
+        let copy = tempfile::tempdir().unwrap();
+        let path = committed.join("samples.json");
+        let mut run = crate::samples::Run::read(&path).unwrap();
+        for sc in &mut run.scenarios {
+            sc.findings = crate::findings::findings(sc, &run.environment);
+        }
+        super::write_outputs(&run, copy.path()).unwrap();
+        let mut compared = 0;
+        for entry in std::fs::read_dir(copy.path()).unwrap() {
+            let made = entry.unwrap().path();
+            let name = made.file_name().unwrap().to_owned();
+            let kept = std::fs::read(committed.join(&name))
+                .unwrap_or_else(|e| panic!("docs/bench has no {name:?} the run makes: {e}"));
+            assert!(
+                std::fs::read(&made).unwrap() == kept,
+                "docs/bench/{} is not what --render makes of docs/bench/samples.json",
+                name.to_string_lossy()
+            );
+            compared += 1;
+        }
+        assert!(compared >= 6, "only {compared} files rendered");
+    }
+}

@@ -18,8 +18,10 @@ pub fn render(run: &Run) -> String {
     let mut blocks: Vec<String> = vec!["# thinlayer benchmark report".to_string()];
     render_environment(&run.environment, &mut blocks);
     render_headline(run, &mut blocks);
+    let mut last = None;
     for scenario in &run.scenarios {
-        render_scenario(scenario, &mut blocks);
+        render_scenario(scenario, last == Some(scenario.number), &mut blocks);
+        last = Some(scenario.number);
     }
     let mut out = blocks.join("\n\n");
     out.push('\n');
@@ -122,12 +124,14 @@ fn push_unique<'a>(list: &mut Vec<&'a str>, item: &'a str) {
     }
 }
 
-fn render_scenario(scenario: &Scenario, blocks: &mut Vec<String>) {
-    blocks.push(format!(
-        "## {}. {}",
-        scenario.number,
-        one_line(&scenario.title)
-    ));
+/// Renders one scenario. One that `continues` the one before (the same
+/// number: scenario 7's container, then deleting it) is a part of it, under
+/// a heading of its own below the number's.
+fn render_scenario(scenario: &Scenario, continues: bool, blocks: &mut Vec<String>) {
+    blocks.push(match continues {
+        false => format!("## {}. {}", scenario.number, one_line(&scenario.title)),
+        true => format!("### {}", one_line(&scenario.title)),
+    });
     if !scenario.description.trim().is_empty() {
         blocks.push(scenario.description.trim().to_string());
     }
@@ -509,6 +513,16 @@ mod tests {
         assert!(md.contains("| 1 MiB file | 1.5 KiB | 1.0 MiB |"));
         assert!(md.find("## 1.").unwrap() < md.find("## 2.").unwrap());
         assert!(md.find("## Headline").unwrap() < md.find("## 1.").unwrap());
+    }
+
+    #[test]
+    fn plain_a_scenario_with_the_number_of_the_one_before_is_a_part_of_it() {
+        let mut run = two_scenario_run();
+        run.scenarios[1].number = 1;
+        let md = render(&run);
+        assert!(md.contains("\n## 1. Provisioning\n"));
+        assert!(md.contains("\n### Space\n\nBytes used.\n"), "{md}");
+        assert_eq!(md.matches("\n## 1.").count(), 1, "{md}");
     }
 
     #[test]
