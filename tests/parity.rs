@@ -606,7 +606,7 @@ fn system_df_beside_containers_coming_and_going_counts_one_read(d: Drv) {
             e.layer(None, "many", &e.tar("many.tar", many));
             30
         }
-        Drv::Thin => 6,
+        Drv::Thin => 3,
     };
     let done = std::sync::atomic::AtomicBool::new(false);
     let reports = std::thread::scope(|s| {

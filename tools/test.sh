@@ -60,10 +60,12 @@ PY
 }
 
 failed=()
+times=()
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 for t in "${tiers[@]}"; do
   echo "=== $t"
+  start=$SECONDS
   case $t in
     lint)
       cargo fmt --all -- --check && cargo clippy --workspace --all-targets --quiet -- -D warnings || failed+=(lint) ;;
@@ -88,6 +90,7 @@ for t in "${tiers[@]}"; do
       fi ;;
     *) echo "unknown tier '$t': use lint, plain, root, dm or bench" >&2; exit 2 ;;
   esac
+  times+=("$t $((SECONDS - start)) s")
 done
 
 # One closing line over all tiers, from each tier's own summary line.
@@ -95,5 +98,7 @@ sum() { sed -nE "s/^[a-z]+ tier: ([0-9]+) passed, ([0-9]+) failed$/\\$1/p" "$log
 if ((${#failed[@]})); then
   echo "FAILED: ${failed[*]}"
 fi
+# Where the run's time went (builds included), for keeping it short.
+echo "time: $(IFS=,; echo "${times[*]}" | sed 's/,/, /g'); all $SECONDS s"
 echo "tests: $(sum 1) passed, $(sum 2) failed"
 ((${#failed[@]} == 0))
