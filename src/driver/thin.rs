@@ -252,7 +252,11 @@ impl ThinDriver {
         &self.rec
     }
 
-    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+    /// The pool, once a background activation started by
+    /// [`Driver::prepare_mount`] is done: every use of the pool settles it
+    /// first ([`ThinDriver::settle`]), so none is forgotten.
+    fn pool(&mut self) -> std::sync::MutexGuard<'_, Pool> {
+        self.settle();
         self.pool.lock()
     }
 
@@ -297,6 +301,7 @@ impl ThinDriver {
         // A base device without a record was left unformatted by a killed
         // command: make it again.
         let scratch = self.scratch("base")?;
+        // At open: no background activation has started to settle.
         let mut pool = self.pool.lock();
         let stale: Vec<ThinId> = pool
             .thins()
@@ -430,7 +435,6 @@ impl Driver for ThinDriver {
     }
 
     fn create(&mut self, id: &LayerId, chain: &[&LayerRecord]) -> Result<Resource> {
-        self.settle();
         let origin = match chain.first() {
             Some(p) => Self::thin_of(p)?,
             None => self.base(),
@@ -447,7 +451,6 @@ impl Driver for ThinDriver {
         files: &[&str],
         dirs: &[&str],
     ) -> Result<Option<Resource>> {
-        self.settle();
         let ([rw, over, ..], [parent, ..]) = (of, base) else {
             return Ok(None);
         };
@@ -494,7 +497,6 @@ impl Driver for ThinDriver {
         changeset: &mut dyn Read,
         with: ApplyWith<'_>,
     ) -> Result<ApplyStats> {
-        self.settle();
         let id = Self::thin_of(layer)?;
         let target = self.scratch(layer.id.as_str())?;
         let data = self.rec.fs.apply_mount_data();
@@ -524,7 +526,6 @@ impl Driver for ThinDriver {
         record: &mut dyn Read,
         out: &mut dyn Write,
     ) -> Result<Reassembled> {
-        self.settle();
         let layer = chain[0];
         let id = Self::thin_of(layer)?;
         let target = self.scratch(&format!("{}-reassemble", layer.id))?;
@@ -587,7 +588,6 @@ impl Driver for ThinDriver {
     }
 
     fn resize(&mut self, layer: &LayerRecord, size: Bytes) -> Result<()> {
-        self.settle();
         self.check_size(size)?;
         let id = Self::thin_of(layer)?;
         self.pool().grow_thin(id, size)?;
@@ -606,7 +606,6 @@ impl Driver for ThinDriver {
     }
 
     fn unmount(&mut self, layer: &LayerRecord, target: &Path) -> Result<()> {
-        self.settle();
         self.unmount_thin(Self::thin_of(layer)?, target)
     }
 
@@ -616,7 +615,6 @@ impl Driver for ThinDriver {
         out: &mut dyn Write,
         opts: &ExportOptions,
     ) -> Result<ExportStats> {
-        self.settle();
         let layer = chain[0];
         let child_id = Self::thin_of(layer)?;
         let parent_id = match chain.get(1) {
@@ -635,7 +633,6 @@ impl Driver for ThinDriver {
     }
 
     fn remove(&mut self, layer: &LayerRecord) -> Result<()> {
-        self.settle();
         let id = Self::thin_of(layer)?;
         let mut pool = self.pool();
         if pool.thins().contains_key(&id) {
@@ -645,7 +642,6 @@ impl Driver for ThinDriver {
     }
 
     fn remove_orphan(&mut self, id: &LayerId) -> Result<()> {
-        self.settle();
         let tag = layer_tag(id);
         let mut pool = self.pool();
         let ids: Vec<ThinId> = pool
@@ -661,7 +657,6 @@ impl Driver for ThinDriver {
     }
 
     fn usage(&mut self, layers: &[&LayerRecord]) -> Result<Vec<Usage>> {
-        self.settle();
         let all = self.pool().usage()?;
         layers
             .iter()
@@ -681,7 +676,6 @@ impl Driver for ThinDriver {
         layers: &[&LayerRecord],
         in_flight: &std::collections::BTreeSet<LayerId>,
     ) -> Result<Vec<String>> {
-        self.settle();
         let mut freed = vec![];
         let owned: std::collections::BTreeSet<&LayerId> = layers
             .iter()
@@ -715,7 +709,6 @@ impl Driver for ThinDriver {
     }
 
     fn revalidate(&mut self) -> Result<bool> {
-        self.settle();
         // A failure here (the pool destroyed, its devices gone) is the
         // fresh open's to report.
         let mut pool = self.pool();
