@@ -238,30 +238,37 @@ pub fn disk_usage(
     };
     let excl = |u: &crate::driver::Usage| u.exclusive_bytes;
     let shared = |u: &crate::driver::Usage| u.shared_bytes;
-    let images = DfRow {
-        kind: "images",
-        total: image_count,
-        active: active_images,
-        size_bytes: sum(&image_layers, excl),
-        shared_bytes: sum(&image_layers, shared),
-        reclaimable_bytes: sum(&unused_image_layers, excl),
-    };
-    let containers_row = DfRow {
-        kind: "containers",
-        total: containers.len(),
-        active: containers.iter().filter(|c| c.mounted).count(),
-        size_bytes: sum(&container_layers, excl),
-        shared_bytes: sum(&container_layers, shared),
-        reclaimable_bytes: sum(&idle_layers, excl),
-    };
-    let layers = DfRow {
-        kind: "layers",
-        total: other.len(),
-        active: other.difference(&prunable).count(),
-        size_bytes: sum(&other, excl),
-        shared_bytes: sum(&other, shared),
-        reclaimable_bytes: sum(&prunable.intersection(&other).cloned().collect(), excl),
-    };
+    // A row of layers: what `set` takes, and what removing `reclaimable` frees.
+    let row =
+        |kind, total, active, set: &BTreeSet<LayerId>, reclaimable: &BTreeSet<LayerId>| DfRow {
+            kind,
+            total,
+            active,
+            size_bytes: sum(set, excl),
+            shared_bytes: sum(set, shared),
+            reclaimable_bytes: sum(reclaimable, excl),
+        };
+    let images = row(
+        "images",
+        image_count,
+        active_images,
+        &image_layers,
+        &unused_image_layers,
+    );
+    let containers_row = row(
+        "containers",
+        containers.len(),
+        containers.iter().filter(|c| c.mounted).count(),
+        &container_layers,
+        &idle_layers,
+    );
+    let layers = row(
+        "layers",
+        other.len(),
+        other.difference(&prunable).count(),
+        &other,
+        &prunable.intersection(&other).cloned().collect(),
+    );
 
     let vol_size = |v: &crate::container::VolumeInfo| v.size_bytes.unwrap_or(0);
     let volumes_row = DfRow {
