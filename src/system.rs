@@ -353,3 +353,72 @@ pub fn repair_pool(root: &Root) -> Result<PoolRepair> {
         freed: r.freed,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use crate::container::{Containers, NewContainer};
+    use crate::driver::fake::Fake;
+    use crate::driver::DriverKind;
+    use crate::root::Root;
+
+    /// A container and the layer it was made from, removed while
+    /// `disk_usage` waits for its driver's usage (which it asks without the
+    /// store's lock): the report counts what its one read of the store
+    /// had, and does not fail on the layer that went.
+    #[test]
+    fn plain_disk_usage_counts_one_read_while_a_container_and_its_layer_go() {
+        let t = tempfile::tempdir().unwrap();
+        let fake = Fake::default();
+        let root = || {
+            Root::new(t.path())
+                .unwrap()
+                .with_lock_timeout(Duration::from_secs(20))
+                .with_fake_driver(fake.clone())
+        };
+        let store = || root().open_store(DriverKind::Overlay, &Default::default());
+        store()
+            .unwrap()
+            .create_layer(None, Some("base"), None)
+            .unwrap();
+        let req = NewContainer {
+            name: Some("web".into()),
+            layer: Some("base".into()),
+            driver: DriverKind::Overlay,
+            ..NewContainer::default()
+        };
+        Containers::open(&root()).unwrap().create(&req).unwrap();
+
+        let (started_tx, started) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel();
+        fake.state().hold_next_usage = Some((started_tx, go_rx));
+        let df = std::thread::scope(|s| {
+            let df =
+                s.spawn(|| super::disk_usage(&root(), DriverKind::Overlay, &Default::default()));
+            started
+                .recv_timeout(Duration::from_secs(20))
+                .expect("system df never asked its driver for usage");
+            // Meanwhile the container goes, then its init layer and the
+            // layer it was made from.
+            Containers::open(&root())
+                .unwrap()
+                .remove("web", false, false)
+                .unwrap();
+            let mut st = store().unwrap();
+            st.prune().unwrap();
+            st.remove_layer("base").unwrap();
+            assert_eq!(st.layers().count(), 0);
+            drop(st);
+            go.send(()).unwrap();
+            df.join().unwrap()
+        });
+        let df = df.expect("system df failed on a layer removed while it ran");
+        let row = |kind: &str| df.rows.iter().find(|r| r.kind == kind).unwrap().clone();
+        // What its read had: the container, its two layers, and the base.
+        assert_eq!((row("containers").total, row("containers").active), (1, 0));
+        assert_eq!(row("layers").total, 1, "{df:?}");
+        assert_eq!(row("images").total, 0);
+    }
+}

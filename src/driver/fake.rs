@@ -40,6 +40,9 @@ pub struct FakeState {
     /// Makes the next `create` wait, as a slow device would: it sends on
     /// the sender when it starts, then waits for the receiver.
     pub hold_next_create: Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>,
+    /// The same for the next `usage`, which the store calls without its
+    /// lock: other commands change the store meanwhile.
+    pub hold_next_usage: Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>,
 }
 
 /// An in-memory driver; clones share their state, so a test keeps one
@@ -185,6 +188,11 @@ impl Driver for Fake {
     }
 
     fn usage(&mut self, layers: &[&LayerRecord]) -> Result<Vec<Usage>> {
+        let hold = self.state().hold_next_usage.take();
+        if let Some((started, go)) = hold {
+            let _ = started.send(());
+            let _ = go.recv();
+        }
         Ok(vec![Usage::default(); layers.len()])
     }
 
