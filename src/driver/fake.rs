@@ -39,10 +39,22 @@ pub struct FakeState {
     pub crash_at: Option<usize>,
     /// Makes the next `create` wait, as a slow device would: it sends on
     /// the sender when it starts, then waits for the receiver.
-    pub hold_next_create: Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>,
+    pub hold_next_create: Option<Hold>,
     /// The same for the next `usage`, which the store calls without its
     /// lock: other commands change the store meanwhile.
-    pub hold_next_usage: Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>,
+    pub hold_next_usage: Option<Hold>,
+}
+
+/// A call held open by a test: the fake sends on the sender when the call
+/// starts, then waits for the receiver before it goes on.
+pub type Hold = (std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>);
+
+/// Waits out `hold`, if the test set one.
+fn wait_out(hold: Option<Hold>) {
+    if let Some((started, go)) = hold {
+        let _ = started.send(());
+        let _ = go.recv();
+    }
 }
 
 /// An in-memory driver; clones share their state, so a test keeps one
@@ -85,10 +97,7 @@ impl Driver for Fake {
 
     fn create(&mut self, id: &LayerId, _chain: &[&LayerRecord]) -> Result<Resource> {
         let hold = self.state().hold_next_create.take();
-        if let Some((started, go)) = hold {
-            let _ = started.send(());
-            let _ = go.recv();
-        }
+        wait_out(hold);
         self.step();
         let mut s = self.state();
         let dev = s.next;
@@ -189,10 +198,7 @@ impl Driver for Fake {
 
     fn usage(&mut self, layers: &[&LayerRecord]) -> Result<Vec<Usage>> {
         let hold = self.state().hold_next_usage.take();
-        if let Some((started, go)) = hold {
-            let _ = started.send(());
-            let _ = go.recv();
-        }
+        wait_out(hold);
         Ok(vec![Usage::default(); layers.len()])
     }
 
